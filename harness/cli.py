@@ -1,0 +1,92 @@
+"""The ``harness`` command: one click group; every subcommand parses options and delegates.
+
+Core commands live in ``harness/commands/``; other packages (methods, leaderboard, slurm,
+the synthetic city) contribute theirs through the ``harness.commands`` entry-point group, so
+the harness never imports them by name. Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from importlib import metadata
+
+import click
+
+from harness import __version__
+
+logger = logging.getLogger("harness")
+
+_CORE_COMMAND_MODULES = (
+    "harness.commands.splits",
+    "harness.commands.validate",
+    "harness.commands.evaluate",
+)
+_PLUGIN_GROUP = "harness.commands"
+
+
+class _HarnessGroup(click.Group):
+    """A group that says which plugin failed to load when a command is unknown."""
+
+    failed_plugins: dict[str, str] = {}
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if self.failed_plugins and args and args[0] not in self.commands:
+                detail = "; ".join(f"{k}: {v}" for k, v in self.failed_plugins.items())
+                raise click.UsageError(f"{exc.message} (plugins not loaded: {detail})", ctx) from None
+            raise
+
+
+@click.group(cls=_HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="harness")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Inside-Out VPR benchmark harness: splits, features, exact evaluation, leaderboard."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    root = logging.getLogger()
+    if not any(getattr(h, "_harness", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._harness = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _add_commands(commands) -> None:
+    for command in commands:
+        cli.add_command(command)
+
+
+def _load_commands() -> None:
+    for module_name in _CORE_COMMAND_MODULES:
+        _add_commands(importlib.import_module(module_name).commands)
+    for entry in metadata.entry_points(group=_PLUGIN_GROUP):
+        try:
+            _add_commands(entry.load())
+        except ImportError as exc:  # e.g. the `methods` extra (torch) is not installed
+            _HarnessGroup.failed_plugins[entry.name] = f"{type(exc).__name__}: {exc}"
+            logger.debug("plugin %s not loaded: %s", entry.name, exc)
+
+
+_load_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: exit 0 on success, 2 on bad input, 1 on an internal error."""
+    try:
+        cli.main(args=argv, prog_name="harness", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception:
+        logger.exception("internal error (a bug in the harness; please report it)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

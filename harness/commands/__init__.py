@@ -1,0 +1,1 @@
+"""Core CLI commands; each module exposes ``commands``, a list of click commands."""

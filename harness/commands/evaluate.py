@@ -1,0 +1,3 @@
+"""`harness evaluate` commands (being written)."""
+
+commands: list = []

@@ -1,0 +1,3 @@
+"""`harness splits` commands (being written)."""
+
+commands: list = []

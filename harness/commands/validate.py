@@ -1,0 +1,3 @@
+"""`harness validate` commands (being written)."""
+
+commands: list = []

@@ -1,0 +1,328 @@
+"""The feature-file contract between methods (which write) and the harness (which reads).
+
+Layout (HDF5, one file, or several database shards)::
+
+    /query/descriptors      (Q, D) float32 or float16, contiguous
+    /query/names            (Q,)   UTF-8 strings, image paths relative to the split's root
+    /database/descriptors   (N, D)
+    /database/names         (N,)
+    attrs: format_version=1, split=<split name>, method=<method name>, [shard="i/n"], ...
+
+Rows may come in any order: names map them to the split. A database may be spread over
+several shard files that each hold only ``/database/...``. Datasets are written contiguous
+(no chunking: h5py's automatic chunking halves read speed) and every file is written to a
+temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+FEATURE_FORMAT_VERSION = 1
+PARTS = ("query", "database")
+DESCRIPTOR_DTYPES = ("float32", "float16")
+_ATTR_MAX_CHARS = 1 << 16
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """Shape and dtype of one part (``query`` or ``database``) of a feature file."""
+
+    count: int
+    dim: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class FeatureFileInfo:
+    """What a feature file declares, read without loading its descriptors."""
+
+    path: Path
+    format_version: int
+    split: str
+    method: str
+    parts: Mapping[str, PartInfo]
+    attrs: Mapping[str, object] = field(default_factory=dict)
+
+
+def _string_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def _check_rows(part: str, names: Sequence[str], descriptors: np.ndarray) -> np.ndarray:
+    descriptors = np.asarray(descriptors)
+    if descriptors.ndim != 2 or descriptors.shape[0] != len(names):
+        raise ValueError(
+            f"{part}: descriptors shape {descriptors.shape} does not match {len(names)} names"
+        )
+    if descriptors.dtype.name not in DESCRIPTOR_DTYPES:
+        descriptors = descriptors.astype(np.float32)
+    return np.ascontiguousarray(descriptors)
+
+
+def _encode_attr(value):
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def write_features(
+    path: str | os.PathLike,
+    *,
+    split: str,
+    method: str,
+    query: tuple[Sequence[str], np.ndarray] | None = None,
+    database: tuple[Sequence[str], np.ndarray] | None = None,
+    attrs: Mapping[str, object] | None = None,
+) -> Path:
+    """Write a complete feature file atomically; ``query``/``database`` are (names, descriptors)."""
+    parts = {p: v for p, v in (("query", query), ("database", database)) if v is not None}
+    if not parts:
+        raise ValueError("write_features needs a query or a database part")
+    dims = set()
+    with FeatureWriter(
+        path,
+        split=split,
+        method=method,
+        parts={p: list(names) for p, (names, _) in parts.items()},
+        dim=None,
+        attrs=attrs,
+    ) as writer:
+        for part, (names, descriptors) in parts.items():
+            descriptors = _check_rows(part, names, descriptors)
+            dims.add(descriptors.shape[1])
+            writer.write(part, 0, descriptors)
+    return Path(path)
+
+
+class FeatureWriter:
+    """Incremental writer: datasets are sized up front, rows arrive in batches.
+
+    Used as a context manager; the file appears under its final name only after a clean
+    exit with every row written. ``dim``/``dtype`` may be left ``None`` and are then taken
+    from the first batch.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        split: str,
+        method: str,
+        parts: Mapping[str, Sequence[str]],
+        dim: int | None,
+        dtype: str | None = None,
+        attrs: Mapping[str, object] | None = None,
+    ):
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown feature parts {sorted(unknown)}; valid: {PARTS}")
+        self.path = Path(path)
+        self.split = split
+        self.method = method
+        self.names = {p: list(n) for p, n in parts.items()}
+        self.dim = dim
+        self.dtype = dtype
+        self.attrs = dict(attrs or {})
+        self._written = {p: np.zeros(len(n), dtype=bool) for p, n in self.names.items()}
+        self._stack = contextlib.ExitStack()
+        self._handle = None
+
+    def __enter__(self) -> "FeatureWriter":
+        import h5py
+
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        self._handle = self._stack.enter_context(h5py.File(self._tmp, "w", libver="latest"))
+        handle = self._handle
+        handle.attrs["format_version"] = FEATURE_FORMAT_VERSION
+        handle.attrs["split"] = self.split
+        handle.attrs["method"] = self.method
+        for key, value in self.attrs.items():
+            handle.attrs[key] = _encode_attr(value)
+        for part, names in self.names.items():
+            group = handle.create_group(part)
+            group.create_dataset("names", data=np.array(names, dtype=object), dtype=_string_dtype())
+        return self
+
+    def _ensure_datasets(self, descriptors: np.ndarray) -> None:
+        if self.dim is None:
+            self.dim = int(descriptors.shape[1])
+        if self.dtype is None:
+            self.dtype = descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+        if self.dtype not in DESCRIPTOR_DTYPES:
+            raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}")
+        for part, names in self.names.items():
+            group = self._handle[part]
+            if "descriptors" not in group:
+                group.create_dataset("descriptors", shape=(len(names), self.dim), dtype=self.dtype)
+
+    def write(self, part: str, start_row: int, descriptors: np.ndarray) -> None:
+        """Write ``descriptors`` into rows ``start_row:start_row+len`` of ``part``."""
+        descriptors = np.asarray(descriptors)
+        if descriptors.ndim != 2:
+            raise ValueError(f"descriptors must be 2-D, got shape {descriptors.shape}")
+        self._ensure_datasets(descriptors)
+        if descriptors.shape[1] != self.dim:
+            raise ValueError(f"descriptor dim {descriptors.shape[1]} != {self.dim}")
+        stop = start_row + descriptors.shape[0]
+        if start_row < 0 or stop > len(self.names[part]):
+            raise ValueError(f"rows {start_row}:{stop} out of range for {part}")
+        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
+        self._written[part][start_row:stop] = True
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            missing = {p: int((~w).sum()) for p, w in self._written.items() if not w.all()}
+            if missing:
+                exc = ValueError(f"{self.path}: rows never written: {missing}")
+                self._stack.__exit__(type(exc), exc, None)
+                raise exc
+        return self._stack.__exit__(exc_type, exc, tb)
+
+
+def _open(path: str | os.PathLike):
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise HarnessError("feature file not found", path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise HarnessError(f"not a readable HDF5 file ({exc})", path) from None
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_info(path: str | os.PathLike) -> FeatureFileInfo:
+    """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
+    path = Path(path)
+    with _open(path) as handle:
+        attrs = {}
+        for key in handle.attrs:
+            try:
+                value = _decode(handle.attrs[key])
+            except Exception as exc:  # h5py raises on attribute types it cannot map
+                raise HarnessError(f"attribute {key!r} is unreadable ({exc})", path) from None
+            if isinstance(value, str) and len(value) > _ATTR_MAX_CHARS:
+                raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_CHARS} characters", path)
+            attrs[key] = value
+        parts = {}
+        for part in PARTS:
+            if part not in handle:
+                continue
+            group = handle[part]
+            if not hasattr(group, "keys"):
+                raise HarnessError(f"/{part} must be a group", path)
+            for name in ("descriptors", "names"):
+                if name not in group:
+                    raise HarnessError(f"/{part}/{name} is missing", path)
+            descriptors = group["descriptors"]
+            if len(descriptors.shape) != 2:
+                raise HarnessError(
+                    f"/{part}/descriptors must be 2-D, has shape {descriptors.shape}", path
+                )
+            parts[part] = PartInfo(
+                count=int(descriptors.shape[0]),
+                dim=int(descriptors.shape[1]),
+                dtype=str(descriptors.dtype),
+            )
+        if not parts:
+            raise HarnessError("holds neither /query nor /database", path)
+    version = attrs.pop("format_version", None)
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise HarnessError(f"root attribute format_version is missing or invalid ({version!r})", path) from None
+    if version != FEATURE_FORMAT_VERSION:
+        raise HarnessError(
+            f"format_version {version} is not supported (this harness reads {FEATURE_FORMAT_VERSION})",
+            path,
+        )
+    return FeatureFileInfo(
+        path=path,
+        format_version=version,
+        split=str(attrs.pop("split", "")),
+        method=str(attrs.pop("method", "")),
+        parts=parts,
+        attrs=attrs,
+    )
+
+
+def read_names(path: str | os.PathLike, part: str) -> list[str]:
+    """Image names of ``part``, decoded as UTF-8."""
+    with _open(path) as handle:
+        dataset = handle[part]["names"]
+        if dataset.dtype.kind not in ("O", "S", "U") or len(dataset.shape) != 1:
+            raise HarnessError(
+                f"/{part}/names must be a 1-D string dataset, has dtype {dataset.dtype} "
+                f"and shape {dataset.shape}",
+                path,
+            )
+        try:
+            return [str(n) for n in dataset.asstr()[()]]
+        except (UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise HarnessError(f"/{part}/names are not UTF-8 strings ({exc})", path) from None
+
+
+def read_descriptors(
+    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
+) -> np.ndarray:
+    """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
+    with _open(path) as handle:
+        dataset = handle[part]["descriptors"]
+        stop = dataset.shape[0] if stop is None else stop
+        block = dataset[start:stop]
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def iter_descriptor_blocks(
+    path: str | os.PathLike, part: str, block_rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start_row, descriptors)`` blocks of at most ``block_rows`` rows, as stored."""
+    if block_rows < 1:
+        raise ValueError("block_rows must be >= 1")
+    with _open(path) as handle:
+        dataset = handle[part]["descriptors"]
+        total = dataset.shape[0]
+        for start in range(0, total, block_rows):
+            stop = min(total, start + block_rows)
+            block = np.empty((stop - start, dataset.shape[1]), dtype=dataset.dtype)
+            dataset.read_direct(block, np.s_[start:stop])
+            yield start, block
+
+
+def expand_feature_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, directories expanded to their ``*.h5``/``*.hdf5`` files (sorted)."""
+    result: list[Path] = []
+    for item in paths:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+            if not found:
+                raise HarnessError("directory holds no .h5 feature files", item)
+            result.extend(found)
+        else:
+            result.append(item)
+    return result
