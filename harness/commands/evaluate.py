@@ -1,3 +1,165 @@
-"""`harness evaluate` commands (being written)."""
+"""`harness eval`: exact evaluation of feature files (or a method's features) on a split."""
 
-commands: list = []
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+logger = logging.getLogger(__name__)
+
+FEATURE_PROVIDER_GROUP = "harness.feature_providers"
+
+
+def _parse_ints(value: str | None, what: str):
+    if value is None:
+        return None
+    try:
+        numbers = tuple(int(part) for part in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 1,5,10, got {value!r}", param_hint=what) from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter("must be positive integers", param_hint=what)
+    return numbers
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--method-option")
+        if key.strip() in options:
+            raise click.BadParameter(f"{key.strip()!r} given twice", param_hint="--method-option")
+        options[key.strip()] = value
+    return options
+
+
+def feature_provider():
+    """The installed ``harness.feature_providers`` entry point (the ``methods`` extra)."""
+    from importlib import metadata
+
+    from harness.errors import HarnessError
+
+    entries = list(metadata.entry_points(group=FEATURE_PROVIDER_GROUP))
+    if not entries:
+        raise HarnessError(
+            "--method needs a feature provider, and none is installed: install the `methods` "
+            "extra (pip install 'iovpr-harness[methods]'), or extract features and pass --features"
+        )
+    if len(entries) > 1:
+        names = ", ".join(sorted(e.name for e in entries))
+        logger.info("several feature providers installed (%s); using %s", names, entries[0].name)
+    try:
+        return entries[0].load()
+    except ImportError as exc:
+        raise HarnessError(
+            f"the feature provider {entries[0].value} cannot be imported ({exc}); "
+            "install the `methods` extra (torch, torchvision)"
+        ) from None
+
+
+def format_scores(result) -> str:
+    """A small text table of the record's scores."""
+    protocol = result.protocol
+    lines = [
+        f"{result.method} on {result.split}: {result.counts.queries} queries, "
+        f"{result.counts.database} database images, radius {protocol.radius_m:g} m"
+        + (", spatial NMS" if protocol.spatial_nms else ""),
+    ]
+    if result.counts.queries_without_positive:
+        lines.append(
+            f"{result.counts.queries_without_positive} queries have no positive "
+            f"(policy {protocol.no_positive}: {result.counts.evaluated_queries} evaluated)"
+        )
+    width = max(len(name) for name in result.scores)
+    lines.append(f"{'metric':<{width}}  {'value':>7}")
+    for name, value in result.scores.items():
+        lines.append(f"{name:<{width}}  {100 * value:6.2f}%")
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.option("--features", "features", multiple=True, type=click.Path(path_type=Path),
+              help="Feature file or directory of .h5 shards (repeatable).")
+@click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
+@click.option("--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's).")
+@click.option("--map-k", type=click.IntRange(min=1), default=None, help="mAP@K depth (default: max N).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the result record here (atomically).")
+@click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Ranked predictions sidecar (default: beside --json).")
+@click.option("--no-predictions", is_flag=True, help="Do not write the predictions sidecar.")
+@click.option("--ngpu", type=click.IntRange(min=-1), default=-1, show_default=True,
+              help="-1 every GPU faiss sees, 0 CPU only, n at most n GPUs.")
+@click.option("--cpu-backend", type=click.Choice(["auto", "numpy", "faiss"]), default="auto",
+              show_default=True, help="CPU search backend.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=None,
+              help="Database rows per streamed block (default: ~128 MB).")
+@click.option("--no-value-checks", is_flag=True,
+              help="Skip the finite/zero/norm checks of streamed descriptors.")
+@click.option("--method", default=None,
+              help="Extract this method's features with the installed provider (instead of --features).")
+@click.option("--weights", default=None, help="Weights for --method.")
+@click.option("--method-option", "method_options", multiple=True, help="key=value for --method (repeatable).")
+@click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --method writes/reuses features (default: <data-root>/features/<split>/<method>).")
+@click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
+@click.option("--progress/--no-progress", default=True, help="Progress bars.")
+def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
+                 no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
+                 method_options, features_dir, device, batch_size, progress) -> None:
+    """Evaluate features on a split exactly; print Recall@N and write a JSON record.
+
+    Give --features (files or directories; one file holds the queries, the database may be
+    sharded), or --method to have the installed provider extract them first.
+    """
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    from harness.splits import default_data_root, get_split
+
+    if bool(features) == bool(method):
+        raise click.UsageError("give either --features or --method")
+    if predictions_path and no_predictions:
+        raise click.UsageError("--predictions and --no-predictions contradict each other")
+    if (weights or method_options or features_dir or device or batch_size) and not method:
+        raise click.UsageError("--weights/--method-option/--features-dir/--device/--batch-size need --method")
+    options = _parse_options(method_options)
+    config = EvalConfig(
+        recall_ns=_parse_ints(recall_ns, "--recall-ns"),
+        map_k=map_k,
+        ngpu=ngpu,
+        cpu_backend=cpu_backend,
+        block_rows=block_rows,
+        validate=not no_value_checks,
+        progress=progress,
+    )
+    split = get_split(split_name, data_root)
+    if method:
+        provide = feature_provider()
+        out_dir = features_dir or (data_root or default_data_root()) / "features" / split.name / method
+        features = tuple(provide(
+            method=method, split=split, out_dir=Path(out_dir), weights=weights,
+            options=options, device=device, batch_size=batch_size,
+        ))
+    result = evaluate(features, split, config, method=method)
+    click.echo(format_scores(result))
+    if json_path is not None:
+        if no_predictions:
+            import dataclasses
+
+            result = dataclasses.replace(result, prediction_data=None)
+        result.write(json_path, predictions_path=predictions_path)
+        click.echo(f"wrote {json_path}")
+    elif predictions_path is not None:
+        from harness.results import write_predictions
+
+        write_predictions(predictions_path, result.prediction_data, result=result)
+        click.echo(f"wrote {predictions_path}")
+
+
+commands = [eval_command]

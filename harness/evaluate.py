@@ -1,0 +1,368 @@
+"""Evaluate feature files on a split: validate, stream the exact search, score, record.
+
+Entry points::
+
+    evaluate(features, split, config=EvalConfig(), *, method=None) -> EvalResult
+    search_features(features, split, config, *, partial_database=False) -> SearchOutput
+    evaluate_topk(split, topk, config, *, method, features=(), descriptor_dim, ...) -> EvalResult
+
+A sharded (SLURM) evaluation runs :func:`search_features` with ``partial_database=True`` on
+the query file plus a subset of the database shards in each job, merges the partial top-K with
+:func:`harness.search.merge_topk`, and passes the merged top-K to :func:`evaluate_topk`: the
+record is identical (scores, protocol, counts) to a single :func:`evaluate` run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from harness import __version__
+from harness.config import EvalConfig
+from harness.errors import HarnessError, ValidationError
+from harness.features import expand_feature_paths, read_descriptors, read_info, read_names
+from harness.hardware import hardware_facts, peak_rss_bytes
+from harness.results import (
+    Counts, EvalResult, FileDigest, Hardware, Predictions, Timings, harness_git_commit, utc_now,
+)
+from harness.search import (
+    BlockSource, SearchStats, TopK, default_block_rows, iter_feature_blocks, resolve_backend,
+    search_blocks,
+)
+from harness.splits import Split
+
+logger = logging.getLogger(__name__)
+
+_ATTR_TYPES = (str, int, float, bool)
+
+
+@dataclass(frozen=True, eq=False)
+class SearchOutput:
+    """What :func:`search_features` found, with what the record needs about the inputs."""
+
+    topk: TopK
+    paths: tuple[Path, ...]
+    method: str
+    method_attrs: Mapping[str, object]
+    descriptor_dim: int
+    descriptor_dtype: str
+    search_backend: str
+    load_s: float
+    search_s: float
+    warnings: tuple[str, ...] = field(default=())
+
+
+class _BlockInspector:
+    """Value checks (finite, non-zero rows, L2 norm) of every streamed block.
+
+    Runs in the reading thread, so the check costs no extra pass over the files.
+    """
+
+    def __init__(self):
+        from harness.validate import NORM_TOLERANCE
+
+        self._tolerance = NORM_TOLERANCE
+        self._lock = threading.Lock()
+        self.problems: dict[Path, list[str]] = {}
+        self.unnormalised: dict[Path, int] = {}
+
+    def __call__(self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"):
+        from harness.validate import inspect_block
+
+        check = inspect_block(descriptors, self._tolerance.get(dtype, self._tolerance["float32"]))
+        notes = []
+        if check.nonfinite_rows.size:
+            notes.append(f"{check.nonfinite_rows.size} /{source.part} rows hold NaN or Inf "
+                         f"(first at stored row {start + int(check.nonfinite_rows[0])})")
+        if check.zero_rows.size:
+            notes.append(f"{check.zero_rows.size} /{source.part} rows are all zero "
+                         f"(first at stored row {start + int(check.zero_rows[0])})")
+        with self._lock:
+            if notes:
+                self.problems.setdefault(source.path, []).extend(notes)
+            if check.unnormalised_rows:
+                self.unnormalised[source.path] = self.unnormalised.get(source.path, 0) + check.unnormalised_rows
+
+    def raise_problems(self) -> None:
+        problems = [f"{path}: {note}" for path, notes in self.problems.items() for note in notes]
+        if problems:
+            raise ValidationError(problems)
+
+    def warnings(self) -> list[str]:
+        return [f"{path}: {count} rows are not L2-normalised (inner product then differs from L2 ranking)"
+                for path, count in self.unnormalised.items()]
+
+
+def _plain_attrs(attrs: Mapping[str, object]) -> dict:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        out[str(key)] = value if isinstance(value, _ATTR_TYPES) else str(value)
+    return out
+
+
+def _map_database_partial(paths: Sequence[Path], split: Split):
+    """Validate a query file plus a *subset* of database shards (sharded evaluation)."""
+    from harness.validate import PartRows, map_names_to_rows
+
+    problems: list[str] = []
+    query = None
+    database: list[PartRows] = []
+    owner = np.full(split.num_database, -1, dtype=np.int32)
+    dims, method = set(), ""
+    for number, path in enumerate(paths):
+        info = read_info(path)
+        method = method or info.method
+        if info.split and info.split != split.name and "query" in info.parts:
+            problems.append(f"{path}: was written for split {info.split!r}, not {split.name!r}")
+        for part, part_info in info.parts.items():
+            dims.add(part_info.dim)
+            names = read_names(path, part)
+            split_names = split.query_names if part == "query" else split.database_names
+            index = (lambda: split.query_index) if part == "query" else (lambda: split.database_index)
+            rows = map_names_to_rows(names, split_names, index)
+            if (rows < 0).any():
+                problems.append(f"{path}: {int((rows < 0).sum())} {part} names are not in split {split.name}")
+                continue
+            if len(np.unique(rows)) != len(rows):
+                problems.append(f"{path}: {part} names occur more than once")
+                continue
+            entry = PartRows(path, part, rows, part_info.dim, part_info.dtype)
+            if part == "query":
+                if query is not None:
+                    problems.append(f"{path}: /query is also in {query.path}")
+                elif len(rows) != split.num_queries:
+                    problems.append(f"{path}: holds {len(rows)} of {split.num_queries} queries")
+                query = entry
+            else:
+                if (owner[rows] >= 0).any():
+                    problems.append(f"{path}: database rows also in {paths[int(owner[rows][owner[rows] >= 0][0])]}")
+                owner[rows] = number
+                database.append(entry)
+    if query is None:
+        problems.append(f"{paths[0] if paths else split.name}: no file holds /query")
+    if len(dims) > 1:
+        problems.append(f"{paths[0]}: descriptor dimensions differ between files ({sorted(dims)})")
+    if problems:
+        raise ValidationError(problems)
+    return query, database, dims.pop(), method
+
+
+def search_features(
+    features: Sequence[str | os.PathLike],
+    split: Split,
+    config: EvalConfig = EvalConfig(),
+    *,
+    partial_database: bool = False,
+) -> SearchOutput:
+    """Validate ``features`` against ``split`` and search every query's exact top-K.
+
+    ``features`` are files or directories: exactly one file holds ``/query``; ``/database``
+    rows come from one or more files. With ``partial_database`` the database files may cover
+    only part of the split's database (one job of a sharded evaluation).
+    """
+    from harness.validate import check_features
+
+    started = time.perf_counter()
+    paths = tuple(expand_feature_paths(features))
+    if not paths:
+        raise HarnessError("no feature files given")
+    if partial_database:
+        query_part, database_parts, dim, method = _map_database_partial(paths, split)
+        warnings: list[str] = []
+        attrs = _plain_attrs(read_info(query_part.path).attrs)
+    else:
+        report = check_features(paths, split, check_values=False)
+        query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
+        warnings = list(report.warnings)
+        info = next(i for i in report.infos if i.path == query_part.path)
+        attrs = _plain_attrs(info.attrs)
+
+    inspector = _BlockInspector() if config.validate else None
+    queries = np.empty((split.num_queries, dim), dtype=np.float32)
+    stored = read_descriptors(query_part.path, "query")
+    queries[query_part.rows] = stored
+    del stored
+    if inspector is not None:
+        inspector(BlockSource(query_part.path, query_part.rows, "query"), 0, queries, query_part.dtype)
+    load_s = time.perf_counter() - started
+
+    protocol = config.protocol(split)
+    backend = resolve_backend(config.ngpu, config.cpu_backend, config.query_batch_rows)
+    block_rows = config.block_rows or default_block_rows(dim, backend.block_bytes)
+    sources = [BlockSource(part.path, part.rows, "database") for part in database_parts]
+    dtypes = {part.dtype for part in database_parts}
+    on_block = None
+    if inspector is not None:
+        dtype_of = {part.path: part.dtype for part in database_parts}
+        on_block = lambda source, start, block: inspector(source, start, block, dtype_of[source.path])  # noqa: E731
+    stats = SearchStats()
+    topk = search_blocks(
+        queries,
+        iter_feature_blocks(sources, block_rows, prefetch_blocks=config.prefetch, on_block=on_block),
+        protocol.k,
+        backend=backend,
+        total_rows=sum(part.count for part in database_parts),
+        progress=config.progress,
+        stats=stats,
+    )
+    if inspector is not None:
+        inspector.raise_problems()
+        for warning in inspector.warnings():
+            logger.warning("%s", warning)
+            warnings.append(warning)
+    logger.info(
+        "searched %d queries x %d database rows (dim %d) with %s in %.2f s "
+        "(%.2f s waiting for reads)", split.num_queries, stats.database_rows, dim,
+        stats.backend, stats.total_s, stats.wait_s,
+    )
+    return SearchOutput(
+        topk=topk,
+        paths=paths,
+        method=method,
+        method_attrs=attrs,
+        descriptor_dim=int(dim),
+        descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
+        search_backend=stats.backend,
+        load_s=load_s,
+        search_s=stats.total_s,
+        warnings=tuple(warnings),
+    )
+
+
+def evaluate_topk(
+    split: Split,
+    topk: TopK,
+    config: EvalConfig = EvalConfig(),
+    *,
+    method: str,
+    features: Sequence[FileDigest] = (),
+    descriptor_dim: int,
+    descriptor_dtype: str = "float32",
+    search_backend: str = "",
+    method_attrs: Mapping[str, object] | None = None,
+    load_s: float = 0.0,
+    checksum_s: float = 0.0,
+    search_s: float = 0.0,
+    started: float | None = None,
+) -> EvalResult:
+    """Score a complete top-K (e.g. merged from shards) and build the record."""
+    from harness.ground_truth import positives_within_radius
+    from harness.metrics import compute_metrics, database_places
+
+    started = time.perf_counter() if started is None else started
+    protocol = config.protocol(split)
+    if topk.num_queries != split.num_queries:
+        raise HarnessError(f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}")
+    if topk.k < protocol.k:
+        raise HarnessError(f"top-K holds {topk.k} ranks; this protocol needs {protocol.k}")
+    metrics_started = time.perf_counter()
+    positives = positives_within_radius(split.database_utm, split.query_utm, protocol.radius_m)
+    places = database_places(split.database_utm) if protocol.spatial_nms else None
+    metrics = compute_metrics(
+        topk.indices[:, : protocol.k],
+        positives,
+        recall_ns=protocol.recall_ns,
+        map_k=protocol.map_k,
+        no_positive=protocol.no_positive,
+        places=places,
+        nms_pool=protocol.nms_pool,
+    )
+    metrics_s = time.perf_counter() - metrics_started
+    facts = hardware_facts()
+    if metrics.queries_without_positive:
+        logger.warning(
+            "%d of %d queries have no positive within %.1f m (policy %r)",
+            metrics.queries_without_positive, split.num_queries, protocol.radius_m, protocol.no_positive,
+        )
+    return EvalResult(
+        split=split.name,
+        split_sha256=split.sha256,
+        method=method or "unknown",
+        scores=metrics.scores,
+        main_score=f"recall@{min(protocol.recall_ns)}",  # recall@1 unless N=1 was left out
+        protocol=protocol,
+        counts=Counts(
+            queries=split.num_queries,
+            database=split.num_database,
+            queries_without_positive=metrics.queries_without_positive,
+            evaluated_queries=metrics.evaluated_queries,
+        ),
+        features=tuple(features),
+        descriptor_dim=int(descriptor_dim),
+        descriptor_dtype=descriptor_dtype,
+        search_backend=search_backend,
+        timings=Timings(
+            load_s=load_s, checksum_s=checksum_s, search_s=search_s, metrics_s=metrics_s,
+            total_s=time.perf_counter() - started,
+        ),
+        peak_rss_bytes=peak_rss_bytes(),
+        hardware=Hardware(**{**facts, "gpus": tuple(facts["gpus"])}),
+        harness_version=__version__,
+        git_commit=harness_git_commit(),
+        date=utc_now(),
+        method_attrs=dict(method_attrs or {}),
+        prediction_data=Predictions(
+            indices=topk.indices,
+            scores=topk.scores,
+            first_positive_rank=metrics.first_positive_rank.astype(np.int32),
+            has_positive=metrics.has_positive,
+        ),
+    )
+
+
+def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
+    """sha256 of every file, and the seconds it took."""
+    started = time.perf_counter()
+    digests = tuple(FileDigest.of(path) for path in paths)
+    return digests, time.perf_counter() - started
+
+
+def evaluate(
+    features: Sequence[str | os.PathLike],
+    split: Split,
+    config: EvalConfig = EvalConfig(),
+    *,
+    method: str | None = None,
+) -> EvalResult:
+    """Evaluate feature files on ``split``: the exact top-K, Recall@N, mAP@K, one record.
+
+    Args:
+        features: feature files or directories (one file holds ``/query``; the database may be
+            sharded over several files).
+        split: the split (names map stored rows to split rows; any row order works).
+        config: protocol overrides and search settings.
+        method: the method name to record (default: the files' ``method`` attribute).
+
+    Returns:
+        The :class:`EvalResult`; its ``prediction_data`` holds the rankings for the sidecar.
+
+    Raises:
+        HarnessError / ValidationError: bad files (nothing is written).
+    """
+    started = time.perf_counter()
+    output = search_features(features, split, config)
+    digests, checksum_s = file_digests(output.paths) if config.checksums else ((), 0.0)
+    return evaluate_topk(
+        split,
+        output.topk,
+        config,
+        method=method or output.method,
+        features=digests,
+        descriptor_dim=output.descriptor_dim,
+        descriptor_dtype=output.descriptor_dtype,
+        search_backend=output.search_backend,
+        method_attrs=output.method_attrs,
+        load_s=output.load_s,
+        checksum_s=checksum_s,
+        search_s=output.search_s,
+        started=started,
+    )

@@ -1,0 +1,136 @@
+"""Facts about the machine an evaluation ran on: CPU, GPUs, BLAS, peak memory, GEMM speed.
+
+Everything here is cheap and never fails: a fact that cannot be read is reported as unknown.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Environment variables that change which BLAS kernel runs (reported, never changed here).
+BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                 "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_names() -> tuple[str, ...]:
+    """Names of the visible NVIDIA GPUs (``nvidia-smi``), empty without any."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ()
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    names = tuple(line.strip() for line in out.splitlines() if line.strip())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = [v.strip() for v in visible.split(",") if v.strip().isdigit()]
+        names = tuple(names[int(i)] for i in wanted if int(i) < len(names))
+    return names
+
+
+def blas_summary() -> str:
+    """numpy's BLAS (and faiss's, when loaded), e.g. ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
+    from harness.search import _blas_description, blas_libraries
+
+    libs = blas_libraries()
+    parts = [f"numpy: {_blas_description(libs['numpy'])}"]
+    if libs["faiss"] is not None:
+        parts.append(f"faiss: {_blas_description(libs['faiss'])}")
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if env:
+        parts.append(" ".join(f"{k}={v}" for k, v in env.items()))
+    return "; ".join(parts)
+
+
+def blas_environment() -> dict[str, str]:
+    """The BLAS-related environment variables that are set."""
+    return {k: os.environ[k] for k in BLAS_ENV_VARS if k in os.environ}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (bytes)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Linux reports KiB, macOS bytes.
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss))
+
+
+def current_rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def measure_gemm_gflops(rows_a: int, rows_b: int, dim: int, repeats: int = 3,
+                        seed: int = 0) -> float:
+    """Best-of-``repeats`` float32 GFLOP/s of numpy ``a @ b.T`` for (rows_a, dim) x (rows_b, dim).
+
+    The reference "peak" for benchmarks: the same GEMM shape the evaluator runs, in memory.
+    """
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((rows_a, dim), dtype=np.float32)
+    b = rng.standard_normal((rows_b, dim), dtype=np.float32)
+    out = np.empty((rows_a, rows_b), dtype=np.float32)
+    np.matmul(a, b.T, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b.T, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * rows_a * rows_b * dim / best / 1e9
+
+
+def hardware_facts() -> dict:
+    """The hardware section of a result record."""
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_cores": cpu_cores(),
+        "gpus": list(gpu_names()),
+        "blas": blas_summary(),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }

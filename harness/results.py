@@ -1,0 +1,519 @@
+"""Versioned evaluation records (JSON) and their per-query prediction sidecars (.npz).
+
+One record is one evaluation of one method on one split. It is a frozen :class:`EvalResult`
+written as key-sorted JSON with floats rounded to 6 decimals; the exact per-query rankings go
+into a sidecar ``<record>.predictions.npz`` (no pickle) that the record names with its sha256.
+
+API for readers (the leaderboard)::
+
+    read_result(path) -> EvalResult          # validates; HarnessError on a bad file
+    iter_results(folder) -> Iterator[tuple[Path, EvalResult]]   # every *.json below, sorted
+    EvalResult.from_dict(d) / .to_dict()     # reads every schema version that ever existed
+    result.split, result.split_sha256, result.method, result.date
+    result.main_score  ("recall@1")  and  result.main_score_value
+    result.scores      {"recall@1": 0.81, "recall@5": ..., "map@100": ...}   (fractions 0..1)
+    result.protocol    radius_m, recall_ns, map_k, k, spatial_nms, nms_pool, no_positive
+    result.counts      queries, database, queries_without_positive, evaluated_queries
+    result.features    tuple of FileDigest(path, sha256, bytes)
+    result.predictions FileDigest of the sidecar (path relative to the record) or None
+    read_predictions(record_path, result=None) -> Predictions   # checks the sidecar's sha256
+
+Schema history (add a reader to ``_READERS`` for each new version; never drop one):
+
+* 1: this layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.io import atomic_path, sha256_file, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAIN_SCORE = "recall@1"
+FLOAT_DECIMALS = 6
+PREDICTIONS_SUFFIX = ".predictions.npz"
+PREDICTIONS_FORMAT_VERSION = 1
+_SCORE_NAME = re.compile(r"^(recall|map)@([1-9][0-9]*)$")
+
+
+# --------------------------------------------------------------------------------------------
+# Parts of a record
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file the record depends on: its path (as given, or relative to the record) and sha256."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise HarnessError(f"{self.path}: sha256 must be 64 lowercase hex digits")
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, shown_as: str | None = None) -> "FileDigest":
+        path = Path(path)
+        return cls(shown_as if shown_as is not None else str(path), sha256_file(path),
+                   path.stat().st_size)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What was measured: the numbers are only comparable under the same protocol."""
+
+    radius_m: float
+    recall_ns: tuple[int, ...]
+    map_k: int
+    k: int  # ranks searched per query (max N, or max N x 12 with spatial NMS)
+    spatial_nms: bool
+    nms_pool: int  # predictions NMS looks at (0 when off)
+    no_positive: str  # "miss" or "exclude"
+    metric: str = "inner_product"
+
+    def __post_init__(self):
+        object.__setattr__(self, "recall_ns", tuple(int(n) for n in self.recall_ns))
+        if not self.recall_ns or list(self.recall_ns) != sorted(set(self.recall_ns)) or self.recall_ns[0] < 1:
+            raise HarnessError(f"recall_ns must be increasing positive integers, got {self.recall_ns}")
+        if self.no_positive not in ("miss", "exclude"):
+            raise HarnessError(f"no_positive must be 'miss' or 'exclude', got {self.no_positive!r}")
+        if not self.radius_m > 0 or self.map_k < 1 or self.k < 1:
+            raise HarnessError("radius_m, map_k and k must be positive")
+
+
+@dataclass(frozen=True)
+class Counts:
+    queries: int
+    database: int
+    queries_without_positive: int
+    evaluated_queries: int  # the recall denominator
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock seconds."""
+
+    load_s: float  # reading names, validation, queries
+    checksum_s: float  # sha256 of the feature files
+    search_s: float
+    metrics_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu_model: str
+    cpu_cores: int
+    gpus: tuple[str, ...]
+    blas: str
+    platform: str = ""
+    python: str = ""
+    numpy: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """Per-query ranked predictions, row i = split query i.
+
+    ``indices``/``scores`` (Q, K) are the searched top-K (before spatial NMS, so every metric
+    can be recomputed); ``first_positive_rank`` (Q,) int32 is the 0-based rank of the first
+    positive in the evaluated ranking (after NMS when on), -1 when none was found;
+    ``has_positive`` (Q,) bool says whether the query has any positive in the database.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    first_positive_rank: np.ndarray
+    has_positive: np.ndarray
+
+    def __post_init__(self):
+        q = self.indices.shape[0]
+        assert self.indices.ndim == 2 and self.scores.shape == self.indices.shape
+        assert self.first_positive_rank.shape == (q,) and self.has_positive.shape == (q,)
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation of one method on one split (schema version :data:`SCHEMA_VERSION`).
+
+    ``scores`` are fractions in [0, 1] named ``recall@N`` and ``map@K``; ``main_score`` names the
+    headline one. ``prediction_data`` (not serialised) carries the rankings until
+    :meth:`write` stores them in the sidecar.
+    """
+
+    split: str
+    split_sha256: str
+    method: str
+    scores: Mapping[str, float]
+    protocol: Protocol
+    counts: Counts
+    features: tuple[FileDigest, ...]
+    descriptor_dim: int
+    descriptor_dtype: str
+    search_backend: str
+    timings: Timings
+    peak_rss_bytes: int
+    hardware: Hardware
+    harness_version: str
+    git_commit: str | None
+    date: str
+    main_score: str = MAIN_SCORE
+    predictions: FileDigest | None = None
+    method_attrs: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    prediction_data: Predictions | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.schema_version != SCHEMA_VERSION:
+            raise HarnessError(
+                f"EvalResult holds schema_version {SCHEMA_VERSION}, got {self.schema_version}"
+            )
+        scores = {}
+        for name, value in dict(self.scores).items():
+            if not _SCORE_NAME.match(name):
+                raise HarnessError(f"invalid score name {name!r} (expected recall@N or map@K)")
+            value = float(value)
+            if not (0.0 <= value <= 1.0):
+                raise HarnessError(f"score {name} = {value} is outside [0, 1]")
+            scores[name] = value
+        object.__setattr__(self, "scores", dict(sorted(scores.items(), key=_score_order)))
+        if self.main_score not in self.scores:
+            raise HarnessError(f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}")
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "method_attrs", dict(self.method_attrs))
+        if self.descriptor_dtype not in ("float32", "float16"):
+            raise HarnessError(f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}")
+
+    @property
+    def main_score_value(self) -> float:
+        return self.scores[self.main_score]
+
+    def recall(self, n: int) -> float:
+        return self.scores[f"recall@{n}"]
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (floats rounded to 6 decimals; ``prediction_data`` left out)."""
+        data = {}
+        for f in dataclasses.fields(self):
+            if f.name == "prediction_data":
+                continue
+            data[f.name] = _plain(getattr(self, f.name))
+        return _round_floats(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "EvalResult":
+        """Validate and build a record of any schema version this harness knows."""
+        if not isinstance(data, Mapping):
+            raise HarnessError(f"a result record must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        reader = _READERS.get(version) if isinstance(version, int) else None
+        if reader is None:
+            raise HarnessError(
+                f"unsupported schema_version {version!r}; this harness reads "
+                f"{sorted(_READERS)} (a newer harness may have written it)"
+            )
+        return reader(data)
+
+    def write(self, path: str | os.PathLike, predictions_path: str | os.PathLike | None = None) -> Path:
+        """Write the record atomically; with ``prediction_data``, the sidecar first.
+
+        The sidecar goes to ``predictions_path`` or ``<path minus .json>.predictions.npz``; the
+        written record names it (relative to the record when in the same folder) with its
+        sha256. Returns ``path``.
+        """
+        path = Path(path)
+        record = self
+        if self.prediction_data is not None:
+            sidecar = Path(predictions_path) if predictions_path else default_predictions_path(path)
+            write_predictions(sidecar, self.prediction_data, result=self)
+            shown = os.path.relpath(sidecar, path.parent) if sidecar.parent.resolve() == path.parent.resolve() \
+                else str(sidecar.resolve())
+            record = dataclasses.replace(self, predictions=FileDigest.of(sidecar, shown))
+        write_json_atomic(path, record.to_dict())
+        logger.info("wrote %s", path)
+        return path
+
+
+def _score_order(item):
+    kind, n = _SCORE_NAME.match(item[0]).groups()
+    return (kind != "recall", int(n))
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _round_floats(value):
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise HarnessError(f"non-finite number {value} cannot be written to a record")
+        return round(value, FLOAT_DECIMALS)
+    if isinstance(value, dict):
+        return {k: _round_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round_floats(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Reading, with strict validation
+
+
+def _fail(where: str, message: str):
+    raise HarnessError(f"{where}: {message}")
+
+
+def _int(value, where):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"expected an integer, got {value!r}")
+    return value
+
+
+def _float(value, where):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(where, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value, where):
+    if not isinstance(value, str):
+        _fail(where, f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value, where):
+    return None if value is None else _str(value, where)
+
+
+def _bool(value, where):
+    if not isinstance(value, bool):
+        _fail(where, f"expected true/false, got {value!r}")
+    return value
+
+
+def _list_of(convert):
+    def run(value, where):
+        if not isinstance(value, list):
+            _fail(where, f"expected a list, got {value!r}")
+        return tuple(convert(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+    return run
+
+
+def _json_object(value, where):
+    if not isinstance(value, dict):
+        _fail(where, f"expected an object, got {value!r}")
+    return value
+
+
+def _build(cls, converters: Mapping[str, Callable], data, where: str, skip=("prediction_data",)):
+    """``cls(**data)`` after rejecting unknown and missing keys and converting each value."""
+    if not isinstance(data, Mapping):
+        _fail(where, f"expected an object, got {type(data).__name__}")
+    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+    valid = {f.name for f in fields}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        _fail(where, f"unknown keys {unknown}; valid keys are {sorted(valid)}")
+    required = {
+        f.name for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        _fail(where, f"missing keys {missing}")
+    kwargs = {}
+    for key, value in data.items():
+        convert = converters[key]
+        kwargs[key] = convert(value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _digest(value, where):
+    return _build(FileDigest, {"path": _str, "sha256": _str, "bytes": _int}, value, where)
+
+
+def _scores(value, where):
+    value = _json_object(value, where)
+    return {_str(k, where): _float(v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _read_v1(data: Mapping) -> EvalResult:
+    where = "record"
+    converters = {
+        "split": _str,
+        "split_sha256": _str,
+        "method": _str,
+        "scores": _scores,
+        "protocol": lambda v, w: _build(Protocol, {
+            "radius_m": _float, "recall_ns": _list_of(_int), "map_k": _int, "k": _int,
+            "spatial_nms": _bool, "nms_pool": _int, "no_positive": _str, "metric": _str,
+        }, v, w),
+        "counts": lambda v, w: _build(Counts, {
+            "queries": _int, "database": _int, "queries_without_positive": _int,
+            "evaluated_queries": _int,
+        }, v, w),
+        "features": _list_of(_digest),
+        "descriptor_dim": _int,
+        "descriptor_dtype": _str,
+        "search_backend": _str,
+        "timings": lambda v, w: _build(Timings, {
+            "load_s": _float, "checksum_s": _float, "search_s": _float, "metrics_s": _float,
+            "total_s": _float,
+        }, v, w),
+        "peak_rss_bytes": _int,
+        "hardware": lambda v, w: _build(Hardware, {
+            "cpu_model": _str, "cpu_cores": _int, "gpus": _list_of(_str), "blas": _str,
+            "platform": _str, "python": _str, "numpy": _str,
+        }, v, w),
+        "harness_version": _str,
+        "git_commit": _opt_str,
+        "date": _str,
+        "main_score": _str,
+        "predictions": lambda v, w: None if v is None else _digest(v, w),
+        "method_attrs": _json_object,
+        "schema_version": _int,
+    }
+    return _build(EvalResult, converters, data, where)
+
+
+#: One reader per schema version that ever existed.
+_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1}
+
+
+def read_result(path: str | os.PathLike) -> EvalResult:
+    """Read and validate a record; any problem is a one-line :class:`HarnessError` naming ``path``."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise HarnessError("result record not found", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"not a readable JSON record ({exc})", path) from None
+    try:
+        return EvalResult.from_dict(data)
+    except HarnessError as exc:
+        raise HarnessError(exc.message, path) from None
+
+
+def iter_results(folder: str | os.PathLike) -> Iterator[tuple[Path, EvalResult]]:
+    """Every ``*.json`` record below ``folder`` (sorted paths), validated."""
+    for path in sorted(Path(folder).rglob("*.json")):
+        yield path, read_result(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction sidecars
+
+
+def default_predictions_path(record_path: str | os.PathLike) -> Path:
+    record_path = Path(record_path)
+    stem = record_path.name[: -len(".json")] if record_path.name.endswith(".json") else record_path.name
+    return record_path.with_name(stem + PREDICTIONS_SUFFIX)
+
+
+def write_predictions(path: str | os.PathLike, predictions: Predictions,
+                      result: EvalResult | None = None) -> Path:
+    """Write the sidecar (.npz, no pickle) atomically."""
+    meta = {"format_version": PREDICTIONS_FORMAT_VERSION}
+    if result is not None:
+        meta.update(split=result.split, split_sha256=result.split_sha256, method=result.method,
+                    k=int(predictions.indices.shape[1]))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
+                indices=np.ascontiguousarray(predictions.indices, dtype=np.int64),
+                scores=np.ascontiguousarray(predictions.scores, dtype=np.float32),
+                first_positive_rank=np.ascontiguousarray(predictions.first_positive_rank, dtype=np.int32),
+                has_positive=np.ascontiguousarray(predictions.has_positive, dtype=bool),
+            )
+    return path
+
+
+def read_predictions(record_path: str | os.PathLike, result: EvalResult | None = None) -> Predictions:
+    """The sidecar a record names, after checking its sha256 against the record."""
+    record_path = Path(record_path)
+    result = result if result is not None else read_result(record_path)
+    if result.predictions is None:
+        raise HarnessError("the record names no predictions file", record_path)
+    path = Path(result.predictions.path)
+    if not path.is_absolute():
+        path = record_path.parent / path
+    if not path.is_file():
+        raise HarnessError("predictions file named by the record is missing", path)
+    if sha256_file(path) != result.predictions.sha256:
+        raise HarnessError("predictions file does not match the sha256 in its record", path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+            if meta.get("format_version") != PREDICTIONS_FORMAT_VERSION:
+                raise ValueError(f"unsupported predictions format {meta.get('format_version')!r}")
+            return Predictions(
+                indices=archive["indices"],
+                scores=archive["scores"],
+                first_positive_rank=archive["first_positive_rank"],
+                has_positive=archive["has_positive"],
+            )
+    except (OSError, KeyError, ValueError, AssertionError) as exc:
+        raise HarnessError(f"not a readable predictions file ({exc})", path) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance helpers
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 with a Z (seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def harness_git_commit() -> str | None:
+    """The commit of the harness source tree (``+dirty`` when modified), None outside git."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else (commit or None)

@@ -1,0 +1,1018 @@
+"""Exact streaming top-K search by inner product, with a memory bound set by the block size.
+
+The database arrives as an iterator of ``(database_rows, descriptors)`` blocks (rows are split
+database indices, int64; descriptors float32 or float16, computed in float32). Each block is
+scored against every query (``queries @ block.T``, never more than query-batch x block rows at
+once) and folded into a running, exact top-K. Ties are deterministic everywhere: at equal score
+the lower database index ranks first, whatever order the blocks (or shards) arrive in, so
+the result does not depend on block size, shard order or backend threading.
+
+Public API::
+
+    TopK(scores (Q, K) float32, indices (Q, K) int64)     # -inf / -1 pad missing ranks
+    merge_topk(parts, k=None) -> TopK                       # exact merge of disjoint shards
+    search_blocks(queries, blocks, k, *, ngpu=-1, cpu_backend="auto", ...) -> TopK
+    search(queries, database, k, *, block_rows=None, ...) -> TopK   # in-memory database
+    iter_array_blocks(database, block_rows, rows=None)
+    iter_feature_blocks(sources, block_rows, *, prefetch=True)    # HDF5 files, one thread ahead
+    prefetch(iterable, depth=1)                                    # background producer
+    resolve_backend(ngpu=-1, cpu_backend="auto") -> SearchBackend
+    list_backends(), get_backend(name)
+
+Backends (chosen by ``ngpu``: -1 every visible GPU, 0 CPU only, n the first n GPUs; without a
+usable GPU the search falls back to the CPU, with a warning when GPUs were asked for):
+
+* ``numpy``: float32 GEMM through numpy's BLAS plus an exact threshold/partition selection.
+  This is the CPU default: faiss-cpu wheels bundle an OpenBLAS that may not know the CPU
+  (threadpoolctl reports ``architecture='Prescott'``) and then run a generic kernel about 5x
+  below numpy's. :func:`cpu_backend_choice` makes that decision and says why.
+* ``faiss-cpu``: ``faiss.knn`` per block (a deeper list, then exact tie repair).
+* ``faiss-gpu``: ``faiss.knn_gpu`` on every selected GPU, each block split across the GPUs
+  and merged exactly.
+* ``torch-cuda``: the same with float32 ``torch.mm`` + ``torch.topk`` (TF32 off), used when
+  faiss has no GPU build but torch sees CUDA GPUs (torch is imported only then).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+logger = logging.getLogger(__name__)
+
+#: Bytes of float32 descriptors per database block when ``block_rows`` is not given.
+DEFAULT_BLOCK_BYTES = 128 << 20
+#: Bytes of the (query batch x block) float32 score buffer.
+DEFAULT_SCORE_BYTES = 96 << 20
+#: Bytes read, widened and checked at a time inside a block (stays in the CPU caches).
+PIECE_BYTES = 4 << 20
+#: faiss GPU k-selection handles at most this many results per query.
+FAISS_GPU_MAX_K = 2048
+#: OpenBLAS kernels that mean "this build did not recognise the CPU".
+GENERIC_BLAS_KERNELS = ("prescott", "generic", "core2", "katmai", "coppermine", "northwood", "banias")
+
+_INDEX_PAD = -1
+_NO_INDEX_KEY = np.iinfo(np.int64).max
+
+
+# --------------------------------------------------------------------------------------------
+# Result type and exact merging
+
+
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """The K best database rows per query, best first.
+
+    ``scores`` (Q, K) float32 inner products, descending along each row; ``indices`` (Q, K)
+    int64 split database rows. When the database holds fewer than K rows the tail of each row
+    is padded with score ``-inf`` and index ``-1``. At equal score the lower index comes first.
+    """
+
+    scores: np.ndarray
+    indices: np.ndarray
+
+    def __post_init__(self):
+        scores = np.ascontiguousarray(self.scores, dtype=np.float32)
+        indices = np.ascontiguousarray(self.indices, dtype=np.int64)
+        if scores.ndim != 2 or scores.shape != indices.shape:
+            raise ValueError(
+                f"TopK scores {scores.shape} and indices {indices.shape} must be equal 2-D shapes"
+            )
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "indices", indices)
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.scores.shape[1])
+
+    @classmethod
+    def empty(cls, num_queries: int, k: int) -> "TopK":
+        """All ranks padded (score ``-inf``, index ``-1``)."""
+        return cls(
+            np.full((num_queries, k), -np.inf, dtype=np.float32),
+            np.full((num_queries, k), _INDEX_PAD, dtype=np.int64),
+        )
+
+    def truncate(self, k: int) -> "TopK":
+        """The first ``k`` ranks (``k`` <= :attr:`k`)."""
+        if not 0 < k <= self.k:
+            raise ValueError(f"cannot truncate a top-{self.k} to {k}")
+        return TopK(self.scores[:, :k], self.indices[:, :k])
+
+    def select_queries(self, rows: np.ndarray | slice) -> "TopK":
+        return TopK(self.scores[rows], self.indices[rows])
+
+    def same_ranking(self, other: "TopK") -> bool:
+        """Identical indices and scores (bit for bit)."""
+        return (
+            self.scores.shape == other.scores.shape
+            and np.array_equal(self.indices, other.indices)
+            and np.array_equal(self.scores, other.scores)
+        )
+
+
+def _index_key(indices: np.ndarray) -> np.ndarray:
+    """Sort key that puts padding (-1) after every real index."""
+    return np.where(indices < 0, _NO_INDEX_KEY, indices)
+
+
+def _select_rows(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best entries of (R, W) candidates: score descending, index ascending.
+
+    A plain (SIMD) argsort orders most rows; the rows with an exact tie inside the first
+    ``k + 1`` ranks are redone with a lexicographic sort, so ties never depend on input order.
+    """
+    rows, width = scores.shape
+    assert indices.shape == (rows, width), (indices.shape, scores.shape)
+    if width < k:
+        pad = k - width
+        scores = np.concatenate([scores, np.full((rows, pad), -np.inf, np.float32)], axis=1)
+        indices = np.concatenate([indices, np.full((rows, pad), _INDEX_PAD, np.int64)], axis=1)
+        width = k
+    order = np.argsort(-scores, axis=1)
+    span = min(width, k + 1)
+    head = np.take_along_axis(scores, order[:, :span], axis=1)
+    tied = np.any((head[:, 1:] == head[:, :-1]) & np.isfinite(head[:, 1:]), axis=1)
+    if tied.any():
+        tied_rows = np.flatnonzero(tied)
+        order[tied_rows] = np.lexsort(
+            (_index_key(indices[tied_rows]), -scores[tied_rows]), axis=1
+        )
+    order = order[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(indices, order, axis=1)
+
+
+def merge_topk(parts: Sequence[TopK], k: int | None = None) -> TopK:
+    """Exact top-``k`` of several partial results over disjoint database rows.
+
+    Each part is the top-K of one shard of the database for the same queries. The merge equals
+    a single search over the union (same ranks, same tie order: lower index first). ``k``
+    defaults to the largest K among the parts. Overlapping shards (one database row in two
+    parts) raise ``ValueError``: merging the same shard twice is a bookkeeping error.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("merge_topk needs at least one part")
+    num_queries = parts[0].num_queries
+    for part in parts:
+        if part.num_queries != num_queries:
+            raise ValueError(
+                f"merge_topk: parts hold {part.num_queries} and {num_queries} queries"
+            )
+    k = max(p.k for p in parts) if k is None else int(k)
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    scores = np.concatenate([p.scores for p in parts], axis=1)
+    indices = np.concatenate([p.indices for p in parts], axis=1)
+    if len(parts) > 1:
+        _check_disjoint(indices)
+    merged_scores, merged_indices = _select_rows(scores, indices, k)
+    return TopK(merged_scores, merged_indices)
+
+
+def _check_disjoint(indices: np.ndarray) -> None:
+    ordered = np.sort(indices, axis=1)
+    duplicate = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if duplicate.any():
+        row = int(np.flatnonzero(duplicate.any(axis=1))[0])
+        value = int(ordered[row, 1:][duplicate[row]][0])
+        raise ValueError(
+            f"merge_topk: database row {value} appears in more than one part (query {row}); "
+            "were the same shard's results merged twice?"
+        )
+
+
+class RunningTopK:
+    """Exact running top-K of ``num_queries`` queries, fed one scored block at a time."""
+
+    def __init__(self, num_queries: int, k: int):
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        self.k = int(k)
+        self.scores = np.full((num_queries, k), -np.inf, dtype=np.float32)
+        self.indices = np.full((num_queries, k), _INDEX_PAD, dtype=np.int64)
+        # A row is "full" once it holds K real entries; its threshold is its K-th score.
+        self._full = np.zeros(num_queries, dtype=bool)
+
+    def result(self) -> TopK:
+        return TopK(self.scores.copy(), self.indices.copy())
+
+    def add_scores(self, query_rows: slice, scores: np.ndarray, database_rows: np.ndarray) -> None:
+        """Fold ``scores`` (q, b) of queries ``query_rows`` vs ``database_rows`` (b,) in."""
+        q, b = scores.shape
+        assert database_rows.shape == (b,), (database_rows.shape, b)
+        k = self.k
+        state_scores = self.scores[query_rows]
+        assert state_scores.shape[0] == q
+        full = self._full[query_rows]
+        threshold = np.where(full, state_scores[:, k - 1], -np.inf).astype(np.float32)
+        if b <= k:
+            cand_rows = np.repeat(np.arange(q), b)
+            cand_cols = np.tile(np.arange(b), q)
+        else:
+            # Rows not yet full take the block's K-th score as a threshold: only the block's
+            # top K (plus ties at K) can enter. Full rows take their own K-th score first and
+            # fall back to the block's K-th only when many entries pass.
+            open_rows = np.flatnonzero(~full)
+            if open_rows.size:
+                threshold[open_rows] = _kth_largest(scores[open_rows], k)
+            cand_rows, cand_cols = np.nonzero(scores >= threshold[:, None])
+            counts = np.bincount(cand_rows, minlength=q)
+            crowded = np.flatnonzero(counts > 2 * k)
+            if crowded.size:
+                threshold[crowded] = np.maximum(threshold[crowded], _kth_largest(scores[crowded], k))
+                keep = scores[cand_rows, cand_cols] >= threshold[cand_rows]
+                cand_rows, cand_cols = cand_rows[keep], cand_cols[keep]
+        if cand_rows.size == 0:
+            return
+        counts = np.bincount(cand_rows, minlength=q)
+        touched = np.flatnonzero(counts)
+        width = k + int(counts.max())
+        merged_scores = np.full((touched.size, width), -np.inf, dtype=np.float32)
+        merged_indices = np.full((touched.size, width), _INDEX_PAD, dtype=np.int64)
+        merged_scores[:, :k] = state_scores[touched]
+        merged_indices[:, :k] = self.indices[query_rows][touched]
+        # Candidates come row-major from np.nonzero, so a row's entries are contiguous.
+        position_in_touched = np.cumsum(counts > 0) - 1
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = k + np.arange(cand_rows.size) - starts[cand_rows]
+        target = position_in_touched[cand_rows]
+        merged_scores[target, slot] = scores[cand_rows, cand_cols]
+        merged_indices[target, slot] = database_rows[cand_cols]
+        best_scores, best_indices = _select_rows(merged_scores, merged_indices, k)
+        absolute = np.arange(self.scores.shape[0])[query_rows][touched]
+        self.scores[absolute] = best_scores
+        self.indices[absolute] = best_indices
+        self._full[absolute] = best_indices[:, k - 1] >= 0
+
+    def add_topk(self, query_rows: slice, part: TopK) -> None:
+        """Fold an already selected partial top-K (e.g. from faiss) in."""
+        current = TopK(self.scores[query_rows], self.indices[query_rows])
+        merged = merge_topk([current, part], self.k)
+        absolute = np.arange(self.scores.shape[0])[query_rows]
+        self.scores[absolute] = merged.scores
+        self.indices[absolute] = merged.indices
+        self._full[absolute] = merged.indices[:, self.k - 1] >= 0
+
+
+def _kth_largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest value of each row of (r, b) ``scores`` (b > k)."""
+    b = scores.shape[1]
+    return np.partition(scores, b - k, axis=1)[:, b - k]
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+
+
+@dataclass
+class SearchStats:
+    """Filled in by :func:`search_blocks`: where the time went."""
+
+    backend: str = ""
+    blocks: int = 0
+    database_rows: int = 0
+    wait_s: float = 0.0  # waiting for the next block (I/O not hidden by prefetching)
+    compute_s: float = 0.0  # scoring and selection
+    total_s: float = 0.0
+
+
+class SearchBackend:
+    """Scores one database block against all queries and folds it into a RunningTopK."""
+
+    name = "base"
+    #: float32 bytes per streamed block that suit this backend (see :func:`default_block_rows`).
+    block_bytes = DEFAULT_BLOCK_BYTES
+
+    def prepare(self, queries: np.ndarray, k: int) -> None:
+        """Called once before the first block (upload queries, allocate buffers)."""
+
+    def finish(self) -> None:
+        """Called once after the last block, also on errors (release device state)."""
+
+    def add_block(self, state: RunningTopK, queries: np.ndarray, block: np.ndarray,
+                  rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+_BACKENDS: dict[str, Callable[..., SearchBackend]] = {}
+
+
+def register_backend(name: str):
+    """Class decorator: make a backend available to :func:`get_backend` under ``name``."""
+
+    def decorator(factory):
+        if name in _BACKENDS:
+            raise ValueError(f"search backend {name!r} is already registered")
+        factory.name = name
+        _BACKENDS[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str, **options) -> SearchBackend:
+    """Instantiate a registered backend; unknown names suggest close matches."""
+    if name not in _BACKENDS:
+        close = difflib.get_close_matches(name, list(_BACKENDS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise HarnessError(f"unknown search backend {name!r}{hint} (known: {', '.join(list_backends())})")
+    return _BACKENDS[name](**options)
+
+
+def _score_batch_rows(block_rows: int, score_bytes: int = DEFAULT_SCORE_BYTES) -> int:
+    return max(1, score_bytes // (4 * max(1, block_rows)))
+
+
+@register_backend("numpy")
+class NumpyBackend(SearchBackend):
+    """float32 GEMM through numpy's BLAS, then exact threshold/partition selection."""
+
+    def __init__(self, query_batch_rows: int | None = None, selection_threads: int | None = None):
+        self.query_batch_rows = query_batch_rows
+        self._buffer = np.empty(0, dtype=np.float32)
+        # Selection is a few single-threaded numpy passes over the scores; with the BLAS
+        # threads idle meanwhile, splitting the query rows over threads recovers that time.
+        self.selection_threads = selection_threads or min(4, _usable_cores())
+        self._pool = None
+
+    def _select(self, state, start: int, scores: np.ndarray, rows: np.ndarray) -> None:
+        q = scores.shape[0]
+        threads = min(self.selection_threads, max(1, q // 64))
+        if threads <= 1:
+            state.add_scores(slice(start, start + q), scores, rows)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.selection_threads, thread_name_prefix="harness-select")
+        bounds = np.linspace(0, q, threads + 1).astype(int)
+        futures = [
+            self._pool.submit(state.add_scores, slice(start + a, start + b), scores[a:b], rows)
+            for a, b in zip(bounds[:-1], bounds[1:])
+        ]
+        for future in futures:
+            future.result()
+
+    def add_block(self, state, queries, block, rows):
+        num_queries, b = queries.shape[0], block.shape[0]
+        if num_queries == 0:
+            return
+        batch = self.query_batch_rows or _score_batch_rows(b)
+        batch = min(batch, num_queries)
+        if self._buffer.size < batch * b:
+            self._buffer = np.empty(batch * b, dtype=np.float32)
+        for start in range(0, num_queries, batch):
+            stop = min(num_queries, start + batch)
+            scores = self._buffer[: (stop - start) * b].reshape(stop - start, b)
+            np.matmul(queries[start:stop], block.T, out=scores)
+            self._select(state, start, scores, rows)
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+class _ListBackend(SearchBackend):
+    """faiss k-NN per block; a deeper list plus exact tie repair keeps ties deterministic.
+
+    faiss returns tied scores in heap order, so it is asked for ``k + margin`` results; rows
+    whose last returned score still equals their K-th are re-scored exactly with numpy.
+    """
+
+    margin = 16
+
+    def _repair_ties(self, state, queries, block, rows, part: TopK, k: int, depth: int):
+        if depth >= block.shape[0]:
+            return part
+        at_k = part.scores[:, k - 1]
+        suspect = np.flatnonzero(np.isfinite(at_k) & (part.scores[:, depth - 1] == at_k))
+        if suspect.size:
+            logger.debug("re-scoring %d queries with ties beyond faiss's list", suspect.size)
+            exact = RunningTopK(suspect.size, depth)
+            exact.add_scores(slice(0, suspect.size), queries[suspect] @ block.T, rows)
+            scores, indices = part.scores.copy(), part.indices.copy()
+            scores[suspect], indices[suspect] = exact.scores, exact.indices
+            part = TopK(scores, indices)
+        return part
+
+    @staticmethod
+    def _to_topk(distances, labels, rows) -> TopK:
+        labels = np.asarray(labels, dtype=np.int64)
+        valid = labels >= 0
+        indices = np.where(valid, rows[np.where(valid, labels, 0)], _INDEX_PAD)
+        scores = np.where(valid, distances, -np.inf).astype(np.float32)
+        return TopK(scores, indices)
+
+
+@register_backend("faiss-cpu")
+class FaissCpuBackend(_ListBackend):
+    """``faiss.knn`` (inner product) on the CPU, with faiss's bundled BLAS."""
+
+    def __init__(self, query_batch_rows: int | None = None):
+        import faiss  # noqa: F401  (fail early when the cpu extra is missing)
+
+        self.query_batch_rows = query_batch_rows
+
+    def add_block(self, state, queries, block, rows):
+        import faiss
+
+        k = state.k
+        depth = min(block.shape[0], k + self.margin)
+        distances, labels = faiss.knn(queries, block, depth, metric=faiss.METRIC_INNER_PRODUCT)
+        part = self._to_topk(distances, labels, rows)
+        part = self._repair_ties(state, queries, block, rows, part, k, depth)
+        state.add_topk(slice(0, queries.shape[0]), part)
+
+
+class _MultiGpuBackend(_ListBackend):
+    """Splits each block across the selected GPUs (one thread each) and merges exactly."""
+
+    devices: list[int] = []
+    block_bytes = 512 << 20
+
+    def describe(self) -> str:
+        return f"{self.name} x{len(self.devices)}"
+
+    def _search_device(self, slot: int, sub_block: np.ndarray, depth: int):
+        """(scores, labels) of the top ``depth`` of ``sub_block`` on device ``slot``."""
+        raise NotImplementedError
+
+    def add_block(self, state, queries, block, rows):
+        from concurrent.futures import ThreadPoolExecutor
+
+        k = state.k
+        if k + self.margin > self.max_k:
+            raise HarnessError(
+                f"{self.name} k-selection supports k <= {self.max_k - self.margin}, asked for "
+                f"{k}; use ngpu=0 (CPU) for this protocol"
+            )
+        bounds = np.linspace(0, block.shape[0], len(self.devices) + 1).astype(int)
+
+        def run(slot: int) -> TopK | None:
+            first, last = bounds[slot], bounds[slot + 1]
+            if last <= first:
+                return None
+            sub_block, sub_rows = block[first:last], rows[first:last]
+            depth = min(sub_block.shape[0], k + self.margin)
+            distances, labels = self._search_device(slot, sub_block, depth)
+            part = self._to_topk(distances, labels, sub_rows)
+            return self._repair_ties(state, queries, sub_block, sub_rows, part, k, depth)
+
+        if getattr(self, "_pool", None) is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self.devices))
+        parts = [p for p in self._pool.map(run, range(len(self.devices))) if p is not None]
+        state.add_topk(slice(0, queries.shape[0]), merge_topk(parts, k) if len(parts) > 1 else parts[0])
+
+
+@register_backend("faiss-gpu")
+class FaissGpuBackend(_MultiGpuBackend):
+    """``faiss.knn_gpu`` on ``ngpu`` GPUs: each block is split across them, merged exactly."""
+
+    max_k = FAISS_GPU_MAX_K
+
+    def __init__(self, ngpu: int = -1, query_batch_rows: int | None = None):
+        import faiss
+
+        available = faiss_gpu_count()
+        if available < 1:
+            raise RuntimeError("this faiss has no GPU support or sees no GPU")
+        self.devices = list(range(available if ngpu < 0 else min(ngpu, available)))
+        self._resources = [faiss.StandardGpuResources() for _ in self.devices]
+        self._queries = None
+        self._pool = None
+
+    def prepare(self, queries, k):
+        self._queries = queries
+
+    def _search_device(self, slot, sub_block, depth):
+        import faiss
+
+        return faiss.knn_gpu(
+            self._resources[slot], self._queries, sub_block, depth,
+            metric=faiss.METRIC_INNER_PRODUCT, device=self.devices[slot],
+        )
+
+
+@register_backend("torch-cuda")
+class TorchCudaBackend(_MultiGpuBackend):
+    """float32 ``torch.mm`` + ``torch.topk`` on CUDA GPUs (used when faiss has no GPU build).
+
+    TF32 is switched off for the products: scores are full float32, as on the CPU.
+    """
+
+    max_k = 1 << 20
+
+    def __init__(self, ngpu: int = -1, query_batch_rows: int | None = None):
+        import torch
+
+        available = torch_gpu_count()
+        if available < 1:
+            raise RuntimeError("torch sees no CUDA GPU")
+        self.devices = list(range(available if ngpu < 0 else min(ngpu, available)))
+        self._queries = []
+        self._pool = None
+
+    def prepare(self, queries, k):
+        import torch
+
+        # Full float32 products (TF32 would change scores in the 4th digit); restored in finish().
+        self._tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        host = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        self._queries = [host.to(f"cuda:{d}") for d in self.devices]
+
+    def finish(self):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = getattr(self, "_tf32", torch.backends.cuda.matmul.allow_tf32)
+        self._queries = []
+
+    def _search_device(self, slot, sub_block, depth):
+        import torch
+
+        device = torch.device("cuda", self.devices[slot])
+        with torch.no_grad():
+            block = torch.from_numpy(sub_block).to(device)
+            scores = self._queries[slot] @ block.T
+            values, labels = torch.topk(scores, depth, dim=1, largest=True, sorted=True)
+            return values.cpu().numpy(), labels.cpu().numpy()
+
+
+def _nvidia_driver_present() -> bool:
+    return os.path.exists("/proc/driver/nvidia/version") or bool(shutil.which("nvidia-smi"))
+
+
+def torch_gpu_count() -> int:
+    """CUDA GPUs torch sees (0 without torch or a driver; torch is imported only with a driver)."""
+    if not _nvidia_driver_present():
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def faiss_gpu_count() -> int:
+    """GPUs that faiss can use (0 without faiss, with a CPU build, or without a GPU)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:
+        return 0
+
+
+@dataclass(frozen=True)
+class CpuBackendChoice:
+    """Which CPU backend ``cpu_backend="auto"`` picks, and why."""
+
+    backend: str
+    reason: str
+    numpy_blas: str
+    faiss_blas: str
+
+
+def _blas_description(info: dict | None) -> str:
+    if not info:
+        return "unknown"
+    parts = [str(info.get("internal_api", "?")), str(info.get("version") or "")]
+    if info.get("architecture"):
+        parts.append(f"kernel={info['architecture']}")
+    parts.append(f"threads={info.get('num_threads')}")
+    return " ".join(p for p in parts if p)
+
+
+@functools.lru_cache(maxsize=1)
+def blas_libraries() -> dict[str, dict | None]:
+    """threadpoolctl's record of the BLAS used by numpy and the one bundled with faiss."""
+    from threadpoolctl import threadpool_info
+
+    try:
+        import faiss  # noqa: F401  (loads its BLAS so threadpoolctl sees it)
+    except ImportError:
+        pass
+    found: dict[str, dict | None] = {"numpy": None, "faiss": None}
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        path = str(info.get("filepath", ""))
+        if "faiss" in path:
+            found["faiss"] = info
+        elif "numpy" in path or found["numpy"] is None:
+            found["numpy"] = info
+    return found
+
+
+def _is_generic(info: dict | None) -> bool:
+    arch = str((info or {}).get("architecture") or "").lower()
+    return arch in GENERIC_BLAS_KERNELS
+
+
+def cpu_backend_choice() -> CpuBackendChoice:
+    """Pick the CPU backend deterministically from what the BLAS libraries report.
+
+    numpy is chosen unless its BLAS runs a generic kernel while faiss's does not: a timing
+    probe would make the choice (and so last-bit rounding) depend on machine load.
+    """
+    libs = blas_libraries()
+    numpy_blas, faiss_blas = libs["numpy"], libs["faiss"]
+    described = (_blas_description(numpy_blas), _blas_description(faiss_blas))
+    if faiss_blas is None:
+        return CpuBackendChoice("numpy", "faiss is not installed or bundles no BLAS", *described)
+    if _is_generic(faiss_blas) and not _is_generic(numpy_blas):
+        reason = (
+            f"faiss's bundled OpenBLAS runs the generic {faiss_blas.get('architecture')} kernel "
+            f"on this CPU (numpy's runs {numpy_blas.get('architecture') if numpy_blas else '?'})"
+        )
+        return CpuBackendChoice("numpy", reason, *described)
+    if _is_generic(numpy_blas) and not _is_generic(faiss_blas):
+        return CpuBackendChoice("faiss-cpu", "numpy's BLAS runs a generic kernel", *described)
+    return CpuBackendChoice("numpy", "numpy GEMM with exact selection (deterministic ties)", *described)
+
+
+_WARNED_GENERIC: list[bool] = []
+
+
+def resolve_backend(ngpu: int = -1, cpu_backend: str = "auto",
+                    query_batch_rows: int | None = None) -> SearchBackend:
+    """The backend for ``ngpu`` (-1 all GPUs, 0 CPU, n GPUs) with a CPU fallback."""
+    if ngpu != 0:
+        if faiss_gpu_count() > 0:
+            return get_backend("faiss-gpu", ngpu=ngpu, query_batch_rows=query_batch_rows)
+        if torch_gpu_count() > 0:
+            logger.info("faiss has no GPU build here: searching with torch on CUDA")
+            return get_backend("torch-cuda", ngpu=ngpu, query_batch_rows=query_batch_rows)
+        if ngpu > 0:
+            logger.warning("ngpu=%d asked for, but no GPU is usable (faiss or torch): searching on the CPU", ngpu)
+    if cpu_backend == "auto":
+        choice = cpu_backend_choice()
+        logger.debug("CPU backend %s: %s", choice.backend, choice.reason)
+        cpu_backend = choice.backend
+    if cpu_backend in ("faiss", "faiss-cpu"):
+        cpu_backend = "faiss-cpu"
+        if _is_generic(blas_libraries()["faiss"]) and not _WARNED_GENERIC:
+            _WARNED_GENERIC.append(True)
+            logger.warning(
+                "faiss's bundled BLAS runs a generic kernel here (several times slower than "
+                "numpy's); cpu_backend='numpy' gives the same exact results faster"
+            )
+    elif cpu_backend != "numpy":
+        raise HarnessError(f"unknown CPU backend {cpu_backend!r}; valid: auto, numpy, faiss")
+    return get_backend(cpu_backend, query_batch_rows=query_batch_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Search drivers
+
+
+Block = tuple[np.ndarray, np.ndarray]
+
+
+def _check_queries(queries: np.ndarray) -> np.ndarray:
+    queries = np.asarray(queries)
+    if queries.ndim != 2:
+        raise ValueError(f"queries must be (Q, D), got shape {queries.shape}")
+    return np.ascontiguousarray(queries, dtype=np.float32)
+
+
+def search_blocks(
+    queries: np.ndarray,
+    blocks: Iterable[Block],
+    k: int,
+    *,
+    ngpu: int = -1,
+    cpu_backend: str = "auto",
+    backend: SearchBackend | None = None,
+    query_batch_rows: int | None = None,
+    total_rows: int | None = None,
+    progress: bool = False,
+    stats: SearchStats | None = None,
+) -> TopK:
+    """Exact top-``k`` by inner product of ``queries`` against a streamed database.
+
+    Args:
+        queries: (Q, D) descriptors (float32; other dtypes are converted).
+        blocks: iterable of ``(database_rows (b,) int64, descriptors (b, D))``; rows are the
+            split's database indices and may come in any order, but must not repeat.
+        k: ranks to keep per query.
+        ngpu: -1 every GPU faiss sees, 0 CPU only, n at most n GPUs (CPU fallback).
+        cpu_backend: ``auto``, ``numpy`` or ``faiss`` (see :func:`cpu_backend_choice`).
+        backend: an already built backend (overrides ``ngpu``/``cpu_backend``).
+        query_batch_rows: queries scored per GEMM (default: fits a ~96 MB score buffer).
+        total_rows: database size, only for the progress bar.
+        progress: show a tqdm progress bar over database rows.
+        stats: if given, filled with timings and the backend's name.
+
+    Returns:
+        A :class:`TopK` of shape (Q, k); ranks beyond the database size are padded.
+    """
+    queries = _check_queries(queries)
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if backend is None:
+        backend = resolve_backend(ngpu, cpu_backend, query_batch_rows)
+    backend.prepare(queries, k)
+    state = RunningTopK(queries.shape[0], k)
+    stats = stats if stats is not None else SearchStats()
+    stats.backend = backend.describe()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_rows, unit="rows", unit_scale=True, desc="search", leave=False)
+    started = time.perf_counter()
+    iterator = iter(blocks)
+    try:
+        while True:
+            waited = time.perf_counter()
+            try:
+                rows, block = next(iterator)
+            except StopIteration:
+                break
+            computing = time.perf_counter()
+            stats.wait_s += computing - waited
+            rows = np.asarray(rows, dtype=np.int64)
+            if block.ndim != 2 or block.shape[1] != queries.shape[1] or rows.shape != (block.shape[0],):
+                raise ValueError(
+                    f"block of shape {block.shape} with {rows.shape} rows does not match "
+                    f"queries of dim {queries.shape[1]}"
+                )
+            if block.dtype != np.float32:
+                block = block.astype(np.float32)
+            if block.shape[0]:
+                backend.add_block(state, queries, block, rows)
+            stats.compute_s += time.perf_counter() - computing
+            stats.blocks += 1
+            stats.database_rows += block.shape[0]
+            if bar is not None:
+                bar.update(block.shape[0])
+    finally:
+        backend.finish()
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+        if bar is not None:
+            bar.close()
+    stats.total_s = time.perf_counter() - started
+    return state.result()
+
+
+def default_block_rows(dim: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Rows per block so that one float32 block takes about ``block_bytes``."""
+    return max(1, block_bytes // (4 * max(1, dim)))
+
+
+def iter_array_blocks(
+    database: np.ndarray, block_rows: int, rows: np.ndarray | None = None
+) -> Iterator[Block]:
+    """Blocks of an in-memory (N, D) array; ``rows`` maps its rows to database indices."""
+    if block_rows < 1:
+        raise ValueError("block_rows must be >= 1")
+    total = database.shape[0]
+    rows = np.arange(total, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if rows.shape != (total,):
+        raise ValueError(f"rows has shape {rows.shape}, expected ({total},)")
+    for start in range(0, total, block_rows):
+        stop = min(total, start + block_rows)
+        yield rows[start:stop], database[start:stop]
+
+
+def search(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    *,
+    block_rows: int | None = None,
+    rows: np.ndarray | None = None,
+    **options,
+) -> TopK:
+    """Exact top-``k`` against an in-memory database (streamed in blocks all the same)."""
+    database = np.asarray(database)
+    if database.ndim != 2:
+        raise ValueError(f"database must be (N, D), got shape {database.shape}")
+    block_rows = block_rows or default_block_rows(database.shape[1])
+    return search_blocks(queries, iter_array_blocks(database, block_rows, rows), k, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming from feature files
+
+
+_END = object()
+
+
+def prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Exceptions in the producer are re-raised in the consumer; closing the returned generator
+    (or abandoning it) stops the producer after its current item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce():
+        try:
+            source = iter(iterable)
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            if stop.is_set() and hasattr(source, "close"):
+                source.close()  # runs the producer's cleanup in its own thread
+        except BaseException as exc:  # handed to the consumer
+            items.put((_END, exc))
+            return
+        items.put((_END, None))
+
+    thread = threading.Thread(target=produce, name="harness-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSource:
+    """One feature file's ``part`` and the split row of each of its rows.
+
+    ``rows`` (n,) int64: file row i holds split database row ``rows[i]``.
+    """
+
+    path: Path
+    rows: np.ndarray
+    part: str = "database"
+
+
+class _DatasetReader:
+    """Reads row ranges of a 2-D HDF5 dataset into caller-owned buffers.
+
+    Contiguous, unfiltered little-endian datasets are read with ``os.preadv`` straight into
+    the buffer (no HDF5 call, the GIL released during the read); anything else goes through
+    ``h5py``'s ``read_direct``.
+    """
+
+    def __init__(self, path: Path, part: str):
+        import h5py
+
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r")
+        try:
+            self.dataset = self._file[part]["descriptors"]
+            self.shape = tuple(self.dataset.shape)
+            self.dtype = np.dtype(self.dataset.dtype)
+            offset = self.dataset.id.get_offset()
+            plain = (
+                self.dataset.chunks is None
+                and not self.dataset.compression
+                and self.dtype.byteorder in ("<", "=")
+                and offset is not None
+            )
+        except Exception:
+            self._file.close()
+            raise
+        self._fd = None
+        self._offset = None
+        if plain and hasattr(os, "preadv"):
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._offset = int(offset)
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        assert out.shape == (stop - start, self.shape[1]) and out.dtype == self.dtype
+        if self._fd is None:
+            self.dataset.read_direct(out, np.s_[start:stop])
+            return
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        position = self._offset + start * row_bytes
+        done = 0
+        while done < view.nbytes:
+            count = os.preadv(self._fd, [view[done:]], position + done)
+            if count <= 0:
+                raise HarnessError(
+                    f"unexpected end of file reading rows {start}:{stop} (truncated file?)",
+                    self.path,
+                )
+            done += count
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._file.close()
+
+
+def iter_feature_blocks(
+    sources: Sequence[BlockSource],
+    block_rows: int,
+    *,
+    prefetch_blocks: bool = True,
+    on_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
+) -> Iterator[Block]:
+    """Stream ``(database_rows, float32 descriptors)`` blocks from feature files.
+
+    Files are read in order, ``block_rows`` rows at a time, by a prefetch thread that reads
+    (and widens float16 to float32) the next block while the current one is searched. Memory
+    stays at about three blocks. The yielded arrays are reused buffers: they are valid until
+    the next block is requested (copy them to keep them). ``on_block(source, start_row,
+    descriptors)``, if given, runs in the reading thread on every piece of a block (a few
+    MB, while it is in cache): value checks cost no extra pass over memory.
+    """
+    if block_rows < 1:
+        raise ValueError("block_rows must be >= 1")
+    sources = list(sources)
+    ring = max(1, 3 if prefetch_blocks else 1)
+
+    def produce() -> Iterator[Block]:
+        buffers: list[np.ndarray | None] = [None] * ring
+        staging: np.ndarray | None = None
+        turn = 0
+        for source in sources:
+            reader = _DatasetReader(source.path, source.part)
+            try:
+                total, dim = reader.shape
+                piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
+                if source.rows.shape != (total,):
+                    raise HarnessError(
+                        f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
+                        "indices were given", source.path,
+                    )
+                for start in range(0, total, block_rows):
+                    stop = min(total, start + block_rows)
+                    n = stop - start
+                    buffer = buffers[turn % ring]
+                    if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
+                        buffer = np.empty((block_rows, dim), dtype=np.float32)
+                        buffers[turn % ring] = buffer
+                    out = buffer[:n]
+                    # Read (and widen, and check) in cache-sized pieces: each piece is still
+                    # in cache when it is converted and inspected.
+                    for first in range(0, n, piece_rows):
+                        last = min(n, first + piece_rows)
+                        if reader.dtype == np.float32:
+                            reader.read(start + first, start + last, out[first:last])
+                        else:
+                            if staging is None or staging.dtype != reader.dtype or staging.shape[1] != dim:
+                                staging = np.empty((piece_rows, dim), dtype=reader.dtype)
+                            piece = staging[: last - first]
+                            reader.read(start + first, start + last, piece)
+                            np.copyto(out[first:last], piece, casting="unsafe")
+                        if on_block is not None:
+                            on_block(source, start + first, out[first:last])
+                    turn += 1
+                    yield source.rows[start:stop], out
+            finally:
+                reader.close()
+
+    if prefetch_blocks:
+        yield from prefetch(produce(), depth=1)
+    else:
+        yield from produce()

@@ -1,0 +1,79 @@
+"""The ``harness eval --method`` hook: produce the feature files of a method on a split.
+
+Files live under ``<out_dir>/<method>-<fingerprint[:12]>/<split>/``: ``query.h5`` and the
+database in shards of at most :data:`DATABASE_SHARD_ROWS` images, so that an interrupted
+extraction of a large database resumes at the first unfinished shard. A file is reused only
+when its recorded fingerprint (method config and the sha256 of every weight file), split
+checksum and dtype match; anything else is extracted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Mapping
+
+logger = logging.getLogger(__name__)
+
+DATABASE_SHARD_ROWS = 200_000
+
+
+def feature_folder(out_dir: str | os.PathLike, method, split_name: str) -> Path:
+    return Path(out_dir) / f"{method.name}-{method.fingerprint_sha256()[:12]}" / split_name
+
+
+def provide_features(
+    *,
+    method: str,
+    split,
+    out_dir: str | os.PathLike,
+    weights: str | None,
+    options: Mapping[str, str],
+    device: str | None,
+    batch_size: int | None,
+) -> list[Path]:
+    """Extract whatever is missing for ``method`` on ``split``; return every feature file.
+
+    Args:
+        method: a registered method name (``harness``'s ``--method``).
+        split: the :class:`harness.splits.Split` to embed.
+        out_dir: cache folder for feature files.
+        weights: checkpoint file, if the method needs one.
+        options: method options (``key -> value`` strings); unknown keys are an error.
+        device: ``cuda``, ``cpu``, ... (``None``: CUDA when available).
+        batch_size: images per batch (``None``: a default for the device).
+
+    Returns:
+        ``query.h5`` followed by the database shard files.
+    """
+    from methods.extract import ExtractOptions, build_for_device, extract, is_complete, resolve_device, shard_file
+    from methods.registry import get_method
+
+    instance = get_method(method, options, weights=weights)
+    folder = feature_folder(out_dir, instance, split.name)
+    shards = max(1, math.ceil(split.num_database / DATABASE_SHARD_ROWS))
+    # The folder is a cache keyed by the fingerprint: a stale file in it is replaced.
+    extract_options = ExtractOptions(device=device, batch_size=batch_size, overwrite=True)
+    fingerprint = instance.fingerprint_sha256()
+    plan = []
+    for index in range(shards):
+        parts = ("query", "database") if index == 0 else ("database",)
+        plan.append(((index, shards), parts))
+    paths = [shard_file(folder, "query", None)] + [shard_file(folder, "database", (i, shards)) for i in range(shards)]
+    missing = [
+        p for p in paths
+        if not is_complete(p, fingerprint=fingerprint, dtype=extract_options.dtype, split_sha256=split.sha256,
+                           parts=("query",) if p.name == "query.h5" else ("database",))
+    ]
+    if not missing:
+        logger.info("reusing %d feature file(s) under %s", len(paths), folder)
+        return paths
+    logger.info("extracting %d of %d feature file(s) of %s on %s into %s", len(missing), len(paths), method, split.name, folder)
+    device_obj = resolve_device(device)
+    model = build_for_device(instance, device_obj)
+    for shard, parts in plan:
+        extract(instance, split=split, out=folder, parts=parts, shard=shard, options=extract_options, model=model,
+                cache_dir=Path(out_dir) / "cache")
+    return paths

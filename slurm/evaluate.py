@@ -1,0 +1,485 @@
+"""Sharded evaluation: each task searches one group of database shard files for every query
+and writes its partial top-K; a merge scores the union exactly.
+
+The launcher validates every feature file against the split first (names, dimensions, the
+method), so a task can only fail on values or I/O. Task ``i`` writes
+``partials/shard-<i>-of-<n>.npz`` (scores, split database indices, and what the record needs
+about its files) atomically; the merge (:func:`merge_eval`) combines the parts with
+:func:`harness.search.merge_topk` and scores them with :func:`harness.evaluate.evaluate_topk`,
+so the record (scores and per-query predictions) equals that of one ``harness eval`` run on the
+same files. Rerunning the same command reopens the same launch: shards whose partial exists
+are not searched again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.config import EvalConfig
+from harness.errors import HarnessError
+from harness.io import atomic_path
+from harness.results import EvalResult, FileDigest
+from harness.splits import Split
+from slurm.executor import Resources
+from slurm.launch import Launch, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_FORMAT_VERSION = 1
+KIND = "eval"
+SPLIT_FILE = "split.split.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """Which files each task searches.
+
+    ``paths`` are all feature files in the order the record lists them (the order
+    ``harness eval`` would use); ``query`` is the one holding ``/query``; ``groups[i]`` the
+    database files of task ``i`` (contiguous, balanced by rows).
+    """
+
+    paths: tuple[Path, ...]
+    query: Path
+    groups: tuple[tuple[Path, ...], ...]
+    database_rows: tuple[int, ...]
+    method: str
+
+
+def plan_eval(features: Sequence[str | os.PathLike], split: Split, shards: int | None = None) -> EvalPlan:
+    """Validate ``features`` against ``split`` and group the database files into ``shards``.
+
+    A task searches whole database files, so ``shards`` is at most the number of database
+    files (default: one task per file). Cut the database when extracting
+    (``harness slurm extract --shards N``) to evaluate with more tasks.
+    """
+    from harness.features import expand_feature_paths
+    from harness.validate import check_features
+
+    paths = tuple(Path(p).resolve() for p in expand_feature_paths(features))
+    if not paths:
+        raise HarnessError("no feature files given")
+    report = check_features(paths, split, check_values=False)
+    database = list(report.database)
+    if not database:
+        raise HarnessError("no file holds /database", paths[0])
+    if shards is None:
+        shards = len(database)
+    if shards < 1:
+        raise HarnessError(f"--shards must be >= 1, got {shards}")
+    if shards > len(database):
+        raise HarnessError(
+            f"{shards} shards asked for, but the database is in {len(database)} file(s) and a task "
+            "searches whole files; extract the database in more shards (harness slurm extract "
+            "--shards N) or ask for fewer", database[0].path)
+    groups = _balanced_groups([part.count for part in database], shards)
+    return EvalPlan(
+        paths=paths,
+        query=Path(report.query.path),
+        groups=tuple(tuple(Path(database[i].path) for i in group) for group in groups),
+        database_rows=tuple(sum(database[i].count for i in group) for group in groups),
+        method=report.method,
+    )
+
+
+def _balanced_groups(counts: Sequence[int], shards: int) -> list[list[int]]:
+    """Cut ``counts`` (in order) into ``shards`` non-empty contiguous groups of similar sums."""
+    total = sum(counts)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    done = 0
+    for index, count in enumerate(counts):
+        remaining_files = len(counts) - index
+        remaining_groups = shards - len(groups)
+        target = total * (len(groups) + 1) / shards
+        # Close the group when it reaches its share, or when every later file must start a
+        # group of its own.
+        if current and (done >= target or remaining_files == remaining_groups - 1):
+            groups.append(current)
+            current = []
+        current.append(index)
+        done += count
+    groups.append(current)
+    assert len(groups) == shards and all(groups), (counts, shards, groups)
+    return groups
+
+
+def file_identity(path: str | os.PathLike) -> list[int]:
+    """[size, mtime_ns]: a file rewritten since a partial result was computed differs."""
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def prepare_eval(
+    features: Sequence[str | os.PathLike],
+    split: Split,
+    config: EvalConfig = EvalConfig(),
+    *,
+    shards: int | None = None,
+    cluster: str,
+    resources: Resources = Resources(),
+    log_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    method: str | None = None,
+) -> Launch:
+    """Create (or reopen) the launch of a sharded evaluation without submitting anything.
+
+    Args:
+        features: feature files or directories (one holds ``/query``; the database sharded).
+        split: the split (a copy goes into the launch directory, for the tasks).
+        config: as for ``harness eval``.
+        shards: tasks (default: one per database file).
+        cluster: ``slurm``, ``local`` or ``debug``.
+        resources: per task.
+        log_dir: shared folder for the launch record, partial results and logs.
+        out: record path (default: ``<launch>/result.json``); the predictions sidecar beside.
+        predictions: sidecar path (default: beside ``out``).
+        method: the method name to record (default: the files' attribute).
+
+    Returns:
+        The :class:`Launch`; submit it with :func:`submit_and_finish`.
+
+    Raises:
+        HarnessError: invalid files (checked here, before any task runs).
+    """
+    plan = plan_eval(features, split, shards)
+    config = dataclasses.replace(config, progress=False)
+    params = {
+        "split": split.name,
+        "split_sha256": split.sha256,
+        "features": [str(p) for p in plan.paths],
+        "query": str(plan.query),
+        "config": config.to_dict(),
+        "shards": len(plan.groups),
+        "out": str(Path(out).resolve()) if out else None,
+        "predictions": str(Path(predictions).resolve()) if predictions else None,
+        "method": method or plan.method,
+    }
+    n = len(plan.groups)
+    tasks = [
+        TaskSpec(
+            label=f"shard {i + 1}/{n} ({plan.database_rows[i]} rows)",
+            output=f"partials/shard-{i:05d}-of-{n:05d}.npz",
+            params={"database": [str(p) for p in group]},
+        )
+        for i, group in enumerate(plan.groups)
+    ]
+    launch = Launch.create(
+        log_dir, kind=KIND, label=split.name, cluster=cluster, resources=resources,
+        params=params, tasks=tasks, runner="slurm.evaluate:run_shard",
+        finalizer="slurm.evaluate:merge_eval",
+    )
+    store_split(launch, split)
+    # The files as they are now; a partial result counts only for the files it searched.
+    launch.record["files"] = {str(p): file_identity(p) for p in plan.paths}
+    launch.save()
+    return launch
+
+
+def launch_eval(
+    features: Sequence[str | os.PathLike],
+    split: Split,
+    config: EvalConfig = EvalConfig(),
+    *,
+    shards: int | None = None,
+    cluster: str,
+    resources: Resources = Resources(),
+    log_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    method: str | None = None,
+    wait: bool = True,
+    progress: bool = False,
+) -> Launch:
+    """Search the database shards in parallel tasks and merge them into one record.
+
+    Args:
+        features, split, config, shards, cluster, resources, log_dir, out, predictions,
+            method: as for :func:`prepare_eval`.
+        wait: wait for the tasks and merge here. Without waiting (SLURM only) a merge job is
+            submitted that starts when every task has succeeded.
+
+    Returns:
+        The :class:`Launch`; with ``wait``, :func:`result_path` then holds the record.
+
+    Raises:
+        HarnessError: invalid files; with ``wait``, any task that did not complete (the
+            message names each one with its log file and how to resubmit it).
+    """
+    launch = prepare_eval(features, split, config, shards=shards, cluster=cluster,
+                          resources=resources, log_dir=log_dir, out=out,
+                          predictions=predictions, method=method)
+    return submit_and_finish(launch, wait=wait, progress=progress)
+
+
+def submit_and_finish(launch: Launch, *, wait: bool, progress: bool = False) -> Launch:
+    """Submit what is not finished; with ``wait`` also wait and run the finalizer here."""
+    unfinished = [i for i in range(len(launch.tasks)) if not _partial_done(launch, i)]
+    active = {t.index for t in launch.status().tasks if t.active}
+    to_submit = [i for i in unfinished if i not in active]
+    skipped = len(launch.tasks) - len(unfinished)
+    if skipped:
+        logger.info("%d of %d shard(s) already searched: skipped", skipped, len(launch.tasks))
+    job_ids = launch.submit(to_submit) if to_submit else []
+    if not wait:
+        if launch.cluster != "slurm":
+            raise HarnessError("only --cluster slurm can return before the tasks finish")
+        launch.submit_finalizer(job_ids if job_ids else ())
+        return launch
+    status = launch.wait(progress=progress)
+    if not status.all_completed:
+        raise HarnessError(f"not every task completed:\n{status.format()}", launch.dir)
+    launch.run_finalizer_here()
+    return launch
+
+
+def _partial_path(launch: Launch, index: int) -> Path:
+    return launch.resolve(launch.tasks[index]["output"])
+
+
+def _partial_done(launch: Launch, index: int) -> bool:
+    """A partial result exists and was computed from the files as they are now."""
+    path = _partial_path(launch, index)
+    if not path.is_file():
+        return False
+    try:
+        _, meta = _read_partial(path, launch, index)
+    except HarnessError as exc:
+        logger.warning("%s: %s; searching this shard again", path, exc.message)
+        return False
+    try:
+        current = {name: file_identity(name) for name in meta["files"]}
+    except OSError:
+        return False
+    if current != meta["files"]:
+        logger.info("shard %d: its files changed since it was searched; searching it again", index)
+        return False
+    return True
+
+
+def result_path(launch: Launch) -> Path:
+    """Where the merged record of an eval launch is (or will be) written."""
+    out = launch.params.get("out")
+    return Path(out) if out else launch.dir / "result.json"
+
+
+def store_split(launch: Launch, split: Split) -> Path:
+    """Keep a copy of the split in the launch directory: the tasks load it from there."""
+    from harness.splits import save_split
+
+    path = launch.dir / SPLIT_FILE
+    if not path.is_file():
+        save_split(split, path)
+    return path
+
+
+def _load_split(launch: Launch) -> Split:
+    from harness.splits import load_split
+
+    split = load_split(launch.dir / SPLIT_FILE)
+    if split.sha256 != launch.params["split_sha256"]:
+        raise HarnessError(
+            f"split {split.name} differs from the launch's (sha256 {split.sha256[:12]} != "
+            f"{launch.params['split_sha256'][:12]})", launch.dir / SPLIT_FILE)
+    return split
+
+
+def _config(launch: Launch) -> EvalConfig:
+    return EvalConfig.from_dict(launch.params["config"])
+
+
+# --------------------------------------------------------------------------------------------
+# On the node
+
+
+def run_shard(launch: Launch, index: int) -> dict:
+    """Task ``index``: the exact top-K of every query within this task's database files."""
+    from harness.features import read_descriptors, read_info, read_names
+    from harness.search import BlockSource, SearchStats, default_block_rows, iter_feature_blocks
+    from harness.search import search_blocks
+    from harness.validate import NORM_TOLERANCE, inspect_block, map_names_to_rows
+
+    started = time.perf_counter()
+    split = _load_split(launch)
+    config = _config(launch)
+    protocol = config.protocol(split)
+    query_path = Path(launch.params["query"])
+    database_paths = [Path(p) for p in launch.task_params(index)["database"]]
+    identities = _check_unchanged(launch, [query_path] + database_paths)
+
+    query_rows = map_names_to_rows(read_names(query_path, "query"), split.query_names,
+                                   lambda: split.query_index)
+    stored = read_descriptors(query_path, "query")
+    queries = np.empty((split.num_queries, stored.shape[1]), dtype=np.float32)
+    queries[query_rows] = stored
+    del stored
+    problems: list[str] = []
+    sources, dtypes = [], {}
+    for path in database_paths:
+        rows = map_names_to_rows(read_names(path, "database"), split.database_names,
+                                 lambda: split.database_index)
+        sources.append(BlockSource(path, rows, "database"))
+        dtypes[path] = read_info(path).parts["database"].dtype
+    load_s = time.perf_counter() - started
+
+    def check(source: BlockSource, start: int, block: np.ndarray) -> None:
+        if not config.validate:
+            return
+        tolerance = NORM_TOLERANCE.get(dtypes[source.path], NORM_TOLERANCE["float32"])
+        found = inspect_block(block, tolerance)
+        if found.nonfinite_rows.size:
+            problems.append(f"{source.path}: /database rows hold NaN or Inf (first at stored row "
+                            f"{start + int(found.nonfinite_rows[0])})")
+        if found.zero_rows.size:
+            problems.append(f"{source.path}: /database rows are all zero (first at stored row "
+                            f"{start + int(found.zero_rows[0])})")
+
+    stats = SearchStats()
+    block_rows = config.block_rows or default_block_rows(queries.shape[1])
+    topk = search_blocks(
+        queries,
+        iter_feature_blocks(sources, block_rows, prefetch_blocks=config.prefetch, on_block=check),
+        protocol.k,
+        ngpu=config.ngpu,
+        cpu_backend=config.cpu_backend,
+        query_batch_rows=config.query_batch_rows,
+        stats=stats,
+    )
+    if problems:
+        from harness.errors import ValidationError
+
+        raise ValidationError(problems)
+    digest_started = time.perf_counter()
+    digest_paths = database_paths + ([query_path] if index == 0 else [])
+    digests = {str(p): FileDigest.of(p) for p in digest_paths} if config.checksums else {}
+    meta = {
+        "format_version": PARTIAL_FORMAT_VERSION,
+        "split_sha256": split.sha256,
+        "task": index,
+        "k": protocol.k,
+        "database_rows": int(sum(s.rows.size for s in sources)),
+        "digests": {k: dataclasses.asdict(v) for k, v in digests.items()},
+        "files": identities,
+        "descriptor_dim": int(queries.shape[1]),
+        "descriptor_dtypes": sorted(set(dtypes.values())),
+        "search_backend": stats.backend,
+        "load_s": load_s,
+        "search_s": stats.total_s,
+        "checksum_s": time.perf_counter() - digest_started,
+    }
+    path = _partial_path(launch, index)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, scores=topk.scores, indices=topk.indices,
+                     meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8))
+    logger.info("shard %d: %d queries x %d database rows in %.2f s -> %s", index,
+                split.num_queries, meta["database_rows"], stats.total_s, path)
+    return {"partial": str(path.relative_to(launch.dir)), "database_rows": meta["database_rows"]}
+
+
+def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[int]]:
+    """Identities of ``paths``; a file rewritten since the launch is an error."""
+    recorded = launch.record.get("files", {})
+    current = {}
+    for path in paths:
+        current[str(path)] = file_identity(path)
+        if str(path) in recorded and current[str(path)] != recorded[str(path)]:
+            raise HarnessError("feature file changed since the launch (size or modification "
+                               "time); run the same command again to search it anew", path)
+    return current
+
+
+def _read_partial(path: Path, launch: Launch, index: int):
+    from harness.search import TopK
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            scores, indices = data["scores"], data["indices"]
+            meta = json.loads(data["meta"].tobytes().decode())
+    except (OSError, ValueError, KeyError) as exc:
+        raise HarnessError(f"unreadable partial result ({exc})", path) from None
+    if meta.get("format_version") != PARTIAL_FORMAT_VERSION or meta.get("task") != index:
+        raise HarnessError(f"partial result is not task {index}'s (format or task differ)", path)
+    if meta.get("split_sha256") != launch.params["split_sha256"]:
+        raise HarnessError("partial result was computed on another split", path)
+    return TopK(scores, indices), meta
+
+
+# --------------------------------------------------------------------------------------------
+# The merge
+
+
+def merge_eval(launch: Launch, _index: Any = None) -> dict:
+    """Merge every task's partial top-K, score it and write the record; returns its path."""
+    from harness.evaluate import evaluate_topk
+    from harness.features import read_info
+    from harness.search import merge_topk
+
+    started = time.perf_counter()
+    split = _load_split(launch)
+    config = _config(launch)
+    parts, metas = [], []
+    missing = [i for i in range(len(launch.tasks)) if not _partial_path(launch, i).is_file()]
+    if missing:
+        raise HarnessError(f"tasks {missing} have not written their partial results", launch.dir)
+    for index in range(len(launch.tasks)):
+        topk, meta = _read_partial(_partial_path(launch, index), launch, index)
+        parts.append(topk)
+        metas.append(meta)
+    recorded = launch.record.get("files", {})
+    for index, meta in enumerate(metas):
+        stale = [name for name, identity in meta["files"].items() if recorded.get(name) != identity]
+        if stale:
+            raise HarnessError(f"task {index} searched {stale[0]} as it was before the latest "
+                               "launch; run the same command again", launch.dir)
+    merged = merge_topk(parts, k=config.protocol(split).k)
+    covered = sum(m["database_rows"] for m in metas)
+    if covered != split.num_database:
+        raise HarnessError(f"the shards cover {covered} of {split.num_database} database rows", launch.dir)
+    digests: dict[str, dict] = {}
+    for meta in metas:
+        digests.update(meta["digests"])
+    features = tuple(FileDigest(**digests[path]) for path in launch.params["features"]
+                     if path in digests) if config.checksums else ()
+    query_path = Path(launch.params["query"])
+    from harness.evaluate import _plain_attrs  # the record's method attributes, as eval writes them
+
+    dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
+    result = evaluate_topk(
+        split,
+        merged,
+        config,
+        method=launch.params["method"],
+        features=features,
+        descriptor_dim=metas[0]["descriptor_dim"],
+        descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
+        search_backend=metas[0]["search_backend"],
+        method_attrs=_plain_attrs(read_info(query_path).attrs),
+        load_s=max(m["load_s"] for m in metas),
+        checksum_s=sum(m["checksum_s"] for m in metas),
+        search_s=max(m["search_s"] for m in metas),
+        started=started,
+    )
+    out = result_path(launch)
+    predictions = launch.params.get("predictions")
+    result.write(out, predictions_path=predictions)
+    return {"result": str(out), "scores": dict(result.scores)}
+
+
+def read_merged_result(launch: Launch) -> EvalResult:
+    """The merged record of a finished eval launch."""
+    from harness.results import read_result
+
+    path = result_path(launch)
+    if not path.is_file():
+        raise HarnessError("no merged result yet (are all tasks and the merge finished?)", path)
+    return read_result(path)

@@ -1,0 +1,1 @@
+"""Built-in split definitions, as data (``builtin.toml``); read by :mod:`harness.splits`."""

@@ -1,0 +1,249 @@
+"""Exact streaming top-K: streaming vs in-memory vs brute force, ties, fp16, shards, merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.features import write_features
+from harness.search import (
+    BlockSource,
+    RunningTopK,
+    SearchStats,
+    TopK,
+    cpu_backend_choice,
+    get_backend,
+    iter_array_blocks,
+    iter_feature_blocks,
+    list_backends,
+    merge_topk,
+    prefetch,
+    resolve_backend,
+    search,
+    search_blocks,
+)
+
+
+def brute_force(queries: np.ndarray, database: np.ndarray, k: int) -> TopK:
+    """Reference: the full score matrix, rows ordered by (score desc, index asc)."""
+    scores = queries.astype(np.float32) @ database.astype(np.float32).T
+    indices = np.arange(database.shape[0])
+    order = np.stack([np.lexsort((indices, -row)) for row in scores])[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    pad = k - order.shape[1]
+    if pad > 0:
+        order = np.concatenate([order, np.full((len(order), pad), -1)], axis=1)
+        top_scores = np.concatenate([top_scores, np.full((len(order), pad), -np.inf)], axis=1)
+    return TopK(top_scores, order)
+
+
+def normalised(rng, rows, dim):
+    values = rng.standard_normal((rows, dim)).astype(np.float32)
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
+def tied(rng, rows, dim):
+    """Small integer vectors: many exactly equal inner products."""
+    return rng.integers(-1, 2, (rows, dim)).astype(np.float32)
+
+
+def assert_same(actual: TopK, expected: TopK):
+    np.testing.assert_array_equal(actual.indices, expected.indices)
+    np.testing.assert_array_equal(actual.scores, expected.scores)
+
+
+def assert_same_up_to_rounding(actual: TopK, expected: TopK, atol=1e-5):
+    """Tie-tolerant: equal score lists; where indices differ the scores must be (near) equal."""
+    np.testing.assert_allclose(actual.scores, expected.scores, atol=atol)
+    differ = actual.indices != expected.indices
+    np.testing.assert_allclose(actual.scores[differ], expected.scores[differ], atol=atol)
+    assert differ.mean() < 0.01
+
+
+@pytest.mark.parametrize("make", [normalised, tied], ids=["random", "ties"])
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 10_000])
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_streaming_equals_brute_force(make, block_rows, k):
+    rng = np.random.default_rng(k * 1000 + block_rows)
+    queries, database = make(rng, 23, 8), make(rng, 300, 8)
+    expected = brute_force(queries, database, k)
+    result = search(queries, database, k, block_rows=block_rows, ngpu=0)
+    if make is tied:  # small integers: every inner product is exact, ties must match exactly
+        assert_same(result, expected)
+    else:  # BLAS may round the last bit differently per GEMM shape
+        assert_same_up_to_rounding(result, expected)
+
+
+def test_row_order_and_query_batches_do_not_change_the_result():
+    rng = np.random.default_rng(1)
+    queries, database = tied(rng, 31, 6), tied(rng, 500, 6)
+    expected = brute_force(queries, database, 25)
+    permutation = rng.permutation(len(database))
+    shuffled = search(queries, database[permutation], 25, rows=permutation, block_rows=37,
+                      ngpu=0, query_batch_rows=4)
+    assert_same(shuffled, expected)
+
+
+def test_selection_threads_over_query_rows_give_the_same_result():
+    rng = np.random.default_rng(10)
+    queries, database = tied(rng, 300, 5), tied(rng, 700, 5)
+    backend = get_backend("numpy", selection_threads=3, query_batch_rows=250)
+    result = search_blocks(queries, iter_array_blocks(database, 128), 15, backend=backend)
+    assert_same(result, brute_force(queries, database, 15))
+
+
+def test_database_smaller_than_k_is_padded():
+    rng = np.random.default_rng(2)
+    queries, database = normalised(rng, 4, 5), normalised(rng, 3, 5)
+    result = search(queries, database, 6, block_rows=2, ngpu=0)
+    assert result.indices.shape == (4, 6)
+    assert (result.indices[:, 3:] == -1).all() and np.isneginf(result.scores[:, 3:]).all()
+    assert_same(result.truncate(3), brute_force(queries, database, 3))
+
+
+def test_empty_database_gives_all_padding():
+    queries = np.ones((2, 3), np.float32)
+    result = search_blocks(queries, [], 4, ngpu=0)
+    assert (result.indices == -1).all()
+
+
+def test_faiss_cpu_backend_agrees_with_numpy_including_ties():
+    rng = np.random.default_rng(3)
+    queries, database = tied(rng, 20, 7), tied(rng, 400, 7)
+    expected = brute_force(queries, database, 30)
+    assert_same(search(queries, database, 30, block_rows=90, ngpu=0, cpu_backend="faiss"), expected)
+
+
+def test_merge_topk_of_shards_equals_single_search():
+    rng = np.random.default_rng(4)
+    queries, database = tied(rng, 17, 6), tied(rng, 410, 6)
+    permutation = rng.permutation(len(database))
+    shards = np.array_split(permutation, 5)
+    parts = [search(queries, database[rows], 20, rows=rows, block_rows=33, ngpu=0) for rows in shards]
+    merged = merge_topk(parts[::-1])
+    assert_same(merged, brute_force(queries, database, 20))
+    assert_same(merge_topk(parts, k=5), brute_force(queries, database, 5))
+
+
+def test_merge_topk_rejects_the_same_shard_twice():
+    rng = np.random.default_rng(5)
+    part = search(normalised(rng, 3, 4), normalised(rng, 10, 4), 4, ngpu=0)
+    with pytest.raises(ValueError, match="more than one part"):
+        merge_topk([part, part])
+
+
+def test_merge_topk_hand_case_ties_lower_index_first():
+    a = TopK(np.array([[0.9, 0.5]], np.float32), np.array([[7, 3]]))
+    b = TopK(np.array([[0.9, 0.5]], np.float32), np.array([[2, 8]]))
+    merged = merge_topk([a, b], k=3)
+    np.testing.assert_array_equal(merged.indices, [[2, 7, 3]])
+    np.testing.assert_array_equal(merged.scores, np.array([[0.9, 0.9, 0.5]], np.float32))
+
+
+def test_running_topk_keeps_all_tied_entries_in_index_order():
+    state = RunningTopK(1, 3)
+    state.add_scores(slice(0, 1), np.array([[1.0, 1.0, 1.0, 1.0, 1.0]], np.float32), np.array([9, 4, 7, 1, 5]))
+    state.add_scores(slice(0, 1), np.array([[1.0, 0.5]], np.float32), np.array([0, 2]))
+    np.testing.assert_array_equal(state.result().indices, [[0, 1, 4]])
+
+
+def write_database(path, database, rows, dtype, split="s"):
+    names = [f"db/{r:05d}.jpg" for r in rows]
+    return write_features(path, split=split, method="m", database=(names, database.astype(dtype)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_streaming_from_shards_on_disk(tmp_path, dtype):
+    rng = np.random.default_rng(6)
+    queries, database = normalised(rng, 12, 16), normalised(rng, 700, 16)
+    permutation = rng.permutation(len(database))
+    sources = []
+    for number, rows in enumerate(np.array_split(permutation, 3)):
+        path = write_database(tmp_path / f"shard{number}.h5", database[rows], rows, dtype)
+        sources.append(BlockSource(path, rows))
+    stats = SearchStats()
+    streamed = search_blocks(queries, iter_feature_blocks(sources, 64), 10, ngpu=0, stats=stats)
+    stored = database.astype(dtype).astype(np.float32)
+    expected = brute_force(queries, stored, 10)
+    # fp16 is widened exactly, and the same GEMM path scores it: identical ranking.
+    assert_same_up_to_rounding(streamed, expected)
+    assert stats.database_rows == 700 and stats.blocks == sum(-(-len(s.rows) // 64) for s in sources)
+    in_memory = search(queries, stored, 10, ngpu=0, block_rows=64)
+    assert_same_up_to_rounding(streamed, in_memory, atol=1e-6)
+
+
+def test_chunked_dataset_falls_back_to_h5py_reads(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(7)
+    database = normalised(rng, 50, 8)
+    path = tmp_path / "chunked.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("database/descriptors", data=database, chunks=(8, 8), compression="gzip")
+    blocks = list((rows.copy(), block.copy()) for rows, block in
+                  iter_feature_blocks([BlockSource(path, np.arange(50))], 16))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), database)
+
+
+def test_feature_blocks_reject_wrong_row_count(tmp_path):
+    rng = np.random.default_rng(8)
+    path = write_database(tmp_path / "db.h5", normalised(rng, 5, 4), np.arange(5), "float32")
+    with pytest.raises(HarnessError, match="row indices"):
+        list(iter_feature_blocks([BlockSource(path, np.arange(4))], 2))
+
+
+def test_prefetch_propagates_errors_and_stops_early():
+    def broken():
+        yield 1
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(prefetch(broken()))
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    iterator = prefetch(endless(), depth=1)
+    assert [next(iterator) for _ in range(3)] == [0, 1, 2]
+    iterator.close()
+    assert len(produced) < 10
+
+
+def test_backend_registry_and_cpu_choice():
+    assert {"numpy", "faiss-cpu", "faiss-gpu"} <= set(list_backends())
+    with pytest.raises(HarnessError, match="did you mean numpy"):
+        get_backend("numpyy")
+    choice = cpu_backend_choice()
+    assert choice.backend in ("numpy", "faiss-cpu") and choice.reason
+    assert resolve_backend(ngpu=0).name == choice.backend
+
+
+def test_block_dimension_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="dim"):
+        search_blocks(np.ones((2, 3), np.float32), iter_array_blocks(np.ones((4, 5), np.float32), 2), 2, ngpu=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend_name", ["auto", "faiss-gpu", "torch-cuda"])
+def test_gpu_backends_equal_cpu(backend_name):
+    from harness.search import faiss_gpu_count, torch_gpu_count
+
+    available = {"faiss-gpu": faiss_gpu_count(), "torch-cuda": torch_gpu_count()}
+    available["auto"] = max(available.values())
+    if available[backend_name] < 1:
+        pytest.skip(f"no GPU for {backend_name}")
+    backend = resolve_backend(ngpu=-1) if backend_name == "auto" else get_backend(backend_name)
+    assert backend.name in ("faiss-gpu", "torch-cuda")
+    rng = np.random.default_rng(9)
+    queries, database = normalised(rng, 50, 64), normalised(rng, 5000, 64)
+    gpu = search_blocks(queries, iter_array_blocks(database, 1500), 20, backend=backend)
+    cpu = search(queries, database, 20, block_rows=1500, ngpu=0)
+    assert_same_up_to_rounding(gpu, cpu)
+    # Exact ties (small integers): the GPU path must order them like the CPU path.
+    queries, database = tied(rng, 40, 6), tied(rng, 3000, 6)
+    gpu = search_blocks(queries, iter_array_blocks(database, 1000), 30, backend=backend)
+    assert_same(gpu, brute_force(queries, database, 30))
