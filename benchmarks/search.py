@@ -9,7 +9,8 @@ that run alone:
   thread, metrics, checksums) on the first shard only and on the whole database: vectors/s,
   GFLOP/s, ratio to peak, and peak RSS for both sizes (the RSS must not grow with the database);
 * the faiss-CPU backend on the first shard (``cpu_backend="faiss"``): its ratio to peak;
-* the peak itself: numpy ``queries @ block.T`` of the same shapes, in memory, best of 3.
+* the peak itself: numpy ``queries @ block.T`` of the same shapes, in memory, best of 3,
+  measured right before and right after each run (the ratio uses their mean).
 
 Usage::
 
@@ -178,20 +179,26 @@ def main() -> None:
             shards = paths["shards"] if split == "bench" else paths["shards"][:1]
             return {**paths, "split": split, "shards": shards, "backend": backend}
 
-        with threadpool_limits(limits=args.threads):
-            peak = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
-        small = run_worker(args, spec("bench-small", "numpy"))
-        full = run_worker(args, spec("bench", "numpy"))
-        faiss_run = None if args.no_faiss else run_worker(args, spec("bench-small", "faiss"))
-        gpu_run = run_worker(args, {**spec("bench", "numpy"), "ngpu": -1}) if args.gpu else None
-        with threadpool_limits(limits=args.threads):
-            peak_after = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
-        peak = max(peak, peak_after)
+        def measured(run_spec):
+            """One worker run between two in-memory GEMM measurements (noise shows as a spread)."""
+            with threadpool_limits(limits=args.threads):
+                before = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
+            run = run_worker(args, run_spec)
+            with threadpool_limits(limits=args.threads):
+                after = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
+            run["peaks"] = (before, after)
+            return run
 
-        print(f"\nGEMM peak (numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows}, fp32, "
-              f"in memory, best of before/after): {peak:.1f} GFLOP/s")
+        small = measured(spec("bench-small", "numpy"))
+        full = measured(spec("bench", "numpy"))
+        faiss_run = None if args.no_faiss else measured(spec("bench-small", "faiss"))
+        gpu_run = run_worker(args, {**spec("bench", "numpy"), "ngpu": -1}) if args.gpu else None
+
+        print(f"\nGEMM peak: numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows} fp32 in memory, best of 3, "
+              "measured just before and after each run; ratio = GFLOP/s / mean(before, after)")
         print(f"CPU backend choice: {full['choice']}")
-        header = f"{'run':<34}{'rows':>9}{'search s':>10}{'vectors/s':>12}{'GFLOP/s':>9}{'of peak':>9}{'peak RSS':>11}"
+        header = (f"{'run':<34}{'rows':>9}{'search s':>10}{'vectors/s':>12}{'GFLOP/s':>9}"
+                  f"{'peak before/after':>19}{'of peak':>9}{'peak RSS':>11}")
         print(header)
         for label, run in (("evaluator (numpy), first shard", small), ("evaluator (numpy), whole database", full),
                            ("faiss-cpu backend, first shard", faiss_run)):
@@ -199,12 +206,14 @@ def main() -> None:
                 continue
             rate = run["rows"] / run["search_s"]
             gflops = rate * flop_per_row / 1e9
+            before, after = run["peaks"]
             print(f"{label:<34}{run['rows']:>9}{run['search_s']:>10.2f}{rate:>12.0f}{gflops:>9.1f}"
-                  f"{gflops / peak:>9.2f}{run['peak_rss'] / 2**20:>8.0f} MiB")
+                  f"{before:>10.1f}/{after:<8.1f}{gflops / ((before + after) / 2):>9.2f}"
+                  f"{run['peak_rss'] / 2**20:>8.0f} MiB")
         if gpu_run is not None:
             rate = gpu_run["rows"] / gpu_run["search_s"]
             print(f"{'GPU (' + gpu_run['backend'] + '), whole database':<34}{gpu_run['rows']:>9}"
-                  f"{gpu_run['search_s']:>10.2f}{rate:>12.0f}{rate * flop_per_row / 1e9:>9.1f}{'-':>9}"
+                  f"{gpu_run['search_s']:>10.2f}{rate:>12.0f}{rate * flop_per_row / 1e9:>9.1f}{'-':>19}{'-':>9}"
                   f"{gpu_run['peak_rss'] / 2**20:>8.0f} MiB")
             print(f"GPU evaluate() timings: " + ", ".join(f"{k} {v:.2f}" for k, v in gpu_run["timings"].items()))
             same = "identical" if gpu_run["recall@1"] == full["recall@1"] else "DIFFERENT"

@@ -18,9 +18,11 @@ class HarnessError(click.ClickException):
     exit_code = 2
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
-        self.message = message
         self.path = None if path is None else os.fspath(path)
-        super().__init__(self.one_line())
+        super().__init__(str(message))
+
+    def __str__(self) -> str:
+        return self.one_line()
 
     def format_message(self) -> str:
         return self.one_line()

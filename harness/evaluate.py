@@ -14,6 +14,7 @@ record is identical (scores, protocol, counts) to a single :func:`evaluate` run.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -326,6 +327,51 @@ def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
     return digests, time.perf_counter() - started
 
 
+class _BackgroundDigests:
+    """sha256 of the feature files in a thread while the search runs (hashlib drops the GIL).
+
+    :meth:`cancel` stops it between chunks (when the evaluation fails early).
+    """
+
+    chunk_bytes = 8 << 20
+
+    def __init__(self, paths: Sequence[Path]):
+        self._paths = list(paths)
+        self._stop = threading.Event()
+        self._result: tuple[tuple[FileDigest, ...], float] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="harness-sha256", daemon=True)
+        self._thread.start()
+
+    def _digest(self, path: Path) -> FileDigest | None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while not self._stop.is_set():
+                chunk = handle.read(self.chunk_bytes)
+                if not chunk:
+                    return FileDigest(str(path), digest.hexdigest(), path.stat().st_size)
+                digest.update(chunk)
+        return None
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            digests = tuple(self._digest(path) for path in self._paths)
+            self._result = (digests, time.perf_counter() - started)
+        except BaseException as exc:  # re-raised in result()
+            self._error = exc
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> tuple[tuple[FileDigest, ...], float]:
+        self._thread.join()
+        if self._error is not None:
+            raise HarnessError(f"cannot checksum a feature file ({self._error})") from None
+        return self._result
+
+
 def evaluate(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -349,8 +395,15 @@ def evaluate(
         HarnessError / ValidationError: bad files (nothing is written).
     """
     started = time.perf_counter()
-    output = search_features(features, split, config)
-    digests, checksum_s = file_digests(output.paths) if config.checksums else ((), 0.0)
+    paths = expand_feature_paths(features)
+    hashing = _BackgroundDigests(paths) if config.checksums else None
+    try:
+        output = search_features(paths, split, config)
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
+    digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
     return evaluate_topk(
         split,
         output.topk,

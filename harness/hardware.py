@@ -65,10 +65,10 @@ def gpu_names() -> tuple[str, ...]:
 
 
 def blas_summary() -> str:
-    """numpy's BLAS (and faiss's, when loaded), e.g. ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
+    """numpy's BLAS (and faiss's, if faiss is imported), e.g. ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
     from harness.search import _blas_description, blas_libraries
 
-    libs = blas_libraries()
+    libs = blas_libraries(load_faiss=False)
     parts = [f"numpy: {_blas_description(libs['numpy'])}"]
     if libs["faiss"] is not None:
         parts.append(f"faiss: {_blas_description(libs['faiss'])}")

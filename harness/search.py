@@ -358,7 +358,7 @@ class NumpyBackend(SearchBackend):
         self._buffer = np.empty(0, dtype=np.float32)
         # Selection is a few single-threaded numpy passes over the scores; with the BLAS
         # threads idle meanwhile, splitting the query rows over threads recovers that time.
-        self.selection_threads = selection_threads or min(4, _usable_cores())
+        self.selection_threads = selection_threads or min(16, _usable_cores())
         self._pool = None
 
     def _select(self, state, start: int, scores: np.ndarray, rows: np.ndarray) -> None:
@@ -582,7 +582,12 @@ def torch_gpu_count() -> int:
 
 
 def faiss_gpu_count() -> int:
-    """GPUs that faiss can use (0 without faiss, with a CPU build, or without a GPU)."""
+    """GPUs that faiss can use (0 without faiss, with a CPU build, or without a GPU).
+
+    faiss is imported only on a machine with an NVIDIA driver.
+    """
+    if not _nvidia_driver_present():
+        return 0
     try:
         import faiss
     except ImportError:
@@ -613,15 +618,19 @@ def _blas_description(info: dict | None) -> str:
     return " ".join(p for p in parts if p)
 
 
-@functools.lru_cache(maxsize=1)
-def blas_libraries() -> dict[str, dict | None]:
-    """threadpoolctl's record of the BLAS used by numpy and the one bundled with faiss."""
+@functools.lru_cache(maxsize=2)
+def blas_libraries(load_faiss: bool = True) -> dict[str, dict | None]:
+    """threadpoolctl's record of the BLAS used by numpy and the one bundled with faiss.
+
+    With ``load_faiss`` false, faiss's BLAS is reported only if faiss is already imported.
+    """
     from threadpoolctl import threadpool_info
 
-    try:
-        import faiss  # noqa: F401  (loads its BLAS so threadpoolctl sees it)
-    except ImportError:
-        pass
+    if load_faiss:
+        try:
+            import faiss  # noqa: F401  (loads its BLAS so threadpoolctl sees it)
+        except ImportError:
+            pass
     found: dict[str, dict | None] = {"numpy": None, "faiss": None}
     for info in threadpool_info():
         if info.get("user_api") != "blas":
@@ -639,14 +648,20 @@ def _is_generic(info: dict | None) -> bool:
     return arch in GENERIC_BLAS_KERNELS
 
 
-def cpu_backend_choice() -> CpuBackendChoice:
+def cpu_backend_choice(inspect_faiss: bool = True) -> CpuBackendChoice:
     """Pick the CPU backend deterministically from what the BLAS libraries report.
 
     numpy is chosen unless its BLAS runs a generic kernel while faiss's does not: a timing
-    probe would make the choice (and so last-bit rounding) depend on machine load.
+    probe would make the choice (and so last-bit rounding) depend on machine load. With
+    ``inspect_faiss`` false, faiss is imported only when numpy's BLAS is generic.
     """
-    libs = blas_libraries()
+    libs = blas_libraries(load_faiss=False)
+    if inspect_faiss or _is_generic(libs["numpy"]):
+        libs = blas_libraries(load_faiss=True)
     numpy_blas, faiss_blas = libs["numpy"], libs["faiss"]
+    if faiss_blas is None and not inspect_faiss and not _is_generic(numpy_blas):
+        return CpuBackendChoice("numpy", "numpy's BLAS runs an optimised kernel "
+                                f"({_blas_description(numpy_blas)})", _blas_description(numpy_blas), "not inspected")
     described = (_blas_description(numpy_blas), _blas_description(faiss_blas))
     if faiss_blas is None:
         return CpuBackendChoice("numpy", "faiss is not installed or bundles no BLAS", *described)
@@ -676,7 +691,7 @@ def resolve_backend(ngpu: int = -1, cpu_backend: str = "auto",
         if ngpu > 0:
             logger.warning("ngpu=%d asked for, but no GPU is usable (faiss or torch): searching on the CPU", ngpu)
     if cpu_backend == "auto":
-        choice = cpu_backend_choice()
+        choice = cpu_backend_choice(inspect_faiss=False)
         logger.debug("CPU backend %s: %s", choice.backend, choice.reason)
         cpu_backend = choice.backend
     if cpu_backend in ("faiss", "faiss-cpu"):
@@ -950,12 +965,18 @@ class _DatasetReader:
         self._file.close()
 
 
+def default_reader_threads() -> int:
+    """Threads that read (widen, check) each block: one per 4 cores, at most 8."""
+    return max(1, min(8, _usable_cores() // 4))
+
+
 def iter_feature_blocks(
     sources: Sequence[BlockSource],
     block_rows: int,
     *,
     prefetch_blocks: bool = True,
     on_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
+    reader_threads: int | None = None,
 ) -> Iterator[Block]:
     """Stream ``(database_rows, float32 descriptors)`` blocks from feature files.
 
@@ -963,54 +984,73 @@ def iter_feature_blocks(
     (and widens float16 to float32) the next block while the current one is searched. Memory
     stays at about three blocks. The yielded arrays are reused buffers: they are valid until
     the next block is requested (copy them to keep them). ``on_block(source, start_row,
-    descriptors)``, if given, runs in the reading thread on every piece of a block (a few
-    MB, while it is in cache): value checks cost no extra pass over memory.
+    descriptors)``, if given, runs on every piece of a block (a few MB, while it is in cache):
+    value checks cost no extra pass over memory. With ``reader_threads`` > 1 (default: one per
+    4 cores) the pieces of a block are read in parallel, so ``on_block`` must be thread-safe.
     """
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
     sources = list(sources)
     ring = max(1, 3 if prefetch_blocks else 1)
+    reader_threads = default_reader_threads() if reader_threads is None else max(1, int(reader_threads))
 
     def produce() -> Iterator[Block]:
+        from concurrent.futures import ThreadPoolExecutor
+
         buffers: list[np.ndarray | None] = [None] * ring
-        staging: np.ndarray | None = None
+        local = threading.local()
+        pool = ThreadPoolExecutor(reader_threads, thread_name_prefix="harness-read") if reader_threads > 1 else None
         turn = 0
-        for source in sources:
-            reader = _DatasetReader(source.path, source.part)
-            try:
-                total, dim = reader.shape
-                piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
-                if source.rows.shape != (total,):
-                    raise HarnessError(
-                        f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
-                        "indices were given", source.path,
-                    )
-                for start in range(0, total, block_rows):
-                    stop = min(total, start + block_rows)
-                    n = stop - start
-                    buffer = buffers[turn % ring]
-                    if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
-                        buffer = np.empty((block_rows, dim), dtype=np.float32)
-                        buffers[turn % ring] = buffer
-                    out = buffer[:n]
-                    # Read (and widen, and check) in cache-sized pieces: each piece is still
-                    # in cache when it is converted and inspected.
-                    for first in range(0, n, piece_rows):
-                        last = min(n, first + piece_rows)
+        try:
+            for source in sources:
+                reader = _DatasetReader(source.path, source.part)
+                try:
+                    total, dim = reader.shape
+                    if source.rows.shape != (total,):
+                        raise HarnessError(
+                            f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
+                            "indices were given", source.path,
+                        )
+                    piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
+
+                    def read_piece(first: int, last: int, start: int, out: np.ndarray) -> None:
+                        # Read (widen, check) one cache-sized piece while it is still in cache.
+                        target = out[first:last]
                         if reader.dtype == np.float32:
-                            reader.read(start + first, start + last, out[first:last])
+                            reader.read(start + first, start + last, target)
                         else:
-                            if staging is None or staging.dtype != reader.dtype or staging.shape[1] != dim:
-                                staging = np.empty((piece_rows, dim), dtype=reader.dtype)
+                            staging = getattr(local, "staging", None)
+                            if staging is None or staging.dtype != reader.dtype or staging.shape != (piece_rows, dim):
+                                staging = local.staging = np.empty((piece_rows, dim), dtype=reader.dtype)
                             piece = staging[: last - first]
                             reader.read(start + first, start + last, piece)
-                            np.copyto(out[first:last], piece, casting="unsafe")
+                            np.copyto(target, piece, casting="unsafe")
                         if on_block is not None:
-                            on_block(source, start + first, out[first:last])
-                    turn += 1
-                    yield source.rows[start:stop], out
-            finally:
-                reader.close()
+                            on_block(source, start + first, target)
+
+                    for start in range(0, total, block_rows):
+                        stop = min(total, start + block_rows)
+                        n = stop - start
+                        buffer = buffers[turn % ring]
+                        if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
+                            buffer = np.empty((block_rows, dim), dtype=np.float32)
+                            buffers[turn % ring] = buffer
+                        out = buffer[:n]
+                        pieces = [(first, min(n, first + piece_rows)) for first in range(0, n, piece_rows)]
+                        if pool is None:
+                            for first, last in pieces:
+                                read_piece(first, last, start, out)
+                        else:
+                            futures = [pool.submit(read_piece, first, last, start, out) for first, last in pieces]
+                            for future in futures:
+                                future.result()
+                        turn += 1
+                        yield source.rows[start:stop], out
+                finally:
+                    reader.close()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     if prefetch_blocks:
         yield from prefetch(produce(), depth=1)

@@ -17,16 +17,30 @@ Public API::
 from __future__ import annotations
 
 __all__ = [
-    "submit", "Submission", "build_leaderboard", "BuildOutput", "check_results", "CheckReport",
-    "read_record", "load_records", "LeaderboardRecord", "MethodMetadata", "read_method_metadata",
+    "submit",
+    "Submission",
+    "build_leaderboard",
+    "BuildOutput",
+    "check_results",
+    "CheckReport",
+    "read_record",
+    "load_records",
+    "LeaderboardRecord",
+    "MethodMetadata",
+    "read_method_metadata",
 ]
 
 _LAZY = {
-    "submit": "leaderboard.submit", "Submission": "leaderboard.submit",
-    "build_leaderboard": "leaderboard.build", "BuildOutput": "leaderboard.build",
-    "check_results": "leaderboard.check", "CheckReport": "leaderboard.check",
-    "read_record": "leaderboard.records", "load_records": "leaderboard.records",
-    "LeaderboardRecord": "leaderboard.records", "MethodMetadata": "leaderboard.records",
+    "submit": "leaderboard.submit",
+    "Submission": "leaderboard.submit",
+    "build_leaderboard": "leaderboard.build",
+    "BuildOutput": "leaderboard.build",
+    "check_results": "leaderboard.check",
+    "CheckReport": "leaderboard.check",
+    "read_record": "leaderboard.records",
+    "load_records": "leaderboard.records",
+    "LeaderboardRecord": "leaderboard.records",
+    "MethodMetadata": "leaderboard.records",
     "read_method_metadata": "leaderboard.records",
 }
 

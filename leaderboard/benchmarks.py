@@ -112,7 +112,9 @@ def benchmarks_for(split_names) -> list[Benchmark]:
         result.append(
             Benchmark(
                 key="split-" + re.sub(r"[^a-z0-9._-]", "_", name.lower()),
-                title=f"Synthetic city: {name[len(SYNTH_PREFIX):]}" if synthetic else f"Split {name}",
+                title=f"Synthetic city: {name[len(SYNTH_PREFIX) :]}"
+                if synthetic
+                else f"Split {name}",
                 splits=(name,),
                 labels=(name,),
                 description="A split of the synthetic inside-out city."
@@ -131,5 +133,3 @@ def get_benchmark(key: str, split_names=()) -> Benchmark:
     close = difflib.get_close_matches(key, list(known), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
     raise KeyError(f"unknown benchmark {key!r}{hint}")
-
-

@@ -42,14 +42,18 @@ def find_chromium() -> str | None:
 def _run(binary: str, args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         command = [binary, *FLAGS, f"--user-data-dir={profile}", *args]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"chromium exited {completed.returncode}: {tail}")
     return completed
 
 
-def dump_dom(url: str, *, binary: str | None = None, timeout_s: float = 60.0, budget_ms: int = 5000) -> str:
+def dump_dom(
+    url: str, *, binary: str | None = None, timeout_s: float = 60.0, budget_ms: int = 5000
+) -> str:
     """The serialised DOM after the page's scripts ran (``--dump-dom``)."""
     binary = binary or find_chromium()
     if binary is None:
@@ -57,15 +61,30 @@ def dump_dom(url: str, *, binary: str | None = None, timeout_s: float = 60.0, bu
     return _run(binary, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout_s).stdout
 
 
-def screenshot(url: str, png: str | os.PathLike, *, binary: str | None = None, width: int = 1400,
-               height: int = 1800, timeout_s: float = 60.0) -> Path:
+def screenshot(
+    url: str,
+    png: str | os.PathLike,
+    *,
+    binary: str | None = None,
+    width: int = 1400,
+    height: int = 1800,
+    timeout_s: float = 60.0,
+) -> Path:
     """A PNG of the page's first ``width`` x ``height`` pixels."""
     binary = binary or find_chromium()
     if binary is None:
         raise FileNotFoundError("no chromium binary found")
     png = Path(png).resolve()
-    _run(binary, [f"--window-size={width},{height}", f"--screenshot={png}", "--virtual-time-budget=5000", url],
-         timeout_s)
+    _run(
+        binary,
+        [
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            "--virtual-time-budget=5000",
+            url,
+        ],
+        timeout_s,
+    )
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot to {png}")
     return png

@@ -29,7 +29,15 @@ from harness.io import write_bytes_atomic
 from leaderboard import html as html_page
 from leaderboard.benchmarks import REAL_BENCHMARKS, Benchmark, benchmarks_for
 from leaderboard.records import LeaderboardRecord, load_records, read_topk
-from leaderboard.tables import Entry, Table, latest_entries, make_table, to_csv, to_latex, to_markdown
+from leaderboard.tables import (
+    Entry,
+    Table,
+    latest_entries,
+    make_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None
 
 
 def shown_benchmarks(entries: Sequence[Entry]) -> list[Benchmark]:
-    """The real benchmarks always (an empty table says "no submissions yet"); others with records."""
+    """Every real benchmark (an empty one says "no submissions yet"); others with records."""
     splits = {e.split for e in entries}
     real = {b.key for b in REAL_BENCHMARKS}
     return [b for b in benchmarks_for(splits) if b.key in real or splits & set(b.splits)]
@@ -106,23 +114,31 @@ def render_methods_markdown(infos: Sequence[html_page.MethodInfo]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def render_readme(tables: Sequence[Table], *, records: int, methods: int,
-                  method_infos: Sequence[html_page.MethodInfo] = ()) -> str:
+def render_readme(
+    tables: Sequence[Table],
+    *,
+    records: int,
+    methods: int,
+    method_infos: Sequence[html_page.MethodInfo] = (),
+) -> str:
     lines = [
         GENERATED_NOTICE,
         "",
         "# IOVPR leaderboard",
         "",
-        f"{records} records of {methods} methods. Recall@N in percent (best of each column in bold); "
-        "each table is ranked by Recall@1 (Indoor-Ams: the mean Recall@1 of its two query sets; "
-        "a method without both sets is listed unranked). One record per method and split: the newest.",
+        f"{records} records of {methods} methods. Recall@N in percent (best of each column in "
+        "bold); each table is ranked by Recall@1 (Indoor-Ams: the mean Recall@1 of its two query "
+        "sets; a method without both sets is listed unranked). One record per method and split: "
+        "the newest.",
         "",
-        "Efficiency columns: descriptor dimension and bytes per image, feature extraction milliseconds "
-        "per image (when the submitter measured it), exact search seconds (summed over the benchmark's "
-        "splits) and peak memory of the evaluation in MiB (the maximum over the splits).",
+        "Efficiency columns: descriptor dimension and bytes per image, feature extraction "
+        "milliseconds per image (when the submitter measured it), exact search seconds (summed "
+        "over the benchmark's splits) and peak memory of the evaluation in MiB (the maximum over "
+        "the splits).",
         "",
-        "Submit: `harness submit FEATURES... --split SPLIT --method-name NAME --meta-file META.json`; "
-        "rebuild: `harness leaderboard build`; verify: `harness leaderboard check`. "
+        "Submit: `harness submit FEATURES... --split SPLIT --method-name NAME "
+        "--meta-file META.json`; rebuild: `harness leaderboard build`; verify: "
+        "`harness leaderboard check`. "
         "LaTeX and CSV tables are in `tables/`, the page with curves and retrieval examples in "
         "`site/index.html`.",
         "",
@@ -133,8 +149,14 @@ def render_readme(tables: Sequence[Table], *, records: int, methods: int,
             lines += [table.benchmark.description, ""]
         lines += [to_markdown(table).rstrip("\n"), ""]
     if method_infos:
-        lines += ["## Methods", "", "Metadata as submitted (newest record of each method).", "",
-                  render_methods_markdown(method_infos).rstrip("\n"), ""]
+        lines += [
+            "## Methods",
+            "",
+            "Metadata as submitted (newest record of each method).",
+            "",
+            render_methods_markdown(method_infos).rstrip("\n"),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -147,7 +169,9 @@ def _method_infos(records: Sequence[LeaderboardRecord]) -> list[html_page.Method
     infos = []
     for name in sorted(newest):
         meta = newest[name].metadata.to_dict()
-        infos.append(html_page.MethodInfo(name, {k: "" if v is None else str(v) for k, v in meta.items()}))
+        infos.append(
+            html_page.MethodInfo(name, {k: "" if v is None else str(v) for k, v in meta.items()})
+        )
     return infos
 
 
@@ -157,8 +181,12 @@ def _grids(table: Table, entries: dict, site_dir: Path, data_root) -> list[html_
 
     result = []
     for split_name, label in zip(table.benchmark.splits, table.benchmark.labels):
-        with_predictions = [entries[(row.method, split_name)] for row in table.rows
-                            if (row.method, split_name) in entries and entries[(row.method, split_name)].predictions_path]
+        with_predictions = [
+            entries[(row.method, split_name)]
+            for row in table.rows
+            if (row.method, split_name) in entries
+            and entries[(row.method, split_name)].predictions_path
+        ]
         if not with_predictions:
             continue
         try:
@@ -170,24 +198,48 @@ def _grids(table: Table, entries: dict, site_dir: Path, data_root) -> list[html_
         for entry in with_predictions:
             top = read_topk(entry.predictions_path).indices
             if top.shape[0] != split.num_queries:
-                logger.warning("%s: predictions cover %d queries, split %s has %d; no grid",
-                               entry.predictions_path, top.shape[0], split_name, split.num_queries)
+                logger.warning(
+                    "%s: predictions cover %d queries, split %s has %d; no grid",
+                    entry.predictions_path,
+                    top.shape[0],
+                    split_name,
+                    split.num_queries,
+                )
                 continue
             k = min(GRID_TOP_K, top.shape[1])
             if not grid_module.images_available(split, query_rows, top, k):
-                logger.info("no retrieval grid for %s on %s: images not found under %s",
-                            entry.method, split_name, split.query_root or "(no image root)")
+                logger.info(
+                    "no retrieval grid for %s on %s: images not found under %s",
+                    entry.method,
+                    split_name,
+                    split.query_root or "(no image root)",
+                )
                 continue
-            result.append(grid_module.build_grid(
-                method=entry.method, split=split, split_label=label, top_indices=top, query_rows=query_rows,
-                k=k, site_dir=site_dir, thumbs_subdir=f"thumbs/{split_name}",
-            ))
+            result.append(
+                grid_module.build_grid(
+                    method=entry.method,
+                    split=split,
+                    split_label=label,
+                    top_indices=top,
+                    query_rows=query_rows,
+                    k=k,
+                    site_dir=site_dir,
+                    thumbs_subdir=f"thumbs/{split_name}",
+                )
+            )
     return result
 
 
-def build_from_entries(entries: Iterable[Entry], out_dir: str | os.PathLike, *,
-                       records: Sequence[LeaderboardRecord] = (), data_root=None, plots: bool = True,
-                       grids: bool = True, results_label: str = "leaderboard/results") -> BuildOutput:
+def build_from_entries(
+    entries: Iterable[Entry],
+    out_dir: str | os.PathLike,
+    *,
+    records: Sequence[LeaderboardRecord] = (),
+    data_root=None,
+    plots: bool = True,
+    grids: bool = True,
+    results_label: str = "leaderboard/results",
+) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
     from leaderboard.plots import inline_svg, recall_curves, recall_svg
 
@@ -218,20 +270,34 @@ def build_from_entries(entries: Iterable[Entry], out_dir: str | os.PathLike, *,
                     plot_paths.append(out_dir / "site" / "plots" / f"{key}.svg")
             table_grids = _grids(table, latest, site_dir, data_root) if grids and table.rows else []
             grid_count += len(table_grids)
-            sections.append(html_page.Section(table, None if svg is None else inline_svg(svg), tuple(table_grids)))
+            sections.append(
+                html_page.Section(
+                    table, None if svg is None else inline_svg(svg), tuple(table_grids)
+                )
+            )
         methods = sorted({e.method for e in entries})
-        summary = (f"{len(entries)} records of {len(methods)} methods on "
-                   f"{len({e.split for e in entries})} splits. Ranked by Recall@1.")
+        summary = (
+            f"{len(entries)} records of {len(methods)} methods on "
+            f"{len({e.split for e in entries})} splits. Ranked by Recall@1."
+        )
         infos = _method_infos(records)
         page = html_page.render_page(sections, infos, summary=summary, results_label=results_label)
         (site_dir / "index.html").write_text(page, encoding="utf-8")
-        readme = render_readme(tables, records=len(entries), methods=len(methods), method_infos=infos)
+        readme = render_readme(
+            tables, records=len(entries), methods=len(methods), method_infos=infos
+        )
         for name in ("tables", "site"):
             _swap_in(staging / name, out_dir / name)
         write_bytes_atomic(out_dir / "README.md", readme.encode("utf-8"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("leaderboard: %d tables, %d plots, %d grids -> %s", len(tables), len(plot_paths), grid_count, out_dir)
+    logger.info(
+        "leaderboard: %d tables, %d plots, %d grids -> %s",
+        len(tables),
+        len(plot_paths),
+        grid_count,
+        out_dir,
+    )
     return BuildOutput(
         readme=out_dir / "README.md",
         tables=tuple(table_paths),
@@ -255,14 +321,27 @@ def _swap_in(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_leaderboard(results_dir: str | os.PathLike, out_dir: str | os.PathLike, *, data_root=None,
-                      plots: bool = True, grids: bool = True) -> BuildOutput:
+def build_leaderboard(
+    results_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    data_root=None,
+    plots: bool = True,
+    grids: bool = True,
+) -> BuildOutput:
     """Read every record under ``results_dir`` (all must be valid) and write the outputs."""
     results_dir = Path(results_dir)
     records = load_records(results_dir)
     entries = [entry_from_record(r, results_dir) for r in records]
-    return build_from_entries(entries, out_dir, records=records, data_root=data_root, plots=plots,
-                              grids=grids, results_label=_label(results_dir))
+    return build_from_entries(
+        entries,
+        out_dir,
+        records=records,
+        data_root=data_root,
+        plots=plots,
+        grids=grids,
+        results_label=_label(results_dir),
+    )
 
 
 def _label(results_dir: Path) -> str:
@@ -282,12 +361,20 @@ def stale_outputs(results_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         fresh = Path(scratch)
         build_leaderboard(results_dir, fresh, plots=False, grids=False)
         expected = {"README.md": (fresh / "README.md").read_bytes()}
-        expected.update({f"tables/{p.name}": p.read_bytes() for p in sorted((fresh / "tables").iterdir())})
+        expected.update(
+            {f"tables/{p.name}": p.read_bytes() for p in sorted((fresh / "tables").iterdir())}
+        )
     actual = {}
     if (out_dir / "README.md").is_file():
         actual["README.md"] = (out_dir / "README.md").read_bytes()
     if (out_dir / "tables").is_dir():
-        actual.update({f"tables/{p.name}": p.read_bytes() for p in sorted((out_dir / "tables").iterdir()) if p.is_file()})
+        actual.update(
+            {
+                f"tables/{p.name}": p.read_bytes()
+                for p in sorted((out_dir / "tables").iterdir())
+                if p.is_file()
+            }
+        )
     stale = []
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:
@@ -295,5 +382,7 @@ def stale_outputs(results_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
         elif name not in expected:
             stale.append(f"{name}: not generated from the records (remove it)")
         elif actual[name] != expected[name]:
-            stale.append(f"{name}: differs from what the records give (edited by hand, or not rebuilt)")
+            stale.append(
+                f"{name}: differs from what the records give (edited by hand, or not rebuilt)"
+            )
     return stale

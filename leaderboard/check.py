@@ -71,14 +71,17 @@ class CheckReport:
 
 
 def _find_features(record: LeaderboardRecord, feature_dirs: Sequence[Path]) -> list[Path] | None:
-    """The record's feature files under ``feature_dirs`` (by name at any depth, verified by sha256)."""
+    """The record's feature files under ``feature_dirs`` (by name, any depth; sha256 verified)."""
     found = []
     for digest in record.result.features:
         match = None
         for folder in feature_dirs:
             for candidate in sorted(folder.rglob(digest.path)):
-                if candidate.is_file() and candidate.stat().st_size == digest.bytes \
-                        and sha256_file(candidate) == digest.sha256:
+                if (
+                    candidate.is_file()
+                    and candidate.stat().st_size == digest.bytes
+                    and sha256_file(candidate) == digest.sha256
+                ):
                     match = candidate
                     break
             if match:
@@ -89,12 +92,21 @@ def _find_features(record: LeaderboardRecord, feature_dirs: Sequence[Path]) -> l
     return found
 
 
-def _compare_scores(report: CheckReport, path: Path, stored: dict, recomputed: dict, what: str,
-                    tolerance: float = RECOMPUTE_TOLERANCE) -> None:
+def _compare_scores(
+    report: CheckReport,
+    path: Path,
+    stored: dict,
+    recomputed: dict,
+    what: str,
+    tolerance: float = RECOMPUTE_TOLERANCE,
+) -> None:
     for name in sorted(set(stored) & set(recomputed)):
         if abs(stored[name] - recomputed[name]) > tolerance:
-            report.add(path, f"stored {name} {stored[name]:.6f} differs from the {recomputed[name]:.6f} "
-                             f"that {what} give")
+            report.add(
+                path,
+                f"stored {name} {stored[name]:.6f} differs from the {recomputed[name]:.6f} "
+                f"that {what} give",
+            )
 
 
 def _check_protocol(report: CheckReport, path: Path, record: LeaderboardRecord, split) -> None:
@@ -102,25 +114,36 @@ def _check_protocol(report: CheckReport, path: Path, record: LeaderboardRecord, 
 
     result = record.result
     if result.split_sha256 != split.sha256:
-        report.add(path, f"split checksum {result.split_sha256[:12]} is not the split's {split.sha256[:12]} "
-                         f"(the split {split.name} changed, or the record is for another version)")
+        report.add(
+            path,
+            f"split checksum {result.split_sha256[:12]} is not the split's {split.sha256[:12]} "
+            f"(the split {split.name} changed, or the record is for another version)",
+        )
         return
     expected = EvalConfig().protocol(split)
     protocol = result.protocol
     for name in ("radius_m", "spatial_nms", "no_positive"):
         if getattr(protocol, name) != getattr(expected, name):
-            report.add(path, f"protocol {name} {getattr(protocol, name)!r} is not the split's "
-                             f"{getattr(expected, name)!r}")
+            report.add(
+                path,
+                f"protocol {name} {getattr(protocol, name)!r} is not the split's "
+                f"{getattr(expected, name)!r}",
+            )
     missing = sorted(set(expected.recall_ns) - set(protocol.recall_ns))
     if missing:
         report.add(path, f"protocol lacks the split's Recall@N for N in {missing}")
     counts = result.counts
     if (counts.queries, counts.database) != (split.num_queries, split.num_database):
-        report.add(path, f"counts {counts.queries}/{counts.database} differ from the split's "
-                         f"{split.num_queries}/{split.num_database}")
+        report.add(
+            path,
+            f"counts {counts.queries}/{counts.database} differ from the split's "
+            f"{split.num_queries}/{split.num_database}",
+        )
 
 
-def _check_record(report: CheckReport, path: Path, results_dir: Path, *, data_root, feature_dirs) -> None:
+def _check_record(
+    report: CheckReport, path: Path, results_dir: Path, *, data_root, feature_dirs
+) -> None:
     try:
         record = read_record(path)
     except HarnessError as exc:
@@ -128,7 +151,9 @@ def _check_record(report: CheckReport, path: Path, results_dir: Path, *, data_ro
         return
     expected = results_dir / record.relative_path()
     if path.resolve() != expected.resolve():
-        report.add(path, f"record belongs at {record.relative_path()} (split/method/id of its content)")
+        report.add(
+            path, f"record belongs at {record.relative_path()} (split/method/id of its content)"
+        )
     if record.predictions is not None:
         sidecar = path.parent / record.predictions.file
         if not sidecar.is_file():
@@ -142,11 +167,18 @@ def _check_record(report: CheckReport, path: Path, results_dir: Path, *, data_ro
                 report.add(sidecar, exc.message)
             else:
                 if topk.indices.shape != (record.result.counts.queries, record.predictions.top_k):
-                    report.add(sidecar, f"shape {topk.indices.shape} is not (queries, top_k) "
-                                        f"({record.result.counts.queries}, {record.predictions.top_k})")
+                    report.add(
+                        sidecar,
+                        f"shape {topk.indices.shape} is not (queries, top_k) "
+                        f"({record.result.counts.queries}, {record.predictions.top_k})",
+                    )
                 else:
-                    recalls = topk.recall_at(record.result.protocol.recall_ns, record.result.protocol.no_positive)
-                    _compare_scores(report, path, record.result.scores, recalls, "its saved predictions")
+                    recalls = topk.recall_at(
+                        record.result.protocol.recall_ns, record.result.protocol.no_positive
+                    )
+                    _compare_scores(
+                        report, path, record.result.scores, recalls, "its saved predictions"
+                    )
     from harness.splits import get_split, split_path
 
     split = None
@@ -156,8 +188,11 @@ def _check_record(report: CheckReport, path: Path, results_dir: Path, *, data_ro
         except HarnessError as exc:
             report.add(path, f"split {record.split}: {exc.one_line()}")
     else:
-        report.notes.append(f"{path}: split {record.split} is not imported under {split_path('x', data_root).parent}; "
-                            "protocol not checked")
+        report.notes.append(
+            f"{path}: split {record.split} is not imported under "
+            f"{split_path('x', data_root).parent}; "
+            "protocol not checked"
+        )
     if split is not None:
         report.split_checked += 1
         _check_protocol(report, path, record, split)
@@ -166,22 +201,31 @@ def _check_record(report: CheckReport, path: Path, results_dir: Path, *, data_ro
         if features is None:
             report.notes.append(f"{path}: feature files not found; scores not recomputed")
         elif split is None:
-            report.notes.append(f"{path}: split {record.split} not available; scores not recomputed")
+            report.notes.append(
+                f"{path}: split {record.split} not available; scores not recomputed"
+            )
         elif split.sha256 == record.result.split_sha256:
             from harness.config import EvalConfig
             from harness.evaluate import evaluate
 
             protocol = record.result.protocol
-            config = EvalConfig(recall_ns=protocol.recall_ns, radius_m=protocol.radius_m,
-                                spatial_nms=protocol.spatial_nms, no_positive=protocol.no_positive,
-                                map_k=protocol.map_k, checksums=False)
+            config = EvalConfig(
+                recall_ns=protocol.recall_ns,
+                radius_m=protocol.radius_m,
+                spatial_nms=protocol.spatial_nms,
+                no_positive=protocol.no_positive,
+                map_k=protocol.map_k,
+                checksums=False,
+            )
             try:
                 again = evaluate(features, split, config)
             except HarnessError as exc:
                 report.add(path, f"its feature files no longer evaluate: {exc.one_line()}")
             else:
                 report.recomputed += 1
-                _compare_scores(report, path, record.result.scores, again.scores, "its feature files")
+                _compare_scores(
+                    report, path, record.result.scores, again.scores, "its feature files"
+                )
 
 
 def check_results(
@@ -192,7 +236,9 @@ def check_results(
     git: bool = True,
     drift_tolerance: float = DRIFT_TOLERANCE,
 ) -> CheckReport:
-    """Check every record under ``results_dir`` (see the module docstring); never raises for bad records.
+    """Check every record under ``results_dir`` (see the module docstring).
+
+    Never raises for a bad record: every problem goes into the report.
 
     ``data_root`` (default: the harness's) is where splits are looked up; a split that is not
     imported there is noted and its protocol check skipped.
@@ -212,18 +258,25 @@ def check_results(
         if len(relative.parts) == 3 and path.name.endswith(PREDICTIONS_SUFFIX):
             continue  # checked with its record (an orphan is reported below)
         if len(relative.parts) != 3 or path.suffix != RECORD_SUFFIX or path.name.startswith("."):
-            report.add(path, "not a record: expected <split>/<method>/<id>.json (leftover or misplaced file?)")
+            report.add(
+                path,
+                "not a record: expected <split>/<method>/<id>.json (leftover or misplaced file?)",
+            )
             continue
         report.records += 1
         _check_record(report, path, results_dir, data_root=data_root, feature_dirs=feature_dirs)
     for sidecar in sorted(results_dir.glob(f"*/*/*{PREDICTIONS_SUFFIX}")):
-        if not sidecar.with_name(sidecar.name[: -len(PREDICTIONS_SUFFIX)] + RECORD_SUFFIX).is_file():
+        if not sidecar.with_name(
+            sidecar.name[: -len(PREDICTIONS_SUFFIX)] + RECORD_SUFFIX
+        ).is_file():
             report.add(sidecar, "predictions file without its record")
     if git:
         try:
             drifts = find_drift(score_history(results_dir), drift_tolerance)
         except NotInGit as exc:
-            report.notes.append(f"score drift between commits not checked: not in a git work tree ({exc})")
+            report.notes.append(
+                f"score drift between commits not checked: not in a git work tree ({exc})"
+            )
         else:
             for drift in drifts:
                 report.add(drift.path, drift.message())

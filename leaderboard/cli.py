@@ -1,4 +1,4 @@
-"""CLI commands the leaderboard contributes to ``harness`` (entry point ``leaderboard.cli:commands``).
+"""CLI commands the leaderboard adds to ``harness`` (entry point ``leaderboard.cli:commands``).
 
 ``harness submit ...`` and ``harness leaderboard build|check``. Options are parsed here and
 everything else is delegated; heavy modules are imported inside the commands so that
@@ -15,22 +15,36 @@ DEFAULT_RESULTS = Path("leaderboard") / "results"
 DEFAULT_OUT = Path("leaderboard")
 
 _data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Where imported splits live (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
 )
 _results_option = click.option(
-    "--results", "results_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS,
-    show_default=True, help="The leaderboard's results folder.",
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_RESULTS,
+    show_default=True,
+    help="The leaderboard's results folder.",
 )
 
 
 @click.command("submit")
 @click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
-@click.option("--method-name", required=True, help="Leaderboard name of the method (letters, digits, . _ + -).")
-@click.option("--meta-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON object with paper, code_url, backbone, training_data, checkpoint_sha256, license, "
-                   "extraction_ms_per_image, description (unknown keys are rejected).")
+@click.option(
+    "--method-name",
+    required=True,
+    help="Leaderboard name of the method (letters, digits, . _ + -).",
+)
+@click.option(
+    "--meta-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON object with paper, code_url, backbone, training_data, checkpoint_sha256, license, "
+    "extraction_ms_per_image, description (unknown keys are rejected).",
+)
 @_results_option
 @_data_root_option
 @click.option("--ngpu", type=int, default=-1, show_default=True, help="-1 all GPUs, 0 CPU only.")
@@ -47,8 +61,13 @@ def submit_command(features, split_name, method_name, meta_file, results_dir, da
     check_method_name(method_name)
     metadata = read_method_metadata(meta_file) if meta_file is not None else None
     outcome = submit(
-        features, split=split_name, method_name=method_name, metadata=metadata, results_dir=results_dir,
-        data_root=data_root, config=EvalConfig(ngpu=ngpu, progress=True),
+        features,
+        split=split_name,
+        method_name=method_name,
+        metadata=metadata,
+        results_dir=results_dir,
+        data_root=data_root,
+        config=EvalConfig(ngpu=ngpu, progress=True),
     )
     scores = outcome.record.scores
     shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items() if k.startswith("recall@"))
@@ -64,13 +83,26 @@ def leaderboard_group():
 
 @leaderboard_group.command("build")
 @_results_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
-              show_default=True, help="Where README.md, tables/ and site/ are written.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Where README.md, tables/ and site/ are written.",
+)
 @_data_root_option
-@click.option("--grids/--no-grids", default=True, show_default=True,
-              help="Retrieval grids (when the splits and their images are available).")
-@click.option("--verify", is_flag=True,
-              help="Write nothing; fail if README.md or tables/ under --out differ from what the records give.")
+@click.option(
+    "--grids/--no-grids",
+    default=True,
+    show_default=True,
+    help="Retrieval grids (when the splits and their images are available).",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Write nothing; fail if README.md or tables/ under --out differ from the records.",
+)
 def build_command(results_dir, out_dir, data_root, grids, verify):
     """Write README.md, LaTeX/CSV tables and the HTML page from every record."""
     from harness.errors import HarnessError
@@ -81,22 +113,39 @@ def build_command(results_dir, out_dir, data_root, grids, verify):
         for line in stale:
             click.echo(f"error: {out_dir / line}", err=True)
         if stale:
-            raise HarnessError(f"{len(stale)} generated files are stale; run `harness leaderboard build`", out_dir)
+            raise HarnessError(
+                f"{len(stale)} generated files are stale; run `harness leaderboard build`", out_dir
+            )
         click.echo(f"{out_dir}: README.md and tables/ are up to date")
         return
     output = build_leaderboard(results_dir, out_dir, data_root=data_root, grids=grids)
-    click.echo(f"{output.records} records, {len(output.benchmarks)} tables, {len(output.plots)} plots, "
-               f"{output.grids} retrieval grids")
-    click.echo(f"wrote {output.readme}, {output.page} and {len(output.tables)} files in {out_dir / 'tables'}")
+    click.echo(
+        f"{output.records} records, {len(output.benchmarks)} tables, {len(output.plots)} plots, "
+        f"{output.grids} retrieval grids"
+    )
+    click.echo(
+        f"wrote {output.readme}, {output.page} and {len(output.tables)} files in "
+        f"{out_dir / 'tables'}"
+    )
 
 
 @leaderboard_group.command("check")
 @_results_option
 @_data_root_option
-@click.option("--features-dir", "feature_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder holding submitted feature files (by name); their scores are recomputed. Repeatable.")
-@click.option("--git/--no-git", default=True, show_default=True,
-              help="Compare every record's scores with its first committed version.")
+@click.option(
+    "--features-dir",
+    "feature_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of submitted feature files (found by name); their scores are recomputed. "
+    "Repeatable.",
+)
+@click.option(
+    "--git/--no-git",
+    default=True,
+    show_default=True,
+    help="Compare every record's scores with its first committed version.",
+)
 def check_command(results_dir, data_root, feature_dirs, git):
     """Re-validate every record: schema, checksums, protocol, scores, drift between commits."""
     from harness.errors import HarnessError
@@ -107,8 +156,10 @@ def check_command(results_dir, data_root, feature_dirs, git):
         click.echo(f"note: {note}", err=True)
     for problem in report.problems:
         click.echo(f"error: {problem.line()}", err=True)
-    summary = (f"{report.records} records checked ({report.split_checked} against their split, "
-               f"{report.recomputed} re-evaluated): {len(report.problems)} problems")
+    summary = (
+        f"{report.records} records checked ({report.split_checked} against their split, "
+        f"{report.recomputed} re-evaluated): {len(report.problems)} problems"
+    )
     if not report.ok:
         raise HarnessError(summary, results_dir)
     click.echo(summary)

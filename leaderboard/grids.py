@@ -43,7 +43,10 @@ def images_available(split, query_rows: Sequence[int], top_indices: np.ndarray, 
         if not (Path(split.query_root) / split.query_names[row]).is_file():
             return False
         for db_row in top_indices[row, :k]:
-            if db_row < 0 or not (Path(split.database_root) / split.database_names[int(db_row)]).is_file():
+            if (
+                db_row < 0
+                or not (Path(split.database_root) / split.database_names[int(db_row)]).is_file()
+            ):
                 return False
     return True
 
@@ -61,8 +64,17 @@ def make_thumbnail(source: Path, target: Path) -> None:
         image.save(target, format="JPEG", quality=JPEG_QUALITY, optimize=False, progressive=False)
 
 
-def build_grid(*, method: str, split, split_label: str, top_indices: np.ndarray, query_rows: Sequence[int],
-               k: int, site_dir: Path, thumbs_subdir: str) -> Grid:
+def build_grid(
+    *,
+    method: str,
+    split,
+    split_label: str,
+    top_indices: np.ndarray,
+    query_rows: Sequence[int],
+    k: int,
+    site_dir: Path,
+    thumbs_subdir: str,
+) -> Grid:
     """Make the thumbnails and the :class:`Grid` of ``method`` on ``split``.
 
     Args:
@@ -77,14 +89,18 @@ def build_grid(*, method: str, split, split_label: str, top_indices: np.ndarray,
     for query_row in query_rows:
         query_file = f"q{query_row:07d}.jpg"
         make_thumbnail(Path(split.query_root) / split.query_names[query_row], thumbs / query_file)
-        query = Thumb(f"{thumbs_subdir}/{query_file}", os.path.basename(split.query_names[query_row]), "query")
+        query = Thumb(
+            f"{thumbs_subdir}/{query_file}", os.path.basename(split.query_names[query_row]), "query"
+        )
         results = []
         for position, db_row in enumerate(top_indices[query_row, :k], start=1):
             db_row = int(db_row)
             if db_row < 0:
                 continue
             db_file = f"d{db_row:09d}.jpg"
-            make_thumbnail(Path(split.database_root) / split.database_names[db_row], thumbs / db_file)
+            make_thumbnail(
+                Path(split.database_root) / split.database_names[db_row], thumbs / db_file
+            )
             status = "hit" if is_hit(split, query_row, db_row) else "miss"
             results.append(Thumb(f"{thumbs_subdir}/{db_file}", f"#{position} {status}", status))
         rows.append(GridRow(query, tuple(results)))

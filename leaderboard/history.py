@@ -43,19 +43,24 @@ class ScoreDrift:
 
     def message(self) -> str:
         return (
-            f"{self.score} changed by {self.delta:+.6f} between commits: {self.first.scores[self.score]:.6f} "
-            f"in {self.first.commit[:12]} -> {self.later.scores[self.score]:.6f} in {self.later.commit[:12]} "
+            f"{self.score} changed by {self.delta:+.6f} between commits: "
+            f"{self.first.scores[self.score]:.6f} in {self.first.commit[:12]} -> "
+            f"{self.later.scores[self.score]:.6f} in {self.later.commit[:12]} "
             "(records are immutable; at most 0.001 is tolerated)"
         )
 
 
 def _git(args: list[str], cwd: Path, stdin: bytes | None = None) -> bytes:
     try:
-        completed = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False)
+        completed = subprocess.run(
+            ["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False
+        )
     except FileNotFoundError:
         raise NotInGit("git is not installed") from None
     if completed.returncode != 0:
-        raise NotInGit(completed.stderr.decode("utf-8", "replace").strip() or f"git {args[0]} failed")
+        raise NotInGit(
+            completed.stderr.decode("utf-8", "replace").strip() or f"git {args[0]} failed"
+        )
     return completed.stdout
 
 
@@ -63,7 +68,11 @@ def _scores_of(data) -> dict[str, float] | None:
     """The scores of a record version, read leniently (old or invalid versions included)."""
     try:
         scores = data["result"]["scores"]
-        return {str(k): float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {
+            str(k): float(v)
+            for k, v in scores.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -129,12 +138,14 @@ def _cat_files(top: Path, requests: list[tuple[str, str]]) -> list[bytes | None]
             blobs.append(None)
             continue
         size = int(header[2])
-        blobs.append(out[position:position + size])
+        blobs.append(out[position : position + size])
         position += size + 1
     return blobs
 
 
-def find_drift(history: Mapping[Path, list[ScoreVersion]], tolerance: float = 0.001) -> list[ScoreDrift]:
+def find_drift(
+    history: Mapping[Path, list[ScoreVersion]], tolerance: float = 0.001
+) -> list[ScoreDrift]:
     """Scores that moved by more than ``tolerance`` from a record's first committed version."""
     drifts = []
     for path, versions in sorted(history.items()):
@@ -145,7 +156,9 @@ def find_drift(history: Mapping[Path, list[ScoreVersion]], tolerance: float = 0.
         for later in versions[1:]:
             for score in sorted(set(first.scores) & set(later.scores)):
                 delta = later.scores[score] - first.scores[score]
-                if abs(delta) > tolerance and score not in reported:  # the first drift of each score
+                if (
+                    abs(delta) > tolerance and score not in reported
+                ):  # the first drift of each score
                     reported.add(score)
                     drifts.append(ScoreDrift(path, score, first, later, delta))
     return drifts

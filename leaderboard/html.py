@@ -89,14 +89,19 @@ def render_table(table: Table) -> str:
     if not table.rows:
         return '<p class="empty">No submissions yet.</p>'
     best = best_values(table)
-    out = [f'<div class="table-wrap"><table class="leaderboard sortable" id="{_e(table_id(table))}" '
-           f'data-benchmark="{_e(table.benchmark.key)}" data-sorted-by="rank:asc">', "<thead>"]
+    out = [
+        f'<div class="table-wrap"><table class="leaderboard sortable" id="{_e(table_id(table))}" '
+        f'data-benchmark="{_e(table.benchmark.key)}" data-sorted-by="rank:asc">',
+        "<thead>",
+    ]
     groups = ['<th colspan="2"></th>']
     previous = None
     for column in table.columns:
         if column.group and column.group != previous:
             width = sum(1 for c in table.columns if c.group == column.group)
-            groups.append(f'<th class="group" colspan="{width}">{_e(table.group_labels[column.group])}</th>')
+            groups.append(
+                f'<th class="group" colspan="{width}">{_e(table.group_labels[column.group])}</th>'
+            )
         elif not column.group:
             groups.append("<th></th>")
         previous = column.group
@@ -106,9 +111,22 @@ def render_table(table: Table) -> str:
         '<th data-key="method" data-type="text" data-first="asc">Method</th>',
     ]
     for column in table.columns:
-        first = "asc" if column.key in ("descriptor_dim", "descriptor_bytes", "extraction_ms_per_image",
-                                        "search_seconds", "peak_memory_bytes") else "desc"
-        heads.append(f'<th data-key="{_e(column.key)}" data-type="num" data-first="{first}">{_e(column.label)}</th>')
+        first = (
+            "asc"
+            if column.key
+            in (
+                "descriptor_dim",
+                "descriptor_bytes",
+                "extraction_ms_per_image",
+                "search_seconds",
+                "peak_memory_bytes",
+            )
+            else "desc"
+        )
+        heads.append(
+            f'<th data-key="{_e(column.key)}" data-type="num" data-first="{first}">'
+            f"{_e(column.label)}</th>"
+        )
     out.append('<tr class="columns">' + "".join(heads) + "</tr>")
     out.append("</thead>")
     out.append("<tbody>")
@@ -124,25 +142,41 @@ def render_table(table: Table) -> str:
         ]
         for column in table.columns:
             value = row.values.get(column.key)
-            raw = "" if value is None else repr(float(value)) if column.kind != "int" else str(int(value))
+            raw = (
+                ""
+                if value is None
+                else repr(float(value))
+                if column.kind != "int"
+                else str(int(value))
+            )
             classes = ["num"]
             if column.key in best and value is not None and round(value, 3) == best[column.key]:
                 classes.append("best")
-            cells.append(f'<td class="{" ".join(classes)}" data-value="{raw}">{_e(format_value(value, column.kind))}</td>')
-        out.append(f'<tr data-method="{_e(row.method)}" data-rank="{rank_value}"{css}>' + "".join(cells) + "</tr>")
+            cells.append(
+                f'<td class="{" ".join(classes)}" data-value="{raw}">'
+                f"{_e(format_value(value, column.kind))}</td>"
+            )
+        out.append(
+            f'<tr data-method="{_e(row.method)}" data-rank="{rank_value}"{css}>'
+            + "".join(cells)
+            + "</tr>"
+        )
     out.append("</tbody></table></div>")
     return "\n".join(out)
 
 
 def render_grid(grid: Grid, *, open_: bool = False) -> str:
     """One method's grid, collapsible (the first of each split starts open)."""
-    out = [f'<details class="grid-method"{" open" if open_ else ""}>'
-           f"<summary>{_e(grid.method)} on {_e(grid.split_label)}</summary>",
-           f'<div class="grid" data-method="{_e(grid.method)}" data-split="{_e(grid.split)}">']
+    out = [
+        f'<details class="grid-method"{" open" if open_ else ""}>'
+        f"<summary>{_e(grid.method)} on {_e(grid.split_label)}</summary>",
+        f'<div class="grid" data-method="{_e(grid.method)}" data-split="{_e(grid.split)}">',
+    ]
     for row in grid.rows:
         figures = [row.query] + list(row.results)
         cells = [
-            f'<figure class="{_e(t.status)}"><img src="{_e(t.src)}" alt="{_e(t.status)}: {_e(t.caption)}" '
+            f'<figure class="{_e(t.status)}"><img src="{_e(t.src)}" '
+            f'alt="{_e(t.status)}: {_e(t.caption)}" '
             f'loading="lazy"><figcaption>{_e(t.caption)}</figcaption></figure>'
             for t in figures
         ]
@@ -154,7 +188,8 @@ def render_grid(grid: Grid, *, open_: bool = False) -> str:
 def render_section(section: Section) -> str:
     benchmark = section.table.benchmark
     out = [
-        f'<section class="benchmark" id="bench-{_e(benchmark.key)}" data-benchmark="{_e(benchmark.key)}">',
+        f'<section class="benchmark" id="bench-{_e(benchmark.key)}" '
+        f'data-benchmark="{_e(benchmark.key)}">',
         f"<h2>{_e(benchmark.title)}</h2>",
         f'<p class="description">{_e(benchmark.description)}</p>' if benchmark.description else "",
         render_table(section.table),
@@ -164,8 +199,10 @@ def render_section(section: Section) -> str:
         out.append(section.svg.strip())
         out.append(f"<figcaption>Recall@N (%) on {_e(benchmark.title)}.</figcaption></figure>")
     if section.grids:
-        out.append('<details class="grids" open><summary>Retrieval examples (query in blue; '
-                   "hits green, misses red)</summary>")
+        out.append(
+            '<details class="grids" open><summary>Retrieval examples (query in blue; '
+            "hits green, misses red)</summary>"
+        )
         seen: set[str] = set()
         for grid in section.grids:
             out.append(render_grid(grid, open_=grid.split not in seen))
@@ -193,15 +230,19 @@ def render_methods(methods: Sequence[MethodInfo]) -> str:
         rows.append(f'<tr data-method="{_e(method.name)}">' + "".join(cells) + "</tr>")
     return (
         '<section id="methods"><h2>Methods</h2><div class="table-wrap"><table class="methods">'
-        f"<thead><tr><th>Method</th>{heads}</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div></section>"
+        f"<thead><tr><th>Method</th>{heads}</tr></thead><tbody>"
+        + "\n".join(rows)
+        + "</tbody></table></div></section>"
     )
 
 
-def render_page(sections: Sequence[Section], methods: Sequence[MethodInfo], *, summary: str,
-                results_label: str) -> str:
+def render_page(
+    sections: Sequence[Section], methods: Sequence[MethodInfo], *, summary: str, results_label: str
+) -> str:
     """The whole page as text."""
     nav = "\n".join(
-        f'<li><a href="#bench-{_e(s.table.benchmark.key)}">{_e(s.table.benchmark.title)}</a></li>' for s in sections
+        f'<li><a href="#bench-{_e(s.table.benchmark.key)}">{_e(s.table.benchmark.title)}</a></li>'
+        for s in sections
     )
     if methods:
         nav += '\n<li><a href="#methods">Methods</a></li>'

@@ -16,8 +16,10 @@ SVG_HASHSALT = "iovpr-leaderboard"
 _LINESTYLES = ("-", "--", ":", "-.")
 
 
-def recall_curves(table: Table, entries: Mapping[tuple[str, str], Entry]) -> dict[str, dict[str, dict[int, float]]]:
-    """``{group: {method: {N: recall}}}`` for each split of the table (and the mean), ranked order."""
+def recall_curves(
+    table: Table, entries: Mapping[tuple[str, str], Entry]
+) -> dict[str, dict[str, dict[int, float]]]:
+    """``{group: {method: {N: recall}}}`` per split of the table (and the mean), in rank order."""
     benchmark = table.benchmark
     curves: dict[str, dict[str, dict[int, float]]] = {}
     for split in benchmark.splits:
@@ -35,13 +37,18 @@ def recall_curves(table: Table, entries: Mapping[tuple[str, str], Entry]) -> dic
                 continue
             common = sorted(set.intersection(*(set(c) for c in split_curves)))
             if common:
-                per_method[row.method] = {n: sum(c[n] for c in split_curves) / len(split_curves) for n in common}
+                per_method[row.method] = {
+                    n: sum(c[n] for c in split_curves) / len(split_curves) for n in common
+                }
         curves[MEAN_GROUP] = per_method
     return curves
 
 
-def recall_svg(benchmark: Benchmark, curves: Mapping[str, Mapping[str, Mapping[int, float]]],
-               group_labels: Mapping[str, str]) -> str:
+def recall_svg(
+    benchmark: Benchmark,
+    curves: Mapping[str, Mapping[str, Mapping[int, float]]],
+    group_labels: Mapping[str, str],
+) -> str:
     """One panel per split (and the mean), a line per method; returns the SVG text."""
     import matplotlib
     from matplotlib.backends.backend_svg import FigureCanvasSVG
@@ -54,7 +61,10 @@ def recall_svg(benchmark: Benchmark, curves: Mapping[str, Mapping[str, Mapping[i
     for group in groups:
         methods += [m for m in curves[group] if m not in methods]
     colors = matplotlib.colormaps["tab10"].colors
-    style = {m: (colors[i % 10], _LINESTYLES[(i // 10) % len(_LINESTYLES)]) for i, m in enumerate(methods)}
+    style = {
+        m: (colors[i % 10], _LINESTYLES[(i // 10) % len(_LINESTYLES)])
+        for i, m in enumerate(methods)
+    }
     rc = {
         "svg.hashsalt": SVG_HASHSALT,
         "svg.fonttype": "path",
@@ -71,8 +81,16 @@ def recall_svg(benchmark: Benchmark, curves: Mapping[str, Mapping[str, Mapping[i
             for method, curve in curves[group].items():
                 ns = sorted(curve)
                 color, linestyle = style[method]
-                axes.plot(ns, [100.0 * curve[n] for n in ns], marker="o", markersize=3,
-                          color=color, linestyle=linestyle, label=method, gid=f"curve-{group}-{method}")
+                axes.plot(
+                    ns,
+                    [100.0 * curve[n] for n in ns],
+                    marker="o",
+                    markersize=3,
+                    color=color,
+                    linestyle=linestyle,
+                    label=method,
+                    gid=f"curve-{group}-{method}",
+                )
             axes.set_xscale("log")
             all_ns = sorted({n for c in curves[group].values() for n in c})
             axes.set_xticks(all_ns, [str(n) for n in all_ns])
@@ -86,10 +104,17 @@ def recall_svg(benchmark: Benchmark, curves: Mapping[str, Mapping[str, Mapping[i
         for axes in axes_list[1:]:
             for handle, label in zip(*axes.get_legend_handles_labels()):
                 by_label.setdefault(label, handle)
-        figure.legend(list(by_label.values()), list(by_label.keys()), loc="outside right center",
-                      frameon=False, fontsize=8)
+        figure.legend(
+            list(by_label.values()),
+            list(by_label.keys()),
+            loc="outside right center",
+            frameon=False,
+            fontsize=8,
+        )
         buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "harness leaderboard build"})
+        figure.savefig(
+            buffer, format="svg", metadata={"Date": None, "Creator": "harness leaderboard build"}
+        )
     return buffer.getvalue()
 
 

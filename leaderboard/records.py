@@ -86,28 +86,51 @@ class MethodMetadata:
     def problems(self) -> list[str]:
         """Every field that breaks its rule, one line each (empty when valid)."""
         found = []
-        for name in ("paper", "code_url", "backbone", "training_data", "checkpoint_sha256", "license",
-                     "description"):
+        for name in (
+            "paper",
+            "code_url",
+            "backbone",
+            "training_data",
+            "checkpoint_sha256",
+            "license",
+            "description",
+        ):
             value = getattr(self, name)
             if not isinstance(value, str):
                 found.append(f"{name} must be a string, got {type(value).__name__}")
             elif len(value) > 2000 or "\n" in value:
                 found.append(f"{name} must be one line of at most 2000 characters")
-        if isinstance(self.code_url, str) and self.code_url and not self.code_url.startswith(("https://", "http://")):
+        if (
+            isinstance(self.code_url, str)
+            and self.code_url
+            and not self.code_url.startswith(("https://", "http://"))
+        ):
             found.append(f"code_url must be an http(s) URL, got {self.code_url!r}")
-        if isinstance(self.checkpoint_sha256, str) and self.checkpoint_sha256 and not _SHA256.fullmatch(
-            self.checkpoint_sha256
+        if (
+            isinstance(self.checkpoint_sha256, str)
+            and self.checkpoint_sha256
+            and not _SHA256.fullmatch(self.checkpoint_sha256)
         ):
             found.append("checkpoint_sha256 must be 64 lowercase hex digits")
         if self.descriptor_dim is not None and (
-            isinstance(self.descriptor_dim, bool) or not isinstance(self.descriptor_dim, int) or self.descriptor_dim < 1
+            isinstance(self.descriptor_dim, bool)
+            or not isinstance(self.descriptor_dim, int)
+            or self.descriptor_dim < 1
         ):
             found.append(f"descriptor_dim must be a positive integer, got {self.descriptor_dim!r}")
-        if self.descriptor_dtype is not None and self.descriptor_dtype not in ("float32", "float16"):
-            found.append(f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}")
+        if self.descriptor_dtype is not None and self.descriptor_dtype not in (
+            "float32",
+            "float16",
+        ):
+            found.append(
+                f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}"
+            )
         value = self.extraction_ms_per_image
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
         ):
             found.append(f"extraction_ms_per_image must be a non-negative number, got {value!r}")
         return found
@@ -116,14 +139,20 @@ class MethodMetadata:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str | os.PathLike | None = None) -> "MethodMetadata":
+    def from_dict(
+        cls, data: Mapping[str, Any], path: str | os.PathLike | None = None
+    ) -> "MethodMetadata":
         """Build and validate; unknown keys and bad values raise :class:`ValidationError`."""
         if not isinstance(data, Mapping):
-            raise ValidationError([f"method metadata must be a JSON object, got {type(data).__name__}"], path)
+            raise ValidationError(
+                [f"method metadata must be a JSON object, got {type(data).__name__}"], path
+            )
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
-            raise ValidationError([f"unknown metadata keys {unknown}; valid keys are {valid}"], path)
+            raise ValidationError(
+                [f"unknown metadata keys {unknown}; valid keys are {valid}"], path
+            )
         meta = cls(**dict(data))
         problems = meta.problems()
         if problems:
@@ -212,9 +241,9 @@ class LeaderboardRecord:
 
 def canonical_json(data: Any) -> bytes:
     """The bytes the content checksum is computed over (sorted keys, no whitespace)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
 
 
 def content_checksum(record_dict: Mapping[str, Any]) -> str:
@@ -225,7 +254,9 @@ def content_checksum(record_dict: Mapping[str, Any]) -> str:
 
 def record_to_json(record: LeaderboardRecord) -> bytes:
     """The file's bytes: indented, key-sorted JSON (what ``write_json_atomic`` writes)."""
-    return (json.dumps(record.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return (
+        json.dumps(record.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    ).encode("utf-8")
 
 
 # --- readers, one per schema version --------------------------------------------------------
@@ -262,8 +293,16 @@ def _read_v1(data: dict, path: Path | None) -> LeaderboardRecord:
     from harness.results import EvalResult
 
     keys = {
-        "record_schema_version", "id", "method", "split", "submitted_at", "submission_key", "metadata",
-        "result", "predictions", "content_sha256",
+        "record_schema_version",
+        "id",
+        "method",
+        "split",
+        "submitted_at",
+        "submission_key",
+        "metadata",
+        "result",
+        "predictions",
+        "content_sha256",
     }
     problems = []
     unknown = sorted(set(data) - keys)
@@ -329,7 +368,9 @@ def _result_problems(data: Mapping, result) -> list[str]:
     """Consistency of the envelope with the core record it carries."""
     problems = []
     if result.split != data["split"]:
-        problems.append(f"result.split {result.split!r} differs from the record's split {data['split']!r}")
+        problems.append(
+            f"result.split {result.split!r} differs from the record's split {data['split']!r}"
+        )
     if not result.features:
         problems.append("result names no feature files")
     for digest in result.features:
@@ -338,13 +379,24 @@ def _result_problems(data: Mapping, result) -> list[str]:
     if result.features and data["submission_key"] != submission_key(
         result.split_sha256, [d.sha256 for d in result.features]
     ):
-        problems.append("submission_key does not match the split and feature checksums of the result")
+        problems.append(
+            "submission_key does not match the split and feature checksums of the result"
+        )
     if result.predictions is not None:
-        problems.append("result.predictions must be null (the committed top-k sidecar is `predictions`)")
+        problems.append(
+            "result.predictions must be null (the committed top-k sidecar is `predictions`)"
+        )
     meta = data.get("metadata") or {}
     for key in ("descriptor_dim", "descriptor_dtype"):
-        if isinstance(meta, Mapping) and meta.get(key) is not None and meta.get(key) != getattr(result, key):
-            problems.append(f"metadata.{key} {meta.get(key)!r} differs from the result's {getattr(result, key)!r}")
+        if (
+            isinstance(meta, Mapping)
+            and meta.get(key) is not None
+            and meta.get(key) != getattr(result, key)
+        ):
+            problems.append(
+                f"metadata.{key} {meta.get(key)!r} differs from the result's "
+                f"{getattr(result, key)!r}"
+            )
     return problems
 
 
@@ -354,7 +406,9 @@ def submission_key(split_sha256: str, feature_sha256s) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def record_from_dict(data: Any, path: str | os.PathLike | None = None, *, verify_checksum: bool = True) -> LeaderboardRecord:
+def record_from_dict(
+    data: Any, path: str | os.PathLike | None = None, *, verify_checksum: bool = True
+) -> LeaderboardRecord:
     """Read a record of any schema version that ever existed.
 
     Raises:
@@ -365,11 +419,18 @@ def record_from_dict(data: Any, path: str | os.PathLike | None = None, *, verify
     if not isinstance(data, dict):
         raise ValidationError(["a record must be a JSON object"], path)
     version = data.get("record_schema_version")
-    reader = _READERS.get(version) if isinstance(version, int) and not isinstance(version, bool) else None
+    reader = (
+        _READERS.get(version)
+        if isinstance(version, int) and not isinstance(version, bool)
+        else None
+    )
     if reader is None:
         raise ValidationError(
-            [f"record_schema_version {version!r} is not one this harness reads ({list_schema_versions()}); "
-             "a newer harness may read it"],
+            [
+                f"record_schema_version {version!r} is not one this harness reads "
+                f"({list_schema_versions()}); "
+                "a newer harness may read it"
+            ],
             path,
         )
     if verify_checksum:
@@ -380,8 +441,10 @@ def record_from_dict(data: Any, path: str | os.PathLike | None = None, *, verify
             raise ValidationError([f"record holds a non-finite number ({exc})"], path) from None
         if stored != actual:
             raise ValidationError(
-                ["content checksum mismatch: the record was edited by hand or is corrupt "
-                 "(records are immutable; submit again instead)"],
+                [
+                    "content checksum mismatch: the record was edited by hand or is corrupt "
+                    "(records are immutable; submit again instead)"
+                ],
                 path,
             )
     return reader(data, path)
@@ -408,7 +471,9 @@ def iter_record_paths(results_dir: str | os.PathLike) -> Iterator[Path]:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise HarnessError("results directory not found", results_dir)
-    yield from sorted(p for p in results_dir.glob(f"*/*/*{RECORD_SUFFIX}") if not p.name.startswith("."))
+    yield from sorted(
+        p for p in results_dir.glob(f"*/*/*{RECORD_SUFFIX}") if not p.name.startswith(".")
+    )
 
 
 def load_records(results_dir: str | os.PathLike) -> list[LeaderboardRecord]:
@@ -440,30 +505,42 @@ class TopK:
         from harness.metrics import recall_at_n
 
         evaluated = self.has_positive if no_positive == "exclude" else None
-        return {f"recall@{n}": v for n, v in recall_at_n(self.first_positive_rank, ns, evaluated).items()}
+        return {
+            f"recall@{n}": v
+            for n, v in recall_at_n(self.first_positive_rank, ns, evaluated).items()
+        }
 
 
 def topk_bytes(topk: TopK) -> bytes:
     """The sidecar's bytes (deterministic: same arrays, same bytes)."""
     from leaderboard.publish import npz_bytes
 
-    meta = {"format": TOPK_FORMAT, "format_version": TOPK_FORMAT_VERSION, "k": int(topk.indices.shape[1]),
-            "spatial_nms": bool(topk.spatial_nms)}
-    return npz_bytes({
-        "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
-        "indices": np.ascontiguousarray(topk.indices, dtype=np.int32),
-        "first_positive_rank": np.ascontiguousarray(topk.first_positive_rank, dtype=np.int32),
-        "has_positive": np.ascontiguousarray(topk.has_positive, dtype=bool),
-    })
+    meta = {
+        "format": TOPK_FORMAT,
+        "format_version": TOPK_FORMAT_VERSION,
+        "k": int(topk.indices.shape[1]),
+        "spatial_nms": bool(topk.spatial_nms),
+    }
+    return npz_bytes(
+        {
+            "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
+            "indices": np.ascontiguousarray(topk.indices, dtype=np.int32),
+            "first_positive_rank": np.ascontiguousarray(topk.first_positive_rank, dtype=np.int32),
+            "has_positive": np.ascontiguousarray(topk.has_positive, dtype=bool),
+        }
+    )
 
 
 def read_topk(path: str | os.PathLike) -> TopK:
-    """Read a top-k sidecar (no pickle); anything else is a :class:`HarnessError` naming the file."""
+    """Read a top-k sidecar (no pickle); any other file is a :class:`HarnessError` naming it."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
-            if meta.get("format") != TOPK_FORMAT or meta.get("format_version") != TOPK_FORMAT_VERSION:
+            if (
+                meta.get("format") != TOPK_FORMAT
+                or meta.get("format_version") != TOPK_FORMAT_VERSION
+            ):
                 raise ValueError(f"not a {TOPK_FORMAT} v{TOPK_FORMAT_VERSION} file: {meta}")
             topk = TopK(
                 indices=archive["indices"],
@@ -474,7 +551,13 @@ def read_topk(path: str | os.PathLike) -> TopK:
     except FileNotFoundError:
         raise HarnessError("predictions file not found", path) from None
     except (OSError, KeyError, ValueError, AssertionError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"not a readable top-k predictions file ({type(exc).__name__}: {exc})", path) from None
-    if topk.indices.dtype.kind != "i" or topk.first_positive_rank.dtype.kind != "i" or topk.has_positive.dtype != bool:
+        raise HarnessError(
+            f"not a readable top-k predictions file ({type(exc).__name__}: {exc})", path
+        ) from None
+    if (
+        topk.indices.dtype.kind != "i"
+        or topk.first_positive_rank.dtype.kind != "i"
+        or topk.has_positive.dtype != bool
+    ):
         raise HarnessError("top-k predictions have wrong dtypes", path)
     return topk

@@ -96,7 +96,8 @@ def _existing_submission(results_dir: Path, split: str, key: str, method: str) -
         record = read_record(path)
         if record.submission_key != key:
             raise HarnessError(
-                f"record id {key[:ID_LENGTH]} collides with a different submission; report this", path
+                f"record id {key[:ID_LENGTH]} collides with a different submission; report this",
+                path,
             )
         if record.method != method:
             raise HarnessError(
@@ -108,7 +109,9 @@ def _existing_submission(results_dir: Path, split: str, key: str, method: str) -
     return None
 
 
-def make_topk(result, split, top_k: int = PREDICTIONS_TOP_K, max_bytes: int = PREDICTIONS_MAX_BYTES) -> TopK | None:
+def make_topk(
+    result, split, top_k: int = PREDICTIONS_TOP_K, max_bytes: int = PREDICTIONS_MAX_BYTES
+) -> TopK | None:
     """The committed top-k of a result's predictions: the evaluated ranking, cut to ``top_k``.
 
     With spatial NMS the ranking is taken after NMS, as the metrics see it. ``top_k`` shrinks
@@ -121,7 +124,9 @@ def make_topk(result, split, top_k: int = PREDICTIONS_TOP_K, max_bytes: int = PR
         return None
     indices = np.asarray(data.indices)
     if result.protocol.spatial_nms:
-        indices = spatial_nms(indices, database_places(split.database_utm), result.protocol.nms_pool)
+        indices = spatial_nms(
+            indices, database_places(split.database_utm), result.protocol.nms_pool
+        )
     num_queries = max(1, indices.shape[0])
     top_k = max(1, min(top_k, indices.shape[1], max_bytes // (4 * num_queries)))
     return TopK(
@@ -188,15 +193,26 @@ def submit(
     config = EvalConfig() if config is None else config
     # The files were hashed above (the submission key); the evaluator need not hash them again.
     result = evaluate(paths, split, config.replace(checksums=False))
-    for key_name, value in (("descriptor_dim", metadata.descriptor_dim), ("descriptor_dtype", metadata.descriptor_dtype)):
+    for key_name, value in (
+        ("descriptor_dim", metadata.descriptor_dim),
+        ("descriptor_dtype", metadata.descriptor_dtype),
+    ):
         if value is not None and value != getattr(result, key_name):
-            raise HarnessError(f"metadata says {key_name} {value!r}, the feature files have "
-                               f"{getattr(result, key_name)!r}")
+            raise HarnessError(
+                f"metadata says {key_name} {value!r}, the feature files have "
+                f"{getattr(result, key_name)!r}"
+            )
     extraction = metadata.extraction_ms_per_image
-    if extraction is None and isinstance(result.method_attrs.get("extraction_ms_per_image"), (int, float)):
+    if extraction is None and isinstance(
+        result.method_attrs.get("extraction_ms_per_image"), (int, float)
+    ):
         extraction = float(result.method_attrs["extraction_ms_per_image"])
-    metadata = dataclasses.replace(metadata, descriptor_dim=int(result.descriptor_dim),
-                                   descriptor_dtype=result.descriptor_dtype, extraction_ms_per_image=extraction)
+    metadata = dataclasses.replace(
+        metadata,
+        descriptor_dim=int(result.descriptor_dim),
+        descriptor_dtype=result.descriptor_dtype,
+        extraction_ms_per_image=extraction,
+    )
     problems = metadata.problems()
     if problems:
         raise ValidationError(problems)
@@ -212,8 +228,9 @@ def submit(
         sidecar_created = publish_bytes(sidecar, data)
         if not sidecar_created:  # a racing identical submission published it first: adopt it
             data = sidecar.read_bytes()
-        predictions = PredictionsRef(sidecar.name, hashlib.sha256(data).hexdigest(), len(data),
-                                     int(topk.indices.shape[1]))
+        predictions = PredictionsRef(
+            sidecar.name, hashlib.sha256(data).hexdigest(), len(data), int(topk.indices.shape[1])
+        )
     core = dataclasses.replace(
         result,
         features=tuple(FileDigest(d.path, d.sha256, d.bytes) for d in digests),
@@ -241,5 +258,7 @@ def submit(
     if not created:
         logger.info("an identical submission was published first: %s", path)
         return Submission(read_record(path), path, created=False)
-    logger.info("submitted %s on %s: recall@1 %.4f -> %s", method_name, split.name, record.main_score, path)
+    logger.info(
+        "submitted %s on %s: recall@1 %.4f -> %s", method_name, split.name, record.main_score, path
+    )
     return Submission(read_record(path), path, created=True)

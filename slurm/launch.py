@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 LAUNCH_FORMAT_VERSION = 1
 RECORD_NAME = "launch.json"
+#: A submitted job that neither sacct nor squeue lists after this long is gone.
+VANISHED_AFTER_S = 60.0
 FINALIZE = "finalize"
 
 #: States of a task that still has to finish (SLURM's names plus our own QUEUED/SUBMITTED).
@@ -65,6 +67,11 @@ PROBLEM_STATES = frozenset({
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age_s(timestamp: str) -> float:
+    then = _dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
 
 
 def launch_id(kind: str, label: str, params: Mapping[str, Any]) -> str:
@@ -198,6 +205,22 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
         logger.warning("sacct failed (%s); states unknown for now", exc)
         return {}
     return parse_sacct(output)
+
+
+def slurm_queue_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """``squeue`` states (queued and running jobs only), for jobs ``sacct`` does not list."""
+    job_ids = [j for j in job_ids if j]
+    if not job_ids:
+        return {}
+    parents = sorted({_split_array_id(j)[0] for j in job_ids})
+    command = ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("squeue failed (%s)", exc)
+        return {}
+    # squeue exits non-zero for ids it no longer knows: that is an answer too.
+    return parse_sacct(result.stdout)
 
 
 def parse_sacct(text: str) -> dict[str, str]:
@@ -640,6 +663,12 @@ class Launch:
                                   error="cancelled", job_id=task.job_id)
         if slurm_ids:
             subprocess.run(["scancel", *slurm_ids], check=False)
+            # A pending array task cancelled before it started leaves no accounting record:
+            # record the cancellation of tasks that had not started ourselves.
+            for task in chosen:
+                if task.job_id in slurm_ids and self._read_status(task.index) is None:
+                    _write_status(_status_path(self.dir, task.index), "CANCELLED",
+                                  error="cancelled before it started", job_id=task.job_id)
         return [t.index for t in chosen]
 
     def cancel_finalizer(self) -> bool:
@@ -677,9 +706,19 @@ class Launch:
         latest = [self._latest(t["attempts"]) for t in self.tasks]
         final_attempt = self._latest(self.record.get("finalize_attempts", []))
         scheduler: dict[str, str] = {}
-        ids = [a["job_id"] for a in latest + [final_attempt] if a and a.get("cluster") == "slurm"]
-        if ids:
-            scheduler = slurm_states(ids)
+        slurm_attempts = [a for a in latest + [final_attempt] if a and a.get("cluster") == "slurm"]
+        if slurm_attempts:
+            scheduler = slurm_states(a["job_id"] for a in slurm_attempts)
+            unlisted = [a for a in slurm_attempts if a["job_id"] not in scheduler]
+            if unlisted:
+                queued = slurm_queue_states(a["job_id"] for a in unlisted)
+                scheduler.update(queued)
+                # A pending array task cancelled before it started leaves no accounting
+                # record; once sacct's lag is long past, a job neither sacct nor squeue knows
+                # is gone.
+                for attempt in unlisted:
+                    if attempt["job_id"] not in queued and _age_s(attempt["submitted"]) > VANISHED_AFTER_S:
+                        scheduler[attempt["job_id"]] = "VANISHED"
         tasks = tuple(
             self._task_status(i, t["label"], latest[i], len(t["attempts"]), scheduler)
             for i, t in enumerate(self.tasks)
@@ -727,6 +766,9 @@ class Launch:
             state, error = "LOST", "the job ended without recording an outcome (see its log)"
         elif state == "INTERRUPTED":
             error = "the task's process ended without recording an outcome (see its log)"
+        elif state == "VANISHED":
+            state, error = "LOST", ("the scheduler no longer knows the job (cancelled while "
+                                    "pending?) and it recorded no outcome")
         elif state in PROBLEM_STATES:
             error = f"the scheduler reports {state}"
         return TaskStatus(state=state, error=error, **base)

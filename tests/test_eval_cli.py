@@ -14,6 +14,7 @@ from harness.errors import HarnessError
 from harness.evaluate import evaluate, evaluate_topk, search_features
 from harness.features import write_features
 from harness.ground_truth import positives_within_radius
+from harness.io import sha256_file
 from harness.results import read_predictions, read_result
 from harness.search import merge_topk
 from harness.splits import Split, register_split
@@ -111,6 +112,8 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     assert record.counts.queries_without_positive == 1 and record.counts.evaluated_queries == NUM_QUERIES
     assert record.method == "toy" and record.method_attrs == {"weights": "toy.pth"}
     assert len(record.features) == 4 and record.split_sha256 == split.sha256
+    assert {f.path: f.sha256 for f in record.features} == {
+        str(p): sha256_file(p) for p in sorted(folder.glob("*.h5"))}
     assert record.protocol.k == 10 and record.descriptor_dim == DIM
     predictions = read_predictions(out)
     assert predictions.indices.shape == (NUM_QUERIES, 10)

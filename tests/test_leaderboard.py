@@ -41,7 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 INDOOR_1, INDOOR_2, OUTDOOR = "synth-indoor-ams-1", "synth-indoor-ams-2", "synth-outdoor-ams"
 
 # (method name, thumbnail size, PIL mode): three training-free descriptors of different quality.
-PIXEL_METHODS = (("pix-16x12-rgb", (16, 12), "RGB"), ("pix-8x6-gray", (8, 6), "L"), ("pix-2x2-gray", (2, 2), "L"))
+PIXEL_METHODS = (
+    ("pix-16x12-rgb", (16, 12), "RGB"),
+    ("pix-8x6-gray", (8, 6), "L"),
+    ("pix-2x2-gray", (2, 2), "L"),
+)
 META = {
     "paper": "https://example.org/paper",
     "code_url": "https://example.org/code",
@@ -59,7 +63,7 @@ _DESCRIPTOR_CACHE: dict = {}
 
 
 def pixel_descriptors(root, names, size, mode) -> np.ndarray:
-    """Downsampled, mean-centred, L2-normalised pixels of each image (a training-free descriptor)."""
+    """Downsampled, mean-centred, L2-normalised pixels of each image (training-free)."""
     from PIL import Image
 
     key = (str(root), tuple(names), size, mode)
@@ -67,14 +71,18 @@ def pixel_descriptors(root, names, size, mode) -> np.ndarray:
         rows = []
         for name in names:
             with Image.open(Path(root) / name) as image:
-                pixels = np.asarray(image.convert(mode).resize(size, Image.Resampling.BILINEAR), np.float32).ravel()
+                pixels = np.asarray(
+                    image.convert(mode).resize(size, Image.Resampling.BILINEAR), np.float32
+                ).ravel()
             pixels = pixels - pixels.mean()
             rows.append(pixels / max(float(np.linalg.norm(pixels)), 1e-6))
         _DESCRIPTOR_CACHE[key] = np.stack(rows)
     return _DESCRIPTOR_CACHE[key]
 
 
-def write_pixel_features(split, path: Path, method: str, size, mode, *, seed: int | None = None) -> Path:
+def write_pixel_features(
+    split, path: Path, method: str, size, mode, *, seed: int | None = None
+) -> Path:
     queries = pixel_descriptors(split.query_root, split.query_names, size, mode)
     database = pixel_descriptors(split.database_root, split.database_names, size, mode)
     if seed is not None:  # a random projection: another method, other files, other scores
@@ -83,8 +91,14 @@ def write_pixel_features(split, path: Path, method: str, size, mode, *, seed: in
         queries, database = queries @ projection, database @ projection
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         database /= np.linalg.norm(database, axis=1, keepdims=True)
-    return write_features(path, split=split.name, method=method, query=(split.query_names, queries),
-                          database=(split.database_names, database), attrs={"extraction_ms_per_image": 0.25})
+    return write_features(
+        path,
+        split=split.name,
+        method=method,
+        query=(split.query_names, queries),
+        database=(split.database_names, database),
+        attrs={"extraction_ms_per_image": 0.25},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +113,34 @@ def submitted(tiny_city, tmp_path_factory):
         for method, size, mode in PIXEL_METHODS:
             if method == "pix-2x2-gray" and split_name == INDOOR_2:
                 continue  # a method without both indoor sets: listed, not ranked, in Indoor-Ams
-            path = write_pixel_features(split, features / split_name / method / "features.h5", method, size, mode)
-            outcome = submit([path], split=split_name, method_name=method, metadata=META, results_dir=results,
-                             data_root=tiny_city.data_root)
+            path = write_pixel_features(
+                split, features / split_name / method / "features.h5", method, size, mode
+            )
+            outcome = submit(
+                [path],
+                split=split_name,
+                method_name=method,
+                metadata=META,
+                results_dir=results,
+                data_root=tiny_city.data_root,
+            )
             assert outcome.created
             paths[(method, split_name)] = outcome.path
     return base, results, features, paths
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # --- submit -------------------------------------------------------------------------------------
 
 
-def test_submit_writes_a_valid_record_and_a_resubmission_is_recognised(tiny_city, submitted, tmp_path):
+def test_submit_writes_a_valid_record_and_a_resubmission_is_recognised(
+    tiny_city, submitted, tmp_path
+):
     base, results, features, paths = submitted
     path = paths[("pix-8x6-gray", INDOOR_1)]
     record = read_record(path)
@@ -127,21 +153,33 @@ def test_submit_writes_a_valid_record_and_a_resubmission_is_recognised(tiny_city
     topk = read_topk(path.parent / record.predictions.file)
     assert topk.indices.shape == (tiny_city.split(INDOOR_1).num_queries, 20)
     assert topk.recall_at(record.result.protocol.recall_ns, "miss") == pytest.approx(
-        {k: v for k, v in record.scores.items() if k.startswith("recall@")}, abs=1e-6)
+        {k: v for k, v in record.scores.items() if k.startswith("recall@")}, abs=1e-6
+    )
 
     # Same bytes from another folder (a copy): the same submission, nothing new written.
     copy = tmp_path / "copy" / "features.h5"
     copy.parent.mkdir()
     shutil.copy(features / INDOOR_1 / "pix-8x6-gray" / "features.h5", copy)
     before = _files(results)
-    again = submit([copy.parent], split=INDOOR_1, method_name="pix-8x6-gray", results_dir=results,
-                   data_root=tiny_city.data_root)
+    again = submit(
+        [copy.parent],
+        split=INDOOR_1,
+        method_name="pix-8x6-gray",
+        results_dir=results,
+        data_root=tiny_city.data_root,
+    )
     assert not again.created and again.path == path and again.record == record
     assert _files(results) == before
 
     # The same files under another name are refused, not duplicated.
     with pytest.raises(HarnessError, match="already submitted as method 'pix-8x6-gray'"):
-        submit([copy], split=INDOOR_1, method_name="renamed", results_dir=results, data_root=tiny_city.data_root)
+        submit(
+            [copy],
+            split=INDOOR_1,
+            method_name="renamed",
+            results_dir=results,
+            data_root=tiny_city.data_root,
+        )
     assert _files(results) == before
 
 
@@ -151,14 +189,82 @@ def test_submit_cli_reports_and_resubmits(tiny_city, submitted, tmp_path):
     feature_file = features / OUTDOOR / "pix-16x12-rgb" / "features.h5"
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"backbone": "pixels", "license": "MIT"}))
-    args = ["submit", str(feature_file), "--split", OUTDOOR, "--method-name", "pix", "--meta-file", str(meta),
-            "--results", str(results), "--data-root", str(tiny_city.data_root), "--ngpu", "0"]
+    args = [
+        "submit",
+        str(feature_file),
+        "--split",
+        OUTDOOR,
+        "--method-name",
+        "pix",
+        "--meta-file",
+        str(meta),
+        "--results",
+        str(results),
+        "--data-root",
+        str(tiny_city.data_root),
+        "--ngpu",
+        "0",
+    ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "submitted:" in first.output and "recall@1" in first.output
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0 and "already submitted" in second.output
-    assert len(list(results.rglob("*.json"))) == 1
+    (record_path,) = results.rglob("*.json")
+    record = read_record(record_path)
+    assert record.metadata.backbone == "pixels"
+    assert record.metadata.extraction_ms_per_image == 0.25  # from the feature file's attribute
+
+
+def test_submit_with_spatial_nms_keeps_the_evaluated_ranking(tmp_path):
+    """Tokyo-style protocol: the committed top-k is the ranking after NMS (one row per place)."""
+    from harness.splits import Split, register_split
+
+    rng = np.random.default_rng(7)
+    places = rng.uniform(0, 2000, size=(30, 2))
+    database_utm = np.repeat(places, 3, axis=0)  # 3 views per place, one position
+    query_utm = places[:10] + rng.normal(0, 3, size=(10, 2))
+    split = Split(
+        name="nms-toy",
+        query_names=tuple(f"q{i:02d}.jpg" for i in range(10)),
+        database_names=tuple(f"d{i:03d}.jpg" for i in range(90)),
+        query_utm=query_utm,
+        database_utm=database_utm,
+        recall_ns=(1, 5),
+        spatial_nms=True,
+    )
+    register_split(split, tmp_path / "data")
+    place_codes = rng.normal(size=(30, 16))
+    database = np.repeat(place_codes, 3, axis=0) + rng.normal(0, 0.05, size=(90, 16))
+    queries = place_codes[:10] + rng.normal(0, 0.5, size=(10, 16))
+    database /= np.linalg.norm(database, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    path = write_features(
+        tmp_path / "f.h5",
+        split=split.name,
+        method="toy",
+        query=(split.query_names, queries.astype(np.float32)),
+        database=(split.database_names, database.astype(np.float32)),
+    )
+    outcome = submit(
+        [path],
+        split=split.name,
+        method_name="toy",
+        results_dir=tmp_path / "results",
+        data_root=tmp_path / "data",
+    )
+    topk = read_topk(outcome.path.parent / outcome.record.predictions.file)
+    assert topk.spatial_nms and topk.indices.shape == (10, 20)
+    for row in topk.indices:
+        kept = row[row >= 0] // 3  # the place of each kept database row
+        assert len(set(kept)) == len(kept)
+    assert topk.recall_at((1, 5), "miss") == pytest.approx(
+        {
+            "recall@1": outcome.record.scores["recall@1"],
+            "recall@5": outcome.record.scores["recall@5"],
+        },
+        abs=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -184,11 +290,29 @@ def test_invalid_features_write_nothing(tiny_city, tmp_path, breakage, message):
     if breakage == "not_hdf5":
         path.write_bytes(b"this is not an HDF5 file\n")
     else:
-        write_features(path, split=split.name, method="m", query=(query_names, queries),
-                       database=(split.database_names, database))
+        write_features(
+            path,
+            split=split.name,
+            method="m",
+            query=(query_names, queries),
+            database=(split.database_names, database),
+        )
     target = INDOOR_2 if breakage == "wrong_split" else INDOOR_1
-    result = CliRunner().invoke(cli, ["submit", str(path), "--split", target, "--method-name", "m",
-                                      "--results", str(results), "--data-root", str(tiny_city.data_root)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            str(path),
+            "--split",
+            target,
+            "--method-name",
+            "m",
+            "--results",
+            str(results),
+            "--data-root",
+            str(tiny_city.data_root),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in result.output
     assert not results.exists() or not any(p.is_file() for p in results.rglob("*"))
@@ -209,10 +333,23 @@ def test_invalid_metadata_writes_nothing(tiny_city, submitted, tmp_path, meta, m
     meta_file = tmp_path / "meta.json"
     meta_file.write_text(json.dumps(meta))
     results = tmp_path / "results"
-    result = CliRunner().invoke(cli, [
-        "submit", str(features / INDOOR_1 / "pix-8x6-gray" / "features.h5"), "--split", INDOOR_1,
-        "--method-name", "m", "--meta-file", str(meta_file), "--results", str(results),
-        "--data-root", str(tiny_city.data_root)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "submit",
+            str(features / INDOOR_1 / "pix-8x6-gray" / "features.h5"),
+            "--split",
+            INDOOR_1,
+            "--method-name",
+            "m",
+            "--meta-file",
+            str(meta_file),
+            "--results",
+            str(results),
+            "--data-root",
+            str(tiny_city.data_root),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not results.exists() or not any(p.is_file() for p in results.rglob("*"))
@@ -221,15 +358,21 @@ def test_invalid_metadata_writes_nothing(tiny_city, submitted, tmp_path, meta, m
 def test_bad_method_name_is_refused(tiny_city, submitted, tmp_path):
     _, _, features, _ = submitted
     with pytest.raises(HarnessError, match="invalid method name"):
-        submit([features / INDOOR_1 / "pix-8x6-gray" / "features.h5"], split=INDOOR_1, method_name="../x",
-               results_dir=tmp_path / "r", data_root=tiny_city.data_root)
+        submit(
+            [features / INDOOR_1 / "pix-8x6-gray" / "features.h5"],
+            split=INDOOR_1,
+            method_name="../x",
+            results_dir=tmp_path / "r",
+            data_root=tiny_city.data_root,
+        )
     assert not (tmp_path / "r").exists()
 
 
 _WORKER = r"""
 import json, sys, time
 from pathlib import Path
-import harness.config, harness.evaluate, harness.ground_truth, scipy.spatial  # before the start: a tight race
+# Imported before the start signal, so that the submissions themselves race.
+import harness.config, harness.evaluate, harness.ground_truth, scipy.spatial
 from leaderboard.submit import submit
 feature, split, method, results, data_root, ready, go = sys.argv[1:8]
 Path(ready).touch()
@@ -238,7 +381,8 @@ while not Path(go).exists():
     if time.time() > deadline:
         sys.exit("no start signal")
     time.sleep(0.002)
-outcome = submit([feature], split=split, method_name=method, results_dir=results, data_root=data_root)
+outcome = submit([feature], split=split, method_name=method, results_dir=results,
+                 data_root=data_root)
 print(json.dumps({"path": str(outcome.path), "created": outcome.created}))
 """
 
@@ -249,19 +393,49 @@ def test_eight_concurrent_submitters_lose_nothing(tiny_city, tmp_path):
     results = tmp_path / "results"
     jobs = []
     for number in range(7):
-        path = write_pixel_features(split, tmp_path / f"f{number}" / "features.h5", f"proj{number}", (8, 6), "L",
-                                    seed=number)
+        path = write_pixel_features(
+            split,
+            tmp_path / f"f{number}" / "features.h5",
+            f"proj{number}",
+            (8, 6),
+            "L",
+            seed=number,
+        )
         jobs.append((path, f"proj{number}"))
     jobs.append(jobs[0])  # the same files and name as job 0, racing it
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
     go = tmp_path / "go"
     processes = []
     for number, (path, method) in enumerate(jobs):
         ready = tmp_path / f"ready{number}"
-        processes.append((ready, subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(path), OUTDOOR, method, str(results), str(tiny_city.data_root),
-             str(ready), str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        processes.append(
+            (
+                ready,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        _WORKER,
+                        str(path),
+                        OUTDOOR,
+                        method,
+                        str(results),
+                        str(tiny_city.data_root),
+                        str(ready),
+                        str(go),
+                    ],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     deadline = time.time() + 120
     while not all(ready.exists() for ready, _ in processes):
         assert time.time() < deadline, "workers did not start"
@@ -289,23 +463,44 @@ def test_eight_concurrent_submitters_lose_nothing(tiny_city, tmp_path):
 # --- tables ------------------------------------------------------------------------------------
 
 
-def _entry(method, split, recall1, *, submitted_at="2025-01-01T00:00:00Z", record_id="0" * 16, **extra):
-    scores = {f"recall@{n}": min(1.0, recall1 + 0.05 * i) for i, n in enumerate((1, 5, 10, 20, 50, 100))}
-    return Entry(method=method, split=split, record_id=record_id, submitted_at=submitted_at, scores=scores,
-                 descriptor_dim=4096, descriptor_dtype="float32", search_seconds=2.0,
-                 peak_memory_bytes=3 << 30, **extra)
+def _entry(
+    method, split, recall1, *, submitted_at="2025-01-01T00:00:00Z", record_id="0" * 16, **extra
+):
+    scores = {
+        f"recall@{n}": min(1.0, recall1 + 0.05 * i) for i, n in enumerate((1, 5, 10, 20, 50, 100))
+    }
+    return Entry(
+        method=method,
+        split=split,
+        record_id=record_id,
+        submitted_at=submitted_at,
+        scores=scores,
+        descriptor_dim=4096,
+        descriptor_dtype="float32",
+        search_seconds=2.0,
+        peak_memory_bytes=3 << 30,
+        **extra,
+    )
 
 
 def test_indoor_table_ranks_by_mean_recall_at_1():
     entries = [
-        _entry("sfrs", "indoor-ams-1", 0.30), _entry("sfrs", "indoor-ams-2", 0.50),   # mean 0.40
-        _entry("iovpr", "indoor-ams-1", 0.50), _entry("iovpr", "indoor-ams-2", 0.42),  # mean 0.46
-        _entry("netvlad", "indoor-ams-1", 0.60),                                        # no set 2
-        _entry("twin", "indoor-ams-1", 0.42), _entry("twin", "indoor-ams-2", 0.38),    # mean 0.40: tie
+        _entry("sfrs", "indoor-ams-1", 0.30),
+        _entry("sfrs", "indoor-ams-2", 0.50),  # mean 0.40
+        _entry("iovpr", "indoor-ams-1", 0.50),
+        _entry("iovpr", "indoor-ams-2", 0.42),  # mean 0.46
+        _entry("netvlad", "indoor-ams-1", 0.60),  # no set 2
+        _entry("twin", "indoor-ams-1", 0.42),
+        _entry("twin", "indoor-ams-2", 0.38),  # mean 0.40: tie
         _entry("sfrs", "outdoor-ams", 0.9),
     ]
     table = make_table(get_benchmark("indoor-ams"), entries)
-    assert [(r.method, r.rank) for r in table.rows] == [("iovpr", 1), ("sfrs", 2), ("twin", 2), ("netvlad", None)]
+    assert [(r.method, r.rank) for r in table.rows] == [
+        ("iovpr", 1),
+        ("sfrs", 2),
+        ("twin", 2),
+        ("netvlad", None),
+    ]
     iovpr = table.rows[0].values
     assert iovpr["mean/recall@1"] == pytest.approx(0.46)
     assert iovpr["mean/recall@5"] == pytest.approx((0.55 + 0.47) / 2)
@@ -316,7 +511,12 @@ def test_indoor_table_ranks_by_mean_recall_at_1():
     markdown = to_markdown(table)
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     assert "Mean R@1" in lines[0] and "Indoor-Ams 2 R@20" in lines[0]
-    assert [line.split("|")[2].strip() for line in lines[2:]] == ["iovpr", "sfrs", "twin", "netvlad"]
+    assert [line.split("|")[2].strip() for line in lines[2:]] == [
+        "iovpr",
+        "sfrs",
+        "twin",
+        "netvlad",
+    ]
     assert "**46.0**" in lines[2] and "**60.0**" in lines[5]  # best per column in bold
 
     latex = to_latex(table)
@@ -350,7 +550,13 @@ def test_single_split_table_and_newest_record_wins():
 
 def test_benchmarks_cover_every_split():
     keys = [b.key for b in benchmarks_for(["synth-indoor-ams-1", "synth-foo", "ams30k-val"])]
-    assert keys[: len(REAL_BENCHMARKS)] == ["indoor-ams", "outdoor-ams", "ams30k", "pitts30k", "tokyo247"]
+    assert keys[: len(REAL_BENCHMARKS)] == [
+        "indoor-ams",
+        "outdoor-ams",
+        "ams30k",
+        "pitts30k",
+        "tokyo247",
+    ]
     assert "synth-indoor-ams" in keys and "split-synth-foo" in keys and "split-ams30k-val" in keys
     synthetic = get_benchmark("synth-indoor-ams")
     assert synthetic.splits == (INDOOR_1, INDOOR_2) and synthetic.has_mean
@@ -369,21 +575,36 @@ def test_build_is_deterministic_and_complete(tiny_city, submitted, tmp_path):
     files_a, files_b = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert files_a == files_b
     assert first.grids == second.grids == 8  # 3 + 2 + 3 method/split pairs with images
-    for name in ("README.md", "tables/synth-indoor-ams.tex", "tables/synth-indoor-ams.csv",
-                 "tables/indoor-ams.tex", "site/index.html", "site/plots/synth-indoor-ams.svg",
-                 "site/plots/synth-outdoor-ams.svg"):
+    for name in (
+        "README.md",
+        "tables/synth-indoor-ams.tex",
+        "tables/synth-indoor-ams.csv",
+        "tables/indoor-ams.tex",
+        "site/index.html",
+        "site/plots/synth-indoor-ams.svg",
+        "site/plots/synth-outdoor-ams.svg",
+    ):
         assert name in files_a, name
     assert any(name.startswith("site/thumbs/") and name.endswith(".jpg") for name in files_a)
 
     readme = files_a["README.md"].decode()
     assert readme.startswith("<!-- GENERATED")
-    section = readme[readme.index("## Synthetic city: Indoor-Ams"):readme.index("## Synthetic city: Outdoor-Ams")]
+    section = readme[
+        readme.index("## Synthetic city: Indoor-Ams") : readme.index(
+            "## Synthetic city: Outdoor-Ams"
+        )
+    ]
     records = {(r.method, r.split): r for r in load_records(results)}
-    means = {m: (records[(m, INDOOR_1)].scores["recall@1"] + records[(m, INDOOR_2)].scores["recall@1"]) / 2
-             for m in ("pix-16x12-rgb", "pix-8x6-gray")}
+    means = {
+        m: (records[(m, INDOOR_1)].scores["recall@1"] + records[(m, INDOOR_2)].scores["recall@1"])
+        / 2
+        for m in ("pix-16x12-rgb", "pix-8x6-gray")
+    }
     ranked = sorted(means, key=lambda m: -means[m])
     rows = [line for line in section.splitlines() if line.startswith("|")][2:]
-    assert [r.split("|")[2].strip().split("]")[0].lstrip("[") for r in rows] == ranked + ["pix-2x2-gray"]
+    assert [r.split("|")[2].strip().split("]")[0].lstrip("[") for r in rows] == ranked + [
+        "pix-2x2-gray"
+    ]
     assert f"{100 * means[ranked[0]]:.1f}" in rows[0]
     assert "## Indoor-Ams" in readme and "No submissions yet" in readme
 
@@ -394,7 +615,12 @@ def test_build_verify_catches_hand_edits_and_missing_rebuilds(submitted, tmp_pat
     empty = tmp_path / "empty-results"
     empty.mkdir()
     runner = CliRunner()
-    assert runner.invoke(cli, ["leaderboard", "build", "--results", str(empty), "--out", str(out)]).exit_code == 0
+    assert (
+        runner.invoke(
+            cli, ["leaderboard", "build", "--results", str(empty), "--out", str(out)]
+        ).exit_code
+        == 0
+    )
     assert "No submissions yet" in (out / "README.md").read_text()
     verify = ["leaderboard", "build", "--results", str(empty), "--out", str(out), "--verify"]
     assert runner.invoke(cli, verify).exit_code == 0
@@ -402,9 +628,13 @@ def test_build_verify_catches_hand_edits_and_missing_rebuilds(submitted, tmp_pat
     readme = out / "README.md"
     readme.write_text(readme.read_text().replace("No submissions yet", "We are the best"))
     result = runner.invoke(cli, verify)
-    assert result.exit_code == 2 and f"{readme}: differs from what the records give" in result.output
+    assert (
+        result.exit_code == 2 and f"{readme}: differs from what the records give" in result.output
+    )
 
-    result = runner.invoke(cli, ["leaderboard", "build", "--results", str(results), "--out", str(out), "--verify"])
+    result = runner.invoke(
+        cli, ["leaderboard", "build", "--results", str(results), "--out", str(out), "--verify"]
+    )
     assert result.exit_code == 2 and "tables/synth-indoor-ams.csv: missing" in result.output
 
 
@@ -437,22 +667,36 @@ def _rewrite(path: Path, change, *, fix_checksum: bool) -> None:
 def test_check_passes_then_catches_a_hand_edited_score(tiny_city, submitted, tmp_path):
     _, results, features, paths = submitted
     results = _copy_results(results, tmp_path / "results")
-    report = check_results(results, data_root=tiny_city.data_root, feature_dirs=[features], git=True)
+    report = check_results(
+        results, data_root=tiny_city.data_root, feature_dirs=[features], git=True
+    )
     assert report.ok, [p.line() for p in report.problems]
     assert report.records == 8 and report.split_checked == 8 and report.recomputed == 8
     assert any("not in a git work tree" in n for n in report.notes)
 
     edited = results / paths[("pix-8x6-gray", INDOOR_1)].relative_to(submitted[1])
-    _rewrite(edited, lambda d: d["result"]["scores"].update({"recall@1": 0.999}), fix_checksum=False)
-    result = CliRunner().invoke(cli, ["leaderboard", "check", "--results", str(results), "--no-git",
-                                      "--data-root", str(tiny_city.data_root)])
+    _rewrite(
+        edited, lambda d: d["result"]["scores"].update({"recall@1": 0.999}), fix_checksum=False
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "leaderboard",
+            "check",
+            "--results",
+            str(results),
+            "--no-git",
+            "--data-root",
+            str(tiny_city.data_root),
+        ],
+    )
     assert result.exit_code == 2
     assert f"{edited}: content checksum mismatch" in result.output
     assert "8 records checked" in result.output and "1 problems" in result.output
 
 
 def test_check_catches_a_forged_record_with_a_valid_checksum(tiny_city, submitted, tmp_path):
-    """A score changed and the checksum recomputed: the saved predictions and the features disagree."""
+    """A score changed and its checksum recomputed: the saved predictions and features disagree."""
     _, results, features, paths = submitted
     results = _copy_results(results, tmp_path / "results")
     forged = results / paths[("pix-16x12-rgb", INDOOR_1)].relative_to(submitted[1])
@@ -460,7 +704,9 @@ def test_check_catches_a_forged_record_with_a_valid_checksum(tiny_city, submitte
     new = 1.0 if stored < 0.5 else 0.0
     _rewrite(forged, lambda d: d["result"]["scores"].update({"recall@1": new}), fix_checksum=True)
     read_record(forged)  # the record itself is consistent
-    report = check_results(results, data_root=tiny_city.data_root, feature_dirs=[features / INDOOR_1], git=False)
+    report = check_results(
+        results, data_root=tiny_city.data_root, feature_dirs=[features / INDOOR_1], git=False
+    )
     lines = [p.line() for p in report.problems]
     assert any("that its saved predictions give" in line for line in lines), lines
     assert any("that its feature files give" in line for line in lines), lines
@@ -476,7 +722,9 @@ def test_check_catches_protocol_and_split_changes(tiny_city, submitted, tmp_path
     register_split(get_split(OUTDOOR, data_root).replace(radius_m=30.0), data_root)
     report = check_results(results, data_root=data_root, git=False)
     lines = [p.line() for p in report.problems]
-    assert len(lines) == 3 and all("split checksum" in line and OUTDOOR in line for line in lines), lines
+    assert len(lines) == 3 and all(
+        "split checksum" in line and OUTDOOR in line for line in lines
+    ), lines
 
 
 def test_check_catches_score_drift_between_commits(tiny_city, submitted, tmp_path):
@@ -485,8 +733,21 @@ def test_check_catches_score_drift_between_commits(tiny_city, submitted, tmp_pat
     results = _copy_results(results, repo / "leaderboard" / "results")
 
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false",
-                        *args], cwd=repo, check=True, capture_output=True)
+        subprocess.run(
+            [
+                "git",
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.org",
+                "-c",
+                "commit.gpgsign=false",
+                *args,
+            ],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
 
     git("init", "-q")
     git("add", ".")
@@ -496,11 +757,21 @@ def test_check_catches_score_drift_between_commits(tiny_city, submitted, tmp_pat
     record = results / paths[("pix-8x6-gray", OUTDOOR)].relative_to(submitted[1])
     small = results / paths[("pix-16x12-rgb", OUTDOOR)].relative_to(submitted[1])
     old = read_record(record).scores["recall@5"]
-    _rewrite(record, lambda d: d["result"]["scores"].update({"recall@5": round(old + 0.01 if old < 0.5 else old - 0.01, 6)}),
-             fix_checksum=True)
+    _rewrite(
+        record,
+        lambda d: d["result"]["scores"].update(
+            {"recall@5": round(old + 0.01 if old < 0.5 else old - 0.01, 6)}
+        ),
+        fix_checksum=True,
+    )
     old_small = read_record(small).scores["recall@5"]
-    _rewrite(small, lambda d: d["result"]["scores"].update({"recall@5": round(old_small + 0.0005 if old_small < 0.5 else old_small - 0.0005, 6)}),
-             fix_checksum=True)
+    _rewrite(
+        small,
+        lambda d: d["result"]["scores"].update(
+            {"recall@5": round(old_small + 0.0005 if old_small < 0.5 else old_small - 0.0005, 6)}
+        ),
+        fix_checksum=True,
+    )
     git("commit", "-q", "-am", "rewrite scores")
     report = check_results(results, data_root=tmp_path / "no-splits", git=True)
     drift = [p.line() for p in report.problems if "between commits" in p.message]
@@ -534,7 +805,9 @@ def test_reader_rejects_unknown_versions_and_keys(submitted):
     assert record_from_dict(data).to_dict() == data  # round trip, byte-stable content
 
     future = dict(data, record_schema_version=99)
-    with pytest.raises(ValidationError, match="record_schema_version 99 is not one this harness reads"):
+    with pytest.raises(
+        ValidationError, match="record_schema_version 99 is not one this harness reads"
+    ):
         record_from_dict(future, verify_checksum=False)
     extra = dict(data, score_override=1.0)
     extra["content_sha256"] = content_checksum(extra)
@@ -548,7 +821,7 @@ def test_reader_rejects_unknown_versions_and_keys(submitted):
 
 
 def test_page_in_headless_chromium(tiny_city, submitted, tmp_path):
-    """Headless Chromium loads the page, runs its script, sorts a table; the DOM and a screenshot."""
+    """Headless Chromium loads the page, runs its script, sorts a table; DOM and screenshot."""
     import re
 
     from PIL import Image
@@ -557,7 +830,10 @@ def test_page_in_headless_chromium(tiny_city, submitted, tmp_path):
 
     binary = find_chromium()
     if binary is None:
-        pytest.skip("chromium is not installed: run `bash .ci/browser.sh` (Debian: apt-get install -y chromium)")
+        pytest.skip(
+            "chromium is not installed: run `bash .ci/browser.sh` "
+            "(Debian: apt-get install -y chromium)"
+        )
     _, results, _, _ = submitted
     output = build_leaderboard(results, tmp_path / "out", data_root=tiny_city.data_root)
     url = output.page.resolve().as_uri()
@@ -565,26 +841,34 @@ def test_page_in_headless_chromium(tiny_city, submitted, tmp_path):
 
     dom = dump_dom(f"{url}#sort=table-synth-indoor-ams:method:asc", binary=binary)
     assert 'data-sortable="ready"' in dom  # the inline script ran
-    table = dom[dom.index('id="table-synth-indoor-ams"'):]
+    table = dom[dom.index('id="table-synth-indoor-ams"') :]
     table = table[: table.index("</table>")]
     assert 'data-sorted-by="method:asc"' in table
     rows = re.findall(r'<tr data-method="([^"]+)" data-rank="(\d*)"', table)
-    assert [method for method, _ in rows] == sorted(m for m, _, _ in PIXEL_METHODS)  # sorted by the script
+    assert [method for method, _ in rows] == sorted(
+        m for m, _, _ in PIXEL_METHODS
+    )  # sorted by the script
     assert dict(rows)["pix-2x2-gray"] == ""  # unranked: no Indoor-Ams 2 record
-    outdoor = dom[dom.index('id="table-synth-outdoor-ams"'):]
+    outdoor = dom[dom.index('id="table-synth-outdoor-ams"') :]
     outdoor = outdoor[: outdoor.index("</table>")]
-    ranked = sorted((m for m, _, _ in PIXEL_METHODS), key=lambda m: (-records[(m, OUTDOOR)].main_score, m))
+    ranked = sorted(
+        (m for m, _, _ in PIXEL_METHODS), key=lambda m: (-records[(m, OUTDOOR)].main_score, m)
+    )
     assert re.findall(r'<tr data-method="([^"]+)"', outdoor) == ranked  # as built: ranked by R@1
     first = records[(ranked[0], OUTDOOR)].main_score
     assert f'data-value="{first!r}">{100 * first:.1f}</td>' in outdoor
 
-    plot = dom[dom.index('id="plot-synth-indoor-ams"'):]
+    plot = dom[dom.index('id="plot-synth-indoor-ams"') :]
     plot = plot[: plot.index("</figure>")]
     assert "<svg" in plot and "<path" in plot
     assert 'id="curve-synth-indoor-ams-1-pix-8x6-gray' in plot
     grids = re.findall(r'<div class="grid" data-method="([^"]+)" data-split="([^"]+)"', dom)
     assert (("pix-8x6-gray", INDOOR_1) in grids) and len(grids) == output.grids
-    assert dom.count('class="query"') == 4 * len(grids) and 'class="hit"' in dom and 'class="miss"' in dom
+    assert (
+        dom.count('class="query"') == 4 * len(grids)
+        and 'class="hit"' in dom
+        and 'class="miss"' in dom
+    )
 
     png = screenshot(url, tmp_path / "page.png", binary=binary, width=1400, height=2600)
     with Image.open(png) as image:

@@ -345,3 +345,31 @@ def test_empty_and_nul_names_survive(tmp_path, version):
         version=version,
     )
     assert read_dbstruct(path).db_images == tuple(names)
+
+
+def test_bulk_reader_blocks_and_fallback_positions(tmp_path, monkeypatch):
+    import harness.matfile
+
+    monkeypatch.setattr(harness.matfile._CharCellReader, "BLOCK", 8)  # 40 names: 5 blocks
+    names = [f"name-{i:02d}-ø.jpg" for i in range(40)]
+    _handmade_v73(tmp_path / "h.mat", names, libver="earliest", chunked_index=13, compact_index=30)
+    assert read_dbstruct(tmp_path / "h.mat").db_images == tuple(names)
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_writer_is_deterministic(tmp_path, version):
+    def write(name):
+        return write_dbstruct(
+            tmp_path / name,
+            which_set="test",
+            db_images=DB_NAMES,
+            utm_db=_positions(5, 0),
+            q_images=Q_NAMES,
+            utm_q=_positions(3, 1),
+            version=version,
+        ).read_bytes()
+
+    first = write("a.mat")
+    assert first.startswith(b"MATLAB ")
+    assert b"Created on" not in first[:116]
+    assert write("b.mat") == first

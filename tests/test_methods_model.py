@@ -238,7 +238,7 @@ class _Exploit:
 
 
 @pytest.mark.parametrize("protocol, message", [
-    (2, "refusing to load: the checkpoint references Python object builtins.print"),
+    (2, "refusing to load: the checkpoint references Python object print"),
     (4, "not a loadable PyTorch checkpoint"),
 ])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

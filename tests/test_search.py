@@ -153,8 +153,10 @@ def write_database(path, database, rows, dtype, split="s"):
     return write_features(path, split=split, method="m", database=(names, database.astype(dtype)))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_streaming_from_shards_on_disk(tmp_path, dtype):
+@pytest.mark.parametrize("dtype, reader_threads", [("float32", 1), ("float16", 1), ("float16", 3)])
+def test_streaming_from_shards_on_disk(tmp_path, dtype, reader_threads, monkeypatch):
+    # Small pieces so that a block is read as several pieces (in parallel with reader_threads).
+    monkeypatch.setattr("harness.search.PIECE_BYTES", 16 * 4 * 10)
     rng = np.random.default_rng(6)
     queries, database = normalised(rng, 12, 16), normalised(rng, 700, 16)
     permutation = rng.permutation(len(database))
@@ -163,7 +165,8 @@ def test_streaming_from_shards_on_disk(tmp_path, dtype):
         path = write_database(tmp_path / f"shard{number}.h5", database[rows], rows, dtype)
         sources.append(BlockSource(path, rows))
     stats = SearchStats()
-    streamed = search_blocks(queries, iter_feature_blocks(sources, 64), 10, ngpu=0, stats=stats)
+    blocks = iter_feature_blocks(sources, 64, reader_threads=reader_threads)
+    streamed = search_blocks(queries, blocks, 10, ngpu=0, stats=stats)
     stored = database.astype(dtype).astype(np.float32)
     expected = brute_force(queries, stored, 10)
     # fp16 is widened exactly, and the same GEMM path scores it: identical ranking.

@@ -471,3 +471,67 @@ def test_cli_rejects_a_bad_profile_with_exit_2(toy, tmp_path):
     assert "unknown keys ['cpu']" in result.output and "valid keys are" in result.output
     missing = CliRunner().invoke(cli, ["slurm", "status", str(tmp_path)])
     assert missing.exit_code == 2 and "not a launch directory" in missing.output
+
+
+# --------------------------------------------------------------------------------------------
+# Sharded extraction (methods + the tiny synthetic city)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A seeded NetVLAD checkpoint on the CPU-scale backbone (nothing is downloaded)."""
+    pytest.importorskip("torch")
+    from methods.checkpoints import save_checkpoint
+    from methods.netvlad import ModelConfig, build_model
+
+    config = ModelConfig(backbone="small", num_clusters=4, image_height=48, image_width=64)
+    model = build_model(config, seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt",
+                           state_dict=model.state_dict(), model_config=config.to_dict())
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT_S)
+def test_sharded_extraction_over_a_job_array(cluster, tiny_city, tiny_weights, tmp_path):
+    from harness.evaluate import evaluate
+    from harness.features import read_info
+    from slurm.extract import launch_extract, output_files
+
+    # A private copy of the database images: one goes missing, then comes back.
+    city = tiny_city.split("outdoor-ams")
+    images = tmp_path / "images"
+    shutil.copytree(city.database_root, images)
+    split = city.replace(database_root=str(images))
+    missing = split.database_names[split.num_database - 1]  # in the last shard
+    hidden = tmp_path / "hidden.jpg"
+    shutil.move(images / missing, hidden)
+
+    options = dict(shards=3, cluster=cluster, log_dir=tmp_path / "logs", resources=_resources(cluster),
+                   weights=str(tiny_weights), device="cpu", batch_size=8, workers=0)
+    out = tmp_path / "features"
+    with pytest.raises(HarnessError) as info:
+        launch_extract("netvlad", split, out, **options)
+    launch_dir = next((tmp_path / "logs").iterdir())
+    status = Launch.open(launch_dir).status()
+    assert [t.index for t in status.problems] == [2] and status.task(2).state == "FAILED"
+    assert missing in status.task(2).error
+    assert status.task(2).stderr in info.value.one_line()
+    assert Path(status.task(2).stderr).is_file()
+    assert [p.name for p in sorted(out.glob("*.h5"))] == [
+        "database-00000-of-00003.h5", "database-00001-of-00003.h5", "query.h5"]
+    written = {p: p.stat().st_mtime_ns for p in out.glob("*.h5")}
+
+    # The image is back; the same command extracts only the missing shard.
+    shutil.move(hidden, images / missing)
+    launch = launch_extract("netvlad", split, out, **options)
+    assert launch.dir == launch_dir
+    assert [len(t["attempts"]) for t in launch.tasks] == [1, 1, 2]
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in written.items())
+    files = output_files(launch)
+    assert [read_info(f).attrs["shard"] for f in files if f.name.startswith("database")] == ["0/3", "1/3", "2/3"]
+    result = evaluate(files, split, EvalConfig(ngpu=0))
+    assert result.counts.database == split.num_database
+    assert result.descriptor_dim == 4 * 128
+
+    # Everything complete: a third run submits nothing.
+    again = launch_extract("netvlad", split, out, **options)
+    assert [len(t["attempts"]) for t in again.tasks] == [1, 1, 2]

@@ -204,6 +204,16 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -
     return np.asarray(fine)[: shape[0], : shape[1]]
 
 
+def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
+    """One HSV colour (each in [0, 1]) as float RGB in [0, 255]."""
+    sector = hue * 6.0
+    chroma = value * saturation
+    x = chroma * (1 - abs(sector % 2 - 1))
+    table = [(chroma, x, 0), (x, chroma, 0), (0, chroma, x), (0, x, chroma), (x, 0, chroma), (chroma, 0, x)]
+    rgb = np.array(table[int(sector) % 6], dtype=np.float32) + (value - chroma)
+    return rgb * 255.0
+
+
 def _gable_profile(kind: str, width_px: int, body_px: int, gable_px: int) -> np.ndarray:
     """Top row (exclusive) of a building per column for its gable kind."""
     x = (np.arange(width_px) + 0.5) / max(width_px, 1)  # 0..1 across the building
@@ -247,7 +257,10 @@ def _draw_building(
     top = np.clip(_gable_profile(gable, width, body_px, gable_px), 1, min(body_px + gable_px, height_max - 1))
     roof[x0:x1] = top
 
-    colour = _FACADE_COLOURS[int(rng.integers(len(_FACADE_COLOURS)))] * rng.uniform(0.85, 1.12, 3)
+    if rng.random() < 0.5:  # traditional brick, painted black/green/white, sandstone...
+        colour = _FACADE_COLOURS[int(rng.integers(len(_FACADE_COLOURS)))] * rng.uniform(0.85, 1.12, 3)
+    else:  # ...or any muted paint colour (modern and renovated facades)
+        colour = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.15, 0.65), rng.uniform(0.3, 0.92))
     colour = np.clip(colour, 0, 255)
     frame = _FRAME_COLOURS[int(rng.integers(len(_FRAME_COLOURS)))]
     accent = _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))]

@@ -226,9 +226,9 @@ def _query_jobs(config: CityConfig, layout: CityLayout, seed: int) -> list[_Job]
                 yaw_base = 90.0 if rng.random() < 0.5 else 270.0
                 depth = float(rng.uniform(0.5, 2.5))
                 lateral = -street.left_m - depth if yaw_base == 90.0 else street.right_m + depth
-                camera = Camera(along, lateral, float(rng.uniform(1.5, 5.0)),
-                                yaw_base + float(rng.uniform(-12, 12)), float(rng.uniform(-2, 10)),
-                                float(rng.uniform(60, 75)))
+                camera = Camera(along, lateral, float(rng.uniform(1.5, 4.0)),
+                                yaw_base + float(rng.uniform(-8, 8)), float(rng.uniform(2, 12)),
+                                float(rng.uniform(48, 62)))
                 lo, hi = config.indoor_min_fraction, config.indoor_max_fraction
                 target = lo + (hi - lo) * (strata[k] + rng.uniform()) / max(count, 1)
             else:

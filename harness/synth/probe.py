@@ -94,7 +94,12 @@ def _histogram(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     cell = cell_y[:, None] * cols + cell_x[None, :]
     bins = HIST_BINS**3
     hist = np.bincount((cell * bins + code)[valid], minlength=cols * rows * bins)
-    return _l2(np.sqrt(hist.astype(np.float32)))
+    hist = np.sqrt(hist.astype(np.float32)).reshape(cols * rows, bins)
+    # Intra-normalisation (as NetVLAD normalises each cluster): every cell counts the same
+    # however many valid pixels it holds; an empty cell counts nothing.
+    norms = np.linalg.norm(hist, axis=1, keepdims=True)
+    hist = np.where(norms > 0, hist / np.maximum(norms, 1e-12), 0.0)
+    return _l2(hist.reshape(-1))
 
 
 def gray_layout(image: np.ndarray, window_mask: np.ndarray) -> np.ndarray:
