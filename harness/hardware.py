@@ -84,13 +84,23 @@ def blas_environment() -> dict[str, str]:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (bytes)."""
+    """Peak resident memory of this process so far (bytes).
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own
+    address space (``ru_maxrss`` would carry a parent's peak across fork + exec).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        # Linux reports KiB, macOS bytes.
-        return int(peak if sys.platform == "darwin" else peak * 1024)
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes
     except (ImportError, OSError):
         import psutil
 

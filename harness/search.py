@@ -908,18 +908,21 @@ class BlockSource:
 
 
 class _DatasetReader:
-    """Reads row ranges of a 2-D HDF5 dataset into caller-owned buffers.
+    """Reads row ranges of a 2-D HDF5 dataset without going through HDF5 where it can.
 
-    Contiguous, unfiltered little-endian datasets are read with ``os.preadv`` straight into
-    the buffer (no HDF5 call, the GIL released during the read); anything else goes through
-    ``h5py``'s ``read_direct``.
+    Contiguous, unfiltered little-endian datasets are mapped read-only (:meth:`map_rows`: no
+    copy; the kernel's page cache is the buffer) or read with ``os.preadv`` (the GIL released
+    during the read). Anything else goes through ``h5py``'s ``read_direct``.
     """
 
     def __init__(self, path: Path, part: str):
         import h5py
 
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise HarnessError(f"not a readable HDF5 file ({exc})", self.path) from None
         try:
             self.dataset = self._file[part]["descriptors"]
             self.shape = tuple(self.dataset.shape)
@@ -936,18 +939,53 @@ class _DatasetReader:
             raise
         self._fd = None
         self._offset = None
+        self._mappable = False
+        self.row_bytes = int(self.shape[1]) * self.dtype.itemsize
         if plain and hasattr(os, "preadv"):
             self._fd = os.open(self.path, os.O_RDONLY)
             self._offset = int(offset)
+            size = os.fstat(self._fd).st_size
+            if size < self._offset + self.shape[0] * self.row_bytes:
+                self.close()
+                raise HarnessError(
+                    f"file is truncated: /{part}/descriptors needs "
+                    f"{self._offset + self.shape[0] * self.row_bytes} bytes, the file has {size}",
+                    self.path,
+                )
+            self._mappable = self.row_bytes > 0
+
+    def map_rows(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` as a read-only array over a private file mapping, or None.
+
+        The mapping lives as long as the array (CPython frees it with the last reference).
+        The kernel is asked to read the range ahead (``MADV_WILLNEED``).
+        """
+        if not self._mappable or stop <= start:
+            return None
+        import mmap
+
+        begin = self._offset + start * self.row_bytes
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        length = (stop - start) * self.row_bytes
+        try:
+            mapping = mmap.mmap(self._fd, length + (begin - aligned), access=mmap.ACCESS_READ, offset=aligned)
+        except (OSError, ValueError) as exc:  # a filesystem without mmap: read instead
+            logger.debug("cannot map %s (%s); reading it instead", self.path, exc)
+            self._mappable = False
+            return None
+        if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+            mapping.madvise(mmap.MADV_WILLNEED)
+        array = np.frombuffer(mapping, dtype=self.dtype, count=(stop - start) * self.shape[1],
+                              offset=begin - aligned)
+        return array.reshape(stop - start, self.shape[1])
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         assert out.shape == (stop - start, self.shape[1]) and out.dtype == self.dtype
         if self._fd is None:
             self.dataset.read_direct(out, np.s_[start:stop])
             return
-        row_bytes = self.shape[1] * self.dtype.itemsize
         view = memoryview(out.reshape(-1).view(np.uint8))
-        position = self._offset + start * row_bytes
+        position = self._offset + start * self.row_bytes
         done = 0
         while done < view.nbytes:
             count = os.preadv(self._fd, [view[done:]], position + done)
@@ -960,9 +998,15 @@ class _DatasetReader:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # existing mappings stay valid
             self._fd = None
         self._file.close()
+
+
+def _touch_pages(array: np.ndarray) -> None:
+    """Fault every page of a mapped array in now (in the reading thread, not in the GEMM)."""
+    flat = array.reshape(-1).view(np.uint8)
+    int(flat[::4096].sum())
 
 
 def default_reader_threads() -> int:
@@ -982,8 +1026,9 @@ def iter_feature_blocks(
 
     Files are read in order, ``block_rows`` rows at a time, by a prefetch thread that reads
     (and widens float16 to float32) the next block while the current one is searched. Memory
-    stays at about three blocks. The yielded arrays are reused buffers: they are valid until
-    the next block is requested (copy them to keep them). ``on_block(source, start_row,
+    stays at about three blocks. float32 blocks of plain contiguous datasets are read-only
+    views of a file mapping (no copy); float16 blocks are widened into reused buffers. Either
+    way a yielded array is valid only until the next block is requested (copy it to keep it). ``on_block(source, start_row,
     descriptors)``, if given, runs on every piece of a block (a few MB, while it is in cache):
     value checks cost no extra pass over memory. With ``reader_threads`` > 1 (default: one per
     4 cores) the pieces of a block are read in parallel, so ``on_block`` must be thread-safe.
@@ -1013,10 +1058,15 @@ def iter_feature_blocks(
                         )
                     piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
 
-                    def read_piece(first: int, last: int, start: int, out: np.ndarray) -> None:
-                        # Read (widen, check) one cache-sized piece while it is still in cache.
+                    def read_piece(first: int, last: int, start: int, out: np.ndarray,
+                                   mapped: np.ndarray | None) -> None:
+                        # One cache-sized piece: read or widen it, then check it while it is
+                        # still in cache (or just fault its pages in).
                         target = out[first:last]
-                        if reader.dtype == np.float32:
+                        if mapped is not None:
+                            if mapped is not out:
+                                np.copyto(target, mapped[first:last], casting="unsafe")
+                        elif reader.dtype == np.float32:
                             reader.read(start + first, start + last, target)
                         else:
                             staging = getattr(local, "staging", None)
@@ -1027,25 +1077,34 @@ def iter_feature_blocks(
                             np.copyto(target, piece, casting="unsafe")
                         if on_block is not None:
                             on_block(source, start + first, target)
+                        elif mapped is out:
+                            _touch_pages(target)
 
                     for start in range(0, total, block_rows):
                         stop = min(total, start + block_rows)
                         n = stop - start
-                        buffer = buffers[turn % ring]
-                        if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
-                            buffer = np.empty((block_rows, dim), dtype=np.float32)
-                            buffers[turn % ring] = buffer
-                        out = buffer[:n]
+                        mapped = reader.map_rows(start, stop)
+                        if mapped is not None and mapped.dtype == np.float32:
+                            out = mapped  # no copy: the GEMM reads the page cache
+                        else:
+                            buffer = buffers[turn % ring]
+                            if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
+                                buffer = np.empty((block_rows, dim), dtype=np.float32)
+                                buffers[turn % ring] = buffer
+                            out = buffer[:n]
                         pieces = [(first, min(n, first + piece_rows)) for first in range(0, n, piece_rows)]
                         if pool is None:
                             for first, last in pieces:
-                                read_piece(first, last, start, out)
+                                read_piece(first, last, start, out, mapped)
                         else:
-                            futures = [pool.submit(read_piece, first, last, start, out) for first, last in pieces]
+                            futures = [pool.submit(read_piece, first, last, start, out, mapped)
+                                       for first, last in pieces]
                             for future in futures:
                                 future.result()
+                        del mapped
                         turn += 1
                         yield source.rows[start:stop], out
+                        del out
                 finally:
                     reader.close()
         finally:

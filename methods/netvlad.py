@@ -117,21 +117,46 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-def _vgg16_layers() -> nn.Sequential:
-    import torchvision
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
-    vgg = torchvision.models.vgg16(weights=None)
-    return nn.Sequential(*list(vgg.features.children())[:-2])
+
+def _vgg16_layers() -> nn.Sequential:
+    # torchvision's vgg16().features (configuration "D": same layers, indices and init) minus
+    # its last ReLU and max-pool; built here so that no torchvision import (~10 s) is needed.
+    layers: list[nn.Module] = []
+    channels = 3
+    for width in VGG16_LAYERS:
+        if width == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            conv = nn.Conv2d(channels, width, kernel_size=3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(conv.bias, 0)
+            layers += [conv, nn.ReLU(inplace=True)]
+            channels = width
+    return nn.Sequential(*layers[:-2])
+
+
+PIXEL_STD = 64.0  # typical standard deviation of natural images on the 0-255 scale
 
 
 def _small_layers() -> nn.Sequential:
     # A VGG-shaped net for CPU-scale work: five stages, stride 16 like conv5 of VGG16, the
     # last conv without ReLU (as conv5_3 in the lineage), 128 channels.
+    # Trained from scratch (no pretrained weights exist offline) on the lineage's 0-255
+    # inputs: the first conv's init is scaled by 1/PIXEL_STD so that activations start at unit
+    # scale; otherwise gradients are ~60x too large for SGD at the lineage's learning rate.
     widths = (16, 32, 64, 96, 128)
     layers: list[nn.Module] = []
     channels = 3
     for stage, width in enumerate(widths):
-        layers += [nn.Conv2d(channels, width, 3, padding=1)]
+        conv = nn.Conv2d(channels, width, 3, padding=1)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.constant_(conv.bias, 0)
+        if stage == 0:
+            with torch.no_grad():
+                conv.weight.mul_(1.0 / PIXEL_STD)
+        layers.append(conv)
         if stage < len(widths) - 1:
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2, 2)]
         channels = width

@@ -33,23 +33,36 @@ def pil_to_uint8(image):
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def _pil_bilinear():
+    from PIL import Image
+
+    return Image.Resampling.BILINEAR
+
+
 @dataclass(frozen=True)
 class ResizeUint8:
-    """Resize a PIL image to exactly ``(height, width)`` (bilinear, as ``T.Resize``) -> uint8."""
+    """Resize a PIL image to exactly ``(height, width)`` (bilinear, as ``T.Resize``) -> uint8.
+
+    PIL's own resize, which is what torchvision's ``Resize`` calls for PIL images (so the
+    lineage's pixels come out), without importing torchvision in every worker.
+    """
 
     height: int = DEFAULT_HEIGHT
     width: int = DEFAULT_WIDTH
 
     def __call__(self, image):
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as TF
-
-        resized = TF.resize(image, [self.height, self.width], interpolation=InterpolationMode.BILINEAR)
-        return pil_to_uint8(resized)
+        return pil_to_uint8(image.resize((self.width, self.height), _pil_bilinear()))
 
     @property
     def fixed_size(self) -> bool:
         return True
+
+
+def short_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """``(width, height)`` with the short side ``short_side``, as ``T.Resize(int)`` computes it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = short_side, int(short_side * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
 @dataclass(frozen=True)
@@ -59,33 +72,58 @@ class ShortSideUint8:
     short_side: int = TOKYO_SHORT_SIDE
 
     def __call__(self, image):
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as TF
-
-        resized = TF.resize(image, self.short_side, interpolation=InterpolationMode.BILINEAR)
-        return pil_to_uint8(resized)
+        size = short_side_size(image.width, image.height, self.short_side)
+        if size != (image.width, image.height):
+            image = image.resize(size, _pil_bilinear())
+        return pil_to_uint8(image)
 
     @property
     def fixed_size(self) -> bool:
         return False
 
 
+def adjust_hue(image, hue_factor: float):
+    """Shift the hue by ``hue_factor`` of a turn (wrapping), as torchvision's PIL ``adjust_hue``."""
+    from PIL import Image
+
+    h, s, v = image.convert("HSV").split()
+    hue = np.array(h, dtype=np.uint8)
+    hue += np.int32(hue_factor * 255).astype(np.uint8)  # wraps around, as intended
+    return Image.merge("HSV", (Image.fromarray(hue, "L"), s, v)).convert(image.mode)
+
+
+def color_jitter(image, rng: np.random.Generator, brightness: float, contrast: float, saturation: float, hue: float):
+    """torchvision's ``ColorJitter`` on a PIL image, drawing from ``rng``.
+
+    The four adjustments (PIL ``ImageEnhance`` Brightness, Contrast, Color, and a hue shift)
+    run in random order with factors uniform in ``[max(0, 1 - x), 1 + x]`` (hue in
+    ``[-hue, hue]``).
+    """
+    from PIL import ImageEnhance
+
+    order = rng.permutation(4)
+    factors = [rng.uniform(max(0.0, 1 - x), 1 + x) if x else None for x in (brightness, contrast, saturation)]
+    hue_factor = rng.uniform(-hue, hue) if hue else None
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    for index in order:
+        if index < 3 and factors[index] is not None:
+            image = enhancers[index](image).enhance(factors[index])
+        elif index == 3 and hue_factor is not None:
+            image = adjust_hue(image, hue_factor)
+    return image
+
+
 @dataclass(frozen=True)
 class TrainTransform:
-    """The lineage's training transform: ColorJitter(0.7, 0.7, 0.7, 0.5), then resize -> uint8.
-
-    Randomness comes from torch's global generator, which the data loader seeds per worker.
-    """
+    """The lineage's training transform: ColorJitter(0.7, 0.7, 0.7, 0.5), then resize -> uint8."""
 
     height: int = DEFAULT_HEIGHT
     width: int = DEFAULT_WIDTH
     jitter: tuple[float, float, float, float] = (0.7, 0.7, 0.7, 0.5)
 
-    def __call__(self, image):
-        from torchvision import transforms as T
-
+    def __call__(self, image, rng: np.random.Generator | None = None):
         if any(self.jitter):
-            image = T.ColorJitter(*self.jitter)(image)
+            image = color_jitter(image, rng if rng is not None else np.random.default_rng(), *self.jitter)
         return ResizeUint8(self.height, self.width)(image)
 
 

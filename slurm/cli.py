@@ -108,13 +108,16 @@ def slurm_group():
               help="Where splits are registered.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder for query.h5 and database-<i>-of-<n>.h5 (shared).")
-@click.option("--shards", type=click.IntRange(min=1), required=True, help="Database shards (array tasks).")
+@click.option("--shards", type=click.IntRange(min=1), required=True,
+              help="Database shards (array tasks).")
 @click.option("--weights", default=None, help="Checkpoint of the method.")
-@click.option("--option", "method_options", multiple=True, help="Method option key=value (repeatable).")
+@click.option("--option", "method_options", multiple=True,
+              help="Method option key=value (repeatable).")
 @click.option("--device", default=None, help="cuda, cpu (default: CUDA when available).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Data-loader workers.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True)
 @_resource_options
 def extract_command(method_name, split_name, data_root, out, shards, weights, method_options,
                     device, batch_size, workers, dtype, **common):
@@ -236,8 +239,8 @@ def status_command(launch_dir, log_dir, profile, all_tasks, as_json):
         root = resolve_log_dir(log_dir, load_profile(profile))
         launches = list_launches(root)
         if as_json:
-            click.echo(json.dumps([{**s.__dict__, "launch_dir": str(s.launch_dir)} for s in launches],
-                                  indent=2))
+            rows = [{**s.__dict__, "launch_dir": str(s.launch_dir)} for s in launches]
+            click.echo(json.dumps(rows, indent=2))
             return
         if not launches:
             click.echo(f"no launches under {root}")

@@ -54,7 +54,8 @@ class EvalPlan:
     method: str
 
 
-def plan_eval(features: Sequence[str | os.PathLike], split: Split, shards: int | None = None) -> EvalPlan:
+def plan_eval(features: Sequence[str | os.PathLike], split: Split,
+              shards: int | None = None) -> EvalPlan:
     """Validate ``features`` against ``split`` and group the database files into ``shards``.
 
     A task searches whole database files, so ``shards`` is at most the number of database
@@ -223,6 +224,8 @@ def launch_eval(
 
 def submit_and_finish(launch: Launch, *, wait: bool, progress: bool = False) -> Launch:
     """Submit what is not finished; with ``wait`` also wait and run the finalizer here."""
+    if not wait and launch.cluster != "slurm":
+        raise HarnessError("only --cluster slurm can return before the tasks finish")
     unfinished = [i for i in range(len(launch.tasks)) if not _partial_done(launch, i)]
     active = {t.index for t in launch.status().tasks if t.active}
     to_submit = [i for i in unfinished if i not in active]
@@ -231,8 +234,6 @@ def submit_and_finish(launch: Launch, *, wait: bool, progress: bool = False) -> 
         logger.info("%d of %d shard(s) already searched: skipped", skipped, len(launch.tasks))
     job_ids = launch.submit(to_submit) if to_submit else []
     if not wait:
-        if launch.cluster != "slurm":
-            raise HarnessError("only --cluster slurm can return before the tasks finish")
         launch.submit_finalizer(job_ids if job_ids else ())
         return launch
     status = launch.wait(progress=progress)
@@ -444,7 +445,8 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     merged = merge_topk(parts, k=config.protocol(split).k)
     covered = sum(m["database_rows"] for m in metas)
     if covered != split.num_database:
-        raise HarnessError(f"the shards cover {covered} of {split.num_database} database rows", launch.dir)
+        raise HarnessError(f"the shards cover {covered} of {split.num_database} database rows",
+                           launch.dir)
     digests: dict[str, dict] = {}
     for meta in metas:
         digests.update(meta["digests"])

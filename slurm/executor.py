@@ -181,8 +181,8 @@ class Profile:
             raise HarnessError(f"unknown job kind {kind!r}; valid: {', '.join(JOB_KINDS)}")
         merged: dict[str, Any] = {}
         for layer in (self.defaults, self.sections.get(kind, {}), overrides or {}):
-            layer = {("time_min" if k == "time" else k): v for k, v in layer.items() if v is not None}
-            merged.update(layer)
+            merged.update({("time_min" if k == "time" else k): v
+                           for k, v in layer.items() if v is not None})
         where = f"{self.path}" if self.path else "resources"
         return Resources.from_dict(merged, where)
 

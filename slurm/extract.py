@@ -202,8 +202,10 @@ def run_shard(launch: Launch, index: int) -> dict:
     params.update(launch.record.get("settings", {}))
     split = load_split(launch.dir / SPLIT_FILE)
     if split.sha256 != params["split_sha256"]:
-        raise HarnessError("the launch's split copy does not match its record", launch.dir / SPLIT_FILE)
-    if params["weights_identity"] and _weights_identity(params["weights"]) != params["weights_identity"]:
+        raise HarnessError("the launch's split copy does not match its record",
+                           launch.dir / SPLIT_FILE)
+    recorded = params["weights_identity"]
+    if recorded and _weights_identity(params["weights"]) != recorded:
         raise HarnessError("weights changed since the launch (size or modification time)",
                            params["weights"])
     method = _method(params)

@@ -36,7 +36,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
@@ -44,26 +44,16 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from harness.errors import HarnessError
 from harness.io import write_json_atomic
 from slurm.executor import CLUSTERS, Resources, make_executor
+from slurm.scheduler import (
+    ACTIVE_STATES, PROBLEM_STATES, VANISHED_AFTER_S, pid_running, slurm_queue_states,
+    slurm_states, split_array_id,
+)
 
 logger = logging.getLogger(__name__)
 
 LAUNCH_FORMAT_VERSION = 1
 RECORD_NAME = "launch.json"
-#: A submitted job that neither sacct nor squeue lists after this long is gone.
-VANISHED_AFTER_S = 60.0
 FINALIZE = "finalize"
-
-#: States of a task that still has to finish (SLURM's names plus our own QUEUED/SUBMITTED).
-ACTIVE_STATES = frozenset({
-    "QUEUED", "SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING",
-})
-#: Terminal states other than COMPLETED: the task can be resubmitted alone.
-PROBLEM_STATES = frozenset({
-    "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-    "DEADLINE", "REVOKED", "INTERRUPTED", "LOST", "NOT_SUBMITTED",
-})
-
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -147,9 +137,14 @@ def run_task(launch_dir: str, index: int | str) -> Any:
         if writes:
             _write_status(path, "CANCELLED", error="interrupted", **common)
         raise
+    except SystemExit:
+        # submitit exits this way after requeueing a checkpointable task (timeout or
+        # preemption): the task is not over, the scheduler's state says what comes next.
+        raise
     except BaseException as exc:
         if writes:
-            error = exc.one_line() if isinstance(exc, HarnessError) else f"{type(exc).__name__}: {exc}"
+            error = (exc.one_line() if isinstance(exc, HarnessError)
+                     else f"{type(exc).__name__}: {exc}")
             _write_status(path, "FAILED", error=" ".join(error.split()),
                           traceback=traceback.format_exc(), **common)
         raise
@@ -177,96 +172,6 @@ class CheckpointableTask(Checkpointable):
         logger.warning("task %d of %s: timeout or preemption; requeued, it resumes from its last "
                        "checkpoint", self.index, self.launch_dir)
         return DelayedSubmission(CheckpointableTask(self.launch_dir, self.index))
-
-
-# --------------------------------------------------------------------------------------------
-# Scheduler states
-
-
-def _split_array_id(job_id: str) -> tuple[str, str | None]:
-    parent, sep, task = job_id.partition("_")
-    return parent, (task if sep else None)
-
-
-def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """``sacct`` states of SLURM jobs and array tasks, in one call.
-
-    Jobs that ``sacct`` does not list yet (it lags submission by seconds) are absent. Pending
-    array ranges (``12_[3-7%2]``) are expanded.
-    """
-    job_ids = [j for j in job_ids if j]
-    if not job_ids:
-        return {}
-    parents = sorted({_split_array_id(j)[0] for j in job_ids})
-    command = ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(parents)]
-    try:
-        output = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("sacct failed (%s); states unknown for now", exc)
-        return {}
-    return parse_sacct(output)
-
-
-def slurm_queue_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """``squeue`` states (queued and running jobs only), for jobs ``sacct`` does not list."""
-    job_ids = [j for j in job_ids if j]
-    if not job_ids:
-        return {}
-    parents = sorted({_split_array_id(j)[0] for j in job_ids})
-    command = ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(parents)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        logger.warning("squeue failed (%s)", exc)
-        return {}
-    # squeue exits non-zero for ids it no longer knows: that is an answer too.
-    return parse_sacct(result.stdout)
-
-
-def parse_sacct(text: str) -> dict[str, str]:
-    """``JobID|State`` lines of ``sacct -P -X`` -> {job id: state}; pending array ranges
-    (``12_[3-7%2]``) are expanded and ``CANCELLED by 0`` reads ``CANCELLED``."""
-    states: dict[str, str] = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        raw_id, raw_state = line.split("|", 1)
-        state = raw_state.split()[0] if raw_state.strip() else "UNKNOWN"
-        parent, task = _split_array_id(raw_id.strip())
-        if task and task.startswith("["):
-            for number in _expand_range(task.strip("[]").split("%")[0]):
-                states.setdefault(f"{parent}_{number}", state)
-        else:
-            # An array task listed on its own line is newer than a pending range holding it.
-            states[raw_id.strip()] = state
-    return states
-
-
-def _expand_range(text: str) -> list[int]:
-    numbers: list[int] = []
-    for piece in text.split(","):
-        if not piece:
-            continue
-        step = 1
-        if ":" in piece:
-            piece, step_text = piece.split(":", 1)
-            step = int(step_text)
-        if "-" in piece:
-            low, high = piece.split("-", 1)
-            numbers.extend(range(int(low), int(high) + 1, step))
-        else:
-            numbers.append(int(piece))
-    return numbers
-
-
-def _pid_running(job_id: str) -> bool:
-    import psutil
-
-    try:
-        process = psutil.Process(int(job_id))
-        return process.status() != psutil.STATUS_ZOMBIE
-    except (ValueError, psutil.Error):
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,13 +267,14 @@ class LaunchStatus:
                 lines.append(f"       log:   {f.stderr or '-'}")
         if self.problems:
             indices = ",".join(str(t.index) for t in self.problems)
-            lines.append(f"resubmit them: harness slurm resubmit {self.launch_dir} --tasks {indices}")
+            lines.append(
+                f"resubmit them: harness slurm resubmit {self.launch_dir} --tasks {indices}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         def one(task: TaskStatus) -> dict:
-            return {k: getattr(task, k) for k in (
-                "index", "label", "state", "job_id", "stdout", "stderr", "error", "output", "attempts")}
+            return {k: getattr(task, k) for k in ("index", "label", "state", "job_id", "stdout",
+                                                  "stderr", "error", "output", "attempts")}
 
         return {
             "launch_dir": str(self.launch_dir),
@@ -460,7 +366,7 @@ class Launch:
             raise HarnessError(f"cannot read launch record ({exc})", path) from None
         required = {"format_version", "kind", "cluster", "resources", "params", "tasks", "runner"}
         if not isinstance(record, dict) or not required <= set(record):
-            missing = sorted(required - set(record)) if isinstance(record, dict) else sorted(required)
+            missing = sorted(required - set(record) if isinstance(record, dict) else required)
             raise HarnessError(f"launch record lacks {missing}", path)
         if record["format_version"] != LAUNCH_FORMAT_VERSION:
             raise HarnessError(
@@ -500,7 +406,8 @@ class Launch:
         if (launch_dir / RECORD_NAME).is_file():
             launch = cls.open(launch_dir)
             if launch.params != plain_params or len(launch.tasks) != len(tasks):
-                raise HarnessError("launch directory exists with other parameters; remove it", launch_dir)
+                raise HarnessError("launch directory exists with other parameters; remove it",
+                                   launch_dir)
             launch.record["cluster"] = cluster
             launch.record["resources"] = resources.to_dict()
             launch.save()
@@ -617,7 +524,7 @@ class Launch:
             _status_path(self.dir, FINALIZE).unlink()
         extra = None
         if self.cluster == "slurm" and after_job_ids:
-            parents = sorted({_split_array_id(j)[0] for j in after_job_ids})
+            parents = sorted({split_array_id(j)[0] for j in after_job_ids})
             extra = {"dependency": "afterok:" + ":".join(parents), "kill_on_invalid_dep": "yes"}
         executor = self._executor("-finalize", extra_slurm=extra)
         executor.update_parameters(tasks_per_node=1, gpus_per_node=0)
@@ -717,7 +624,8 @@ class Launch:
                 # record; once sacct's lag is long past, a job neither sacct nor squeue knows
                 # is gone.
                 for attempt in unlisted:
-                    if attempt["job_id"] not in queued and _age_s(attempt["submitted"]) > VANISHED_AFTER_S:
+                    gone = _age_s(attempt["submitted"]) > VANISHED_AFTER_S
+                    if attempt["job_id"] not in queued and gone:
                         scheduler[attempt["job_id"]] = "VANISHED"
         tasks = tuple(
             self._task_status(i, t["label"], latest[i], len(t["attempts"]), scheduler)
@@ -783,7 +691,7 @@ class Launch:
             return "INTERRUPTED" if job is None or job.state == "DONE" else "QUEUED"
         if job is not None:  # local, started by this process
             return "RUNNING" if job.state == "RUNNING" else "INTERRUPTED"
-        return "RUNNING" if _pid_running(job_id) else "INTERRUPTED"
+        return "RUNNING" if pid_running(job_id) else "INTERRUPTED"
 
     def wait(self, *, poll_s: float | None = None, progress: bool = False,
              timeout_s: float | None = None) -> LaunchStatus:
@@ -803,7 +711,8 @@ class Launch:
                 status = self.status()
                 if bar is not None:
                     bar.n = sum(1 for t in status.tasks if not t.active)
-                    bar.set_postfix_str(", ".join(f"{n} {s.lower()}" for s, n in status.counts.items()))
+                    bar.set_postfix_str(
+                        ", ".join(f"{n} {s.lower()}" for s, n in status.counts.items()))
                     bar.refresh()
                 if status.done and not self._queued:
                     # An outcome written on one node may reach a shared filesystem a little
@@ -816,8 +725,8 @@ class Launch:
                     self._reap_local()
                     return status
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
-                    raise HarnessError(f"tasks still active after {timeout_s:.0f}s:\n{status.format()}",
-                                       self.dir)
+                    raise HarnessError(
+                        f"tasks still active after {timeout_s:.0f}s:\n{status.format()}", self.dir)
                 time.sleep(poll_s)
         finally:
             if bar is not None:

@@ -108,7 +108,8 @@ def resubmit(
         chosen = sorted(set(int(i) for i in tasks))
         for index in chosen:
             if not 0 <= index < len(status.tasks):
-                raise HarnessError(f"no task {index} (the launch has {len(status.tasks)})", launch.dir)
+                raise HarnessError(f"no task {index} (the launch has {len(status.tasks)})",
+                                   launch.dir)
             task = status.task(index)
             if task.active:
                 raise HarnessError(

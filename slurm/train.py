@@ -63,7 +63,8 @@ def launch_train(
         raise HarnessError(f"training {training}: {exc}") from None
     processes = processes or max(1, resources.gpus)
     if resources.gpus and processes != resources.gpus:
-        raise HarnessError(f"{processes} processes for {resources.gpus} GPUs: use one process per GPU")
+        raise HarnessError(
+            f"{processes} processes for {resources.gpus} GPUs: use one process per GPU")
     params = {"training": training, "config": config.to_dict(), "processes": processes}
     identity = {"training": training, "out_dir": str(out_dir)}
     launch = Launch.create(

@@ -89,6 +89,17 @@ def test_vgg16_backbone_is_cut_at_conv5_3_before_relu():
     assert all(p.requires_grad for p in backbone.base[24:].parameters())
 
 
+def test_vgg16_layers_equal_torchvision_features():
+    torchvision = pytest.importorskip("torchvision")
+    reference = torch.nn.Sequential(*list(torchvision.models.vgg16(weights=None).features.children())[:-2])
+    ours = Backbone(get_backbone("vgg16")).base
+    assert [type(m) for m in ours] == [type(m) for m in reference]
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert all(a.padding == b.padding and a.kernel_size == b.kernel_size for a, b in zip(ours, reference)
+               if isinstance(a, torch.nn.Conv2d))
+
+
 def test_state_dict_keys_are_openibl_names():
     keys = set(build_model(ModelConfig(backbone="vgg16", pca_dim=8)).state_dict())
     assert {"base_model.base.0.weight", "base_model.base.28.bias", "net_vlad.conv.weight",
@@ -147,6 +158,32 @@ def test_preprocessing_equals_torchvision_pipeline():
     assert torch.equal(ours, reference)
     tokyo = ShortSideUint8(40)(image)
     assert tuple(tokyo.shape) == (3, 40, 56) and tokyo.dtype == torch.uint8
+    reference = T.Compose([T.Resize(40), T.PILToTensor()])(image)
+    assert torch.equal(tokyo, reference)
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.0, 1.6])
+def test_color_jitter_operations_equal_torchvision(factor):
+    from PIL import Image, ImageEnhance
+    from torchvision.transforms import functional as TF
+
+    from methods.transforms import adjust_hue, color_jitter
+
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    for ours, theirs in [
+        (ImageEnhance.Brightness(image).enhance(factor), TF.adjust_brightness(image, factor)),
+        (ImageEnhance.Contrast(image).enhance(factor), TF.adjust_contrast(image, factor)),
+        (ImageEnhance.Color(image).enhance(factor), TF.adjust_saturation(image, factor)),
+        (adjust_hue(image, factor / 4), TF.adjust_hue(image, factor / 4)),
+    ]:
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    # Seeded: the same generator state gives the same jitter; no jitter leaves the image alone.
+    first = color_jitter(image, np.random.default_rng(1), 0.7, 0.7, 0.7, 0.5)
+    again = color_jitter(image, np.random.default_rng(1), 0.7, 0.7, 0.7, 0.5)
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+    assert not np.array_equal(np.asarray(first), np.asarray(image))
+    assert np.array_equal(np.asarray(color_jitter(image, rng, 0, 0, 0, 0)), np.asarray(image))
 
 
 # ------------------------------------------------------------------------ checkpoints

@@ -196,6 +196,30 @@ def test_feature_blocks_reject_wrong_row_count(tmp_path):
         list(iter_feature_blocks([BlockSource(path, np.arange(4))], 2))
 
 
+def test_truncated_feature_file_is_a_clear_error(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(11)
+    path = write_database(tmp_path / "db.h5", normalised(rng, 400, 64), np.arange(400), "float32")
+    with h5py.File(path, "r") as handle:
+        end = handle["database/descriptors"].id.get_offset() + 400 * 64 * 4
+    with open(path, "r+b") as handle:  # cut into the descriptors
+        handle.truncate(end - 1000)
+    with pytest.raises(HarnessError, match="truncated|not a readable HDF5"):
+        list(iter_feature_blocks([BlockSource(path, np.arange(400))], 100))
+
+
+def test_blocks_of_a_plain_float32_file_are_mapped_not_copied(tmp_path):
+    rng = np.random.default_rng(12)
+    database = normalised(rng, 300, 16)
+    path = write_database(tmp_path / "db.h5", database, np.arange(300), "float32")
+    blocks = iter_feature_blocks([BlockSource(path, np.arange(300))], 128, prefetch_blocks=False)
+    rows, first = next(blocks)
+    assert not first.flags.writeable and not first.flags.owndata
+    np.testing.assert_array_equal(first, database[:128])
+    blocks.close()
+
+
 def test_prefetch_propagates_errors_and_stops_early():
     def broken():
         yield 1

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from harness.splits import Split, save_split
 from slurm.executor import (
     Resources, executor_parameters, list_profiles, load_profile, make_executor, parse_time_min,
 )
-from slurm.launch import Launch, parse_sacct
+from slurm.launch import Launch
+from slurm.scheduler import parse_sacct
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = Path(os.environ.get("IOVPR_SLURM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "iovpr-slurm"))
@@ -49,18 +49,24 @@ def _cluster_conf() -> Path | None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """The running test cluster (``.ci/slurm-cluster.sh start``); skips the test otherwise."""
+    """The running test cluster (``.ci/slurm-cluster.sh``); skips the test without one.
+
+    Under ``.ci/slurm-cluster.sh run`` (``IOVPR_SLURM_REQUIRED=1``) a cluster that does not
+    answer fails the test instead: CI promised one.
+    """
+    unavailable = pytest.fail if os.environ.get("IOVPR_SLURM_REQUIRED") == "1" else pytest.skip
     conf = _cluster_conf()
     if conf is None or shutil.which("sbatch") is None:
-        pytest.skip("SLURM test cluster not running (start it: .ci/slurm-cluster.sh start)")
+        unavailable("SLURM test cluster not running (start it: .ci/slurm-cluster.sh start)")
     env = dict(os.environ, SLURM_CONF=str(conf))
     try:
         probe = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True,
                                text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
-        pytest.skip("SLURM test cluster not answering (sinfo)")
-    if probe.returncode != 0 or not probe.stdout.strip().startswith(("idle", "mixed", "alloc")):
-        pytest.skip(f"SLURM test cluster not ready (sinfo: {probe.stdout.strip() or probe.stderr.strip()})")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        unavailable(f"SLURM test cluster not answering (sinfo: {exc})")
+    answer = probe.stdout.strip() or probe.stderr.strip()
+    if probe.returncode != 0 or not answer.startswith(("idle", "mixed", "alloc")):
+        unavailable(f"SLURM test cluster not ready (sinfo: {answer})")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLURM_CONF", str(conf))
         yield conf
@@ -535,3 +541,96 @@ def test_sharded_extraction_over_a_job_array(cluster, tiny_city, tiny_weights, t
     # Everything complete: a third run submits nothing.
     again = launch_extract("netvlad", split, out, **options)
     assert [len(t["attempts"]) for t in again.tasks] == [1, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def _tiny_training(tiny_city, epochs: int) -> dict:
+    return dict(
+        train_split="synth-ams30k-train", data_root=str(tiny_city.data_root), backbone="small",
+        num_clusters=4, image_height=48, image_width=64, epochs=epochs, neg_pool=20, neg_num=2,
+        cache_size=8, batch_size=8, workers=0, device="cpu", progress=False,
+        max_queries_per_epoch=6, keep_epoch_checkpoints=False,
+    )
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT_S)
+def test_ddp_training_job_on_the_local_cluster(tiny_city, tmp_path, job_env):
+    from methods.train.trainer import read_history
+    from slurm.train import launch_train
+
+    out = tmp_path / "run"
+    launch = launch_train("netvlad", _tiny_training(tiny_city, epochs=2), out, cluster="local",
+                          log_dir=tmp_path / "logs", resources=Resources(time_min=10), processes=2)
+    status = launch.status()
+    assert status.all_completed and status.tasks[0].output == {"best": str(out / "best.pt")}
+    assert [(e["generation"], e["epoch"]) for e in read_history(out)] == [(0, 0), (0, 1)]
+    log = Path(status.tasks[0].stderr).read_text()
+    assert "rank 0 of 2" in log  # two DDP processes (gloo on the CPU)
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+
+def _wait_for(predicate, what: str, launch: Launch, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}:\n{launch.status().format(all_tasks=True)}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(LAUNCH_TIMEOUT_S)
+def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city, tmp_path, job_env,
+                                                                     slurm_cluster):
+    from methods.train.trainer import read_history
+    from slurm.status import resubmit
+    from slurm.train import launch_train
+
+    out = tmp_path / "run"
+    epochs = 10
+    launch = launch_train("netvlad", _tiny_training(tiny_city, epochs=epochs), out, cluster="slurm",
+                          log_dir=tmp_path / "logs", resources=_resources("slurm"), processes=1,
+                          wait=False)
+    job_id = launch.tasks[0]["attempts"][0]["job_id"]
+
+    def epochs_done() -> int:
+        try:
+            return len(read_history(out))
+        except (OSError, ValueError):  # not written yet
+            return 0
+
+    # 1. Once an epoch is checkpointed, the signal SLURM sends before the time limit (or on
+    #    preemption; submitit's --signal=USR2@90): the job checkpoints, requeues itself, exits.
+    _wait_for(lambda: epochs_done() >= 1, "no epoch finished", launch)
+    subprocess.run(["scancel", job_id, "--signal", "USR2"], check=True)
+    # SLURM holds a requeued job for two minutes (its BeginTime); release it now.
+    _wait_for(lambda: "Reason=BeginTime" in subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout,
+        "the job was not requeued", launch)
+    requeued_at = epochs_done()
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    assert launch.status().tasks[0].active  # requeued, not failed
+
+    # 2. The requeued run resumes; cancelled from outside (scancel) after one more epoch, it
+    #    is reported CANCELLED (from sacct: it could not record anything itself).
+    _wait_for(lambda: epochs_done() > requeued_at, "the requeued job did not train", launch)
+    subprocess.run(["scancel", job_id], check=True)
+    status = _poll(launch, lambda s: s.done)
+    task = status.tasks[0]
+    assert task.state == "CANCELLED" and task.stderr and task.error == "the scheduler reports CANCELLED"
+    assert "--tasks 0" in status.format()
+    cancelled_at = epochs_done()
+    assert cancelled_at < epochs
+
+    # 3. Resubmitted alone, it resumes from the last checkpoint and finishes.
+    launch = resubmit(launch.dir)
+    status = _poll(launch, lambda s: s.done)
+    assert status.all_completed, status.format(all_tasks=True)
+    assert [e["epoch"] for e in read_history(out)] == list(range(epochs))  # each epoch once
+    first = Path(launch.tasks[0]["attempts"][0]["stderr"]).read_text()
+    assert "Caught signal SIGUSR2" in first and f"Requeued job {job_id}" in first
+    assert first.count("resuming") == 1
+    second = Path(status.tasks[0].stderr).read_text()
+    assert "resuming" in second and status.tasks[0].job_id != job_id
+    assert len(Launch.open(launch.dir).tasks[0]["attempts"]) == 2

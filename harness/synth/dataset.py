@@ -103,6 +103,7 @@ class CityInfo:
     config: CityConfig
     counts: dict = field(default_factory=dict)
     version: int = GENERATOR_VERSION
+    generator: str = ""  # sha256 of the generator's source (see generator_digest)
 
     @property
     def raw_dir(self) -> Path:
@@ -145,11 +146,26 @@ class CityInfo:
             meta = json.loads(marker.read_text())
             return cls(root=root, preset=meta["preset"], seed=int(meta["seed"]),
                        config=CityConfig.from_dict(meta["config"]), counts=meta["counts"],
-                       version=int(meta["generator_version"]))
+                       version=int(meta["generator_version"]), generator=str(meta.get("generator_sha256", "")))
         except FileNotFoundError:
             raise HarnessError("no synthetic city here (no synth_city.json marker)", root) from None
         except (KeyError, ValueError, TypeError) as exc:
             raise HarnessError(f"unreadable city marker ({type(exc).__name__}: {exc})", marker) from None
+
+
+_GENERATOR_MODULES = ("ade.py", "city.py", "dataset.py", "indoor.py", "presets.py", "render.py")
+
+
+def generator_digest() -> str:
+    """sha256 of the generator's source files: a cached city made by other code (an edited
+    renderer, say) is regenerated even if :data:`GENERATOR_VERSION` was not bumped."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    folder = Path(__file__).resolve().parent
+    for name in _GENERATOR_MODULES:
+        digest.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return digest.hexdigest()
 
 
 def mask_path(masks_dir: str | os.PathLike, query_name: str) -> Path:
@@ -401,6 +417,21 @@ def _run_jobs(jobs: list[_Job], config: CityConfig, seed: int, root: Path,
     return results
 
 
+def window_view(info: CityInfo, query_name: str) -> np.ndarray:
+    """Re-render the street view that an indoor query's windows show (uint8 (H, W, 3)), from
+    the same camera, conditions and random stream as when the city was generated."""
+    config = info.config
+    layout = build_layout(config, info.seed)
+    jobs = {job.name: job for job in _query_jobs(config, layout, info.seed) if job.kind == "indoor"}
+    if query_name not in jobs:
+        raise HarnessError(f"{query_name!r} is not an indoor query of this city", info.root)
+    job = jobs[query_name]
+    model = build_street_model(layout.streets[job.street], config.px_per_m)
+    rng = image_rng(info.seed, KEY_INDOOR, job.index)
+    return render_view(model, job.camera, config.image_width, config.image_height,
+                       query_conditions(rng), rng)
+
+
 # ------------------------------------------------------------------------------- writing
 
 
@@ -465,12 +496,16 @@ def make_city(out_dir: str | os.PathLike, preset: str | CityConfig = "demo", see
         The :class:`CityInfo` of the city.
     """
     config = get_preset(preset) if isinstance(preset, str) else preset
+    generator = generator_digest()
     root = Path(out_dir).expanduser()
     marker = root / MARKER_NAME
     if marker.is_file():
         existing = CityInfo.load(root)
         same = (existing.version == GENERATOR_VERSION and existing.seed == int(seed)
-                and existing.config.sha256 == config.sha256)
+                and existing.config.sha256 == config.sha256 and existing.generator == generator)
+        if existing.seed == int(seed) and existing.config.sha256 == config.sha256 and not same:
+            force = True  # the same city by other generator code: stale, regenerate it
+            logger.info("synthetic city in %s was made by another generator version: regenerating", root)
         if same:
             logger.info("synthetic city %s (seed %d) is already complete in %s", config.name, seed, root)
             return existing
@@ -516,9 +551,11 @@ def make_city(out_dir: str | os.PathLike, preset: str | CityConfig = "demo", see
         counts[query_set] = sum(1 for j in query_jobs if j.query_set == query_set)
     counts["ade_training"] = sum(1 for j in ade_jobs if j.ade_part == "training")
     counts["ade_validation"] = sum(1 for j in ade_jobs if j.ade_part == "validation")
-    info = CityInfo(root=root, preset=config.name, seed=int(seed), config=config, counts=counts)
+    info = CityInfo(root=root, preset=config.name, seed=int(seed), config=config, counts=counts,
+                    generator=generator)
     write_json_atomic(marker, {
-        "generator_version": GENERATOR_VERSION, "preset": config.name, "seed": int(seed),
+        "generator_version": GENERATOR_VERSION, "generator_sha256": generator,
+        "preset": config.name, "seed": int(seed),
         "config": {**config.content_dict(), "name": config.name},
         "config_sha256": config.sha256, "counts": counts,
         "splits": {qs: BUILTIN_SPLITS[qs] for qs in QUERY_SETS},

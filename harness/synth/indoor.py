@@ -55,6 +55,7 @@ class RoomImage:
     image: np.ndarray  # (H, W, 3) uint8
     labels: np.ndarray  # (H, W) uint8
     category: str
+    glass: np.ndarray | None = None  # (H, W) bool: window pixels showing the outdoor image
 
     @property
     def window_mask(self) -> np.ndarray:
@@ -469,4 +470,5 @@ def render_room(rng: np.random.Generator, width: int, height: int, target_fracti
         room_mean = image[~glass].mean(axis=0) if (~glass).any() else 128.0
         image[glass] = outside * (1 - reflection) + (room_mean + 40.0) * reflection
     image = image + rng.normal(0, 2.0, image.shape).astype(np.float32)
-    return RoomImage(np.clip(image + 0.5, 0, 255).astype(np.uint8), canvas.labels.copy(), category)
+    return RoomImage(np.clip(image + 0.5, 0, 255).astype(np.uint8), canvas.labels.copy(), category,
+                     glass.copy())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,7 @@ from harness.splits import Split
 logger = logging.getLogger(__name__)
 
 PROBE_KINDS = ("pixels", "hist", "both")
-THUMB_SIZE = (16, 12)  # width, height
+THUMB_SIZE = (8, 6)  # width, height
 HIST_BINS = 4  # per channel: 4 x 4 x 4 colours
 HIST_GRID = (2, 2)  # spatial cells (columns, rows)
 GRAY_VALUE = 128  # the uniform gray of a gray layout
@@ -41,7 +41,7 @@ def _l2(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def probe_descriptor(image: np.ndarray, kind: str = "both") -> np.ndarray:
+def probe_descriptor(image: np.ndarray, kind: str = "hist") -> np.ndarray:
     """The probe descriptor of one RGB uint8 image (H, W, 3); float32, L2-normalised.
 
     Pixels of exactly the gray-layout gray carry no information and get no weight (as a model
@@ -52,42 +52,63 @@ def probe_descriptor(image: np.ndarray, kind: str = "both") -> np.ndarray:
         raise ValueError(f"kind must be one of {PROBE_KINDS}, got {kind!r}")
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, image.shape
     valid = ~np.all(image == GRAY_VALUE, axis=2)
-    if not valid.any():
-        return np.zeros(probe_dim(kind), dtype=np.float32)
+    if not valid.any():  # nothing but gray: no information, but still a unit vector
+        return np.full(probe_dim(kind), 1.0 / np.sqrt(probe_dim(kind)), dtype=np.float32)
+    colours = _normalised_colours(image, valid)
     parts = []
     if kind in ("pixels", "both"):
-        parts.append(_thumbnail(image, valid))
+        parts.append(_thumbnail(colours, valid))
     if kind in ("hist", "both"):
-        parts.append(_histogram(image, valid))
-    return _l2(np.concatenate(parts)).astype(np.float32)
+        parts.append(_histogram(colours, valid))
+    descriptor = np.concatenate(parts)
+    if not np.any(descriptor):  # e.g. a window within one thumbnail cell: nothing to compare
+        return np.full(probe_dim(kind), 1.0 / np.sqrt(probe_dim(kind)), dtype=np.float32)
+    return _l2(descriptor).astype(np.float32)
 
 
-def _thumbnail(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Area-averaged thumbnail of the valid pixels, standardised per channel (invariant to
-    exposure, colour cast and contrast); cells less than half valid are zero."""
+def _normalised_colours(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per pixel (H, W, 3) float32: luminance rank in [0, 1) among the valid pixels (invariant
+    to any monotonic change of brightness: exposure, gamma, contrast) and the two chromaticities
+    R/(R+G+B), G/(R+G+B) after a gray-world white balance (invariant to a colour cast)."""
+    rgb = image.astype(np.float32)
+    means = rgb[valid].mean(axis=0) + 1.0
+    balanced = rgb * (means.mean() / means)
+    luminance = balanced.sum(axis=2)
+    # Rank by a cumulative histogram of the integer luminance (exact ties share a rank).
+    levels = np.clip(luminance, 0, 765).astype(np.int64)
+    below = np.concatenate([[0], np.cumsum(np.bincount(levels[valid], minlength=766))])
+    rank = below[levels].astype(np.float32) / max(int(valid.sum()), 1)
+    total = luminance + 3.0
+    return np.stack([rank, balanced[..., 0] / total, balanced[..., 1] / total], axis=-1)
+
+
+def _thumbnail(colours: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Area-averaged thumbnail of the normalised colours of the valid pixels, centred;
+    cells less than half valid are zero (unless no cell is half valid)."""
     weight = valid.astype(np.float32)
-    summed = np.stack([
-        np.asarray(Image.fromarray(image[..., c].astype(np.float32) * weight).resize(THUMB_SIZE, Image.BOX))
-        for c in range(3)], axis=-1)
     coverage = np.asarray(Image.fromarray(weight).resize(THUMB_SIZE, Image.BOX))
+    summed = np.stack([
+        np.asarray(Image.fromarray(colours[..., c] * weight).resize(THUMB_SIZE, Image.BOX))
+        for c in range(3)], axis=-1)
     thumb = summed / np.maximum(coverage, 1e-6)[..., None]
     use = coverage >= 0.5
-    if not use.any():
-        return np.zeros(THUMB_SIZE[0] * THUMB_SIZE[1] * 3, dtype=np.float32)
-    mean = thumb[use].mean(axis=0)
-    std = thumb[use].std(axis=0) + 1.0
-    thumb = np.where(use[..., None], (thumb - mean) / std, 0.0)
+    if not use.any():  # a tiny window: take whatever cells it touches
+        use = coverage > 0
+    # Chromaticities vary less than ranks: scale them to comparable spread.
+    thumb = (thumb - thumb[use].mean(axis=0)) * np.array([1.0, 3.0, 3.0], dtype=np.float32)
+    thumb = np.where(use[..., None], thumb, 0.0)
     return _l2(thumb.reshape(-1).astype(np.float32))
 
 
-def _histogram(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Spatial colour histogram of the valid pixels after a gray-world white balance (so that a
-    colour cast does not move every bin); Hellinger (square-root) normalised."""
-    height, width = image.shape[:2]
-    pixels = image[valid].astype(np.float32)
-    balanced = np.clip(image.astype(np.float32) * (110.0 / (pixels.mean(axis=0) + 1.0)), 0, 255)
-    colour = (balanced.astype(np.int64) * HIST_BINS) // 256
-    code = (colour[..., 0] * HIST_BINS + colour[..., 1]) * HIST_BINS + colour[..., 2]
+def _histogram(colours: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Spatial histogram of the normalised colours (luminance rank x 2 chromaticities) of the
+    valid pixels, square-rooted, each cell normalised on its own."""
+    height, width = colours.shape[:2]
+    rank_bin = np.minimum((colours[..., 0] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+    # Chromaticities of natural colours lie in ~[0.2, 0.5]: bin that range.
+    chroma = np.clip((colours[..., 1:] - 0.2) / 0.3, 0, 0.999)
+    chroma_bin = (chroma * HIST_BINS).astype(np.int64)
+    code = (rank_bin * HIST_BINS + chroma_bin[..., 0]) * HIST_BINS + chroma_bin[..., 1]
     cols, rows = HIST_GRID
     cell_x = np.minimum(np.arange(width) * cols // width, cols - 1)
     cell_y = np.minimum(np.arange(height) * rows // height, rows - 1)
@@ -133,7 +154,7 @@ def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def describe_images(root: str | os.PathLike, names: Sequence[str], kind: str = "both",
+def describe_images(root: str | os.PathLike, names: Sequence[str], kind: str = "hist",
                     mask_dir: str | os.PathLike | None = None, desc: str = "probe") -> np.ndarray:
     """Probe descriptors (len(names), D) of images under ``root``; with ``mask_dir``, of their
     oracle gray layouts (mask of ``a/b.jpg`` at ``mask_dir/a/b.png``)."""
@@ -160,7 +181,7 @@ def probe_method_name(kind: str = "both", oracle: bool = False) -> str:
 
 
 def write_probe_features(split: Split, out_path: str | os.PathLike,
-                         mask_dir: str | os.PathLike | None = None, kind: str = "both",
+                         mask_dir: str | os.PathLike | None = None, kind: str = "hist",
                          database: np.ndarray | None = None) -> Path:
     """Compute the probe descriptors of a split's queries and database into a feature file.
 
@@ -194,7 +215,11 @@ def write_probe_features(split: Split, out_path: str | os.PathLike,
 
 @dataclass(frozen=True)
 class ProbeRow:
-    """One line of the probe table."""
+    """One line of the probe table.
+
+    ``r1_by_window``: for indoor queries, {fraction: R@1 over the queries whose true window
+    fraction is at least that} (the 10/20/30% thresholds of the IOVPR layout sets).
+    """
 
     queries: str  # e.g. "Indoor-Ams 1 (oracle gray layout)"
     split: str
@@ -202,6 +227,10 @@ class ProbeRow:
     num_database: int
     recalls: dict  # {1: r, 5: r, 10: r} as fractions
     chance_r1: float
+    r1_by_window: dict = field(default_factory=dict)
+
+
+WINDOW_THRESHOLDS = (0.1, 0.2, 0.3)
 
 
 def chance_recall_at_1(split: Split) -> float:
@@ -212,36 +241,40 @@ def chance_recall_at_1(split: Split) -> float:
     return float(np.mean(positives.counts / max(split.num_database, 1)))
 
 
-def evaluate_probe(feature_path: Path, split: Split, ns: Sequence[int] = (1, 5, 10)) -> dict:
-    """Recall@N of a probe feature file, computed by the harness evaluator."""
+def evaluate_probe(feature_path: Path, split: Split, ns: Sequence[int] = (1, 5, 10)):
+    """Recall@N of a probe feature file by the harness evaluator, and the 0-based rank of each
+    query's first positive (-1: none in the top-K)."""
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
 
     result = evaluate([feature_path], split, EvalConfig(recall_ns=tuple(ns), ngpu=0, checksums=False))
-    return {n: float(result.scores[f"recall@{n}"]) for n in ns}
+    recalls = {n: float(result.scores[f"recall@{n}"]) for n in ns}
+    return recalls, np.asarray(result.prediction_data.first_positive_rank)
 
 
 PROBE_SETS = (
-    ("Outdoor-Ams (outdoor)", "outdoor-ams", False),
+    ("Outdoor-Ams (outdoor queries)", "outdoor-ams", False),
     ("Indoor-Ams 1 (raw)", "indoor-ams-1", False),
     ("Indoor-Ams 1 (oracle gray layout)", "indoor-ams-1", True),
     ("Indoor-Ams 2 (raw)", "indoor-ams-2", False),
     ("Indoor-Ams 2 (oracle gray layout)", "indoor-ams-2", True),
-    ("Ams30k test (outdoor)", "ams30k-test", False),
+    ("Ams30k test (outdoor queries)", "ams30k-test", False),
 )
 
 
-def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike, out_dir: str | os.PathLike,
-                prefix: str = "synth-", kind: str = "both", ns: Sequence[int] = (1, 5, 10)) -> list[ProbeRow]:
+def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike | None,
+                out_dir: str | os.PathLike, prefix: str = "synth-", kind: str = "hist",
+                ns: Sequence[int] = (1, 5, 10)) -> list[ProbeRow]:
     """Write probe feature files for the city's evaluation splits and evaluate them.
 
     The splits must be registered (``harness splits prepare --root CITY --prefix synth-``).
     """
     from harness.splits import get_split
-    from harness.synth.dataset import MASKS_DIR
+    from harness.synth.dataset import CityInfo
 
+    info = CityInfo.load(city_root)
+    fractions = {q["name"]: q["window_fraction"] for q in info.query_metadata() if "window_fraction" in q}
     out_dir = Path(out_dir)
-    masks = Path(city_root) / MASKS_DIR
     rows = []
     database_cache: dict[tuple, np.ndarray] = {}
     for label, builtin, oracle in PROBE_SETS:
@@ -251,9 +284,16 @@ def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike, out_
             database_cache[key] = describe_images(split.database_root, split.database_names, kind,
                                                   desc=f"{split.name} database")
         path = out_dir / f"{split.name}.{probe_method_name(kind, oracle)}.h5"
-        write_probe_features(split, path, masks if oracle else None, kind, database_cache[key])
-        rows.append(ProbeRow(label, split.name, split.num_queries, split.num_database,
-                             evaluate_probe(path, split, ns), chance_recall_at_1(split)))
+        write_probe_features(split, path, info.masks_dir if oracle else None, kind, database_cache[key])
+        recalls, first_rank = evaluate_probe(path, split, ns)
+        by_window = {}
+        if all(name in fractions for name in split.query_names):
+            window = np.array([fractions[name] for name in split.query_names])
+            for threshold in WINDOW_THRESHOLDS:
+                chosen = window >= threshold
+                by_window[threshold] = float(np.mean(first_rank[chosen] == 0)) if chosen.any() else float("nan")
+        rows.append(ProbeRow(label, split.name, split.num_queries, split.num_database, recalls,
+                             chance_recall_at_1(split), by_window))
     return rows
 
 
@@ -261,6 +301,7 @@ def format_table(rows: Sequence[ProbeRow], title: str = "") -> str:
     """The probe table in Markdown."""
     ns = sorted(rows[0].recalls) if rows else []
     head = ["Queries", "Split", "#Q", "#DB"] + [f"R@{n}" for n in ns] + ["R@1 chance"]
+    head += [f"R@1, window >= {int(100 * t)}%" for t in WINDOW_THRESHOLDS]
     lines = ([f"**{title}**", ""] if title else []) + [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
@@ -268,5 +309,7 @@ def format_table(rows: Sequence[ProbeRow], title: str = "") -> str:
     for row in rows:
         cells = [row.queries, f"`{row.split}`", str(row.num_queries), str(row.num_database)]
         cells += [f"{100 * row.recalls[n]:.1f}" for n in ns] + [f"{100 * row.chance_r1:.1f}"]
+        cells += [f"{100 * row.r1_by_window[t]:.1f}" if t in row.r1_by_window else ""
+                  for t in WINDOW_THRESHOLDS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

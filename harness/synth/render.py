@@ -82,12 +82,12 @@ def query_conditions(rng: np.random.Generator, occluders: bool = True) -> Condit
     dark = sky in ("evening", "grey")
     return Conditions(
         sky_top=top, sky_horizon=horizon, clouds=rng.uniform(0.0, 0.8),
-        exposure=rng.uniform(0.6, 0.95) if dark else rng.uniform(0.85, 1.3),
-        gamma=rng.uniform(0.8, 1.25), contrast=rng.uniform(0.75, 1.15),
-        cast=tuple(rng.uniform(0.85, 1.15, 3)),
-        shadow=rng.uniform(0.25, 0.5) if sky == "clear" and rng.random() < 0.6 else 0.0,
+        exposure=rng.uniform(0.7, 1.0) if dark else rng.uniform(0.85, 1.2),
+        gamma=rng.uniform(0.85, 1.18), contrast=rng.uniform(0.8, 1.1),
+        cast=tuple(rng.uniform(0.9, 1.1, 3)),
+        shadow=rng.uniform(0.2, 0.4) if sky == "clear" and rng.random() < 0.5 else 0.0,
         shadow_slope=rng.uniform(-1.2, 1.2), shadow_offset_m=rng.uniform(2, 14),
-        haze_m=rng.uniform(150, 500), blur_px=rng.uniform(0.0, 1.4), noise=rng.uniform(1.0, 5.0),
+        haze_m=rng.uniform(150, 500), blur_px=rng.uniform(0.0, 1.2), noise=rng.uniform(1.0, 4.0),
         occluders=int(rng.integers(0, 5)) if occluders else 0,
     )
 

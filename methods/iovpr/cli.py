@@ -174,7 +174,35 @@ def _train_iovpr_command():
     return command
 
 
-commands = [layouts_group, segment_command]
+@click.group("iovpr")
+def iovpr_group():
+    """The IOVPR method: studies on a dataset root."""
+
+
+@iovpr_group.command("study")
+@click.option("--city", "city_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset root with raw/ and ADEChallengeData2016/ (e.g. a synthetic city).")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False),
+              help="Where the dataset's splits are registered.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Study folder (every stage is cached; a rerun resumes).")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Study setting (prefix, threshold, layout_prob, seg_epochs, epochs, generations, "
+                   "image_height, device, ...).")
+def study_command(city_root, data_root, out_dir, option_pairs):
+    """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
+    from methods.cli import _set_threads
+    from methods.iovpr.study import make_study_config, run_study
+    from methods.options import parse_option_pairs
+
+    values = parse_option_pairs(option_pairs)
+    config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
+    _set_threads()
+    result = run_study(config)
+    click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
+
+
+commands = [layouts_group, segment_command, iovpr_group]
 train_commands = [train_window_seg_command]
 
 

@@ -7,7 +7,9 @@ Architectures (``SEGMENTER_ARCHS`` registry):
   CSAILVision's semantic-segmentation-pytorch, so its ADE20k checkpoints
   (``encoder_epoch_*.pth`` / ``decoder_epoch_*.pth``) and ImageNet encoder
   (``resnet50-imagenet.pth``) load as they are;
-* ``upernet18``: the same design on a deep-stem ResNet-18 with a 256-channel decoder, for CPU;
+* ``upernet18``: the same design on a deep-stem ResNet-18 with a 256-channel decoder;
+* ``upernet-tiny``: the same design at a quarter of the width, one block a stage (0.5M
+  parameters), for CPU-scale runs such as the synthetic city;
 * ``lraspp-mobilenet-v3``, ``deeplabv3-resnet50``: torchvision's segmentation models, loading
   torchvision's segmentation or ImageNet backbone files.
 
@@ -103,11 +105,17 @@ def _conv_bn_relu(nn, in_channels: int, out_channels: int, kernel_size: int):
     )
 
 
-def _build_resnet_encoder(depth: int):
-    """Deep-stem ResNet (three 3x3 stem convs, 128 channels into layer1), CSAIL's naming."""
+_RESNET_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def _build_resnet_encoder(depth: int, widths=(64, 128, 256, 512), stem=(64, 64, 128)):
+    """Deep-stem ResNet (three 3x3 stem convs, 128 channels into layer1), CSAIL's naming.
+
+    ``widths`` and ``stem`` shrink it for CPU-scale variants (CSAIL's: the defaults).
+    """
     _, nn, _ = _modules()
     bottleneck = depth >= 50
-    blocks = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}[depth]
+    blocks = _RESNET_BLOCKS[depth]
     expansion = 4 if bottleneck else 1
 
     class Block(nn.Module):
@@ -145,17 +153,17 @@ def _build_resnet_encoder(depth: int):
     class Encoder(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.conv2 = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(64)
-            self.conv3 = nn.Conv2d(64, 128, 3, 1, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(128)
+            self.conv1 = nn.Conv2d(3, stem[0], 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem[0])
+            self.conv2 = nn.Conv2d(stem[0], stem[1], 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(stem[1])
+            self.conv3 = nn.Conv2d(stem[1], stem[2], 3, 1, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(stem[2])
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
-            channels = 128
+            channels = stem[2]
             self.out_channels = []
-            for index, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), 1):
+            for index, (count, width) in enumerate(zip(blocks, widths), 1):
                 layer = []
                 for block in range(count):
                     stride = 2 if (block == 0 and index > 1) else 1
@@ -181,7 +189,7 @@ def _build_resnet_encoder(depth: int):
 
 
 def _build_upernet_decoder(in_channels: list[int], fpn_dim: int, num_classes: int,
-                           pool_scales=(1, 2, 3, 6)):
+                           pool_scales=(1, 2, 3, 6), ppm_dim: int = 512):
     torch, nn, functional = _modules()
     top = in_channels[-1]
 
@@ -189,8 +197,8 @@ def _build_upernet_decoder(in_channels: list[int], fpn_dim: int, num_classes: in
         def __init__(self):
             super().__init__()
             self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(s) for s in pool_scales)
-            self.ppm_conv = nn.ModuleList(_conv_bn_relu(nn, top, 512, 1) for _ in pool_scales)
-            self.ppm_last_conv = _conv_bn_relu(nn, top + len(pool_scales) * 512, fpn_dim, 3)
+            self.ppm_conv = nn.ModuleList(_conv_bn_relu(nn, top, ppm_dim, 1) for _ in pool_scales)
+            self.ppm_last_conv = _conv_bn_relu(nn, top + len(pool_scales) * ppm_dim, fpn_dim, 3)
             self.fpn_in = nn.ModuleList(_conv_bn_relu(nn, c, fpn_dim, 1) for c in in_channels[:-1])
             self.fpn_out = nn.ModuleList(
                 nn.Sequential(_conv_bn_relu(nn, fpn_dim, fpn_dim, 3)) for _ in in_channels[:-1]
@@ -226,15 +234,17 @@ def _build_upernet_decoder(in_channels: list[int], fpn_dim: int, num_classes: in
     return Decoder()
 
 
-def _upernet(depth: int, fpn_dim: int):
+def _upernet(depth: int, fpn_dim: int, ppm_dim: int = 512, widths=(64, 128, 256, 512),
+             stem=(64, 64, 128)):
     def build(num_classes: int):
         _, nn, _ = _modules()
 
         class UperNet(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.encoder = _build_resnet_encoder(depth)
-                self.decoder = _build_upernet_decoder(self.encoder.out_channels, fpn_dim, num_classes)
+                self.encoder = _build_resnet_encoder(depth, widths, stem)
+                self.decoder = _build_upernet_decoder(self.encoder.out_channels, fpn_dim, num_classes,
+                                                      ppm_dim=ppm_dim)
 
             def forward(self, x):
                 return self.decoder(self.encoder(x))
@@ -290,6 +300,12 @@ for _depth, _dim, _text in (
         f"upernet{_depth}", _upernet(_depth, _dim),
         {"encoder": _CSAIL_ENCODER, "decoder": _CSAIL_DECODER}, _text,
     ))
+register_arch(SegmenterArch(
+    "upernet-tiny", _upernet(10, 32, ppm_dim=32, widths=(16, 32, 64, 128), stem=(16, 16, 32)),
+    {"encoder": _CSAIL_ENCODER, "decoder": _CSAIL_DECODER},
+    "UPerNet design at 1/4 width on a one-block-per-stage ResNet (0.5M parameters): the "
+    "synthetic city on a CPU in minutes, no pretrained weights",
+))
 register_arch(SegmenterArch(
     "lraspp-mobilenet-v3", _torchvision_segmentation("lraspp_mobilenet_v3_large"),
     {

@@ -87,22 +87,19 @@ class TupleDataset:
 
         images = []
         row = self.tuples[index]
-        item_seed = self.seed + (int(index),)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(item_seed).generate_state(1)[0]))
-            rng = np.random.default_rng(item_seed)
-            for column, image_row in enumerate(row.tolist()):
-                if column == 0:
-                    path = self.query_root / self.query_names[image_row]
-                else:
-                    path = self.database_root / self.database_names[image_row]
-                try:
-                    image = open_rgb(path)
-                except Exception as exc:
-                    return index, None, (str(path), _describe(exc))
-                if column == 0 and self.query_augment is not None:
-                    image = self.query_augment(image, rng)
-                images.append(self.transform(image))
+        rng = np.random.default_rng(self.seed + (int(index),))
+        for column, image_row in enumerate(row.tolist()):
+            if column == 0:
+                path = self.query_root / self.query_names[image_row]
+            else:
+                path = self.database_root / self.database_names[image_row]
+            try:
+                image = open_rgb(path)
+            except Exception as exc:
+                return index, None, (str(path), _describe(exc))
+            if column == 0 and self.query_augment is not None:
+                image = self.query_augment(image, rng)
+            images.append(self.transform(image, rng))
         return index, torch.stack(images), None
 
 
