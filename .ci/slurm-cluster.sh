@@ -242,7 +242,8 @@ MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
-KillWait=5
+# Seconds between SIGTERM and SIGKILL (submitit jobs ignore SIGTERM): keep cancels prompt.
+KillWait=2
 InactiveLimit=0
 MinJobAge=300
 MaxArraySize=10001

@@ -9,8 +9,11 @@ that run alone:
   thread, metrics, checksums) on the first shard only and on the whole database: vectors/s,
   GFLOP/s, ratio to peak, and peak RSS for both sizes (the RSS must not grow with the database);
 * the faiss-CPU backend on the first shard (``cpu_backend="faiss"``): its ratio to peak;
-* the peak itself: numpy ``queries @ block.T`` of the same shapes, in memory, best of 3,
-  measured right before and right after each run (the ratio uses their mean).
+* the peak itself: numpy ``queries @ block.T`` of the same shapes, in memory, measured right
+  before and right after each run (the ratio uses their mean), two ways: *streaming* (a
+  different block each product, rotating over 768 MiB: what any search over a database can
+  reach at best) and *cache-hot* (the same block again and again). Both ratios are printed;
+  the streaming one is the target (>= 0.85).
 
 Usage::
 
@@ -35,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+#: Bytes of distinct blocks the streaming GEMM peak rotates over (well beyond any CPU cache).
+STREAMING_BYTES = 768 << 20
 
 
 def generate(folder: Path, rows: int, queries: int, dim: int, dtype: str, shards: int, seed: int) -> dict:
@@ -179,14 +184,22 @@ def main() -> None:
             shards = paths["shards"] if split == "bench" else paths["shards"][:1]
             return {**paths, "split": split, "shards": shards, "backend": backend}
 
+        def peaks():
+            """(streaming, cache-hot) GEMM GFLOP/s of the evaluator's shapes, in memory."""
+            with threadpool_limits(limits=args.threads):
+                streaming = measure_gemm_gflops(args.queries, gemm_rows, args.dim, repeats=2,
+                                                streaming_bytes=STREAMING_BYTES)
+                hot = measure_gemm_gflops(args.queries, gemm_rows, args.dim, repeats=3)
+            return streaming, hot
+
         def measured(run_spec):
-            """One worker run between two in-memory GEMM measurements (noise shows as a spread)."""
-            with threadpool_limits(limits=args.threads):
-                before = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
+            """One worker run between two peak measurements (noise shows as their spread)."""
+            before = peaks()
             run = run_worker(args, run_spec)
-            with threadpool_limits(limits=args.threads):
-                after = measure_gemm_gflops(args.queries, gemm_rows, args.dim)
-            run["peaks"] = (before, after)
+            after = peaks()
+            run["streaming"] = (before[0] + after[0]) / 2
+            run["hot"] = (before[1] + after[1]) / 2
+            run["spread"] = (before[0], after[0])
             return run
 
         small = measured(spec("bench-small", "numpy"))
@@ -199,11 +212,14 @@ def main() -> None:
         faiss_run = None if args.no_faiss else measured(spec("bench-small", "faiss"))
         gpu_run = run_worker(args, {**spec("bench", "numpy"), "ngpu": -1}) if args.gpu else None
 
-        print(f"\nGEMM peak: numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows} fp32 in memory, best of 3, "
-              "measured just before and after each run; ratio = GFLOP/s / mean(before, after)")
+        print(f"\nGEMM peak: numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows} fp32 in memory, "
+              "measured just before and just after each run (mean used):")
+        print(f"  streaming = a different {gemm_rows}-row block each product (rotating over "
+              f"{STREAMING_BYTES >> 20} MiB, beyond the caches): the ceiling of any streaming search;")
+        print("  cache-hot = the same block again and again (best case, unreachable over a database).")
         print(f"CPU backend choice: {full['choice']}")
-        header = (f"{'run':<34}{'rows':>9}{'search s':>10}{'vectors/s':>12}{'GFLOP/s':>9}"
-                  f"{'peak before/after':>19}{'of peak':>9}{'peak RSS':>11}")
+        header = (f"{'run':<34}{'rows':>8}{'search s':>9}{'vectors/s':>11}{'GFLOP/s':>9}"
+                  f"{'streaming peak':>16}{'of it':>7}{'hot peak':>10}{'of it':>7}{'peak RSS':>11}")
         print(header)
         for label, run in (("evaluator (numpy), first shard", small), ("evaluator (numpy), whole database", full),
                            ("faiss-cpu backend, first shard", faiss_run)):
@@ -211,14 +227,14 @@ def main() -> None:
                 continue
             rate = run["rows"] / run["search_s"]
             gflops = rate * flop_per_row / 1e9
-            before, after = run["peaks"]
-            print(f"{label:<34}{run['rows']:>9}{run['search_s']:>10.2f}{rate:>12.0f}{gflops:>9.1f}"
-                  f"{before:>10.1f}/{after:<8.1f}{gflops / ((before + after) / 2):>9.2f}"
-                  f"{run['peak_rss'] / 2**20:>8.0f} MiB")
+            before, after = run["spread"]
+            print(f"{label:<34}{run['rows']:>8}{run['search_s']:>9.2f}{rate:>11.0f}{gflops:>9.1f}"
+                  f"{before:>8.0f}/{after:<7.0f}{gflops / run['streaming']:>7.2f}{run['hot']:>10.0f}"
+                  f"{gflops / run['hot']:>7.2f}{run['peak_rss'] / 2**20:>7.0f} MiB")
         if gpu_run is not None:
             rate = gpu_run["rows"] / gpu_run["search_s"]
-            print(f"{'GPU (' + gpu_run['backend'] + '), whole database':<34}{gpu_run['rows']:>9}"
-                  f"{gpu_run['search_s']:>10.2f}{rate:>12.0f}{rate * flop_per_row / 1e9:>9.1f}{'-':>19}{'-':>9}"
+            print(f"{'GPU (' + gpu_run['backend'] + '), whole database':<34}{gpu_run['rows']:>8}"
+                  f"{gpu_run['search_s']:>9.2f}{rate:>11.0f}{rate * flop_per_row / 1e9:>9.1f}{'-':>16}{'-':>7}{'-':>10}{'-':>7}"
                   f"{gpu_run['peak_rss'] / 2**20:>8.0f} MiB")
             print(f"GPU evaluate() timings: " + ", ".join(f"{k} {v:.2f}" for k, v in gpu_run["timings"].items()))
             same = "identical" if gpu_run["recall@1"] == full["recall@1"] else "DIFFERENT"

@@ -23,14 +23,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="City folder (reused when complete; default: a temporary folder).")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="City folder (reused when complete; default: a temporary folder).",
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--kinds", default="pixels,hist,both",
-                        help="Probe descriptors to evaluate (comma separated).")
+    parser.add_argument(
+        "--kinds",
+        default="pixels,hist,both",
+        help="Probe descriptors to evaluate (comma separated).",
+    )
     args = parser.parse_args(argv)
 
     from harness.splits import prepare_builtin_splits
@@ -44,19 +53,39 @@ def main(argv: list[str] | None = None) -> int:
         info = make_city(city_dir, args.preset, args.seed, workers=args.workers)
         wall = time.perf_counter() - started
         times = os.times()
-        cpu = sum(getattr(times, k) - getattr(times_started, k)
-                  for k in ("user", "system", "children_user", "children_system"))
-        images = (info.counts["database"] + sum(info.counts[k] for k in (
-            "ams30k_train", "ams30k_val", "ams30k_test", "outdoor", "indoor1", "indoor2"))
-            + info.counts["ade_training"] + info.counts["ade_validation"])
+        cpu = sum(
+            getattr(times, k) - getattr(times_started, k)
+            for k in ("user", "system", "children_user", "children_system")
+        )
+        images = (
+            info.counts["database"]
+            + sum(
+                info.counts[k]
+                for k in (
+                    "ams30k_train",
+                    "ams30k_val",
+                    "ams30k_test",
+                    "outdoor",
+                    "indoor1",
+                    "indoor2",
+                )
+            )
+            + info.counts["ade_training"]
+            + info.counts["ade_validation"]
+        )
         print(f"## Synthetic city `{args.preset}` (seed {args.seed})\n")
-        print(f"- {images} images of {info.config.image_width}x{info.config.image_height} "
-              f"({info.counts['database']} database, {info.counts['places']} places on "
-              f"{info.counts['streets']} streets); generated in {wall:.1f} s wall with "
-              f"{args.workers} worker(s) (0 s means it was already complete in {city_dir})")
-        print(f"- {cpu:.1f} CPU-seconds in all (workers included): about {cpu / max(args.workers, 1):.0f} s "
-              f"wall on {args.workers} idle cores; {os.cpu_count()} CPUs visible, load average "
-              f"{os.getloadavg()[0]:.1f} when done\n")
+        print(
+            f"- {images} images of {info.config.image_width}x{info.config.image_height} "
+            f"({info.counts['database']} database, {info.counts['places']} places on "
+            f"{info.counts['streets']} streets); generated in {wall:.1f} s wall with "
+            f"{args.workers} worker(s) (0 s means it was already complete in {city_dir})"
+        )
+        print(
+            f"- {cpu:.1f} CPU-seconds in all (workers included): "
+            f"about {cpu / max(args.workers, 1):.0f} s "
+            f"wall on {args.workers} idle cores; {os.cpu_count()} CPUs visible, load average "
+            f"{os.getloadavg()[0]:.1f} when done\n"
+        )
         data_root = Path(scratch) / "data"
         prepare_builtin_splits(info.root, prefix="synth-", data_root=data_root)
         for kind in args.kinds.split(","):

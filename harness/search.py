@@ -11,13 +11,18 @@ Public API::
 
     TopK(scores (Q, K) float32, indices (Q, K) int64)     # -inf / -1 pad missing ranks
     merge_topk(parts, k=None) -> TopK                       # exact merge of disjoint shards
-    search_blocks(queries, blocks, k, *, ngpu=-1, cpu_backend="auto", ...) -> TopK
-    search(queries, database, k, *, block_rows=None, ...) -> TopK   # in-memory database
+    search_blocks(queries, blocks, k, *, ngpu=-1, cpu_backend="auto", backend=None,
+                  query_batch_rows=None, total_rows=None, progress=False, stats=None) -> TopK
+    search(queries, database, k, *, block_rows=None, rows=None, **search_blocks_options) -> TopK
+    RunningTopK(num_queries, k)                             # the exact running state
+    BlockSource(path, rows, part="database")                # a feature file + its split rows
+    iter_feature_blocks(sources, block_rows, *, prefetch_blocks=True, on_block=None,
+                        reader_threads=None)                # HDF5 files, read one block ahead
     iter_array_blocks(database, block_rows, rows=None)
-    iter_feature_blocks(sources, block_rows, *, prefetch=True)    # HDF5 files, one thread ahead
-    prefetch(iterable, depth=1)                                    # background producer
+    prefetch(iterable, depth=1)                             # background producer thread
     resolve_backend(ngpu=-1, cpu_backend="auto") -> SearchBackend
-    list_backends(), get_backend(name)
+    register_backend(name), get_backend(name, **options), list_backends()
+    cpu_backend_choice() -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
 
 Backends (chosen by ``ngpu``: -1 every visible GPU, 0 CPU only, n the first n GPUs; without a
 usable GPU the search falls back to the CPU, with a warning when GPUs were asked for):

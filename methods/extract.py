@@ -129,7 +129,9 @@ def encode_rows(
     try:
         with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             for batch in batches:
-                images = batch.images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                images = batch.images.to(device, non_blocking=True)
+                if images.ndim == 4:
+                    images = images.contiguous(memory_format=memory_format)
                 descriptors = method.encode(model, images, context).float()
                 yield batch.rows.numpy(), (descriptors.cpu().numpy() if to_numpy else descriptors.clone())
                 bar.update(len(batch.rows))
@@ -141,7 +143,7 @@ def build_for_device(method, device):
     import torch
 
     model = method.build_model(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -23,6 +23,7 @@ T = TypeVar("T")
 REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
+    "methods.probe",
     "methods.iovpr.registered",
 )
 _OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}

@@ -616,17 +616,23 @@ class Launch:
         slurm_attempts = [a for a in latest + [final_attempt] if a and a.get("cluster") == "slurm"]
         if slurm_attempts:
             scheduler = slurm_states(a["job_id"] for a in slurm_attempts)
-            unlisted = [a for a in slurm_attempts if a["job_id"] not in scheduler]
-            if unlisted:
-                queued = slurm_queue_states(a["job_id"] for a in unlisted)
-                scheduler.update(queued)
-                # A pending array task cancelled before it started leaves no accounting
-                # record; once sacct's lag is long past, a job neither sacct nor squeue knows
-                # is gone.
-                for attempt in unlisted:
-                    gone = _age_s(attempt["submitted"]) > VANISHED_AFTER_S
-                    if attempt["job_id"] not in queued and gone:
-                        scheduler[attempt["job_id"]] = "VANISHED"
+            # squeue for what sacct cannot settle: jobs it does not list yet, and jobs it
+            # calls ended that may still be stopping (scancel's SIGTERM is only a warning to
+            # a submitit job; its processes run on until SIGKILL, KillWait seconds later).
+            unsettled = [a for a in slurm_attempts
+                         if scheduler.get(a["job_id"], "UNLISTED") in PROBLEM_STATES | {"UNLISTED"}]
+            if unsettled:
+                queued = slurm_queue_states(a["job_id"] for a in unsettled)
+                for attempt in unsettled:
+                    job_id = attempt["job_id"]
+                    if job_id in queued:
+                        listed = job_id in scheduler
+                        scheduler[job_id] = "COMPLETING" if listed else queued[job_id]
+                    elif (job_id not in scheduler
+                          and _age_s(attempt["submitted"]) > VANISHED_AFTER_S):
+                        # A pending array task cancelled before it started leaves no
+                        # accounting record: once sacct's lag is long past, it is gone.
+                        scheduler[job_id] = "VANISHED"
         tasks = tuple(
             self._task_status(i, t["label"], latest[i], len(t["attempts"]), scheduler)
             for i, t in enumerate(self.tasks)
@@ -654,6 +660,8 @@ class Launch:
         # is then seen as finished, never as "ended without an outcome".
         scheduled = self._scheduler_state(attempt, scheduler) if attempt else None
         own = self._read_status(index)
+        if own is not None and attempt and own.get("job_id") and own["job_id"] != attempt["job_id"]:
+            own = None  # written by an earlier attempt (one still stopping, say): not this one's
         job_id = attempt["job_id"] if attempt else (own or {}).get("job_id")
         base = dict(index=index, label=label, job_id=job_id, attempts=attempts,
                     stdout=attempt["stdout"] if attempt else None,

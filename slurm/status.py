@@ -111,6 +111,9 @@ def resubmit(
                 raise HarnessError(f"no task {index} (the launch has {len(status.tasks)})",
                                    launch.dir)
             task = status.task(index)
+            if task.state == "COMPLETING":
+                raise HarnessError(f"task {index} (job {task.job_id}) is still stopping; try again "
+                                   "in a few seconds", launch.dir)
             if task.active:
                 raise HarnessError(
                     f"task {index} is still {task.state} (job {task.job_id}); cancel it first "

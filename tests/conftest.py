@@ -73,8 +73,23 @@ def tiny_city(tmp_path_factory) -> TinyCity:
     info = make_city(base / "city", "tiny", seed=TINY_CITY_SEED, workers=1)
     data_root = base / "data"
     outcomes = prepare_builtin_splits(info.root, prefix=SYNTH_PREFIX, data_root=data_root)
-    names = {o.name[len(SYNTH_PREFIX):]: o.name for o in outcomes if o.registered}
-    expected = {"ams30k-train", "ams30k-val", "ams30k-test", "outdoor-ams", "indoor-ams-1", "indoor-ams-2"}
-    assert expected <= set(names), f"tiny city splits not registered: {sorted(expected - set(names))}"
-    return TinyCity(info=info, root=info.root, data_root=data_root, ade_dir=info.ade_dir,
-                    masks_dir=info.masks_dir, split_names=names)
+    names = {o.name[len(SYNTH_PREFIX) :]: o.name for o in outcomes if o.registered}
+    expected = {
+        "ams30k-train",
+        "ams30k-val",
+        "ams30k-test",
+        "outdoor-ams",
+        "indoor-ams-1",
+        "indoor-ams-2",
+    }
+    assert expected <= set(
+        names
+    ), f"tiny city splits not registered: {sorted(expected - set(names))}"
+    return TinyCity(
+        info=info,
+        root=info.root,
+        data_root=data_root,
+        ade_dir=info.ade_dir,
+        masks_dir=info.masks_dir,
+        split_names=names,
+    )

@@ -127,3 +127,26 @@ def test_train_iovpr_needs_a_layout_folder(tiny_city, tmp_path):
     result = invoke("train", "iovpr", "--train-split", "synth-ams30k-train", "--out-dir", tmp_path / "x",
                     "--layouts-dir", tmp_path, "--data-root", tiny_city.data_root, "--device", "cpu")
     assert result.exit_code == 2 and "not a layout folder" in result.output
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end_on_the_tiny_city(tiny_city, tmp_path):
+    options = ["seg_epochs=1", "seg_crop_size=64", "seg_scale_min=64", "seg_scale_max=80",
+               "seg_short_side=96", "generations=1", "epochs=1", "image_height=64", "image_width=96",
+               "num_clusters=4", "workers=0", "extra_train_options=neg_pool=8,neg_num=2,pos_num=2,pos_pool=2"]
+    args = ["iovpr", "study", "--city", tiny_city.root, "--data-root", tiny_city.data_root, "--out", tmp_path]
+    for option in options:
+        args += ["--option", option]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    import json
+
+    study = json.loads((tmp_path / "study.json").read_text())
+    assert [row["method"] for row in study["table"]] == [
+        "sfrs (baseline)", "sfrs + gray queries", "iovpr-real", "iovpr-gray", "iovpr-gray, true masks"]
+    for row in study["table"]:
+        for split in ("indoor-ams-1", "indoor-ams-2"):
+            recalls = [row[split][f"recall@{n}"] for n in (1, 5, 10)]
+            assert all(0.0 <= r <= 1.0 for r in recalls) and recalls == sorted(recalls)
+    assert 0.0 <= study["segmentation"]["indoor-ams-1"]["window_iou"] <= 1.0
+    assert "| iovpr-gray, true masks |" in result.output

@@ -274,6 +274,25 @@ def test_pca_fit_needs_enough_descriptors(tiny_city, weights, tmp_path):
     assert not (tmp_path / "p.h5").exists()
 
 
+def test_probe_method_needs_no_weights(tiny_city, tmp_path):
+    from harness.synth.probe import probe_descriptor
+
+    split = tiny_city.split("indoor-ams-1")
+    method = get_method("probe", {"kind": "hist"})
+    out = extract(method, split=split, out=tmp_path / "probe.h5", parts=("query",), options=OPTIONS)
+    with Image.open(f"{split.query_root}/{split.query_names[3]}") as image:
+        expected = probe_descriptor(np.asarray(image.convert("RGB")), "hist")
+    np.testing.assert_allclose(read_descriptors(out, "query")[3], expected, rtol=1e-6)
+
+
+def test_plugin_import_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, methods.cli, methods; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_extract_needs_split_or_images(weights, tmp_path):
     path, _ = weights
     result = CliRunner().invoke(cli, ["extract", "-m", "netvlad", "-w", str(path), "--out", str(tmp_path / "x.h5")])

@@ -219,7 +219,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, tiny_city):
     batch = _collate_tuples([dataset[i] for i in range(4)])
     images = normalize_batch(batch.images.flatten(0, 1))
     forward = TrainingForward(model, regions=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)  # the lineage's optimiser
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     values = []
     for _ in range(8):
         outputs = forward(images).view(4, tuples.shape[1], 9, -1)
@@ -313,7 +313,7 @@ def test_cluster_cli(tmp_path, tiny_city):
     out = tmp_path / "clusters.h5"
     result = CliRunner().invoke(cli, ["train", "cluster", "--split", "synth-ams30k-train", "--out", str(out),
                                       "--data-root", str(tiny_city.data_root), "--backbone", "small",
-                                      "--num-clusters", "6", "--image-height", "32", "--image-width", "32",
+                                      "--num-clusters", "6", "--image-height", "64", "--image-width", "64",
                                       "--num-descriptors", "300", "--per-image", "10", "--workers", "0",
                                       "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -370,6 +370,7 @@ def _ddp_worker(rank, world_size, port, config_dict, result_dir):
     (result_dir / f"rank{rank}.done").write_text("ok")
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, tiny_city):
     import socket
 

@@ -588,7 +588,7 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
     from slurm.train import launch_train
 
     out = tmp_path / "run"
-    epochs = 10
+    epochs = 30
     launch = launch_train("netvlad", _tiny_training(tiny_city, epochs=epochs), out, cluster="slurm",
                           log_dir=tmp_path / "logs", resources=_resources("slurm"), processes=1,
                           wait=False)
@@ -634,3 +634,28 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
     second = Path(status.tasks[0].stderr).read_text()
     assert "resuming" in second and status.tasks[0].job_id != job_id
     assert len(Launch.open(launch.dir).tasks[0]["attempts"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The cluster script
+
+
+@pytest.mark.slurm
+def test_cluster_script_start_is_idempotent(slurm_cluster):
+    script = REPO_ROOT / ".ci" / "slurm-cluster.sh"
+    env = dict(os.environ, IOVPR_SLURM_DIR=str(Path(slurm_cluster).parent.parent))
+
+    def daemons() -> dict[str, str]:
+        result = subprocess.run([str(script), "status"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = [line.split() for line in result.stdout.splitlines() if "running (pid" in line]
+        return {words[0]: words[3].rstrip(")") for words in lines}
+
+    before = daemons()
+    assert set(before) == {"munged", "mariadb", "slurmdbd", "slurmctld", "slurmd"}
+    again = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "up in" in again.stderr and "logs:" in again.stderr
+    assert daemons() == before  # nothing restarted

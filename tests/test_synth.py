@@ -18,12 +18,19 @@ from harness.synth.ade import read_scene_categories
 from harness.synth.dataset import MAT_FILES, window_view
 from harness.synth.indoor import ADE_CLASSES, ROOM_CATEGORIES, WINDOW_CLASS
 from harness.synth.probe import (
-    PROBE_KINDS, evaluate_probe, gray_layout, probe_descriptor, probe_dim, write_probe_features,
+    PROBE_KINDS,
+    evaluate_probe,
+    gray_layout,
+    probe_descriptor,
+    probe_dim,
+    write_probe_features,
 )
 
 
 def _tree_digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -52,11 +59,21 @@ def test_generation_is_cached_and_refuses_to_overwrite_another_city(tiny_city):
     assert marker.stat().st_mtime_ns == before
 
 
-def test_interrupted_city_is_regenerated(tmp_path):
+def test_interrupted_or_stale_city_is_regenerated(tmp_path, monkeypatch):
     config = get_preset("tiny").replace(
-        streets_train=1, streets_val=1, streets_test=1, streets_extra=0, places_per_street=4,
-        queries_train=1, queries_val=1, queries_test=1, queries_outdoor=1, queries_indoor=1,
-        ade_train=1, ade_val=1)
+        streets_train=1,
+        streets_val=1,
+        streets_test=1,
+        streets_extra=0,
+        places_per_street=4,
+        queries_train=1,
+        queries_val=1,
+        queries_test=1,
+        queries_outdoor=1,
+        queries_indoor=1,
+        ade_train=1,
+        ade_val=1,
+    )
     root = tmp_path / "city"
     make_city(root, config, seed=3)
     (root / "synth_city.json").unlink()  # as if killed before the marker was written
@@ -66,6 +83,11 @@ def test_interrupted_city_is_regenerated(tmp_path):
     info = make_city(root, config, seed=3)
     assert (root / "synth_city.json").is_file() and not stale.exists()
     assert info.counts["database"] == 3 * 4 * 2
+    # The same city made by other generator code is stale: regenerated, not reused.
+    monkeypatch.setattr("harness.synth.dataset.generator_digest", lambda: "edited-generator")
+    assert make_city(root, config, seed=3).generator == "edited-generator"
+    marker = json.loads((root / "synth_city.json").read_text())
+    assert marker["generator_sha256"] == "edited-generator"
 
 
 def test_config_rejects_unknown_keys_and_unknown_presets():
@@ -114,8 +136,14 @@ def test_mat_files_parse_and_match_the_images_on_disk(tiny_city):
 def test_registered_splits_have_positives_and_absolute_roots(tiny_city):
     from harness.ground_truth import positives_within_radius
 
-    for builtin, radius in (("outdoor-ams", 50.0), ("indoor-ams-1", 50.0), ("indoor-ams-2", 50.0),
-                            ("ams30k-train", 25.0), ("ams30k-val", 25.0), ("ams30k-test", 25.0)):
+    for builtin, radius in (
+        ("outdoor-ams", 50.0),
+        ("indoor-ams-1", 50.0),
+        ("indoor-ams-2", 50.0),
+        ("ams30k-train", 25.0),
+        ("ams30k-val", 25.0),
+        ("ams30k-test", 25.0),
+    ):
         split = tiny_city.split(builtin)
         assert split.radius_m == radius
         assert Path(split.query_root).is_absolute() and Path(split.database_root).is_absolute()
@@ -183,8 +211,10 @@ def test_ade_folder_is_in_the_scene_parsing_layout(tiny_city):
     categories = read_scene_categories(ade)
     valid_classes = set(ADE_CLASSES.values()) | {0}
     window_pixels = 0
-    for part, prefix, count in (("training", "ADE_train", tiny_city.info.counts["ade_training"]),
-                                ("validation", "ADE_val", tiny_city.info.counts["ade_validation"])):
+    for part, prefix, count in (
+        ("training", "ADE_train", tiny_city.info.counts["ade_training"]),
+        ("validation", "ADE_val", tiny_city.info.counts["ade_validation"]),
+    ):
         images = sorted((ade / "images" / part).glob("*.jpg"))
         assert [p.stem for p in images] == [f"{prefix}_{i:08d}" for i in range(1, count + 1)]
         for path in images:
@@ -198,7 +228,10 @@ def test_ade_folder_is_in_the_scene_parsing_layout(tiny_city):
             window_pixels += int(np.sum(labels == WINDOW_CLASS))
             assert categories[path.stem] in ROOM_CATEGORIES
     assert window_pixels > 0
-    assert len(categories) == tiny_city.info.counts["ade_training"] + tiny_city.info.counts["ade_validation"]
+    assert (
+        len(categories)
+        == tiny_city.info.counts["ade_training"] + tiny_city.info.counts["ade_validation"]
+    )
 
 
 # ---------------------------------------------------------------------------------- probe
@@ -231,11 +264,20 @@ def test_gray_layout_keeps_exactly_the_window_pixels():
 def test_probe_poses_the_inside_out_problem_on_the_tiny_city(tiny_city, tmp_path):
     """Outdoor queries beat indoor ones; oracle gray layouts recover part of the loss."""
     r1 = {}
-    for builtin, oracle in (("outdoor-ams", False), ("indoor-ams-1", False), ("indoor-ams-1", True),
-                            ("indoor-ams-2", False), ("indoor-ams-2", True)):
+    for builtin, oracle in (
+        ("outdoor-ams", False),
+        ("indoor-ams-1", False),
+        ("indoor-ams-1", True),
+        ("indoor-ams-2", False),
+        ("indoor-ams-2", True),
+    ):
         split = tiny_city.split(builtin)
-        path = write_probe_features(split, tmp_path / f"{builtin}-{oracle}.h5",
-                                    tiny_city.masks_dir if oracle else None, kind="hist")
+        path = write_probe_features(
+            split,
+            tmp_path / f"{builtin}-{oracle}.h5",
+            tiny_city.masks_dir if oracle else None,
+            kind="hist",
+        )
         recalls, first_rank = evaluate_probe(path, split, ns=(1, 5))
         assert recalls[1] == pytest.approx(np.mean(first_rank == 0))
         r1[builtin, oracle] = recalls[1]
@@ -266,16 +308,35 @@ def test_probe_missing_mask_is_a_clear_error(tiny_city, tmp_path):
 # ------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_city_reuses_a_complete_city_and_rejects_bad_presets(tiny_city):
+def test_cli_city_reuses_a_complete_city_and_rejects_bad_presets(tiny_city, tmp_path):
     from harness.cli import cli
 
     runner = CliRunner()
     result = runner.invoke(cli, ["synth", "city", "--out", str(tiny_city.root), "--preset", "tiny"])
     assert result.exit_code == 0, result.output
     assert f"{tiny_city.info.counts['database']} database images" in result.output
-    result = runner.invoke(cli, ["synth", "city", "--out", str(tiny_city.root), "--preset", "tinny"])
+    result = runner.invoke(
+        cli, ["synth", "city", "--out", str(tiny_city.root), "--preset", "tinny"]
+    )
     assert result.exit_code == 2
     assert "unknown city preset 'tinny'; did you mean tiny" in result.output
+    data_root = tmp_path / "data"
+    result = runner.invoke(
+        cli,
+        [
+            "synth",
+            "city",
+            "--out",
+            str(tiny_city.root),
+            "--preset",
+            "tiny",
+            "--register",
+            "--data-root",
+            str(data_root),
+        ],
+    )
+    assert result.exit_code == 0 and "registered synth-indoor-ams-1" in result.output
+    assert (data_root / "splits" / "synth-indoor-ams-1.split.npz").is_file()
     result = runner.invoke(cli, ["synth", "presets"])
     assert result.exit_code == 0 and "demo" in result.output and "tiny" in result.output
 

@@ -13,6 +13,11 @@ from harness.synth.dataset import CityInfo, make_city, mask_path
 from harness.synth.presets import CityConfig, get_preset, list_presets, register_preset
 
 __all__ = [
-    "CityConfig", "CityInfo", "get_preset", "list_presets", "make_city", "mask_path",
+    "CityConfig",
+    "CityInfo",
+    "get_preset",
+    "list_presets",
+    "make_city",
+    "mask_path",
     "register_preset",
 ]

@@ -125,11 +125,21 @@ def build_layout(config: CityConfig, seed: int) -> CityLayout:
         angle = math.radians(rng.uniform(-4.0, 4.0) + (180.0 if rng.random() < 0.5 else 0.0))
         if angle > math.pi / 2:  # a westward street starts at the east end of its cell
             origin = (origin[0] + length, origin[1])
-        streets.append(Street(
-            index=index, area=area, origin=origin, angle_rad=angle, length_m=length,
-            kind=kind, left_m=float(left), right_m=float(right), water_half_m=float(water),
-            road_half_m=float(road), seed=int(rng.integers(2**31)),
-        ))
+        streets.append(
+            Street(
+                index=index,
+                area=area,
+                origin=origin,
+                angle_rad=angle,
+                length_m=length,
+                kind=kind,
+                left_m=float(left),
+                right_m=float(right),
+                water_half_m=float(water),
+                road_half_m=float(road),
+                seed=int(rng.integers(2**31)),
+            )
+        )
     places = []
     for street in streets:
         for k in range(config.places_per_street):
@@ -179,20 +189,55 @@ class StreetModel:
 
 
 # Facade palettes (RGB): Amsterdam brick browns and reds, painted black/green/white, beige.
-_FACADE_COLOURS = np.array([
-    (122, 58, 40), (140, 70, 48), (96, 48, 36), (160, 92, 62), (70, 40, 32),
-    (52, 50, 48), (38, 52, 44), (222, 218, 205), (236, 230, 214), (196, 176, 140),
-    (170, 150, 120), (120, 112, 104), (150, 52, 44), (88, 92, 104), (200, 120, 80),
-    (110, 130, 110), (210, 190, 150), (180, 80, 60),
-], dtype=np.float32)
-_FRAME_COLOURS = np.array([
-    (240, 240, 232), (230, 225, 210), (30, 34, 30), (40, 70, 50), (120, 30, 30),
-    (200, 200, 190), (60, 60, 80),
-], dtype=np.float32)
-_ACCENT_COLOURS = np.array([
-    (200, 30, 40), (30, 90, 170), (240, 190, 40), (30, 130, 70), (240, 240, 240),
-    (20, 20, 20), (230, 110, 30), (140, 40, 140), (0, 150, 160),
-], dtype=np.float32)
+_FACADE_COLOURS = np.array(
+    [
+        (122, 58, 40),
+        (140, 70, 48),
+        (96, 48, 36),
+        (160, 92, 62),
+        (70, 40, 32),
+        (52, 50, 48),
+        (38, 52, 44),
+        (222, 218, 205),
+        (236, 230, 214),
+        (196, 176, 140),
+        (170, 150, 120),
+        (120, 112, 104),
+        (150, 52, 44),
+        (88, 92, 104),
+        (200, 120, 80),
+        (110, 130, 110),
+        (210, 190, 150),
+        (180, 80, 60),
+    ],
+    dtype=np.float32,
+)
+_FRAME_COLOURS = np.array(
+    [
+        (240, 240, 232),
+        (230, 225, 210),
+        (30, 34, 30),
+        (40, 70, 50),
+        (120, 30, 30),
+        (200, 200, 190),
+        (60, 60, 80),
+    ],
+    dtype=np.float32,
+)
+_ACCENT_COLOURS = np.array(
+    [
+        (200, 30, 40),
+        (30, 90, 170),
+        (240, 190, 40),
+        (30, 130, 70),
+        (240, 240, 240),
+        (20, 20, 20),
+        (230, 110, 30),
+        (140, 40, 140),
+        (0, 150, 160),
+    ],
+    dtype=np.float32,
+)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -> np.ndarray:
@@ -209,7 +254,14 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
     sector = hue * 6.0
     chroma = value * saturation
     x = chroma * (1 - abs(sector % 2 - 1))
-    table = [(chroma, x, 0), (x, chroma, 0), (0, chroma, x), (0, x, chroma), (x, 0, chroma), (chroma, 0, x)]
+    table = [
+        (chroma, x, 0),
+        (x, chroma, 0),
+        (0, chroma, x),
+        (0, x, chroma),
+        (x, 0, chroma),
+        (chroma, 0, x),
+    ]
     rgb = np.array(table[int(sector) % 6], dtype=np.float32) + (value - chroma)
     return rgb * 255.0
 
@@ -254,11 +306,15 @@ def _draw_building(
     gable_m = 0.0 if gable == "flat" else rng.uniform(2.0, 4.5)
     body_px = min(int(body_m * res), height_max - 2)
     gable_px = min(int(gable_m * res), height_max - 1 - body_px)
-    top = np.clip(_gable_profile(gable, width, body_px, gable_px), 1, min(body_px + gable_px, height_max - 1))
+    top = np.clip(
+        _gable_profile(gable, width, body_px, gable_px), 1, min(body_px + gable_px, height_max - 1)
+    )
     roof[x0:x1] = top
 
     if rng.random() < 0.5:  # traditional brick, painted black/green/white, sandstone...
-        colour = _FACADE_COLOURS[int(rng.integers(len(_FACADE_COLOURS)))] * rng.uniform(0.85, 1.12, 3)
+        colour = _FACADE_COLOURS[int(rng.integers(len(_FACADE_COLOURS)))] * rng.uniform(
+            0.85, 1.12, 3
+        )
     else:  # ...or any muted paint colour (modern and renovated facades)
         colour = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.15, 0.65), rng.uniform(0.3, 0.92))
     colour = np.clip(colour, 0, 255)
@@ -288,15 +344,16 @@ def _draw_building(
     plinth = max(1, int(res * 0.5))
     region[:plinth] = region[:plinth] * 0.6
     cornice = max(1, int(res * 0.35))
-    region[max(0, body_px - cornice): body_px] = frame * 0.95
+    region[max(0, body_px - cornice) : body_px] = frame * 0.95
 
     # Upper floors: a window grid with frames, sash bars, curtains.
     cols = int(rng.integers(2, 5)) if width > 6 * res else int(rng.integers(1, 3))
     win_w = width / cols * rng.uniform(0.42, 0.62)
     win_h = floor_h * res * rng.uniform(0.5, 0.7)
     frame_px = max(1, int(res * 0.12))
-    glass_base = np.array(rng.choice([(40, 52, 62), (60, 74, 84), (30, 34, 40), (82, 96, 110)]),
-                          dtype=np.float32)
+    glass_base = np.array(
+        rng.choice([(40, 52, 62), (60, 74, 84), (30, 34, 40), (82, 96, 110)]), dtype=np.float32
+    )
     shutters = rng.random() < 0.25
     for floor in range(floors):
         y_mid = (ground_h + (floor + 0.5) * floor_h) * res
@@ -314,23 +371,25 @@ def _draw_building(
             region[gy0:gy1, gx0:gx1] = glass_base * reflection
             if rng.random() < 0.35:  # a curtain half-drawn behind the glass
                 cx1 = gx0 + int((gx1 - gx0) * rng.uniform(0.2, 0.5))
-                region[gy0:gy1, gx0:cx1] = _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))] * 0.7
+                region[gy0:gy1, gx0:cx1] = (
+                    _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))] * 0.7
+                )
             mid_y = (gy0 + gy1) // 2
-            region[mid_y: mid_y + frame_px, gx0:gx1] = frame
+            region[mid_y : mid_y + frame_px, gx0:gx1] = frame
             mid_x = (gx0 + gx1) // 2
-            region[gy0:gy1, mid_x: mid_x + max(1, frame_px // 2)] = frame
+            region[gy0:gy1, mid_x : mid_x + max(1, frame_px // 2)] = frame
             if shutters and wx0 - int(win_w * 0.4) >= 0 and wx1 + int(win_w * 0.4) <= width:
-                region[y0:y1, wx0 - int(win_w * 0.4): wx0] = accent * 0.8
-                region[y0:y1, wx1: wx1 + int(win_w * 0.4)] = accent * 0.8
+                region[y0:y1, wx0 - int(win_w * 0.4) : wx0] = accent * 0.8
+                region[y0:y1, wx1 : wx1 + int(win_w * 0.4)] = accent * 0.8
 
     # Ground floor: a shop (display window and a sign band) or a door with windows.
     ground_px = int(ground_h * res)
     if rng.random() < 0.4 and width > 4 * res:
         sx0, sx1 = int(width * 0.08), int(width * 0.92)
-        region[plinth: int(ground_px * 0.72), sx0:sx1] = glass_base * 1.1
+        region[plinth : int(ground_px * 0.72), sx0:sx1] = glass_base * 1.1
         door_x0 = int(rng.uniform(0.1, 0.7) * width)
         door_w = max(2, int(1.1 * res))
-        region[plinth: int(ground_px * 0.72), door_x0: door_x0 + door_w] = frame * 0.6
+        region[plinth : int(ground_px * 0.72), door_x0 : door_x0 + door_w] = frame * 0.6
         sign_y0, sign_y1 = int(ground_px * 0.76), int(ground_px * 0.97)
         region[sign_y0:sign_y1, sx0:sx1] = accent
         # "Lettering": blocks of a contrasting colour, a pattern unique to the shop.
@@ -352,8 +411,8 @@ def _draw_building(
         door_w = max(2, int(1.2 * res))
         door_x0 = int(rng.uniform(0.1, 0.9) * (width - door_w))
         door_colour = _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))] * 0.7
-        region[plinth: int(ground_px * 0.8), door_x0: door_x0 + door_w] = door_colour
-        region[int(ground_px * 0.8): int(ground_px * 0.9), door_x0: door_x0 + door_w] = glass_base
+        region[plinth : int(ground_px * 0.8), door_x0 : door_x0 + door_w] = door_colour
+        region[int(ground_px * 0.8) : int(ground_px * 0.9), door_x0 : door_x0 + door_w] = glass_base
         for col in range(cols):
             x_mid = (col + 0.5) * width / cols
             wx0, wx1 = int(x_mid - win_w / 2), int(x_mid + win_w / 2)
@@ -361,7 +420,7 @@ def _draw_building(
                 continue
             gy0, gy1 = int(ground_px * 0.3), int(ground_px * 0.85)
             region[gy0:gy1, wx0:wx1] = frame
-            region[gy0 + frame_px: gy1 - frame_px, wx0 + frame_px: wx1 - frame_px] = glass_base
+            region[gy0 + frame_px : gy1 - frame_px, wx0 + frame_px : wx1 - frame_px] = glass_base
     # A dark separation line between neighbouring houses.
     region[:, :1] *= 0.7
     atlas[:rows, x0:x1] = np.clip(region, 0, 255).astype(np.uint8)
@@ -399,17 +458,31 @@ def _street_objects(street: Street, rng: np.random.Generator) -> list[StreetObje
                 kind = ("tree", "lamp", "bollard", "bike")[int(rng.integers(4))]
                 lateral = sign * (facade - rng.uniform(0.6, 1.4))
             if kind == "tree":
-                obj = StreetObject(kind, along, lateral, rng.uniform(7, 11),
-                                   (int(rng.integers(40, 80)), int(rng.integers(90, 140)), int(rng.integers(30, 70))),
-                                   rng.uniform(3.0, 5.0))
+                obj = StreetObject(
+                    kind,
+                    along,
+                    lateral,
+                    rng.uniform(7, 11),
+                    (
+                        int(rng.integers(40, 80)),
+                        int(rng.integers(90, 140)),
+                        int(rng.integers(30, 70)),
+                    ),
+                    rng.uniform(3.0, 5.0),
+                )
             elif kind == "lamp":
                 obj = StreetObject(kind, along, lateral, rng.uniform(4, 5.5), (30, 32, 30), 0.2)
             elif kind == "bollard":
                 obj = StreetObject(kind, along, lateral, 0.9, (90, 30, 30), 0.2)
             else:
-                obj = StreetObject(kind, along, lateral, 1.0,
-                                   tuple(int(c) for c in _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))]),
-                                   1.7)
+                obj = StreetObject(
+                    kind,
+                    along,
+                    lateral,
+                    1.0,
+                    tuple(int(c) for c in _ACCENT_COLOURS[int(rng.integers(len(_ACCENT_COLOURS)))]),
+                    1.7,
+                )
             objects.append(obj)
             along += rng.uniform(9, 22) if street.kind == "canal" else rng.uniform(12, 30)
     return objects

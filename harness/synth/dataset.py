@@ -38,8 +38,16 @@ from harness.errors import HarnessError
 from harness.io import write_json_atomic
 from harness.synth import ade as ade_writer
 from harness.synth.city import (
-    KEY_ADE, KEY_DB, KEY_INDOOR, KEY_PLAN, KEY_QUERY, CityLayout, Street, build_layout,
-    build_street_model, image_rng,
+    KEY_ADE,
+    KEY_DB,
+    KEY_INDOOR,
+    KEY_PLAN,
+    KEY_QUERY,
+    CityLayout,
+    Street,
+    build_layout,
+    build_street_model,
+    image_rng,
 )
 from harness.synth.indoor import ROOM_CATEGORIES, render_room
 from harness.synth.presets import GENERATOR_VERSION, CityConfig, get_preset
@@ -78,8 +86,12 @@ MAT_FILES = {
 }
 # Built-in split (splits/builtin.toml) fed by each query set.
 BUILTIN_SPLITS = {
-    "ams30k_train": "ams30k-train", "ams30k_val": "ams30k-val", "ams30k_test": "ams30k-test",
-    "outdoor": "outdoor-ams", "indoor1": "indoor-ams-1", "indoor2": "indoor-ams-2",
+    "ams30k_train": "ams30k-train",
+    "ams30k_val": "ams30k-val",
+    "ams30k_test": "ams30k-test",
+    "outdoor": "outdoor-ams",
+    "indoor1": "indoor-ams-1",
+    "indoor2": "indoor-ams-2",
 }
 _PNG_OPTIONS = {"format": "PNG", "optimize": False, "compress_level": 6}
 # Streets rendered only through the windows of the ADE20k scenes (never in the city).
@@ -144,13 +156,21 @@ class CityInfo:
         marker = root / MARKER_NAME
         try:
             meta = json.loads(marker.read_text())
-            return cls(root=root, preset=meta["preset"], seed=int(meta["seed"]),
-                       config=CityConfig.from_dict(meta["config"]), counts=meta["counts"],
-                       version=int(meta["generator_version"]), generator=str(meta.get("generator_sha256", "")))
+            return cls(
+                root=root,
+                preset=meta["preset"],
+                seed=int(meta["seed"]),
+                config=CityConfig.from_dict(meta["config"]),
+                counts=meta["counts"],
+                version=int(meta["generator_version"]),
+                generator=str(meta.get("generator_sha256", "")),
+            )
         except FileNotFoundError:
             raise HarnessError("no synthetic city here (no synth_city.json marker)", root) from None
         except (KeyError, ValueError, TypeError) as exc:
-            raise HarnessError(f"unreadable city marker ({type(exc).__name__}: {exc})", marker) from None
+            raise HarnessError(
+                f"unreadable city marker ({type(exc).__name__}: {exc})", marker
+            ) from None
 
 
 _GENERATOR_MODULES = ("ade.py", "city.py", "dataset.py", "indoor.py", "presets.py", "render.py")
@@ -206,19 +226,33 @@ def _db_jobs(config: CityConfig, layout: CityLayout, seed: int) -> list[_Job]:
             index = place.index * 12 + yaw // 30
             rng = image_rng(seed, KEY_PLAN, KEY_DB, index)
             lateral = float(rng.uniform(-1.0, 1.0))
-            camera = Camera(place.along_m, lateral, 2.5, float(yaw), 10.0 + float(rng.uniform(-1, 1)), 90.0)
+            camera = Camera(
+                place.along_m, lateral, 2.5, float(yaw), 10.0 + float(rng.uniform(-1, 1)), 90.0
+            )
             name = f"{place.index // 1000:03d}/{place.index:06d}_pitch1_yaw{_yaw_name(yaw)}.jpg"
             east, north = street.utm(place.along_m, lateral)
-            jobs.append(_Job("db", street.index, index, name, camera, (float(east), float(north)),
-                             place=place.index))
+            jobs.append(
+                _Job(
+                    "db",
+                    street.index,
+                    index,
+                    name,
+                    camera,
+                    (float(east), float(north)),
+                    place=place.index,
+                )
+            )
     return jobs
 
 
 def _query_jobs(config: CityConfig, layout: CityLayout, seed: int) -> list[_Job]:
     counts = {
-        "ams30k_train": config.queries_train, "ams30k_val": config.queries_val,
-        "ams30k_test": config.queries_test, "outdoor": config.queries_outdoor,
-        "indoor1": config.queries_indoor, "indoor2": config.queries_indoor,
+        "ams30k_train": config.queries_train,
+        "ams30k_val": config.queries_val,
+        "ams30k_test": config.queries_test,
+        "outdoor": config.queries_outdoor,
+        "indoor1": config.queries_indoor,
+        "indoor2": config.queries_indoor,
     }
     jobs = []
     for query_set, areas in QUERY_SETS.items():
@@ -242,24 +276,44 @@ def _query_jobs(config: CityConfig, layout: CityLayout, seed: int) -> list[_Job]
                 yaw_base = 90.0 if rng.random() < 0.5 else 270.0
                 depth = float(rng.uniform(0.5, 2.5))
                 lateral = -street.left_m - depth if yaw_base == 90.0 else street.right_m + depth
-                camera = Camera(along, lateral, float(rng.uniform(1.5, 4.0)),
-                                yaw_base + float(rng.uniform(-8, 8)), float(rng.uniform(2, 12)),
-                                float(rng.uniform(48, 62)))
+                camera = Camera(
+                    along,
+                    lateral,
+                    float(rng.uniform(1.5, 4.0)),
+                    yaw_base + float(rng.uniform(-8, 8)),
+                    float(rng.uniform(2, 12)),
+                    float(rng.uniform(48, 62)),
+                )
                 lo, hi = config.indoor_min_fraction, config.indoor_max_fraction
                 target = lo + (hi - lo) * (strata[k] + rng.uniform()) / max(count, 1)
             else:
                 lateral = float(rng.uniform(-2.5, 2.5))
-                camera = Camera(along, lateral, float(rng.uniform(1.4, 2.0)),
-                                yaw_base + float(rng.uniform(-10, 10)), float(rng.uniform(2, 14)),
-                                float(rng.uniform(70, 90)))
+                camera = Camera(
+                    along,
+                    lateral,
+                    float(rng.uniform(1.4, 2.0)),
+                    yaw_base + float(rng.uniform(-10, 10)),
+                    float(rng.uniform(2, 14)),
+                    float(rng.uniform(70, 90)),
+                )
                 target = 0.0
             east, north = street.utm(along, camera.lateral_m)
-            jobs.append(_Job(
-                "indoor" if indoor else "query", street.index, code * 1_000_000 + k,
-                f"{query_set}/{k:06d}.jpg", camera, (float(east), float(north)),
-                query_set=query_set, place=place.index, target_fraction=float(target),
-                category=ROOM_CATEGORIES[int(rng.integers(len(ROOM_CATEGORIES)))] if indoor else "",
-            ))
+            jobs.append(
+                _Job(
+                    "indoor" if indoor else "query",
+                    street.index,
+                    code * 1_000_000 + k,
+                    f"{query_set}/{k:06d}.jpg",
+                    camera,
+                    (float(east), float(north)),
+                    query_set=query_set,
+                    place=place.index,
+                    target_fraction=float(target),
+                    category=(
+                        ROOM_CATEGORIES[int(rng.integers(len(ROOM_CATEGORIES)))] if indoor else ""
+                    ),
+                )
+            )
     return jobs
 
 
@@ -270,12 +324,21 @@ def _ade_streets(seed: int) -> list[Street]:
     for index in range(_ADE_STREETS):
         water = float(rng.uniform(5, 8)) if index == 0 else 0.0
         road = float(rng.uniform(2.5, 4.5))
-        streets.append(Street(
-            index=index, area="ade", origin=(0.0, 0.0), angle_rad=0.0, length_m=300.0,
-            kind="canal" if water else "street", left_m=water + road + 2.0,
-            right_m=water + road + 2.0, water_half_m=water, road_half_m=road,
-            seed=int(rng.integers(2**31)),
-        ))
+        streets.append(
+            Street(
+                index=index,
+                area="ade",
+                origin=(0.0, 0.0),
+                angle_rad=0.0,
+                length_m=300.0,
+                kind="canal" if water else "street",
+                left_m=water + road + 2.0,
+                right_m=water + road + 2.0,
+                water_half_m=water,
+                road_half_m=road,
+                seed=int(rng.integers(2**31)),
+            )
+        )
     return streets
 
 
@@ -289,14 +352,29 @@ def _ade_jobs(config: CityConfig, seed: int) -> list[_Job]:
             street = streets[int(rng.integers(len(streets)))]
             yaw = (90.0 if rng.random() < 0.5 else 270.0) + float(rng.uniform(-30, 30))
             lateral = -street.left_m - 1.0 if yaw < 180 else street.right_m + 1.0
-            camera = Camera(float(rng.uniform(0, street.length_m)), lateral, float(rng.uniform(1.5, 15)),
-                            yaw, float(rng.uniform(-10, 25)), float(rng.uniform(50, 80)))
+            camera = Camera(
+                float(rng.uniform(0, street.length_m)),
+                lateral,
+                float(rng.uniform(1.5, 15)),
+                yaw,
+                float(rng.uniform(-10, 25)),
+                float(rng.uniform(50, 80)),
+            )
             # ~10% of ADE's indoor scenes show no window at all.
             target = 0.0 if rng.random() < 0.1 else float(rng.uniform(0.02, 0.6))
             prefix = "ADE_train" if part == "training" else "ADE_val"
-            jobs.append(_Job("ade", street.index, index, f"{prefix}_{k + 1:08d}", camera,
-                             target_fraction=target, ade_part=part,
-                             category=ROOM_CATEGORIES[int(rng.integers(len(ROOM_CATEGORIES)))]))
+            jobs.append(
+                _Job(
+                    "ade",
+                    street.index,
+                    index,
+                    f"{prefix}_{k + 1:08d}",
+                    camera,
+                    target_fraction=target,
+                    ade_part=part,
+                    category=ROOM_CATEGORIES[int(rng.integers(len(ROOM_CATEGORIES)))],
+                )
+            )
     return jobs
 
 
@@ -305,8 +383,14 @@ def _ade_jobs(config: CityConfig, seed: int) -> list[_Job]:
 
 def _encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), optimize=False,
-                                progressive=False, subsampling=0)
+    Image.fromarray(image).save(
+        buffer,
+        format="JPEG",
+        quality=int(quality),
+        optimize=False,
+        progressive=False,
+        subsampling=0,
+    )
     return buffer.getvalue()
 
 
@@ -346,8 +430,13 @@ def _render_job(job: _Job, model, config: CityConfig, seed: int, root: Path) -> 
         mask = np.where(room.window_mask, 255, 0).astype(np.uint8)
         _write(mask_path(root / MASKS_DIR, job.name), _encode_png(mask))
     else:
-        ade_writer.write_scene(root / ADE_DIRNAME, job.ade_part, job.name,
-                               _encode_jpeg(room.image, quality), _encode_png(room.labels))
+        ade_writer.write_scene(
+            root / ADE_DIRNAME,
+            job.ade_part,
+            job.name,
+            _encode_jpeg(room.image, quality),
+            _encode_png(room.labels),
+        )
     return {"window_fraction": room.window_fraction, "category": room.category}
 
 
@@ -374,7 +463,8 @@ def _render_group(args) -> list[tuple[int, dict]]:
     """Render every job of one street (its facades are built once for them)."""
     group_key, jobs = args
     config, seed, root, city_streets, ade_streets = (
-        _WORKER_STATE[k] for k in ("config", "seed", "root", "streets", "ade_streets"))
+        _WORKER_STATE[k] for k in ("config", "seed", "root", "streets", "ade_streets")
+    )
     kind, street_index = group_key
     street = (ade_streets if kind == "ade" else city_streets)[street_index]
     model = build_street_model(street, config.px_per_m)
@@ -386,17 +476,28 @@ def _init_worker(state: dict) -> None:
     _WORKER_STATE.update(state)
 
 
-def _run_jobs(jobs: list[_Job], config: CityConfig, seed: int, root: Path,
-              layout: CityLayout, workers: int) -> list[dict]:
+def _run_jobs(
+    jobs: list[_Job], config: CityConfig, seed: int, root: Path, layout: CityLayout, workers: int
+) -> list[dict]:
     groups: dict[tuple[str, int], list[tuple[int, _Job]]] = {}
     for position, job in enumerate(jobs):
-        groups.setdefault(("ade" if job.kind == "ade" else "city", job.street), []).append((position, job))
-    state = {"config": config, "seed": seed, "root": root, "streets": layout.streets,
-             "ade_streets": _ade_streets(seed)}
+        groups.setdefault(("ade" if job.kind == "ade" else "city", job.street), []).append(
+            (position, job)
+        )
+    state = {
+        "config": config,
+        "seed": seed,
+        "root": root,
+        "streets": layout.streets,
+        "ade_streets": _ade_streets(seed),
+    }
     # Split big groups so that the workers stay busy (a street's facades are rebuilt per part).
     chunk = max(16, len(jobs) // (4 * workers) + 1) if workers > 1 else len(jobs) + 1
-    tasks = [(key, items[i: i + chunk]) for key, items in sorted(groups.items())
-             for i in range(0, len(items), chunk)]
+    tasks = [
+        (key, items[i : i + chunk])
+        for key, items in sorted(groups.items())
+        for i in range(0, len(items), chunk)
+    ]
     results: list[dict] = [{} for _ in jobs]
     with tqdm(total=len(jobs), desc="rendering", unit="img", leave=False) as bar:
         if workers <= 1:
@@ -407,8 +508,9 @@ def _run_jobs(jobs: list[_Job], config: CityConfig, seed: int, root: Path,
                 bar.update(len(task[1]))
         else:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                             initargs=(state,)) as pool:
+            with futures.ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_init_worker, initargs=(state,)
+            ) as pool:
                 pending = {pool.submit(_render_group, task): len(task[1]) for task in tasks}
                 for done in futures.as_completed(pending):
                     for position, meta in done.result():
@@ -428,14 +530,17 @@ def window_view(info: CityInfo, query_name: str) -> np.ndarray:
     job = jobs[query_name]
     model = build_street_model(layout.streets[job.street], config.px_per_m)
     rng = image_rng(info.seed, KEY_INDOOR, job.index)
-    return render_view(model, job.camera, config.image_width, config.image_height,
-                       query_conditions(rng), rng)
+    return render_view(
+        model, job.camera, config.image_width, config.image_height, query_conditions(rng), rng
+    )
 
 
 # ------------------------------------------------------------------------------- writing
 
 
-def _write_mat_files(root: Path, layout: CityLayout, db_jobs: list[_Job], query_jobs: list[_Job]) -> None:
+def _write_mat_files(
+    root: Path, layout: CityLayout, db_jobs: list[_Job], query_jobs: list[_Job]
+) -> None:
     from harness.matfile import write_dbstruct
 
     by_set: dict[str, list[_Job]] = {}
@@ -446,11 +551,14 @@ def _write_mat_files(root: Path, layout: CityLayout, db_jobs: list[_Job], query_
         db.sort(key=lambda j: j.name)
         queries = sorted(by_set.get(query_set, []), key=lambda j: j.name)
         write_dbstruct(
-            root / "raw" / filename, which_set=which_set,
-            db_images=[j.name for j in db], utm_db=np.array([j.utm for j in db], dtype=np.float64).reshape(-1, 2),
+            root / "raw" / filename,
+            which_set=which_set,
+            db_images=[j.name for j in db],
+            utm_db=np.array([j.utm for j in db], dtype=np.float64).reshape(-1, 2),
             q_images=[j.name for j in queries],
             utm_q=np.array([j.utm for j in queries], dtype=np.float64).reshape(-1, 2),
-            pos_dist_thr=radius, version=version,
+            pos_dist_thr=radius,
+            version=version,
         )
         if version == "v5":
             _drop_v5_timestamp(root / "raw" / filename)
@@ -477,13 +585,21 @@ def _clean(root: Path) -> None:
         shutil.rmtree(root / relative, ignore_errors=True)
 
 
-def make_city(out_dir: str | os.PathLike, preset: str | CityConfig = "demo", seed: int = 0, *,
-              workers: int | None = None, force: bool = False) -> CityInfo:
+def make_city(
+    out_dir: str | os.PathLike,
+    preset: str | CityConfig = "demo",
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    force: bool = False,
+) -> CityInfo:
     """Generate the synthetic city under ``out_dir`` (cached).
 
-    If ``out_dir`` already holds a complete city of the same preset, seed and generator
-    version, nothing is done. A different complete city there is an error unless ``force``;
-    an incomplete one (no marker: an interrupted run) is regenerated.
+    If ``out_dir`` already holds a complete city of the same config, seed and generator
+    (:data:`GENERATOR_VERSION` and the digest of the generator's source), nothing is done; the
+    same city made by other generator code is regenerated. A different complete city there is
+    an error unless ``force``; an incomplete one (no marker: an interrupted run) is
+    regenerated. The marker file is written last, atomically.
 
     Args:
         out_dir: dataset root to write (``raw/...`` and ``ADEChallengeData2016/...``).
@@ -501,18 +617,28 @@ def make_city(out_dir: str | os.PathLike, preset: str | CityConfig = "demo", see
     marker = root / MARKER_NAME
     if marker.is_file():
         existing = CityInfo.load(root)
-        same = (existing.version == GENERATOR_VERSION and existing.seed == int(seed)
-                and existing.config.sha256 == config.sha256 and existing.generator == generator)
+        same = (
+            existing.version == GENERATOR_VERSION
+            and existing.seed == int(seed)
+            and existing.config.sha256 == config.sha256
+            and existing.generator == generator
+        )
         if existing.seed == int(seed) and existing.config.sha256 == config.sha256 and not same:
             force = True  # the same city by other generator code: stale, regenerate it
-            logger.info("synthetic city in %s was made by another generator version: regenerating", root)
+            logger.info(
+                "synthetic city in %s was made by another generator version: regenerating", root
+            )
         if same:
-            logger.info("synthetic city %s (seed %d) is already complete in %s", config.name, seed, root)
+            logger.info(
+                "synthetic city %s (seed %d) is already complete in %s", config.name, seed, root
+            )
             return existing
         if not force:
             raise HarnessError(
                 f"holds another synthetic city (preset {existing.preset}, seed {existing.seed}, "
-                f"generator v{existing.version}); use another --out or --force", root)
+                f"generator v{existing.version}); use another --out or --force",
+                root,
+            )
     if root.exists() and not root.is_dir():
         raise HarnessError("output path exists and is not a directory", root)
     root.mkdir(parents=True, exist_ok=True)
@@ -524,41 +650,75 @@ def make_city(out_dir: str | os.PathLike, preset: str | CityConfig = "demo", see
     query_jobs = _query_jobs(config, layout, seed)
     ade_jobs = _ade_jobs(config, seed)
     jobs = db_jobs + query_jobs + ade_jobs
-    logger.info("generating synthetic city %s (seed %d): %d database images, %d queries, "
-                "%d ADE20k scenes, %dx%d, %d worker(s) -> %s", config.name, seed, len(db_jobs),
-                len(query_jobs), len(ade_jobs), config.image_width, config.image_height, workers, root)
+    logger.info(
+        "generating synthetic city %s (seed %d): %d database images, %d queries, "
+        "%d ADE20k scenes, %dx%d, %d worker(s) -> %s",
+        config.name,
+        seed,
+        len(db_jobs),
+        len(query_jobs),
+        len(ade_jobs),
+        config.image_width,
+        config.image_height,
+        workers,
+        root,
+    )
     results = _run_jobs(jobs, config, seed, root, layout, workers)
 
     ade_results = [(job, meta) for job, meta in zip(jobs, results) if job.kind == "ade"]
-    ade_writer.write_scene_categories(root / ADE_DIRNAME, [(j.name, m["category"]) for j, m in ade_results])
+    ade_writer.write_scene_categories(
+        root / ADE_DIRNAME, [(j.name, m["category"]) for j, m in ade_results]
+    )
     _write_mat_files(root, layout, db_jobs, query_jobs)
     queries_meta = []
     for job, meta in zip(jobs, results):
         if job.kind not in ("query", "indoor"):
             continue
         record = {
-            "set": job.query_set, "name": job.name, "place": job.place, "street": job.street,
+            "set": job.query_set,
+            "name": job.name,
+            "place": job.place,
+            "street": job.street,
             "utm": [round(v, 4) for v in job.utm],
             "camera": {k: round(float(v), 4) for k, v in vars(job.camera).items()},
         }
         if job.kind == "indoor":
-            record.update(window_fraction=round(meta["window_fraction"], 6), category=meta["category"],
-                          mask=str(mask_path(MASKS_DIR, job.name)))
+            record.update(
+                window_fraction=round(meta["window_fraction"], 6),
+                category=meta["category"],
+                mask=str(mask_path(MASKS_DIR, job.name)),
+            )
         queries_meta.append(record)
     write_json_atomic(root / QUERY_META_NAME, {"queries": queries_meta})
-    counts = {"database": len(db_jobs), "places": len(layout.places), "streets": len(layout.streets)}
+    counts = {
+        "database": len(db_jobs),
+        "places": len(layout.places),
+        "streets": len(layout.streets),
+    }
     for query_set in QUERY_SETS:
         counts[query_set] = sum(1 for j in query_jobs if j.query_set == query_set)
     counts["ade_training"] = sum(1 for j in ade_jobs if j.ade_part == "training")
     counts["ade_validation"] = sum(1 for j in ade_jobs if j.ade_part == "validation")
-    info = CityInfo(root=root, preset=config.name, seed=int(seed), config=config, counts=counts,
-                    generator=generator)
-    write_json_atomic(marker, {
-        "generator_version": GENERATOR_VERSION, "generator_sha256": generator,
-        "preset": config.name, "seed": int(seed),
-        "config": {**config.content_dict(), "name": config.name},
-        "config_sha256": config.sha256, "counts": counts,
-        "splits": {qs: BUILTIN_SPLITS[qs] for qs in QUERY_SETS},
-    })
+    info = CityInfo(
+        root=root,
+        preset=config.name,
+        seed=int(seed),
+        config=config,
+        counts=counts,
+        generator=generator,
+    )
+    write_json_atomic(
+        marker,
+        {
+            "generator_version": GENERATOR_VERSION,
+            "generator_sha256": generator,
+            "preset": config.name,
+            "seed": int(seed),
+            "config": {**config.content_dict(), "name": config.name},
+            "config_sha256": config.sha256,
+            "counts": counts,
+            "splits": {qs: BUILTIN_SPLITS[qs] for qs in QUERY_SETS},
+        },
+    )
     logger.info("synthetic city complete: %s", counts)
     return info

@@ -21,31 +21,85 @@ from PIL import Image, ImageDraw
 
 # ADE20k (SceneParsing, objectInfo150) class indices; 0 is "other / unlabelled".
 ADE_CLASSES = {
-    "wall": 1, "floor": 4, "ceiling": 6, "bed": 8, "window": 9, "cabinet": 11, "door": 15,
-    "table": 16, "plant": 18, "curtain": 19, "chair": 20, "painting": 23, "sofa": 24,
-    "shelf": 25, "rug": 29, "armchair": 31, "desk": 34, "wardrobe": 36, "lamp": 37,
-    "cushion": 40, "chest_of_drawers": 45, "counter": 46, "refrigerator": 51, "bookcase": 63,
-    "blind": 64, "coffee_table": 65, "stove": 72, "computer": 75, "chandelier": 86,
+    "wall": 1,
+    "floor": 4,
+    "ceiling": 6,
+    "bed": 8,
+    "window": 9,
+    "cabinet": 11,
+    "door": 15,
+    "table": 16,
+    "plant": 18,
+    "curtain": 19,
+    "chair": 20,
+    "painting": 23,
+    "sofa": 24,
+    "shelf": 25,
+    "rug": 29,
+    "armchair": 31,
+    "desk": 34,
+    "wardrobe": 36,
+    "lamp": 37,
+    "cushion": 40,
+    "chest_of_drawers": 45,
+    "counter": 46,
+    "refrigerator": 51,
+    "bookcase": 63,
+    "blind": 64,
+    "coffee_table": 65,
+    "stove": 72,
+    "computer": 75,
+    "chandelier": 86,
     "television": 90,
 }
 WINDOW_CLASS = ADE_CLASSES["window"]
 
 # Scene categories as ADE20k's sceneCategories.txt spells them.
 ROOM_CATEGORIES = (
-    "bedroom", "living_room", "kitchen", "office", "dining_room", "hotel_room",
-    "home_office", "conference_room",
+    "bedroom",
+    "living_room",
+    "kitchen",
+    "office",
+    "dining_room",
+    "hotel_room",
+    "home_office",
+    "conference_room",
 )
 
-_WALL_COLOURS = np.array([
-    (238, 234, 224), (226, 222, 214), (244, 240, 230), (210, 205, 196), (200, 214, 222),
-    (222, 210, 190), (196, 206, 186), (232, 214, 208), (150, 160, 170), (120, 96, 84),
-], dtype=np.float32)
-_WOOD = np.array([(150, 105, 70), (120, 80, 50), (186, 150, 110), (90, 62, 44), (200, 176, 140)],
-                 dtype=np.float32)
-_FABRIC = np.array([
-    (160, 40, 50), (50, 80, 140), (70, 110, 70), (200, 180, 150), (90, 90, 96), (230, 200, 90),
-    (120, 70, 130), (40, 40, 44), (210, 120, 80), (180, 190, 200),
-], dtype=np.float32)
+_WALL_COLOURS = np.array(
+    [
+        (238, 234, 224),
+        (226, 222, 214),
+        (244, 240, 230),
+        (210, 205, 196),
+        (200, 214, 222),
+        (222, 210, 190),
+        (196, 206, 186),
+        (232, 214, 208),
+        (150, 160, 170),
+        (120, 96, 84),
+    ],
+    dtype=np.float32,
+)
+_WOOD = np.array(
+    [(150, 105, 70), (120, 80, 50), (186, 150, 110), (90, 62, 44), (200, 176, 140)],
+    dtype=np.float32,
+)
+_FABRIC = np.array(
+    [
+        (160, 40, 50),
+        (50, 80, 140),
+        (70, 110, 70),
+        (200, 180, 150),
+        (90, 90, 96),
+        (230, 200, 90),
+        (120, 70, 130),
+        (40, 40, 44),
+        (210, 120, 80),
+        (180, 190, 200),
+    ],
+    dtype=np.float32,
+)
 
 
 @dataclass(frozen=True)
@@ -118,8 +172,9 @@ class _Canvas:
         crop = np.asarray(layer.crop(box), dtype=bool)
         return _Mask(slice(box[1], box[3]), slice(box[0], box[2]), crop)
 
-    def paint(self, mask: _Mask, cls: int, colour, texture: float = 0.06,
-              shade: np.ndarray | None = None) -> None:
+    def paint(
+        self, mask: _Mask, cls: int, colour, texture: float = 0.06, shade: np.ndarray | None = None
+    ) -> None:
         if mask.crop.size == 0:
             return
         rows, cols, crop = mask.rows, mask.cols, mask.crop
@@ -193,11 +248,17 @@ def _draw_shell(canvas: _Canvas, room: _Room, rng: np.random.Generator) -> dict:
     wall = _pick(rng, _WALL_COLOURS)
     b = room
     cls = ADE_CLASSES
-    canvas.polygon([(0, 0), (w, 0), (b.bx1, b.by0), (b.bx0, b.by0)], cls["ceiling"],
-                   np.clip(wall * 1.05 + 10, 0, 255), 0.03)
+    canvas.polygon(
+        [(0, 0), (w, 0), (b.bx1, b.by0), (b.bx0, b.by0)],
+        cls["ceiling"],
+        np.clip(wall * 1.05 + 10, 0, 255),
+        0.03,
+    )
     left_shade, right_shade = rng.uniform(0.72, 0.95), rng.uniform(0.72, 0.95)
     canvas.polygon([(0, 0), (b.bx0, b.by0), (b.bx0, b.by1), (0, h)], cls["wall"], wall * left_shade)
-    canvas.polygon([(w, 0), (b.bx1, b.by0), (b.bx1, b.by1), (w, h)], cls["wall"], wall * right_shade)
+    canvas.polygon(
+        [(w, 0), (b.bx1, b.by0), (b.bx1, b.by1), (w, h)], cls["wall"], wall * right_shade
+    )
     back = canvas.rect(b.bx0, b.by0, b.bx1 + 1, b.by1 + 1, cls["wall"], wall)
     if rng.random() < 0.25:  # wallpaper stripes on the back wall
         stripe = max(2, int(rng.uniform(0.02, 0.05) * w))
@@ -212,7 +273,9 @@ def _draw_shell(canvas: _Canvas, room: _Room, rng: np.random.Generator) -> dict:
         if rng.random() < 0.6:  # planks
             planks = (np.floor(across * rng.uniform(2.0, 5.0)) % 2) * 0.1 + 0.95
         else:  # tiles
-            planks = 0.93 + 0.12 * ((np.floor(across * 3) + np.floor(rng.uniform(40, 90) / depth)) % 2)
+            planks = 0.93 + 0.12 * (
+                (np.floor(across * 3) + np.floor(rng.uniform(40, 90) / depth)) % 2
+            )
     canvas.paint(floor, cls["floor"], floor_colour, 0.05, shade=planks.astype(np.float32))
     return {"wall": wall}
 
@@ -233,8 +296,11 @@ def _draw_windows(canvas: _Canvas, room: _Room, rng: np.random.Generator, target
     x = room.bx0 + rng.uniform(0.15, 0.85) * max(free, 0)
     top_room = bh - height
     y0 = room.by0 + rng.uniform(0.2, 0.7) * max(top_room, 0)
-    frame_colour = _pick(rng, np.array([(240, 240, 236), (250, 250, 250), (70, 60, 50), (40, 40, 40)],
-                                       dtype=np.float32), 0.03)
+    frame_colour = _pick(
+        rng,
+        np.array([(240, 240, 236), (250, 250, 250), (70, 60, 50), (40, 40, 40)], dtype=np.float32),
+        0.03,
+    )
     windows = []
     bar = max(1, int(round(0.012 * w)))
     for _ in range(count):
@@ -278,7 +344,9 @@ def _draw_curtains(canvas: _Canvas, room: _Room, windows, rng: np.random.Generat
         for left in (True, False):
             cx0, cx1 = (x0 - span * 0.4, x0 + span) if left else (x1 - span, x1 + span * 0.4)
             mask = canvas.mask("rectangle", [cx0, top, cx1, y1 + 0.05 * canvas.height])
-            folds = 0.9 + 0.15 * (np.sin(np.arange(canvas.width) * 1.3) > 0)[None, :].repeat(canvas.height, 0)
+            folds = 0.9 + 0.15 * (np.sin(np.arange(canvas.width) * 1.3) > 0)[None, :].repeat(
+                canvas.height, 0
+            )
             canvas.paint(mask, ADE_CLASSES["curtain"], colour, 0.05, shade=folds.astype(np.float32))
     if windows and rng.random() < 0.15:  # a half-lowered blind
         x0, y0, x1, y1 = windows[0]
@@ -297,19 +365,38 @@ def _draw_wall_decor(canvas: _Canvas, room: _Room, windows, rng: np.random.Gener
         frame = _pick(rng, _WOOD)
         canvas.rect(fx, fy, fx + fw, fy + fh, ADE_CLASSES["painting"], frame, 0.03)
         inner = _pick(rng, _FABRIC, 0.2)
-        canvas.rect(fx + fw * 0.1, fy + fh * 0.1, fx + fw * 0.9, fy + fh * 0.9,
-                    ADE_CLASSES["painting"], inner, 0.25)
+        canvas.rect(
+            fx + fw * 0.1,
+            fy + fh * 0.1,
+            fx + fw * 0.9,
+            fy + fh * 0.9,
+            ADE_CLASSES["painting"],
+            inner,
+            0.25,
+        )
     # Frames on a side wall, in perspective.
     if rng.random() < 0.5 and room.bx1 < canvas.width * 0.8:
         d0, d1 = rng.uniform(1.2, 1.5), rng.uniform(1.6, 2.0)
         top, bottom = room.by0 + 0.2 * bh, room.by0 + 0.45 * bh
-        pts = [(room.x_at(room.bx1, d), room.vy + (yv - room.vy) * d)
-               for d, yv in ((d0, top), (d1, top), (d1, bottom), (d0, bottom))]
+        pts = [
+            (room.x_at(room.bx1, d), room.vy + (yv - room.vy) * d)
+            for d, yv in ((d0, top), (d1, top), (d1, bottom), (d0, bottom))
+        ]
         canvas.polygon(pts, ADE_CLASSES["painting"], _pick(rng, _FABRIC, 0.2), 0.2)
 
 
-def _box(canvas: _Canvas, room: _Room, cls: int, colour, x_back: float, width_back: float,
-         depth: float, height_back: float, top_depth: float = 0.25, legs: bool = False) -> None:
+def _box(
+    canvas: _Canvas,
+    room: _Room,
+    cls: int,
+    colour,
+    x_back: float,
+    width_back: float,
+    depth: float,
+    height_back: float,
+    top_depth: float = 0.25,
+    legs: bool = False,
+) -> None:
     """A box-shaped piece of furniture standing on the floor at ``depth`` (front face + top)."""
     y_floor = room.floor_y(depth)
     x0 = room.x_at(x_back, depth)
@@ -334,26 +421,64 @@ def _draw_furniture(canvas: _Canvas, room: _Room, category: str, rng: np.random.
     c = ADE_CLASSES
     bw, bh = room.bx1 - room.bx0, room.by1 - room.by0
     pieces = {
-        "bedroom": [("bed", 0.5, 0.22, False), ("chest_of_drawers", 0.2, 0.3, False), ("lamp", 0.05, 0.45, False)],
-        "hotel_room": [("bed", 0.5, 0.22, False), ("desk", 0.25, 0.27, True), ("lamp", 0.05, 0.45, False)],
-        "living_room": [("sofa", 0.45, 0.28, False), ("coffee_table", 0.25, 0.15, True), ("plant", 0.08, 0.35, False),
-                        ("armchair", 0.18, 0.3, False), ("television", 0.2, 0.15, False)],
-        "kitchen": [("cabinet", 0.6, 0.32, False), ("refrigerator", 0.15, 0.6, False), ("table", 0.3, 0.25, True),
-                    ("chair", 0.08, 0.3, True)],
-        "office": [("desk", 0.35, 0.27, True), ("chair", 0.09, 0.32, True), ("bookcase", 0.25, 0.65, False),
-                   ("computer", 0.1, 0.12, False)],
-        "home_office": [("desk", 0.3, 0.27, True), ("chair", 0.09, 0.32, True), ("shelf", 0.2, 0.4, False),
-                        ("plant", 0.08, 0.35, False)],
-        "dining_room": [("table", 0.45, 0.25, True), ("chair", 0.08, 0.32, True), ("chair", 0.08, 0.32, True),
-                        ("cabinet", 0.3, 0.35, False)],
-        "conference_room": [("table", 0.7, 0.25, True), ("chair", 0.08, 0.32, True), ("chair", 0.08, 0.32, True),
-                            ("chair", 0.08, 0.32, True), ("television", 0.25, 0.18, False)],
+        "bedroom": [
+            ("bed", 0.5, 0.22, False),
+            ("chest_of_drawers", 0.2, 0.3, False),
+            ("lamp", 0.05, 0.45, False),
+        ],
+        "hotel_room": [
+            ("bed", 0.5, 0.22, False),
+            ("desk", 0.25, 0.27, True),
+            ("lamp", 0.05, 0.45, False),
+        ],
+        "living_room": [
+            ("sofa", 0.45, 0.28, False),
+            ("coffee_table", 0.25, 0.15, True),
+            ("plant", 0.08, 0.35, False),
+            ("armchair", 0.18, 0.3, False),
+            ("television", 0.2, 0.15, False),
+        ],
+        "kitchen": [
+            ("cabinet", 0.6, 0.32, False),
+            ("refrigerator", 0.15, 0.6, False),
+            ("table", 0.3, 0.25, True),
+            ("chair", 0.08, 0.3, True),
+        ],
+        "office": [
+            ("desk", 0.35, 0.27, True),
+            ("chair", 0.09, 0.32, True),
+            ("bookcase", 0.25, 0.65, False),
+            ("computer", 0.1, 0.12, False),
+        ],
+        "home_office": [
+            ("desk", 0.3, 0.27, True),
+            ("chair", 0.09, 0.32, True),
+            ("shelf", 0.2, 0.4, False),
+            ("plant", 0.08, 0.35, False),
+        ],
+        "dining_room": [
+            ("table", 0.45, 0.25, True),
+            ("chair", 0.08, 0.32, True),
+            ("chair", 0.08, 0.32, True),
+            ("cabinet", 0.3, 0.35, False),
+        ],
+        "conference_room": [
+            ("table", 0.7, 0.25, True),
+            ("chair", 0.08, 0.32, True),
+            ("chair", 0.08, 0.32, True),
+            ("chair", 0.08, 0.32, True),
+            ("television", 0.25, 0.18, False),
+        ],
     }[category]
     if rng.random() < 0.4:  # a rug first: it lies under everything
         d0, d1 = rng.uniform(1.1, 1.3), rng.uniform(1.5, 1.9)
         xa, xb = room.bx0 + rng.uniform(0.1, 0.4) * bw, room.bx0 + rng.uniform(0.6, 0.9) * bw
-        pts = [(room.x_at(xa, d0), room.floor_y(d0)), (room.x_at(xb, d0), room.floor_y(d0)),
-               (room.x_at(xb, d1), room.floor_y(d1)), (room.x_at(xa, d1), room.floor_y(d1))]
+        pts = [
+            (room.x_at(xa, d0), room.floor_y(d0)),
+            (room.x_at(xb, d0), room.floor_y(d0)),
+            (room.x_at(xb, d1), room.floor_y(d1)),
+            (room.x_at(xa, d1), room.floor_y(d1)),
+        ]
         canvas.polygon(pts, c["rug"], _pick(rng, _FABRIC), 0.15)
     placed = []
     for name, width_frac, height_frac, legs in pieces:
@@ -362,7 +487,9 @@ def _draw_furniture(canvas: _Canvas, room: _Room, category: str, rng: np.random.
         depth = rng.uniform(1.02, 1.5)
         width_back = bw * width_frac * rng.uniform(0.8, 1.2)
         x_back = rng.uniform(room.bx0 - 0.1 * bw, room.bx1 - width_back + 0.1 * bw)
-        placed.append((depth, name, x_back, width_back, bh * height_frac * rng.uniform(0.85, 1.15), legs))
+        placed.append(
+            (depth, name, x_back, width_back, bh * height_frac * rng.uniform(0.85, 1.15), legs)
+        )
     placed.sort(key=lambda item: item[0])  # far (small depth factor) first
     for depth, name, x_back, width_back, height_back, legs in placed:
         cls = c[name]
@@ -372,47 +499,92 @@ def _draw_furniture(canvas: _Canvas, room: _Room, category: str, rng: np.random.
             pole_top = y_floor - height_back * depth
             canvas.rect(x - 1, pole_top, x + 1, y_floor, cls, (40, 40, 40), 0.0)
             shade_w = width_back * depth * 2.0
-            canvas.polygon([(x - shade_w * 0.3, pole_top - shade_w * 0.5), (x + shade_w * 0.3, pole_top - shade_w * 0.5),
-                            (x + shade_w * 0.5, pole_top + 2), (x - shade_w * 0.5, pole_top + 2)],
-                           cls, (250, 236, 200), 0.02)
+            canvas.polygon(
+                [
+                    (x - shade_w * 0.3, pole_top - shade_w * 0.5),
+                    (x + shade_w * 0.3, pole_top - shade_w * 0.5),
+                    (x + shade_w * 0.5, pole_top + 2),
+                    (x - shade_w * 0.5, pole_top + 2),
+                ],
+                cls,
+                (250, 236, 200),
+                0.02,
+            )
         elif name == "plant":
             x = room.x_at(x_back, depth)
             y_floor = room.floor_y(depth)
             pot = width_back * depth
             canvas.rect(x - pot / 2, y_floor - pot, x + pot / 2, y_floor, cls, (160, 90, 60))
             leaves = height_back * depth
-            canvas.paint(canvas.mask("ellipse", [x - pot * 1.3, y_floor - pot - leaves, x + pot * 1.3, y_floor - pot * 0.7]),
-                         cls, (50, 120, 60), 0.25)
+            canvas.paint(
+                canvas.mask(
+                    "ellipse",
+                    [x - pot * 1.3, y_floor - pot - leaves, x + pot * 1.3, y_floor - pot * 0.7],
+                ),
+                cls,
+                (50, 120, 60),
+                0.25,
+            )
         elif name in ("television", "computer"):
             y_floor = room.floor_y(depth)
             x0 = room.x_at(x_back, depth)
             base = y_floor - bh * 0.25 * depth
             tw, th = width_back * depth, height_back * depth
             canvas.rect(x0, base - th, x0 + tw, base, cls, (25, 25, 28), 0.02)
-            canvas.rect(x0 + tw * 0.05, base - th * 0.92, x0 + tw * 0.95, base - th * 0.08, cls,
-                        _pick(rng, _FABRIC, 0.3) * 0.5, 0.2)
+            canvas.rect(
+                x0 + tw * 0.05,
+                base - th * 0.92,
+                x0 + tw * 0.95,
+                base - th * 0.08,
+                cls,
+                _pick(rng, _FABRIC, 0.3) * 0.5,
+                0.2,
+            )
         elif name in ("bed", "sofa", "armchair"):
             colour = _pick(rng, _FABRIC)
             _box(canvas, room, cls, colour, x_back, width_back, depth, height_back, 0.35)
             back_h = height_back * 0.9
             y_floor = room.floor_y(depth)
             x0, x1 = room.x_at(x_back, depth), room.x_at(x_back + width_back, depth)
-            canvas.rect(x0, y_floor - (height_back + back_h) * depth, x0 + (x1 - x0) * 0.12, y_floor, cls, colour * 0.8)
+            canvas.rect(
+                x0,
+                y_floor - (height_back + back_h) * depth,
+                x0 + (x1 - x0) * 0.12,
+                y_floor,
+                cls,
+                colour * 0.8,
+            )
             if name != "armchair" and rng.random() < 0.7:
                 cushion = (x1 - x0) * 0.15
                 cy = y_floor - height_back * depth * 1.3
-                canvas.paint(canvas.mask("ellipse", [x0 + cushion, cy - cushion * 0.5, x0 + 2.2 * cushion, cy + cushion * 0.3]),
-                             c["cushion"], _pick(rng, _FABRIC), 0.05)
+                canvas.paint(
+                    canvas.mask(
+                        "ellipse",
+                        [x0 + cushion, cy - cushion * 0.5, x0 + 2.2 * cushion, cy + cushion * 0.3],
+                    ),
+                    c["cushion"],
+                    _pick(rng, _FABRIC),
+                    0.05,
+                )
         else:
-            colour = _pick(rng, _WOOD) if name not in ("refrigerator",) else np.array([228.0, 228, 226])
+            colour = (
+                _pick(rng, _WOOD) if name not in ("refrigerator",) else np.array([228.0, 228, 226])
+            )
             _box(canvas, room, cls, colour, x_back, width_back, depth, height_back, 0.2, legs)
             if name in ("bookcase", "shelf"):
                 y_floor = room.floor_y(depth)
                 x0, x1 = room.x_at(x_back, depth), room.x_at(x_back + width_back, depth)
                 for k in range(1, 4):
                     yy = y_floor - height_back * depth * k / 4
-                    canvas.rect(x0 + 2, yy - max(2, height_back * depth * 0.15), x1 - 2, yy - 1, cls,
-                                _pick(rng, _FABRIC, 0.3), 0.35)
+                    canvas.rect(
+                        x0 + 2,
+                        yy - max(2, height_back * depth * 0.15),
+                        x1 - 2,
+                        yy - 1,
+                        cls,
+                        _pick(rng, _FABRIC, 0.3),
+                        0.35,
+                    )
     # A ceiling lamp.
     if rng.random() < 0.6:
         kind = "chandelier" if rng.random() < 0.25 else "lamp"
@@ -423,12 +595,27 @@ def _draw_furniture(canvas: _Canvas, room: _Room, category: str, rng: np.random.
         drop = bh * rng.uniform(0.1, 0.25) * depth
         canvas.rect(x - 0.5, max(0, ceiling_y), x + 1, ceiling_y + drop, c[kind], (40, 40, 40), 0.0)
         size = bw * 0.07 * depth
-        canvas.paint(canvas.mask("pieslice", [x - size, ceiling_y + drop - size * 0.2, x + size, ceiling_y + drop + size * 1.2],
-                                 start=180, end=360), c[kind], (250, 240, 210), 0.02)
+        canvas.paint(
+            canvas.mask(
+                "pieslice",
+                [x - size, ceiling_y + drop - size * 0.2, x + size, ceiling_y + drop + size * 1.2],
+                start=180,
+                end=360,
+            ),
+            c[kind],
+            (250, 240, 210),
+            0.02,
+        )
 
 
-def render_room(rng: np.random.Generator, width: int, height: int, target_fraction: float,
-                outdoor: np.ndarray | None, category: str | None = None) -> RoomImage:
+def render_room(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    target_fraction: float,
+    outdoor: np.ndarray | None,
+    category: str | None = None,
+) -> RoomImage:
     """An indoor scene with windows covering about ``target_fraction`` of the image.
 
     ``outdoor`` (H, W, 3) uint8 is what the window glass shows, pixel for pixel; ``None`` or a
@@ -451,8 +638,10 @@ def render_room(rng: np.random.Generator, width: int, height: int, target_fracti
     if rng.random() < 0.3 and room.bx1 < 0.85 * width:  # a door in the right wall
         d0, d1 = 1.15, 1.45
         top, bottom = room.by0 + 0.15 * (room.by1 - room.by0), room.by1
-        pts = [(room.x_at(room.bx1, d), room.vy + (yv - room.vy) * d)
-               for d, yv in ((d0, top), (d1, top), (d1, bottom), (d0, bottom))]
+        pts = [
+            (room.x_at(room.bx1, d), room.vy + (yv - room.vy) * d)
+            for d, yv in ((d0, top), (d1, top), (d1, bottom), (d0, bottom))
+        ]
         canvas.polygon(pts, ADE_CLASSES["door"], _pick(rng, _WOOD), 0.05)
     _draw_furniture(canvas, room, category, rng)
 
@@ -470,5 +659,6 @@ def render_room(rng: np.random.Generator, width: int, height: int, target_fracti
         room_mean = image[~glass].mean(axis=0) if (~glass).any() else 128.0
         image[glass] = outside * (1 - reflection) + (room_mean + 40.0) * reflection
     image = image + rng.normal(0, 2.0, image.shape).astype(np.float32)
-    return RoomImage(np.clip(image + 0.5, 0, 255).astype(np.uint8), canvas.labels.copy(), category,
-                     glass.copy())
+    return RoomImage(
+        np.clip(image + 0.5, 0, 255).astype(np.uint8), canvas.labels.copy(), category, glass.copy()
+    )

@@ -1,14 +1,23 @@
 """A training-free probe descriptor, and the table that shows the synthetic city poses the
 inside-out problem.
 
-The probe needs no weights (none can be downloaded): a tiny thumbnail (area-averaged,
-mean-centred per channel) and a spatial colour histogram, each L2-normalised, concatenated and
-L2-normalised again. With ``mask_dir`` the query pixels outside the true window mask are set to
-a uniform gray first: the oracle gray layout of the IOVPR method (what a perfect window
-segmentation would give).
+The probe needs no weights (none can be downloaded). Pixels are first made photometrically
+normalised: luminance becomes its rank among the image's pixels (invariant to exposure, gamma,
+contrast) and colour becomes chromaticity after a gray-world white balance (invariant to a
+colour cast). Descriptors (``kind``):
+
+- ``pixels``: an 8x6 area-averaged thumbnail of those values, centred, L2-normalised;
+- ``hist``: a 2x2 spatial histogram of 4x4x4 (rank, chromaticity) bins, square-rooted, each cell
+  L2-normalised on its own (like NetVLAD's intra-normalisation), then the whole;
+- ``both``: the two concatenated, L2-normalised.
+
+Pixels of exactly the gray-layout gray (128, 128, 128) get no weight. With ``mask_dir`` the
+query pixels outside the true window mask are set to that gray first: the oracle gray layout
+of the IOVPR method (what a perfect window segmentation would give).
 
 :func:`probe_table` evaluates it with the harness evaluator on the outdoor queries, the indoor
-queries and the indoor queries as oracle gray layouts, next to the R@1 of a random ranking.
+queries and the indoor queries as oracle gray layouts, next to the R@1 of a random ranking and
+the R@1 of the indoor queries with at least 10/20/30% window pixels.
 """
 
 from __future__ import annotations
@@ -87,9 +96,13 @@ def _thumbnail(colours: np.ndarray, valid: np.ndarray) -> np.ndarray:
     cells less than half valid are zero (unless no cell is half valid)."""
     weight = valid.astype(np.float32)
     coverage = np.asarray(Image.fromarray(weight).resize(THUMB_SIZE, Image.BOX))
-    summed = np.stack([
-        np.asarray(Image.fromarray(colours[..., c] * weight).resize(THUMB_SIZE, Image.BOX))
-        for c in range(3)], axis=-1)
+    summed = np.stack(
+        [
+            np.asarray(Image.fromarray(colours[..., c] * weight).resize(THUMB_SIZE, Image.BOX))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
     thumb = summed / np.maximum(coverage, 1e-6)[..., None]
     use = coverage >= 0.5
     if not use.any():  # a tiny window: take whatever cells it touches
@@ -146,7 +159,9 @@ def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as img:
             mask = np.asarray(img.convert("L")) > 127
     except FileNotFoundError:
-        raise HarnessError("window mask not found (oracle gray layouts need one per query)", path) from None
+        raise HarnessError(
+            "window mask not found (oracle gray layouts need one per query)", path
+        ) from None
     except OSError as exc:
         raise HarnessError(f"unreadable window mask ({exc})", path) from None
     if mask.shape != shape:
@@ -154,8 +169,13 @@ def _load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def describe_images(root: str | os.PathLike, names: Sequence[str], kind: str = "hist",
-                    mask_dir: str | os.PathLike | None = None, desc: str = "probe") -> np.ndarray:
+def describe_images(
+    root: str | os.PathLike,
+    names: Sequence[str],
+    kind: str = "hist",
+    mask_dir: str | os.PathLike | None = None,
+    desc: str = "probe",
+) -> np.ndarray:
     """Probe descriptors (len(names), D) of images under ``root``; with ``mask_dir``, of their
     oracle gray layouts (mask of ``a/b.jpg`` at ``mask_dir/a/b.png``)."""
     rows = []
@@ -180,9 +200,13 @@ def probe_method_name(kind: str = "both", oracle: bool = False) -> str:
     return f"probe-{kind}" + ("-oracle-gray" if oracle else "")
 
 
-def write_probe_features(split: Split, out_path: str | os.PathLike,
-                         mask_dir: str | os.PathLike | None = None, kind: str = "hist",
-                         database: np.ndarray | None = None) -> Path:
+def write_probe_features(
+    split: Split,
+    out_path: str | os.PathLike,
+    mask_dir: str | os.PathLike | None = None,
+    kind: str = "hist",
+    database: np.ndarray | None = None,
+) -> Path:
     """Compute the probe descriptors of a split's queries and database into a feature file.
 
     Args:
@@ -198,17 +222,26 @@ def write_probe_features(split: Split, out_path: str | os.PathLike,
     """
     if not split.query_root or not split.database_root:
         raise HarnessError(f"split {split.name} has no image folders (query_root/database_root)")
-    queries = describe_images(split.query_root, split.query_names, kind, mask_dir,
-                              desc=f"{split.name} queries")
+    queries = describe_images(
+        split.query_root, split.query_names, kind, mask_dir, desc=f"{split.name} queries"
+    )
     if database is None:
-        database = describe_images(split.database_root, split.database_names, kind,
-                                   desc=f"{split.name} database")
+        database = describe_images(
+            split.database_root, split.database_names, kind, desc=f"{split.name} database"
+        )
     assert database.shape == (split.num_database, probe_dim(kind)), database.shape
-    attrs = {"descriptor": kind, "thumb_size": list(THUMB_SIZE), "hist_bins": HIST_BINS,
-             "gray_layout": "oracle" if mask_dir is not None else "none"}
+    attrs = {
+        "descriptor": kind,
+        "thumb_size": list(THUMB_SIZE),
+        "hist_bins": HIST_BINS,
+        "gray_layout": "oracle" if mask_dir is not None else "none",
+    }
     return write_features(
-        out_path, split=split.name, method=probe_method_name(kind, mask_dir is not None),
-        query=(list(split.query_names), queries), database=(list(split.database_names), database),
+        out_path,
+        split=split.name,
+        method=probe_method_name(kind, mask_dir is not None),
+        query=(list(split.query_names), queries),
+        database=(list(split.database_names), database),
         attrs=attrs,
     )
 
@@ -247,7 +280,9 @@ def evaluate_probe(feature_path: Path, split: Split, ns: Sequence[int] = (1, 5, 
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
 
-    result = evaluate([feature_path], split, EvalConfig(recall_ns=tuple(ns), ngpu=0, checksums=False))
+    result = evaluate(
+        [feature_path], split, EvalConfig(recall_ns=tuple(ns), ngpu=0, checksums=False)
+    )
     recalls = {n: float(result.scores[f"recall@{n}"]) for n in ns}
     return recalls, np.asarray(result.prediction_data.first_positive_rank)
 
@@ -262,9 +297,14 @@ PROBE_SETS = (
 )
 
 
-def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike | None,
-                out_dir: str | os.PathLike, prefix: str = "synth-", kind: str = "hist",
-                ns: Sequence[int] = (1, 5, 10)) -> list[ProbeRow]:
+def probe_table(
+    city_root: str | os.PathLike,
+    data_root: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    prefix: str = "synth-",
+    kind: str = "hist",
+    ns: Sequence[int] = (1, 5, 10),
+) -> list[ProbeRow]:
     """Write probe feature files for the city's evaluation splits and evaluate them.
 
     The splits must be registered (``harness splits prepare --root CITY --prefix synth-``).
@@ -273,7 +313,9 @@ def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike | Non
     from harness.synth.dataset import CityInfo
 
     info = CityInfo.load(city_root)
-    fractions = {q["name"]: q["window_fraction"] for q in info.query_metadata() if "window_fraction" in q}
+    fractions = {
+        q["name"]: q["window_fraction"] for q in info.query_metadata() if "window_fraction" in q
+    }
     out_dir = Path(out_dir)
     rows = []
     database_cache: dict[tuple, np.ndarray] = {}
@@ -281,19 +323,33 @@ def probe_table(city_root: str | os.PathLike, data_root: str | os.PathLike | Non
         split = get_split(prefix + builtin, data_root)
         key = (split.database_root, split.database_names)
         if key not in database_cache:
-            database_cache[key] = describe_images(split.database_root, split.database_names, kind,
-                                                  desc=f"{split.name} database")
+            database_cache[key] = describe_images(
+                split.database_root, split.database_names, kind, desc=f"{split.name} database"
+            )
         path = out_dir / f"{split.name}.{probe_method_name(kind, oracle)}.h5"
-        write_probe_features(split, path, info.masks_dir if oracle else None, kind, database_cache[key])
+        write_probe_features(
+            split, path, info.masks_dir if oracle else None, kind, database_cache[key]
+        )
         recalls, first_rank = evaluate_probe(path, split, ns)
         by_window = {}
         if all(name in fractions for name in split.query_names):
             window = np.array([fractions[name] for name in split.query_names])
             for threshold in WINDOW_THRESHOLDS:
                 chosen = window >= threshold
-                by_window[threshold] = float(np.mean(first_rank[chosen] == 0)) if chosen.any() else float("nan")
-        rows.append(ProbeRow(label, split.name, split.num_queries, split.num_database, recalls,
-                             chance_recall_at_1(split), by_window))
+                by_window[threshold] = (
+                    float(np.mean(first_rank[chosen] == 0)) if chosen.any() else float("nan")
+                )
+        rows.append(
+            ProbeRow(
+                label,
+                split.name,
+                split.num_queries,
+                split.num_database,
+                recalls,
+                chance_recall_at_1(split),
+                by_window,
+            )
+        )
     return rows
 
 
@@ -309,7 +365,9 @@ def format_table(rows: Sequence[ProbeRow], title: str = "") -> str:
     for row in rows:
         cells = [row.queries, f"`{row.split}`", str(row.num_queries), str(row.num_database)]
         cells += [f"{100 * row.recalls[n]:.1f}" for n in ns] + [f"{100 * row.chance_r1:.1f}"]
-        cells += [f"{100 * row.r1_by_window[t]:.1f}" if t in row.r1_by_window else ""
-                  for t in WINDOW_THRESHOLDS]
+        cells += [
+            f"{100 * row.r1_by_window[t]:.1f}" if t in row.r1_by_window else ""
+            for t in WINDOW_THRESHOLDS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from harness.synth.city import MARGIN_M, FacadeAtlas, StreetModel, StreetObject
+from harness.synth.city import MARGIN_M, StreetModel, StreetObject
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,16 @@ def database_conditions(rng: np.random.Generator) -> Conditions:
     """Mild variation: street-view cars drive in daylight, mostly in similar weather."""
     top, horizon = _SKIES["clear" if rng.random() < 0.6 else "overcast"]
     return Conditions(
-        sky_top=top, sky_horizon=horizon, clouds=rng.uniform(0.0, 0.5),
-        exposure=rng.uniform(0.93, 1.07), cast=tuple(rng.uniform(0.97, 1.03, 3)),
-        shadow=rng.uniform(0.0, 0.15), shadow_slope=rng.uniform(-0.8, 0.8),
-        shadow_offset_m=rng.uniform(3, 12), noise=1.0, occluders=int(rng.integers(0, 2)),
+        sky_top=top,
+        sky_horizon=horizon,
+        clouds=rng.uniform(0.0, 0.5),
+        exposure=rng.uniform(0.93, 1.07),
+        cast=tuple(rng.uniform(0.97, 1.03, 3)),
+        shadow=rng.uniform(0.0, 0.15),
+        shadow_slope=rng.uniform(-0.8, 0.8),
+        shadow_offset_m=rng.uniform(3, 12),
+        noise=1.0,
+        occluders=int(rng.integers(0, 2)),
     )
 
 
@@ -81,13 +87,19 @@ def query_conditions(rng: np.random.Generator, occluders: bool = True) -> Condit
     top, horizon = _SKIES[sky]
     dark = sky in ("evening", "grey")
     return Conditions(
-        sky_top=top, sky_horizon=horizon, clouds=rng.uniform(0.0, 0.8),
+        sky_top=top,
+        sky_horizon=horizon,
+        clouds=rng.uniform(0.0, 0.8),
         exposure=rng.uniform(0.7, 1.0) if dark else rng.uniform(0.85, 1.2),
-        gamma=rng.uniform(0.85, 1.18), contrast=rng.uniform(0.8, 1.1),
+        gamma=rng.uniform(0.85, 1.18),
+        contrast=rng.uniform(0.8, 1.1),
         cast=tuple(rng.uniform(0.9, 1.1, 3)),
         shadow=rng.uniform(0.2, 0.4) if sky == "clear" and rng.random() < 0.5 else 0.0,
-        shadow_slope=rng.uniform(-1.2, 1.2), shadow_offset_m=rng.uniform(2, 14),
-        haze_m=rng.uniform(150, 500), blur_px=rng.uniform(0.0, 1.2), noise=rng.uniform(1.0, 4.0),
+        shadow_slope=rng.uniform(-1.2, 1.2),
+        shadow_offset_m=rng.uniform(2, 14),
+        haze_m=rng.uniform(150, 500),
+        blur_px=rng.uniform(0.0, 1.2),
+        noise=rng.uniform(1.0, 4.0),
         occluders=int(rng.integers(0, 5)) if occluders else 0,
     )
 
@@ -97,10 +109,14 @@ def _camera_axes(camera: Camera):
     forward = np.array([math.cos(yaw), math.sin(yaw), 0.0])
     right = np.array([-math.sin(yaw), math.cos(yaw), 0.0])
     up = np.array([0.0, 0.0, 1.0])
-    forward, up = forward * math.cos(pitch) + up * math.sin(pitch), up * math.cos(pitch) - forward * math.sin(pitch)
+    forward, up = forward * math.cos(pitch) + up * math.sin(pitch), up * math.cos(
+        pitch
+    ) - forward * math.sin(pitch)
     roll = math.radians(camera.roll_deg)
     if roll:
-        right, up = right * math.cos(roll) + up * math.sin(roll), up * math.cos(roll) - right * math.sin(roll)
+        right, up = right * math.cos(roll) + up * math.sin(roll), up * math.cos(
+            roll
+        ) - right * math.sin(roll)
     return forward, right, up
 
 
@@ -143,14 +159,18 @@ def _stacked_facades(model: StreetModel):
     if cached is None:
         left, right = model.left, model.right
         assert left.pixels.shape == right.pixels.shape and left.px_per_m == right.px_per_m
-        cached = (np.stack([left.pixels, right.pixels]), np.stack([left.roof_px, right.roof_px]),
-                  left.px_per_m)
+        cached = (
+            np.stack([left.pixels, right.pixels]),
+            np.stack([left.roof_px, right.roof_px]),
+            left.px_per_m,
+        )
         model._stacked = cached  # type: ignore[attr-defined]
     return cached
 
 
-def render_geometry(model: StreetModel, camera: Camera, width: int, height: int,
-                    conditions: Conditions) -> tuple[np.ndarray, np.ndarray]:
+def render_geometry(
+    model: StreetModel, camera: Camera, width: int, height: int, conditions: Conditions
+) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast facades, ground and sky; returns (float32 RGB image, distance in metres per
     pixel, inf for sky)."""
     street = model.street
@@ -160,7 +180,8 @@ def render_geometry(model: StreetModel, camera: Camera, width: int, height: int,
     ys = (height / 2.0 - (np.arange(height, dtype=np.float32) + 0.5))[:, None]
     ray_along, ray_lat, ray_up = (
         np.float32(forward[k] * focal) + np.float32(right[k]) * xs + np.float32(up[k]) * ys
-        for k in range(3))
+        for k in range(3)
+    )
     ray_up = np.broadcast_to(ray_up, (height, width))
     norm = np.sqrt(ray_along * ray_along + ray_lat * ray_lat + ray_up * ray_up)
 
@@ -178,16 +199,29 @@ def render_geometry(model: StreetModel, camera: Camera, width: int, height: int,
     lam = np.where(np.isfinite(lam) & (lam > 0), lam, np.float32(np.inf))
     along = camera.along_m + lam * ray_along
     up_m = camera.height_m + lam * ray_up
-    cols = np.clip(np.nan_to_num((along + MARGIN_M) * res, nan=0.0, posinf=0.0, neginf=0.0),
-                   0, pixels.shape[2] - 1).astype(np.intp)
-    rows = np.clip(np.nan_to_num(up_m * res, nan=-1.0, posinf=-1.0, neginf=-1.0),
-                   0, pixels.shape[1] - 1).astype(np.intp)
-    facade = (np.isfinite(lam) & (up_m >= 0) & (rows < roofs[side, cols])
-              & (np.abs(along - camera.along_m) < MARGIN_M + 40))
+    cols = np.clip(
+        np.nan_to_num((along + MARGIN_M) * res, nan=0.0, posinf=0.0, neginf=0.0),
+        0,
+        pixels.shape[2] - 1,
+    ).astype(np.intp)
+    rows = np.clip(
+        np.nan_to_num(up_m * res, nan=-1.0, posinf=-1.0, neginf=-1.0), 0, pixels.shape[1] - 1
+    ).astype(np.intp)
+    facade = (
+        np.isfinite(lam)
+        & (up_m >= 0)
+        & (rows < roofs[side, cols])
+        & (np.abs(along - camera.along_m) < MARGIN_M + 40)
+    )
     colour = pixels[side[facade], rows[facade], cols[facade]].astype(np.float32)
     if conditions.shadow > 0:
-        line = conditions.shadow_offset_m + conditions.shadow_slope * (along[facade] % 40.0 - 20.0) * 0.3
-        colour *= np.where(up_m[facade] < line, np.float32(1.0 - conditions.shadow), np.float32(1.0))[:, None]
+        line = (
+            conditions.shadow_offset_m
+            + conditions.shadow_slope * (along[facade] % 40.0 - 20.0) * 0.3
+        )
+        colour *= np.where(
+            up_m[facade] < line, np.float32(1.0 - conditions.shadow), np.float32(1.0)
+        )[:, None]
     image[facade] = colour
     depth = np.where(facade, lam, np.float32(np.inf))
 
@@ -217,13 +251,27 @@ def _project(camera: Camera, width: int, height: int, along: float, lateral: flo
     if depth < 0.5:
         return None
     focal = _focal(camera, width)
-    return (width / 2.0 + focal * float(rel @ right) / depth,
-            height / 2.0 - focal * float(rel @ up) / depth, depth, focal / depth)
+    return (
+        width / 2.0 + focal * float(rel @ right) / depth,
+        height / 2.0 - focal * float(rel @ up) / depth,
+        depth,
+        focal / depth,
+    )
 
 
-def _draw_billboard(draw: ImageDraw.ImageDraw, kind: str, base_x: float, base_y: float,
-                    scale: float, obj_height: float, width_m: float, colour, rng_values) -> None:
+def _draw_billboard(
+    draw: ImageDraw.ImageDraw,
+    kind: str,
+    base_x: float,
+    base_y: float,
+    scale: float,
+    obj_height: float,
+    width_m: float,
+    colour,
+    rng_values,
+) -> None:
     """Draw an object whose base is at (base_x, base_y); ``scale`` is pixels per metre."""
+
     def box(x0, z0, x1, z1):  # metres relative to the base point, z upwards
         return [base_x + x0 * scale, base_y - z1 * scale, base_x + x1 * scale, base_y - z0 * scale]
 
@@ -233,8 +281,10 @@ def _draw_billboard(draw: ImageDraw.ImageDraw, kind: str, base_x: float, base_y:
         draw.rectangle(box(-0.15, 0, 0.15, obj_height * 0.55), fill=trunk)
         r = width_m / 2
         draw.ellipse(box(-r, obj_height * 0.4, r, obj_height), fill=c)
-        draw.ellipse(box(-r * 0.6, obj_height * 0.55, r * 0.9, obj_height * 1.05),
-                     fill=tuple(min(255, int(v * 1.15)) for v in c))
+        draw.ellipse(
+            box(-r * 0.6, obj_height * 0.55, r * 0.9, obj_height * 1.05),
+            fill=tuple(min(255, int(v * 1.15)) for v in c),
+        )
     elif kind == "lamp":
         draw.rectangle(box(-0.06, 0, 0.06, obj_height), fill=c)
         draw.rectangle(box(-0.25, obj_height - 0.4, 0.25, obj_height), fill=(50, 50, 45))
@@ -242,19 +292,41 @@ def _draw_billboard(draw: ImageDraw.ImageDraw, kind: str, base_x: float, base_y:
         draw.rectangle(box(-0.1, 0, 0.1, obj_height), fill=c)
     elif kind == "bike":
         r = 0.33
-        draw.ellipse(box(-0.85, 0, -0.85 + 2 * r, 2 * r), outline=(25, 25, 25), width=max(1, int(scale * 0.05)))
-        draw.ellipse(box(0.85 - 2 * r, 0, 0.85, 2 * r), outline=(25, 25, 25), width=max(1, int(scale * 0.05)))
-        draw.line([tuple(box(-0.5, r, 0.5, r)[:2]), tuple(box(0.5, 0.9, 0.5, 0.9)[:2])], fill=c, width=max(1, int(scale * 0.06)))
+        draw.ellipse(
+            box(-0.85, 0, -0.85 + 2 * r, 2 * r),
+            outline=(25, 25, 25),
+            width=max(1, int(scale * 0.05)),
+        )
+        draw.ellipse(
+            box(0.85 - 2 * r, 0, 0.85, 2 * r), outline=(25, 25, 25), width=max(1, int(scale * 0.05))
+        )
+        draw.line(
+            [tuple(box(-0.5, r, 0.5, r)[:2]), tuple(box(0.5, 0.9, 0.5, 0.9)[:2])],
+            fill=c,
+            width=max(1, int(scale * 0.06)),
+        )
     elif kind == "car":
-        draw.rounded_rectangle(box(-width_m / 2, 0.25, width_m / 2, 0.95), radius=max(1, int(scale * 0.3)), fill=c)
-        draw.rounded_rectangle(box(-width_m / 3.2, 0.9, width_m / 3.4, 1.45), radius=max(1, int(scale * 0.25)), fill=c)
+        draw.rounded_rectangle(
+            box(-width_m / 2, 0.25, width_m / 2, 0.95), radius=max(1, int(scale * 0.3)), fill=c
+        )
+        draw.rounded_rectangle(
+            box(-width_m / 3.2, 0.9, width_m / 3.4, 1.45), radius=max(1, int(scale * 0.25)), fill=c
+        )
         draw.rectangle(box(-width_m / 3.6, 1.0, width_m / 3.8, 1.38), fill=(60, 75, 90))
         for wx in (-width_m / 3, width_m / 3):
             draw.ellipse(box(wx - 0.33, 0, wx + 0.33, 0.66), fill=(20, 20, 20))
     elif kind == "person":
-        skin = (int(150 + 80 * rng_values[0]), int(110 + 70 * rng_values[0]), int(90 + 60 * rng_values[0]))
+        skin = (
+            int(150 + 80 * rng_values[0]),
+            int(110 + 70 * rng_values[0]),
+            int(90 + 60 * rng_values[0]),
+        )
         draw.rectangle(box(-0.18, 0, 0.18, obj_height * 0.5), fill=(40, 40, 60))
-        draw.rounded_rectangle(box(-0.25, obj_height * 0.48, 0.25, obj_height * 0.85), radius=max(1, int(scale * 0.08)), fill=c)
+        draw.rounded_rectangle(
+            box(-0.25, obj_height * 0.48, 0.25, obj_height * 0.85),
+            radius=max(1, int(scale * 0.08)),
+            fill=c,
+        )
         draw.ellipse(box(-0.12, obj_height * 0.85, 0.12, obj_height), fill=skin)
     elif kind == "cyclist":
         _draw_billboard(draw, "bike", base_x, base_y, scale, 1.0, 1.7, c, rng_values)
@@ -284,8 +356,14 @@ def _dynamic_objects(model: StreetModel, camera: Camera, rng: np.random.Generato
     return objects
 
 
-def render_view(model: StreetModel, camera: Camera, width: int, height: int,
-                conditions: Conditions, rng: np.random.Generator) -> np.ndarray:
+def render_view(
+    model: StreetModel,
+    camera: Camera,
+    width: int,
+    height: int,
+    conditions: Conditions,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """An outdoor view as a uint8 (height, width, 3) array."""
     image, metres = render_geometry(model, camera, width, height, conditions)
     if conditions.clouds > 0:  # soft bright blobs where the sky shows
@@ -311,7 +389,9 @@ def render_view(model: StreetModel, camera: Camera, width: int, height: int,
     projected.sort(key=lambda item: (-item[0], item[1].along_m, item[1].lateral_m))
     values = rng.random(len(projected))
     for (depth, obj, x, y, scale), value in zip(projected, values):
-        _draw_billboard(draw, obj.kind, x, y, scale, obj.height_m, obj.width_m, obj.colour, (value,))
+        _draw_billboard(
+            draw, obj.kind, x, y, scale, obj.height_m, obj.width_m, obj.colour, (value,)
+        )
     return finish(np.asarray(canvas, dtype=np.float32), conditions, rng)
 
 
@@ -327,5 +407,7 @@ def finish(image: np.ndarray, conditions: Conditions, rng: np.random.Generator) 
         out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(conditions.noise)
     result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if conditions.blur_px > 0.05:
-        result = np.asarray(Image.fromarray(result).filter(ImageFilter.GaussianBlur(conditions.blur_px)))
+        result = np.asarray(
+            Image.fromarray(result).filter(ImageFilter.GaussianBlur(conditions.blur_px))
+        )
     return result

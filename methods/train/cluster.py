@@ -105,6 +105,9 @@ def cluster_init(config) -> Path:
                 bar.update(len(batch.rows))
     bar.close()
     descriptors = torch.cat(samples)[: config.num_descriptors]
+    if descriptors.shape[0] < config.num_descriptors:
+        logger.warning("only %d local descriptors available (asked for %d): %d images of %d locations",
+                       descriptors.shape[0], config.num_descriptors, len(chosen), samples[0].shape[0])
     logger.info("k-means: %d descriptors of dimension %d into %d clusters", descriptors.shape[0], descriptors.shape[1], config.num_clusters)
     centroids = kmeans(descriptors, config.num_clusters, iterations=config.iterations, seed=config.seed)
     attrs = cluster_attrs(config.backbone, config.backbone_weights, config.seed, config.num_clusters)

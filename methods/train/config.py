@@ -69,7 +69,7 @@ class TrainConfig:
     batch_size: int = _f(32, "Images per batch when extracting features for mining and validation.")
     workers: int | None = _f(None, "Data-loader workers (default: cores - 1, at most 8).")
     device: str | None = _f(None, "cuda, cpu (default: CUDA when available; torchrun sets the GPU per rank).")
-    amp: bool = _f(False, "Mixed precision for training steps on GPU.")
+    amp: bool = _f(False, "Mixed precision (bfloat16 autocast) for training steps on GPU.")
     eval_every: int = _f(1, "Validate every this many epochs (and after the last).")
     keep_epoch_checkpoints: bool = _f(True, "Keep a checkpoint of every epoch (else only last and best).")
     progress: bool = _f(True, "Progress bars.")

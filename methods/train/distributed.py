@@ -104,3 +104,15 @@ def all_reduce_mean(env: DistEnv, value: float, device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / env.world_size
+
+
+def agree(env: DistEnv, flag: bool, device) -> bool:
+    """Rank 0's ``flag`` on every rank (decisions from the file system must not race)."""
+    import torch
+    import torch.distributed as dist
+
+    if not env.enabled:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.long, device=device)
+    dist.broadcast(tensor, 0)
+    return bool(tensor.item())

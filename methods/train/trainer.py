@@ -44,6 +44,7 @@ from methods.train import losses
 from methods.train.config import RESUMABLE_CHANGES, ClusterConfig, TrainConfig
 from methods.train.distributed import (
     DistEnv,
+    agree,
     all_reduce_mean,
     barrier,
     broadcast_array,
@@ -226,7 +227,7 @@ class Trainer:
         if c.backbone_weights:
             load_backbone_weights(model.base_model, c.backbone_weights)
         cluster_path = Path(c.init) if c.init else self.out_dir / "cluster.h5"
-        if not c.init and not cluster_path.exists():
+        if not c.init and not agree(self.env, cluster_path.exists(), self.device):
             if self.env.is_main:
                 cluster_init(ClusterConfig(
                     split=c.train_split, out=str(cluster_path), data_root=c.data_root, backbone=c.backbone,
@@ -408,7 +409,9 @@ class Trainer:
             images = batch.images.to(self.device, non_blocking=True)
             b, s = images.shape[:2]
             flat = normalize_batch(images.view(b * s, *images.shape[2:]))
-            with torch.autocast(device_type=self.device.type, enabled=c.amp and self.device.type == "cuda"):
+            # bfloat16: no loss scaling needed (fp16 gradients of the sharp SARE softmax underflow).
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                enabled=c.amp and self.device.type == "cuda"):
                 outputs = forward(flat)
             outputs = outputs.float().view(b, s, *outputs.shape[1:])
             teacher_outputs = None
@@ -467,7 +470,7 @@ class Trainer:
         if self.env.is_main:
             write_json_atomic(self.out_dir / "config.json", c.to_dict())
         sfrs = c.mode == "sfrs"
-        if self.init_path.exists():
+        if agree(self.env, self.init_path.exists(), self.device):
             initial = read_checkpoint(self.init_path)
             model = build_model(self._model_config())
             load_state_dict_strict(model, initial.state_dict, self.init_path)
@@ -480,7 +483,7 @@ class Trainer:
         model.base_model.freeze(c.train_layers)
         model.to(self.device)
         self._check_even_regions(model)
-        if self.last_path.exists():
+        if agree(self.env, self.last_path.exists(), self.device):
             state = self._resume(model)
         else:
             state = _State()
@@ -516,7 +519,8 @@ class Trainer:
                 first = state.next_epoch
             for epoch in range(first, epochs.stop):
                 self._run_epoch(model, forward, teacher_forward, optimizer, scheduler, state, generation, epoch)
-                self._save_state(model, teacher, optimizer, scheduler, state, generation, epoch)
+                if self.env.is_main:
+                    self._save_state(model, teacher, optimizer, scheduler, state, generation, epoch)
                 barrier(self.env)
             state.next_epoch = None
         barrier(self.env)
