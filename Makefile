@@ -7,8 +7,15 @@ EXTRAS ?= cpu,methods,leaderboard,slurm,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PYTEST_ARGS ?=
+# slurm-marked tests run against a private single-node SLURM cluster that
+# .ci/slurm-cluster.sh stands up (root + apt-get, as on CI) and always stops afterwards;
+# elsewhere they skip. SLURM_CLUSTER=0: never start it.
+SLURM_CLUSTER ?= 1
+# The leaderboard page is checked in headless Chromium (Debian's package); BROWSER=0 skips
+# installing it (the browser test then skips with its reason).
+BROWSER ?= 1
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-slurm demo clean
 
 setup: $(STAMP)
 
@@ -19,7 +26,13 @@ $(STAMP): setup.cfg setup.py requirements/constraints.txt
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	if [ "$(BROWSER)" = 1 ]; then bash .ci/browser.sh; fi
+	IOVPR_SLURM=$(SLURM_CLUSTER) .ci/slurm-cluster.sh run --optional -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/harness leaderboard check
+	$(VENV)/bin/harness leaderboard build --verify
+
+test-slurm: $(STAMP)
+	.ci/slurm-cluster.sh run -- $(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/harness demo
