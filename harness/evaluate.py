@@ -34,8 +34,8 @@ from harness.results import (
     Counts, EvalResult, FileDigest, Hardware, Predictions, Timings, harness_git_commit, utc_now,
 )
 from harness.search import (
-    BlockSource, SearchStats, TopK, default_block_rows, iter_feature_blocks, resolve_backend,
-    search_blocks,
+    BlockSource, SearchStats, TopK, default_block_rows, float16_converter, iter_feature_blocks,
+    resolve_backend, search_blocks, streams_from_mapping,
 )
 from harness.splits import Split
 
@@ -66,18 +66,36 @@ class _BlockInspector:
     Runs in the reading thread, so the check costs no extra pass over the files.
     """
 
-    def __init__(self):
+    def __init__(self, database_bytes: int = 0):
         from harness.validate import NORM_TOLERANCE
 
         self._tolerance = NORM_TOLERANCE
         self._lock = threading.Lock()
+        self._database_bytes = database_bytes
+        self._widen = None
+        self._local = threading.local()
         self.problems: dict[Path, list[str]] = {}
         self.unnormalised: dict[Path, int] = {}
+
+    def _as_float32(self, descriptors: np.ndarray) -> np.ndarray:
+        """float16 pieces (a backend that widens on its GPU gets blocks as stored) are widened
+        into a per-thread scratch buffer with the fast converter."""
+        if descriptors.dtype != np.float16:
+            return descriptors
+        if self._widen is None:
+            self._widen = float16_converter("auto", stored_bytes=self._database_bytes)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch.size < descriptors.size:
+            scratch = self._local.scratch = np.empty(descriptors.size, dtype=np.float32)
+        out = scratch[: descriptors.size].reshape(descriptors.shape)
+        self._widen(np.ascontiguousarray(descriptors), out)
+        return out
 
     def __call__(self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"):
         from harness.validate import inspect_block
 
-        check = inspect_block(descriptors, self._tolerance.get(dtype, self._tolerance["float32"]))
+        check = inspect_block(self._as_float32(descriptors),
+                              self._tolerance.get(dtype, self._tolerance["float32"]))
         notes = []
         if check.nonfinite_rows.size:
             notes.append(f"{check.nonfinite_rows.size} /{source.part} rows hold NaN or Inf "
@@ -110,65 +128,21 @@ def _plain_attrs(attrs: Mapping[str, object]) -> dict:
     return out
 
 
-def _map_database_partial(paths: Sequence[Path], split: Split):
-    """Validate a query file plus a *subset* of database shards (sharded evaluation)."""
-    from harness.validate import PartRows, map_names_to_rows
-
-    problems: list[str] = []
-    query = None
-    database: list[PartRows] = []
-    owner = np.full(split.num_database, -1, dtype=np.int32)
-    dims, method = set(), ""
-    for number, path in enumerate(paths):
-        info = read_info(path)
-        method = method or info.method
-        if info.split and info.split != split.name and "query" in info.parts:
-            problems.append(f"{path}: was written for split {info.split!r}, not {split.name!r}")
-        for part, part_info in info.parts.items():
-            dims.add(part_info.dim)
-            names = read_names(path, part)
-            split_names = split.query_names if part == "query" else split.database_names
-            index = (lambda: split.query_index) if part == "query" else (lambda: split.database_index)
-            rows = map_names_to_rows(names, split_names, index)
-            if (rows < 0).any():
-                problems.append(f"{path}: {int((rows < 0).sum())} {part} names are not in split {split.name}")
-                continue
-            if len(np.unique(rows)) != len(rows):
-                problems.append(f"{path}: {part} names occur more than once")
-                continue
-            entry = PartRows(path, part, rows, part_info.dim, part_info.dtype)
-            if part == "query":
-                if query is not None:
-                    problems.append(f"{path}: /query is also in {query.path}")
-                elif len(rows) != split.num_queries:
-                    problems.append(f"{path}: holds {len(rows)} of {split.num_queries} queries")
-                query = entry
-            else:
-                if (owner[rows] >= 0).any():
-                    problems.append(f"{path}: database rows also in {paths[int(owner[rows][owner[rows] >= 0][0])]}")
-                owner[rows] = number
-                database.append(entry)
-    if query is None:
-        problems.append(f"{paths[0] if paths else split.name}: no file holds /query")
-    if len(dims) > 1:
-        problems.append(f"{paths[0]}: descriptor dimensions differ between files ({sorted(dims)})")
-    if problems:
-        raise ValidationError(problems)
-    return query, database, dims.pop(), method
-
-
 def search_features(
     features: Sequence[str | os.PathLike],
     split: Split,
     config: EvalConfig = EvalConfig(),
     *,
     partial_database: bool = False,
+    on_stored_block=None,
 ) -> SearchOutput:
     """Validate ``features`` against ``split`` and search every query's exact top-K.
 
     ``features`` are files or directories: exactly one file holds ``/query``; ``/database``
     rows come from one or more files. With ``partial_database`` the database files may cover
-    only part of the split's database (one job of a sharded evaluation).
+    only part of the split's database (one job of a sharded evaluation). ``on_stored_block``
+    is handed to :func:`harness.search.iter_feature_blocks` (``evaluate`` hashes the files
+    with it while they stream).
     """
     from harness.validate import check_features
 
@@ -176,18 +150,15 @@ def search_features(
     paths = tuple(expand_feature_paths(features))
     if not paths:
         raise HarnessError("no feature files given")
-    if partial_database:
-        query_part, database_parts, dim, method = _map_database_partial(paths, split)
-        warnings: list[str] = []
-        attrs = _plain_attrs(read_info(query_part.path).attrs)
-    else:
-        report = check_features(paths, split, check_values=False)
-        query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
-        warnings = list(report.warnings)
-        info = next(i for i in report.infos if i.path == query_part.path)
-        attrs = _plain_attrs(info.attrs)
+    report = check_features(paths, split, check_values=False,
+                            require_complete_database=not partial_database)
+    query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
+    warnings = list(report.warnings)
+    info = next(i for i in report.infos if i.path == query_part.path)
+    attrs = _plain_attrs(info.attrs)
 
-    inspector = _BlockInspector() if config.validate else None
+    database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
+    inspector = _BlockInspector(database_bytes) if config.validate else None
     queries = np.empty((split.num_queries, dim), dtype=np.float32)
     stored = read_descriptors(query_part.path, "query")
     queries[query_part.rows] = stored
@@ -206,9 +177,13 @@ def search_features(
         dtype_of = {part.path: part.dtype for part in database_parts}
         on_block = lambda source, start, block: inspector(source, start, block, dtype_of[source.path])  # noqa: E731
     stats = SearchStats()
+    blocks = iter_feature_blocks(
+        sources, block_rows, prefetch_blocks=config.prefetch, on_block=on_block,
+        as_stored=backend.accepts_float16, on_stored_block=on_stored_block,
+    )
     topk = search_blocks(
         queries,
-        iter_feature_blocks(sources, block_rows, prefetch_blocks=config.prefetch, on_block=on_block),
+        blocks,
         protocol.k,
         backend=backend,
         total_rows=sum(part.count for part in database_parts),
@@ -327,49 +302,127 @@ def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
     return digests, time.perf_counter() - started
 
 
-class _BackgroundDigests:
-    """sha256 of the feature files in a thread while the search runs (hashlib drops the GIL).
+class _StreamedDigests:
+    """sha256 of every feature file, computed in one background thread beside the search.
 
-    :meth:`cancel` stops it between chunks (when the evaluation fails early).
+    A database file that the search streams through a file mapping is hashed from the very
+    bytes it reads (``on_stored_block``), in file order: the blocks arrive in file order, and
+    the bytes between them (header, names, another part) and after the last are read from the
+    file. The database is thus read once, not twice (a 52 GB database does not fit in the page
+    cache). Other files (the query file, HDF5-chunked datasets) are hashed from the file. The
+    hash itself still costs CPU (~1-2 GB/s per core with SHA extensions): ``busy_s`` records it.
+    A bounded queue makes the reader wait when hashing falls behind, so memory stays bounded.
     """
 
     chunk_bytes = 8 << 20
+    queued_blocks = 4
 
-    def __init__(self, paths: Sequence[Path]):
+    def __init__(self, paths: Sequence[Path], streamed: Sequence[Path]):
+        import queue
+
         self._paths = list(paths)
+        self._streamed = {Path(p) for p in streamed}
+        self._queue: queue.Queue = queue.Queue(maxsize=self.queued_blocks)
+        self._states: dict[Path, list] = {}  # path -> [sha256 object, next byte to hash, in order]
         self._stop = threading.Event()
-        self._result: tuple[tuple[FileDigest, ...], float] | None = None
         self._error: BaseException | None = None
+        self._digests: dict[Path, FileDigest] = {}
+        self.busy_s = 0.0
+        self.streamed_bytes = 0  # hashed from the blocks the search read
+        self.read_bytes = 0  # read from the files only to hash them
         self._thread = threading.Thread(target=self._run, name="harness-sha256", daemon=True)
         self._thread.start()
 
-    def _digest(self, path: Path) -> FileDigest | None:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while not self._stop.is_set():
-                chunk = handle.read(self.chunk_bytes)
-                if not chunk:
-                    return FileDigest(str(path), digest.hexdigest(), path.stat().st_size)
-                digest.update(chunk)
-        return None
+    # -- producer side (the search's reading thread) ---------------------------------------
 
-    def _run(self) -> None:
-        started = time.perf_counter()
-        try:
-            digests = tuple(self._digest(path) for path in self._paths)
-            self._result = (digests, time.perf_counter() - started)
-        except BaseException as exc:  # re-raised in result()
-            self._error = exc
-
-    def cancel(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def on_stored_block(self, source: BlockSource, file_offset: int, stored: np.ndarray) -> None:
+        if Path(source.path) in self._streamed and not self._stop.is_set():
+            self._queue.put((Path(source.path), int(file_offset), stored))
 
     def result(self) -> tuple[tuple[FileDigest, ...], float]:
+        """Wait for every digest; (digests in ``paths`` order, seconds spent hashing)."""
+        self._queue.put(None)
         self._thread.join()
         if self._error is not None:
             raise HarnessError(f"cannot checksum a feature file ({self._error})") from None
-        return self._result
+        return tuple(self._digests[path] for path in self._paths), self.busy_s
+
+    def cancel(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.05)
+                break
+            except Exception:  # queue full: the thread is draining it
+                continue
+        self._thread.join()
+
+    # -- hashing thread ----------------------------------------------------------------------
+
+    def _hash_range(self, handle, digest, begin: int, end: int) -> None:
+        handle.seek(begin)
+        remaining = end - begin
+        while remaining > 0 and not self._stop.is_set():
+            chunk = handle.read(min(self.chunk_bytes, remaining))
+            if not chunk:
+                raise OSError(f"{handle.name}: file ended while hashing (truncated?)")
+            digest.update(chunk)
+            remaining -= len(chunk)
+            self.read_bytes += len(chunk)
+
+    def _block(self, path: Path, offset: int, stored: np.ndarray) -> None:
+        state = self._states.setdefault(path, [hashlib.sha256(), 0, True])
+        digest, position, in_order = state
+        if not in_order:
+            return
+        if offset < position:  # not in file order: hash the whole file from disk instead
+            state[2] = False
+            return
+        if offset > position:
+            with open(path, "rb") as handle:
+                self._hash_range(handle, digest, position, offset)
+        digest.update(memoryview(stored.reshape(-1).view(np.uint8)))
+        state[1] = offset + stored.nbytes
+        self.streamed_bytes += stored.nbytes
+
+    def _finish(self, path: Path) -> None:
+        size = path.stat().st_size
+        state = self._states.get(path)
+        if state is None or not state[2]:
+            state = [hashlib.sha256(), 0, True]
+        digest, position, _ = state
+        with open(path, "rb") as handle:
+            self._hash_range(handle, digest, position, size)
+        if not self._stop.is_set():
+            self._digests[path] = FileDigest(str(path), digest.hexdigest(), size)
+
+    def _run(self) -> None:
+        try:
+            for path in self._paths:  # files not streamed: hashed first, while blocks queue up
+                if path not in self._streamed and not self._stop.is_set():
+                    started = time.perf_counter()
+                    self._finish(path)
+                    self.busy_s += time.perf_counter() - started
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                if self._stop.is_set():
+                    continue
+                started = time.perf_counter()
+                self._block(*item)
+                self.busy_s += time.perf_counter() - started
+            started = time.perf_counter()
+            for path in self._paths:
+                if path in self._streamed and not self._stop.is_set():
+                    self._finish(path)
+            self.busy_s += time.perf_counter() - started
+        except BaseException as exc:  # re-raised in result()
+            self._error = exc
+            self._stop.set()
+            while True:  # keep the producer from blocking on a full queue
+                if self._queue.get() is None:
+                    break
 
 
 def evaluate(
@@ -396,14 +449,22 @@ def evaluate(
     """
     started = time.perf_counter()
     paths = expand_feature_paths(features)
-    hashing = _BackgroundDigests(paths) if config.checksums else None
+    hashing = None
+    if config.checksums:
+        streamed = [path for path in paths if streams_from_mapping(path, "database")]
+        hashing = _StreamedDigests(paths, streamed)
     try:
-        output = search_features(paths, split, config)
+        output = search_features(paths, split, config,
+                                 on_stored_block=hashing.on_stored_block if hashing else None)
     except BaseException:
         if hashing is not None:
             hashing.cancel()
         raise
     digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
+    if hashing is not None:
+        logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
+                    "own reads, %.2f GB read only to hash", len(paths), checksum_s,
+                    hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
     return evaluate_topk(
         split,
         output.topk,

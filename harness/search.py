@@ -65,6 +65,8 @@ DEFAULT_BLOCK_BYTES = 128 << 20
 DEFAULT_SCORE_BYTES = 96 << 20
 #: Bytes read, widened and checked at a time inside a block (stays in the CPU caches).
 PIECE_BYTES = 4 << 20
+#: Cores from which the numpy backend overlaps selection with the next GEMM by default.
+OVERLAP_MIN_CORES = 8
 #: faiss GPU k-selection handles at most this many results per query.
 FAISS_GPU_MAX_K = 2048
 #: OpenBLAS kernels that mean "this build did not recognise the CPU".
@@ -306,6 +308,9 @@ class SearchBackend:
     name = "base"
     #: float32 bytes per streamed block that suit this backend (see :func:`default_block_rows`).
     block_bytes = DEFAULT_BLOCK_BYTES
+    #: Takes float16 blocks as stored and widens them itself (on its device): half the bytes
+    #: to move, no CPU pass. Other backends get float32 blocks.
+    accepts_float16 = False
 
     def prepare(self, queries: np.ndarray, k: int) -> None:
         """Called once before the first block (upload queries, allocate buffers)."""
@@ -356,15 +361,29 @@ def _score_batch_rows(block_rows: int, score_bytes: int = DEFAULT_SCORE_BYTES) -
 
 @register_backend("numpy")
 class NumpyBackend(SearchBackend):
-    """float32 GEMM through numpy's BLAS, then exact threshold/partition selection."""
+    """float32 GEMM through numpy's BLAS, then exact threshold/partition selection.
 
-    def __init__(self, query_batch_rows: int | None = None, selection_threads: int | None = None):
+    With ``overlap`` (default on machines with at least :data:`OVERLAP_MIN_CORES` cores) the
+    selection of one score batch runs in a background thread while the next GEMM runs, on two
+    alternating score buffers: on many cores the selection's serial parts otherwise leave the
+    BLAS threads idle. On a few cores the two would only take turns on the same cores.
+    """
+
+    def __init__(self, query_batch_rows: int | None = None, selection_threads: int | None = None,
+                 overlap: bool | None = None):
         self.query_batch_rows = query_batch_rows
-        self._buffer = np.empty(0, dtype=np.float32)
+        self._buffers = [np.empty(0, dtype=np.float32), np.empty(0, dtype=np.float32)]
+        self._turn = 0
         # Selection is a few single-threaded numpy passes over the scores; with the BLAS
         # threads idle meanwhile, splitting the query rows over threads recovers that time.
         self.selection_threads = selection_threads or min(16, _usable_cores())
+        self.overlap = _usable_cores() >= OVERLAP_MIN_CORES if overlap is None else bool(overlap)
         self._pool = None
+        self._selector = None
+        self._pending = None
+
+    def describe(self) -> str:
+        return self.name + (" (overlapped selection)" if self.overlap else "")
 
     def _select(self, state, start: int, scores: np.ndarray, rows: np.ndarray) -> None:
         q = scores.shape[0]
@@ -384,19 +403,44 @@ class NumpyBackend(SearchBackend):
         for future in futures:
             future.result()
 
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def add_block(self, state, queries, block, rows):
         num_queries, b = queries.shape[0], block.shape[0]
         if num_queries == 0:
             return
         batch = self.query_batch_rows or _score_batch_rows(b)
         batch = min(batch, num_queries)
-        if self._buffer.size < batch * b:
-            self._buffer = np.empty(batch * b, dtype=np.float32)
         for start in range(0, num_queries, batch):
             stop = min(num_queries, start + batch)
-            scores = self._buffer[: (stop - start) * b].reshape(stop - start, b)
+            # The other buffer may still be read by the pending selection; this one is free.
+            slot = self._turn % 2 if self.overlap else 0
+            if self._buffers[slot].size < batch * b:
+                self._buffers[slot] = np.empty(batch * b, dtype=np.float32)
+            scores = self._buffers[slot][: (stop - start) * b].reshape(stop - start, b)
             np.matmul(queries[start:stop], block.T, out=scores)
-            self._select(state, start, scores, rows)
+            if self.overlap:
+                self._wait()  # selections update the same state: strictly one after another
+                if self._selector is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._selector = ThreadPoolExecutor(1, thread_name_prefix="harness-selector")
+                self._pending = self._selector.submit(self._select, state, start, scores, rows)
+                self._turn += 1
+            else:
+                self._select(state, start, scores, rows)
+
+    def finish(self):
+        try:
+            self._wait()
+        finally:
+            for pool in (self._selector, self._pool):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._selector = self._pool = None
 
 
 def _usable_cores() -> int:
@@ -420,9 +464,9 @@ class _ListBackend(SearchBackend):
         at_k = part.scores[:, k - 1]
         suspect = np.flatnonzero(np.isfinite(at_k) & (part.scores[:, depth - 1] == at_k))
         if suspect.size:
-            logger.debug("re-scoring %d queries with ties beyond faiss's list", suspect.size)
+            logger.debug("re-scoring %d queries with ties beyond the list", suspect.size)
             exact = RunningTopK(suspect.size, depth)
-            exact.add_scores(slice(0, suspect.size), queries[suspect] @ block.T, rows)
+            exact.add_scores(slice(0, suspect.size), queries[suspect] @ block.astype(np.float32, copy=False).T, rows)
             scores, indices = part.scores.copy(), part.indices.copy()
             scores[suspect], indices[suspect] = exact.scores, exact.indices
             part = TopK(scores, indices)
@@ -530,10 +574,12 @@ class FaissGpuBackend(_MultiGpuBackend):
 class TorchCudaBackend(_MultiGpuBackend):
     """float32 ``torch.mm`` + ``torch.topk`` on CUDA GPUs (used when faiss has no GPU build).
 
-    TF32 is switched off for the products: scores are full float32, as on the CPU.
+    TF32 is switched off for the products: scores are full float32, as on the CPU. float16
+    blocks are uploaded as stored and widened to float32 on the GPU (exact, as on the CPU).
     """
 
     max_k = 1 << 20
+    accepts_float16 = True
 
     def __init__(self, ngpu: int = -1, query_batch_rows: int | None = None):
         import torch
@@ -565,7 +611,9 @@ class TorchCudaBackend(_MultiGpuBackend):
 
         device = torch.device("cuda", self.devices[slot])
         with torch.no_grad():
-            block = torch.from_numpy(sub_block).to(device)
+            block = torch.from_numpy(np.ascontiguousarray(sub_block)).to(device)
+            if block.dtype != torch.float32:
+                block = block.float()  # float16 -> float32 is exact
             scores = self._queries[slot] @ block.T
             values, labels = torch.topk(scores, depth, dim=1, largest=True, sorted=True)
             return values.cpu().numpy(), labels.cpu().numpy()
@@ -788,8 +836,8 @@ def search_blocks(
                     f"block of shape {block.shape} with {rows.shape} rows does not match "
                     f"queries of dim {queries.shape[1]}"
                 )
-            if block.dtype != np.float32:
-                block = block.astype(np.float32)
+            if block.dtype != np.float32 and not (block.dtype == np.float16 and backend.accepts_float16):
+                block = widen_to_float32(block)
             if block.shape[0]:
                 backend.add_block(state, queries, block, rows)
             stats.compute_s += time.perf_counter() - computing
@@ -959,11 +1007,18 @@ class _DatasetReader:
                 )
             self._mappable = self.row_bytes > 0
 
-    def map_rows(self, start: int, stop: int) -> np.ndarray | None:
-        """Rows ``start:stop`` as a read-only array over a private file mapping, or None.
+    @property
+    def data_offset(self) -> int | None:
+        """File offset of row 0 (None when the dataset is read through HDF5)."""
+        return self._offset if self._fd is not None else None
 
-        The mapping lives as long as the array (CPython frees it with the last reference).
-        The kernel is asked to read the range ahead (``MADV_WILLNEED``).
+    def map_rows(self, start: int, stop: int, writable: bool = False) -> np.ndarray | None:
+        """Rows ``start:stop`` as an array over a file mapping, or None.
+
+        Read-only by default; with ``writable`` the mapping is private copy-on-write (the file
+        never changes; consumers such as torch that refuse read-only memory accept it). The
+        mapping lives as long as the array (CPython frees it with the last reference). The
+        kernel is asked to read the range ahead (``MADV_WILLNEED``).
         """
         if not self._mappable or stop <= start:
             return None
@@ -973,7 +1028,8 @@ class _DatasetReader:
         aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
         length = (stop - start) * self.row_bytes
         try:
-            mapping = mmap.mmap(self._fd, length + (begin - aligned), access=mmap.ACCESS_READ, offset=aligned)
+            mapping = mmap.mmap(self._fd, length + (begin - aligned), offset=aligned,
+                                access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:  # a filesystem without mmap: read instead
             logger.debug("cannot map %s (%s); reading it instead", self.path, exc)
             self._mappable = False
@@ -1008,6 +1064,20 @@ class _DatasetReader:
         self._file.close()
 
 
+def streams_from_mapping(path: str | os.PathLike, part: str = "database") -> bool:
+    """Whether :func:`iter_feature_blocks` reads ``/part/descriptors`` of ``path`` through a
+    file mapping (a plain contiguous dataset, on a platform with mmap): then its
+    ``on_stored_block`` hook sees every block's stored bytes (unless mapping fails later)."""
+    try:
+        reader = _DatasetReader(Path(path), part)
+    except (HarnessError, KeyError, OSError, ValueError):
+        return False
+    try:
+        return bool(reader._mappable)
+    finally:
+        reader.close()
+
+
 def _touch_pages(array: np.ndarray) -> None:
     """Fault every page of a mapped array in now (in the reading thread, not in the GEMM)."""
     flat = array.reshape(-1).view(np.uint8)
@@ -1019,6 +1089,92 @@ def default_reader_threads() -> int:
     return max(1, min(8, _usable_cores() // 4))
 
 
+# --------------------------------------------------------------------------------------------
+# float16 -> float32
+
+
+#: Stored float16 bytes from which ``fp16_converter="auto"`` imports torch for widening.
+TORCH_WIDEN_MIN_BYTES = 1 << 30
+FP16_CONVERTERS = ("auto", "numpy", "torch")
+#: Overrides ``fp16_converter="auto"`` (``numpy`` or ``torch``), e.g. for benchmarks.
+FP16_CONVERTER_ENV = "HARNESS_FP16_CONVERTER"
+# torch parallelises a copy above this many elements; smaller pieces stay on the calling
+# (reader) thread, so the parallelism is ours and never competes with the BLAS threads.
+_TORCH_SERIAL_ELEMENTS = 32_000
+
+
+def _widen_numpy(stored: np.ndarray, out: np.ndarray) -> None:
+    np.copyto(out, stored, casting="unsafe")
+
+
+def _widen_torch(stored: np.ndarray, out: np.ndarray) -> None:
+    import torch
+
+    if not stored.flags.writeable or not stored.flags.c_contiguous or not out.flags.c_contiguous:
+        np.copyto(out, stored, casting="unsafe")  # torch refuses read-only memory
+        return
+    source = torch.from_numpy(stored.reshape(-1))
+    target = torch.from_numpy(out.reshape(-1))
+    for first in range(0, source.numel(), _TORCH_SERIAL_ELEMENTS):
+        target[first:first + _TORCH_SERIAL_ELEMENTS].copy_(source[first:first + _TORCH_SERIAL_ELEMENTS])
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+    import sys
+
+    if sys.modules.get("torch") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def float16_converter(choice: str = "auto", stored_bytes: int = 0) -> Callable[[np.ndarray, np.ndarray], None]:
+    """A function ``convert(stored, out)`` that widens float16 ``stored`` into float32 ``out``.
+
+    Both conversions are exact (every float16 is a float32). numpy's cast is a scalar loop
+    (~0.4 G values/s per core on the development machine, about 13% of the GEMM time of the
+    same block), torch's is vectorised (~10x faster). ``auto`` takes torch when it is already
+    imported, or when it is installed and ``stored_bytes`` of float16 are to be widened, at
+    least :data:`TORCH_WIDEN_MIN_BYTES` (importing torch costs seconds and ~0.7 GB of
+    resident memory, worth it only at scale); ``$HARNESS_FP16_CONVERTER`` overrides ``auto``.
+    torch is never required: without it numpy converts.
+    """
+    import sys
+
+    if choice == "auto":
+        choice = os.environ.get(FP16_CONVERTER_ENV, "auto") or "auto"
+    if choice not in FP16_CONVERTERS:
+        raise HarnessError(f"unknown float16 converter {choice!r}; valid: {', '.join(FP16_CONVERTERS)}")
+    if choice == "auto":
+        wanted = sys.modules.get("torch") is not None or stored_bytes >= TORCH_WIDEN_MIN_BYTES
+        choice = "torch" if wanted and _torch_installed() else "numpy"
+    if choice == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            logger.warning("torch is not installed: widening float16 with numpy")
+            return _widen_numpy
+        return _widen_torch
+    return _widen_numpy
+
+
+def widen_to_float32(stored: np.ndarray, converter: Callable | None = None) -> np.ndarray:
+    """A float32 copy of ``stored`` (float16 widened with ``converter``, default numpy's cast)."""
+    out = np.empty(stored.shape, dtype=np.float32)
+    if stored.dtype == np.float16:
+        (converter or _widen_numpy)(np.ascontiguousarray(stored), out)
+    else:
+        np.copyto(out, stored, casting="unsafe")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming blocks of feature files
+
+
 def iter_feature_blocks(
     sources: Sequence[BlockSource],
     block_rows: int,
@@ -1026,23 +1182,41 @@ def iter_feature_blocks(
     prefetch_blocks: bool = True,
     on_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
     reader_threads: int | None = None,
+    as_stored: bool = False,
+    on_stored_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
+    fp16_converter: str = "auto",
 ) -> Iterator[Block]:
-    """Stream ``(database_rows, float32 descriptors)`` blocks from feature files.
+    """Stream ``(database_rows, descriptors)`` blocks from feature files.
 
     Files are read in order, ``block_rows`` rows at a time, by a prefetch thread that reads
     (and widens float16 to float32) the next block while the current one is searched. Memory
     stays at about three blocks. float32 blocks of plain contiguous datasets are read-only
-    views of a file mapping (no copy); float16 blocks are widened into reused buffers. Either
-    way a yielded array is valid only until the next block is requested (copy it to keep it). ``on_block(source, start_row,
-    descriptors)``, if given, runs on every piece of a block (a few MB, while it is in cache):
-    value checks cost no extra pass over memory. With ``reader_threads`` > 1 (default: one per
-    4 cores) the pieces of a block are read in parallel, so ``on_block`` must be thread-safe.
+    views of a file mapping (no copy); float16 blocks are widened into reused buffers (with
+    :func:`float16_converter`). Either way a yielded array is valid only until the next block
+    is requested (copy it to keep it).
+
+    Args:
+        sources: the files, each with the split row of every stored row.
+        block_rows: rows per block.
+        prefetch_blocks: read one block ahead in a background thread.
+        on_block: ``on_block(source, start_row, descriptors)`` runs on every piece of a block
+            (a few MB, while it is in cache): value checks cost no extra pass over memory.
+            With ``reader_threads`` > 1 pieces are read in parallel, so it must be thread-safe.
+        reader_threads: threads reading the pieces of a block (default: one per 4 cores).
+        as_stored: yield blocks in their stored dtype (float16 not widened: for a backend that
+            widens on its device) as writable private mappings where possible.
+        on_stored_block: ``on_stored_block(source, file_offset, stored)`` runs once per block
+            read through a file mapping, in file order, with the block's bytes as stored
+            (``file_offset`` is where they start in the file). It may keep ``stored`` (e.g. to
+            hash it in another thread): the mapping stays valid while referenced.
+        fp16_converter: ``auto``, ``numpy`` or ``torch`` (see :func:`float16_converter`).
     """
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
     sources = list(sources)
     ring = max(1, 3 if prefetch_blocks else 1)
     reader_threads = default_reader_threads() if reader_threads is None else max(1, int(reader_threads))
+    total_rows = sum(int(source.rows.size) for source in sources)
 
     def produce() -> Iterator[Block]:
         from concurrent.futures import ThreadPoolExecutor
@@ -1050,6 +1224,7 @@ def iter_feature_blocks(
         buffers: list[np.ndarray | None] = [None] * ring
         local = threading.local()
         pool = ThreadPoolExecutor(reader_threads, thread_name_prefix="harness-read") if reader_threads > 1 else None
+        widen = None
         turn = 0
         try:
             for source in sources:
@@ -1061,6 +1236,12 @@ def iter_feature_blocks(
                             f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
                             "indices were given", source.path,
                         )
+                    stored_dtype = reader.dtype
+                    out_dtype = stored_dtype if as_stored else np.dtype(np.float32)
+                    if stored_dtype == np.float16 and out_dtype == np.float32 and widen is None:
+                        widen = float16_converter(fp16_converter, stored_bytes=total_rows * dim * 2)
+                    # Private (writable) mappings for float16: torch widens from them.
+                    writable_maps = as_stored or stored_dtype != np.float32
                     piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
 
                     def read_piece(first: int, last: int, start: int, out: np.ndarray,
@@ -1070,16 +1251,19 @@ def iter_feature_blocks(
                         target = out[first:last]
                         if mapped is not None:
                             if mapped is not out:
-                                np.copyto(target, mapped[first:last], casting="unsafe")
-                        elif reader.dtype == np.float32:
+                                if out.dtype == stored_dtype:
+                                    np.copyto(target, mapped[first:last])
+                                else:
+                                    widen(mapped[first:last], target)
+                        elif out.dtype == stored_dtype:
                             reader.read(start + first, start + last, target)
                         else:
                             staging = getattr(local, "staging", None)
-                            if staging is None or staging.dtype != reader.dtype or staging.shape != (piece_rows, dim):
-                                staging = local.staging = np.empty((piece_rows, dim), dtype=reader.dtype)
+                            if staging is None or staging.dtype != stored_dtype or staging.shape != (piece_rows, dim):
+                                staging = local.staging = np.empty((piece_rows, dim), dtype=stored_dtype)
                             piece = staging[: last - first]
                             reader.read(start + first, start + last, piece)
-                            np.copyto(target, piece, casting="unsafe")
+                            widen(piece, target)
                         if on_block is not None:
                             on_block(source, start + first, target)
                         elif mapped is out:
@@ -1088,13 +1272,14 @@ def iter_feature_blocks(
                     for start in range(0, total, block_rows):
                         stop = min(total, start + block_rows)
                         n = stop - start
-                        mapped = reader.map_rows(start, stop)
-                        if mapped is not None and mapped.dtype == np.float32:
-                            out = mapped  # no copy: the GEMM reads the page cache
+                        mapped = reader.map_rows(start, stop, writable=writable_maps)
+                        if mapped is not None and mapped.dtype == out_dtype:
+                            out = mapped  # no copy: the consumer reads the page cache
                         else:
                             buffer = buffers[turn % ring]
-                            if buffer is None or buffer.shape[1] != dim or buffer.shape[0] < block_rows:
-                                buffer = np.empty((block_rows, dim), dtype=np.float32)
+                            if (buffer is None or buffer.dtype != out_dtype or buffer.shape[1] != dim
+                                    or buffer.shape[0] < block_rows):
+                                buffer = np.empty((block_rows, dim), dtype=out_dtype)
                                 buffers[turn % ring] = buffer
                             out = buffer[:n]
                         pieces = [(first, min(n, first + piece_rows)) for first in range(0, n, piece_rows)]
@@ -1106,6 +1291,8 @@ def iter_feature_blocks(
                                        for first, last in pieces]
                             for future in futures:
                                 future.result()
+                        if on_stored_block is not None and mapped is not None:
+                            on_stored_block(source, reader.data_offset + start * reader.row_bytes, mapped)
                         del mapped
                         turn += 1
                         yield source.rows[start:stop], out

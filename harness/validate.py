@@ -133,6 +133,7 @@ def validate_features(
     *,
     check_values: bool = True,
     block_bytes: int = BLOCK_BYTES,
+    require_complete_database: bool = True,
 ) -> ValidationReport:
     """Check feature files (one query part, database in one or more shards) against ``split``.
 
@@ -144,6 +145,9 @@ def validate_features(
             value, block by block); the evaluator may instead check blocks as it streams them
             with :func:`inspect_block`.
         block_bytes: size of the blocks read during the value scan.
+        require_complete_database: every split database image must have a descriptor. With
+            False the database files may cover part of the database (one job of a sharded
+            evaluation); their names must still be known, unique and in one file only.
 
     Returns:
         A :class:`ValidationReport` (never raises for bad files; see :func:`check_features`).
@@ -198,6 +202,7 @@ def validate_features(
             split.database_names,
             lambda: split.database_index,
             collect,
+            require_complete=require_complete_database,
         )
 
     if check_values and not collect.problems:
@@ -298,7 +303,8 @@ def map_names_to_rows(names: Sequence[str], split_names: Sequence[str], index) -
     return np.fromiter((lookup.get(name, -1) for name in names), dtype=np.int64, count=count)
 
 
-def _map_part(infos, part, split_names, index, collect: _Collector) -> list[PartRows]:
+def _map_part(infos, part, split_names, index, collect: _Collector,
+              require_complete: bool = True) -> list[PartRows]:
     total = len(split_names)
     owner = np.full(total, -1, dtype=np.int32)
     mapped: list[PartRows] = []
@@ -343,7 +349,7 @@ def _map_part(infos, part, split_names, index, collect: _Collector) -> list[Part
             )
         owner[known] = number
         mapped.append(PartRows(info.path, part, rows, part_info.dim, part_info.dtype))
-    if len(mapped) == len(infos):
+    if require_complete and len(mapped) == len(infos):
         missing = np.flatnonzero(owner < 0)
         if missing.size:
             collect.problem(

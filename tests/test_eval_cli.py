@@ -217,7 +217,105 @@ def test_sharded_evaluation_gives_the_identical_record(tmp_path):
 
 def test_partial_database_rejects_overlapping_shards(tmp_path):
     split = make_split()
-    folder = write_sharded(tmp_path, split, *make_descriptors(split), shards=2)
+    queries, database = make_descriptors(split)
+    folder = write_sharded(tmp_path, split, queries, database, shards=2, shuffle=False)
+    overlap = write_features(tmp_path / "overlap.h5", split=split.name, method="toy",
+                             database=(list(split.database_names[:5]), database[:5]))
     with pytest.raises(HarnessError, match="also in"):
+        search_features([folder / "query.h5", folder / "db-0.h5", overlap], split,
+                        EvalConfig(ngpu=0), partial_database=True)
+    with pytest.raises(HarnessError, match="given more than once"):
         search_features([folder / "query.h5", folder / "db-0.h5", folder / "db-0.h5"], split,
                         EvalConfig(ngpu=0), partial_database=True)
+
+
+def test_partial_database_still_needs_every_query_and_known_names(tmp_path):
+    split = make_split()
+    queries, database = make_descriptors(split)
+    folder = tmp_path / "f"
+    write_features(folder / "query.h5", split=split.name, method="toy",
+                   query=(list(split.query_names[:-1]), queries[:-1]))
+    write_features(folder / "db.h5", split=split.name, method="toy",
+                   database=(list(split.database_names[:10]) + ["db/unknown.jpg"], database[:11]))
+    with pytest.raises(HarnessError) as caught:
+        search_features([folder / "query.h5", folder / "db.h5"], split, EvalConfig(ngpu=0),
+                        partial_database=True)
+    message = str(caught.value)
+    assert "1 of 12 split query images have no descriptor" in message
+    assert "1 database names are not in the split" in message
+    assert "database images have no descriptor" not in message  # partial: that is expected
+
+
+def _streamed_digests(paths, split, config, monkeypatch):
+    """Run evaluate() and keep the digest helper it used (to see where the bytes came from)."""
+    import harness.evaluate as evaluate_module
+
+    made = []
+
+    class Spy(evaluate_module._StreamedDigests):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(evaluate_module, "_StreamedDigests", Spy)
+    return evaluate(paths, split, config), made[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_checksums_are_hashed_from_the_streamed_blocks(tmp_path, monkeypatch, dtype):
+    split = make_split()
+    queries, database = make_descriptors(split)
+    folder = write_sharded(tmp_path, split, queries, database, dtype=dtype, shards=2)
+    # One file holding both parts: its /query bytes are a gap the hasher reads from disk.
+    both = write_features(tmp_path / "both.h5", split=split.name, method="toy",
+                          query=(list(split.query_names), queries.astype(dtype)),
+                          database=(list(split.database_names[:40]), database[:40].astype(dtype)))
+    rest = write_features(tmp_path / "rest.h5", split=split.name, method="toy",
+                          database=(list(split.database_names[40:]), database[40:].astype(dtype)))
+    paths = [both, rest]
+    result, digests = _streamed_digests(paths, split, EvalConfig(ngpu=0, block_rows=8), monkeypatch)
+    assert {f.path: f.sha256 for f in result.features} == {str(p): sha256_file(p) for p in paths}
+    stored = split.num_database * DIM * np.dtype(dtype).itemsize
+    assert digests.streamed_bytes == stored  # every descriptor byte hashed from the search's reads
+    assert digests.read_bytes == sum(p.stat().st_size for p in paths) - stored
+    assert result.timings.checksum_s > 0
+
+
+def test_checksums_of_files_read_through_hdf5_are_read_from_disk(tmp_path, monkeypatch):
+    import h5py
+
+    split = make_split()
+    queries, database = make_descriptors(split)
+    folder = write_sharded(tmp_path, split, queries, database, shards=1, shuffle=False)
+    chunked = tmp_path / "chunked.h5"  # same content, HDF5-chunked: read through h5py, not mapped
+    with h5py.File(folder / "db-0.h5", "r") as source, h5py.File(chunked, "w") as target:
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        target.create_dataset("database/names", data=source["database/names"][()])
+        target.create_dataset("database/descriptors", data=source["database/descriptors"][()],
+                              chunks=(8, DIM))
+    paths = [folder / "query.h5", chunked]
+    result, digests = _streamed_digests(paths, split, EvalConfig(ngpu=0, block_rows=8), monkeypatch)
+    assert {f.path: f.sha256 for f in result.features} == {str(p): sha256_file(p) for p in paths}
+    assert digests.streamed_bytes == 0 and digests.read_bytes == sum(p.stat().st_size for p in paths)
+
+
+def test_streamed_digest_falls_back_when_blocks_come_out_of_order(tmp_path):
+    from harness.evaluate import _StreamedDigests
+    from harness.search import BlockSource
+
+    path = tmp_path / "blob.bin"
+    payload = np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8)
+    path.write_bytes(b"head" + payload.tobytes() + b"tail")
+    source = BlockSource(path, np.arange(1))
+    digests = _StreamedDigests([path], [path])
+    digests.on_stored_block(source, 4 + 2048, payload[2048:])  # second half first: out of order
+    digests.on_stored_block(source, 4, payload[:2048])
+    (digest,), _ = digests.result()
+    assert digest.sha256 == sha256_file(path) and digest.bytes == path.stat().st_size
+    in_order = _StreamedDigests([path], [path])
+    in_order.on_stored_block(source, 4, payload[:1000])
+    in_order.on_stored_block(source, 1004, payload[1000:])
+    (digest,), _ = in_order.result()
+    assert digest.sha256 == sha256_file(path) and in_order.streamed_bytes == 4096
+    assert in_order.read_bytes == 8  # "head" and "tail"

@@ -274,3 +274,188 @@ def test_gpu_backends_equal_cpu(backend_name):
     queries, database = tied(rng, 40, 6), tied(rng, 3000, 6)
     gpu = search_blocks(queries, iter_array_blocks(database, 1000), 30, backend=backend)
     assert_same(gpu, brute_force(queries, database, 30))
+
+
+# --------------------------------------------------------------------------------------------
+# float16 widening, blocks as stored, stored-bytes hook, overlapped selection, multi-device
+
+
+def special_float16(rng, rows, dim):
+    """float16 values with subnormals, signed zeros, the largest finite values, Inf and NaN."""
+    values = (rng.standard_normal((rows, dim)) / 64).astype(np.float16)
+    values.reshape(-1)[:8] = np.array([6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504, np.inf, np.nan], np.float16)
+    return values
+
+
+@pytest.mark.parametrize("choice", ["numpy", "torch"])
+def test_float16_converters_are_exact(choice):
+    from harness.search import float16_converter
+
+    if choice == "torch":
+        pytest.importorskip("torch")
+    stored = special_float16(np.random.default_rng(0), 40, 1000)  # > torch's serial piece size
+    out = np.empty(stored.shape, np.float32)
+    float16_converter(choice)(stored, out)
+    expected = stored.astype(np.float32)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))  # bit for bit
+    with pytest.raises(HarnessError, match="valid: auto, numpy, torch"):
+        float16_converter("fast")
+
+
+def test_float16_converter_auto_takes_torch_only_at_scale(monkeypatch):
+    import sys
+
+    from harness import search as search_module
+
+    monkeypatch.delenv(search_module.FP16_CONVERTER_ENV, raising=False)
+    monkeypatch.setattr(search_module, "_torch_installed", lambda: True)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # installed, not imported
+    small = search_module.float16_converter("auto", stored_bytes=1 << 20)
+    assert small is search_module._widen_numpy and "torch" not in sys.modules
+    monkeypatch.setitem(sys.modules, "torch", None)  # "installed", but importing it fails
+    large = search_module.float16_converter("auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES)
+    assert large is search_module._widen_numpy  # no torch after all: numpy, and no error
+    monkeypatch.setenv(search_module.FP16_CONVERTER_ENV, "numpy")
+    assert search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module._widen_numpy
+
+
+def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
+    rng = np.random.default_rng(13)
+    database = normalised(rng, 300, 16)
+    path = write_database(tmp_path / "db.h5", database, np.arange(300), "float16")
+    seen = []
+
+    def hook(source, file_offset, stored):
+        seen.append((file_offset, stored.copy()))
+
+    blocks = list((rows.copy(), block.copy(), block.dtype, block.flags.writeable) for rows, block in
+                  iter_feature_blocks([BlockSource(path, np.arange(300))], 128, as_stored=True,
+                                      on_stored_block=hook))
+    assert [b[2] for b in blocks] == [np.float16] * 3 and all(b[3] for b in blocks)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), database.astype(np.float16))
+    raw = path.read_bytes()
+    offsets = [offset for offset, _ in seen]
+    assert offsets == [offsets[0] + i * 128 * 16 * 2 for i in range(3)]  # in file order
+    for offset, stored in seen:  # the hook sees the file's own bytes
+        assert raw[offset:offset + stored.nbytes] == stored.tobytes()
+
+
+@pytest.mark.parametrize("make", [normalised, tied], ids=["random", "ties"])
+def test_overlapped_selection_gives_the_same_result(make):
+    rng = np.random.default_rng(14)
+    queries, database = make(rng, 150, 6), make(rng, 900, 6)
+    plain = search_blocks(queries, iter_array_blocks(database, 100), 12,
+                          backend=get_backend("numpy", overlap=False))
+    for batch in (None, 40):
+        backend = get_backend("numpy", overlap=True, query_batch_rows=batch, selection_threads=2)
+        assert "overlapped" in backend.describe()
+        assert_same(search_blocks(queries, iter_array_blocks(database, 100), 12, backend=backend), plain)
+    if make is tied:
+        assert_same(plain, brute_force(queries, database, 12))
+
+
+def test_overlapped_selection_propagates_errors():
+    backend = get_backend("numpy", overlap=True)
+
+    def blocks():
+        yield np.arange(3), np.ones((3, 4), np.float32)
+        yield np.arange(3, 6), np.ones((3, 4), np.float32)
+
+    class Broken(RuntimeError):
+        pass
+
+    def explode(*args):
+        raise Broken("selection failed")
+
+    backend._select = explode
+    with pytest.raises(Broken):
+        search_blocks(np.ones((2, 4), np.float32), blocks(), 2, backend=backend)
+    assert backend._selector is None and backend._pending is None  # cleaned up
+
+
+class FakeDevices:
+    """A multi-GPU backend whose "devices" run numpy: the split/merge/tie-repair code path of
+    the real GPU backends, runnable without a GPU. Each device returns exact ties in the
+    *wrong* order (higher index first), as a GPU heap may."""
+
+    @staticmethod
+    def make(count: int, accepts_float16: bool = True):
+        from harness.search import _MultiGpuBackend
+
+        class Backend(_MultiGpuBackend):
+            name = "fake-gpus"
+            max_k = 1 << 20
+
+            def __init__(self):
+                self.devices = list(range(count))
+                self.accepts_float16 = accepts_float16
+                self.calls = []
+                self._pool = None
+
+            def prepare(self, queries, k):
+                self._queries = queries
+
+            def _search_device(self, slot, sub_block, depth):
+                self.calls.append((slot, sub_block.dtype, sub_block.shape[0]))
+                scores = self._queries @ sub_block.astype(np.float32).T  # "widened on the device"
+                columns = np.arange(sub_block.shape[0])
+                order = np.stack([np.lexsort((-columns, -row)) for row in scores])[:, :depth]
+                return np.take_along_axis(scores, order, axis=1), order
+
+        return Backend()
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_multi_device_split_and_merge_equals_cpu(tmp_path, devices):
+    rng = np.random.default_rng(15)
+    queries, database = tied(rng, 25, 8), tied(rng, 600, 8)  # small integers: exact in float16
+    permutation = rng.permutation(len(database))
+    sources = []
+    for number, rows in enumerate(np.array_split(permutation, 2)):
+        path = write_database(tmp_path / f"shard{number}.h5", database[rows], rows, "float16")
+        sources.append(BlockSource(path, rows))
+    backend = FakeDevices.make(devices)
+    blocks = iter_feature_blocks(sources, 128, as_stored=backend.accepts_float16)
+    result = search_blocks(queries, blocks, 30, backend=backend)
+    assert_same(result, brute_force(queries, database, 30))
+    assert {slot for slot, _, _ in backend.calls} == set(range(devices))
+    assert {dtype for _, dtype, _ in backend.calls} == {np.dtype(np.float16)}  # widened "on device"
+    assert sum(n for _, _, n in backend.calls) == len(database)
+
+
+def test_gpus_asked_for_without_a_gpu_fall_back_to_the_cpu(caplog, monkeypatch):
+    from harness import search as search_module
+
+    monkeypatch.setattr(search_module, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(search_module, "torch_gpu_count", lambda: 0)
+    with caplog.at_level("WARNING", logger="harness.search"):
+        backend = resolve_backend(ngpu=2)
+    assert backend.name in ("numpy", "faiss-cpu") and "searching on the CPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harness.search"):
+        assert resolve_backend(ngpu=-1).name in ("numpy", "faiss-cpu")
+    assert "searching on the CPU" not in caplog.text  # -1 means "whatever is there": no warning
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ngpu", [1, -1])
+def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
+    from harness.search import faiss_gpu_count, torch_gpu_count
+
+    if max(faiss_gpu_count(), torch_gpu_count()) < 1:
+        pytest.skip("no CUDA GPU")
+    rng = np.random.default_rng(16)
+    queries = tied(rng, 40, 32)
+    database = tied(rng, 5000, 32)
+    permutation = rng.permutation(len(database))
+    sources = []
+    for number, rows in enumerate(np.array_split(permutation, 3)):
+        path = write_database(tmp_path / f"shard{number}.h5", database[rows], rows, "float16")
+        sources.append(BlockSource(path, rows))
+    backend = resolve_backend(ngpu=ngpu)
+    assert backend.name in ("faiss-gpu", "torch-cuda")
+    gpu = search_blocks(queries, iter_feature_blocks(sources, 1024, as_stored=backend.accepts_float16),
+                        50, backend=backend)
+    cpu = search_blocks(queries, iter_feature_blocks(sources, 1024), 50, ngpu=0)
+    assert_same(gpu, cpu)
+    assert_same(cpu, brute_force(queries, database, 50))

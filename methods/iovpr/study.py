@@ -9,9 +9,9 @@
 3. three VPR trainings of identical settings and length on the same training split: the
    SFRS baseline, IOVPR with real layouts, IOVPR with gray layouts;
 4. Recall@N on the indoor (and outdoor) query sets for: the baseline on raw queries, the
-   baseline on gray-layout queries (inference change only), ``iovpr-real``, ``iovpr-gray``,
-   and ``iovpr-gray`` with the true window masks (an oracle separating segmentation errors
-   from what the training did).
+   baseline on gray-layout queries (an inference change only; with predicted and with true
+   masks), ``iovpr-real``, ``iovpr-gray``, and ``iovpr-gray`` with the true window masks
+   (oracles separate segmentation errors from what the training did).
 
 The table goes to ``OUT/study.md`` and ``OUT/study.json``.
 """
@@ -136,7 +136,7 @@ def _evaluate(method_name: str, weights: Path, options: dict, split, out: Path, 
 
     method = get_method(method_name, options, weights=weights)
     path = extract(method, split=split, out=out, cache_dir=cache_dir,
-                   options=ExtractOptions(device=device, workers=0, progress=False))
+                   options=ExtractOptions(device=device, workers=0, progress=False, overwrite=True))
     result = evaluate([path], split, EvalConfig(ngpu=0, progress=False, checksums=False))
     return dict(result.scores)
 
@@ -179,6 +179,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     rows = [
         ("sfrs (baseline)", "sfrs", weights["baseline"], {}, None),
         ("sfrs + gray queries", "iovpr-gray", weights["baseline"], {"segmenter": str(seg.best_path)}, None),
+        ("sfrs + gray queries, true masks", "iovpr-gray", weights["baseline"],
+         {"segmenter": str(seg.best_path)}, "oracle"),
         ("iovpr-real", "iovpr-real", weights["real"], {}, None),
         ("iovpr-gray", "iovpr-gray", weights["gray"], {"segmenter": str(seg.best_path)}, None),
         ("iovpr-gray, true masks", "iovpr-gray", weights["gray"], {"segmenter": str(seg.best_path)}, "oracle"),

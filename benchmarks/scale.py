@@ -1,0 +1,527 @@
+"""Exact search at Outdoor-Ams scale, and the seed's evaluation path side by side.
+
+Default run (the issue's target): a synthetic database of 6.4M x 4096 float16 descriptors
+(52 GB in HDF5 shards) against 1,000 queries, exact top-100, through ``harness.evaluate``
+exactly as ``harness eval`` runs it (validation, streamed value checks, sha256 of every file,
+Recall@N, the record). It prints wall time, vectors/s, GFLOP/s, the ratio to this machine's
+float32 GEMM peak measured in the same run (just before and just after), the peak RSS beyond
+what the process held before the evaluation (interpreter, libraries, the loaded split), and
+the machine's load average::
+
+    python benchmarks/scale.py                        # 6.4M rows: needs ~53 GB of free disk
+    python benchmarks/scale.py --rows 200000          # everyday run (1.6 GB), extrapolated
+    python benchmarks/scale.py --compare-seed         # 500k x 4096 float32: seed vs harness
+    python benchmarks/scale.py --rows 200000 --ngpu -1   # on GPUs (faiss-gpu or torch-cuda)
+
+``--compare-seed`` writes one set of 500k x 4096 float32 features (8.2 GB) and evaluates it
+twice, each in a fresh process so that peak RSS belongs to that run alone: the seed's path
+(every descriptor read into memory, one ``faiss.IndexFlatL2``, ``search``, then the per-query
+``np.isin`` recall loop) and this harness (``evaluate``: streamed, exact, vectorised metrics).
+It prints the time ratio, the memory ratio and both Recall@N (they must agree).
+
+The data is generated in streamed shards (never whole in memory): row r is a cyclic rotation
+of one random unit vector with a per-row sign pattern, made with integer bit operations (unit
+norm by construction, deterministic, about as fast as the disk writes it). Free disk space is
+checked first (the error says how much is needed). The shards are flushed and dropped from
+the page cache before the run (``--warm`` keeps them cached), so reads are cold as on a real
+52 GB database that cannot fit in memory. Everything is removed afterwards, also on Ctrl-C or
+SIGTERM, unless ``--keep``.
+
+Figures on a shared machine are noisy: compare the ratios printed side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+OUTDOOR_AMS_ROWS = 6_400_000
+SEED_COMPARE_ROWS = 500_000
+#: Bytes of distinct blocks the streaming GEMM peak rotates over (well beyond any CPU cache).
+STREAMING_BYTES = 768 << 20
+#: Sign patterns of the synthetic rows (row r: rotation r // SIGN_PATTERNS, pattern r % ...).
+SIGN_PATTERNS = 4096
+#: Square metres of city per database image (Outdoor-Ams: ~6.4M images over ~200 km^2).
+AREA_PER_IMAGE_M2 = 31.0
+RADIUS_M = 25.0
+GENERATE_ROWS = 8192
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic data
+
+
+class SyntheticRows:
+    """Deterministic unit-norm descriptors, generated with integer bit operations.
+
+    Row ``r`` is one random unit vector ``v`` (rounded to the storage dtype) rotated by
+    ``r // SIGN_PATTERNS`` positions with sign pattern ``r % SIGN_PATTERNS`` applied: every
+    row has exactly the norm of ``v``, distinct rows for ``r < dim * SIGN_PATTERNS``, and a
+    block costs two memory copies and one XOR (no float arithmetic, no casts).
+    """
+
+    def __init__(self, dim: int, dtype: str, seed: int):
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        unsigned = {2: np.uint16, 4: np.uint32}[self.dtype.itemsize]
+        rng = np.random.default_rng(seed)
+        vector = rng.standard_normal(dim).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        bits = vector.astype(self.dtype).view(unsigned)
+        self._windows = sliding_window_view(np.concatenate([bits, bits]), dim)  # rotations
+        sign_bit = unsigned(1 << (8 * self.dtype.itemsize - 1))
+        self._signs = rng.integers(0, 2, (SIGN_PATTERNS, dim), dtype=unsigned) * sign_bit
+        if dim * SIGN_PATTERNS < 1:
+            raise ValueError("dim must be >= 1")
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """Descriptors (len(rows), dim) in the storage dtype."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = self._windows[(rows // SIGN_PATTERNS) % self.dim]  # a copy
+        np.bitwise_xor(out, self._signs[rows % SIGN_PATTERNS], out=out)
+        return out.view(self.dtype)
+
+
+def needed_bytes(rows: int, dim: int, itemsize: int, queries: int) -> int:
+    """Disk bytes of the generated files (descriptors, names, HDF5 overhead, queries)."""
+    return rows * (dim * itemsize + 40) + queries * (dim * 4 + 40) + (64 << 20)
+
+
+def check_disk(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    margin = 2 << 30
+    if free < needed + margin:
+        raise SystemExit(
+            f"error: {folder}: not enough free disk: this run writes {needed / 1e9:.1f} GB and "
+            f"keeps {margin / 1e9:.1f} GB spare, the disk has {free / 1e9:.1f} GB free "
+            f"(use --rows for a smaller run, or --dir on a larger disk)"
+        )
+
+
+class _RawWriter:
+    """Writes descriptor blocks with ``os.pwrite`` in a thread (the GIL is released), so that
+    generating the next block and writing this one overlap. Items run in order: a callable
+    queued after a file's blocks runs once they are written (to close the file)."""
+
+    def __init__(self):
+        import queue
+
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                if callable(item):
+                    item()
+                    continue
+                fd, offset, data = item
+                view = memoryview(data.reshape(-1).view(np.uint8))
+                done = 0
+                while done < view.nbytes:
+                    done += os.pwrite(fd, view[done:], offset + done)
+            except BaseException as exc:  # reported by put()/close()
+                self._error = exc
+
+    def put(self, item) -> None:
+        """``(fd, offset, array)`` to write, or a callable to run after what came before."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _create_shard(path: Path, *, split: str, names, dim: int, dtype: np.dtype) -> int:
+    """An HDF5 feature file (the harness layout) whose contiguous ``/database/descriptors``
+    is allocated but not written; returns the file offset of its first byte."""
+    import h5py
+
+    from harness.features import FEATURE_FORMAT_VERSION
+
+    with h5py.File(path, "w", libver="latest") as handle:
+        handle.attrs["format_version"] = FEATURE_FORMAT_VERSION
+        handle.attrs["split"] = split
+        handle.attrs["method"] = "synthetic"
+        group = handle.create_group("database")
+        group.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_layout(h5py.h5d.CONTIGUOUS)
+        plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # no 52 GB of zeros first
+        file_type = h5py.h5t.IEEE_F16LE if dtype == np.float16 else h5py.h5t.IEEE_F32LE
+        space = h5py.h5s.create_simple((len(names), dim))
+        dataset = h5py.h5d.create(group.id, b"descriptors", file_type, space, dcpl=plist)
+        return int(dataset.get_offset())
+
+
+def _evict(path: Path) -> None:
+    """Flush a file and drop it from the page cache (its own pages only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def generate(folder: Path, *, rows: int, queries: int, dim: int, dtype: str, shard_rows: int,
+             seed: int, cold: bool) -> dict:
+    """Register a split ``scale`` and write its query file and database shards under ``folder``."""
+    from tqdm import tqdm
+
+    from harness.features import write_features
+    from harness.splits import Split, register_split
+
+    rng = np.random.default_rng(seed + 1)
+    synthetic = SyntheticRows(dim, dtype, seed)
+    side = float(np.sqrt(rows * AREA_PER_IMAGE_M2))
+    database_utm = rng.uniform(0, side, (rows, 2))
+    # Each query is a noisy view of one database image, placed within 15 m of it, so that
+    # Recall@N is a real number (the same for every backend).
+    sources = np.sort(rng.choice(rows, size=queries, replace=False))
+    query_utm = database_utm[sources] + rng.uniform(-15, 15, (queries, 2))
+    database_names = tuple(f"db/{i:08d}.jpg" for i in range(rows))
+    query_names = tuple(f"q/{i:06d}.jpg" for i in range(queries))
+    data_root = folder / "data"
+    register_split(Split(name="scale", query_names=query_names, database_names=database_names,
+                         query_utm=query_utm, database_utm=database_utm, radius_m=RADIUS_M,
+                         recall_ns=(1, 5, 10, 20, 50, 100),
+                         description="benchmarks/scale.py synthetic database"), data_root)
+    features = folder / "features"
+    features.mkdir(parents=True, exist_ok=True)
+    noise = rng.standard_normal((queries, dim), dtype=np.float32)
+    query_descriptors = synthetic.rows(sources).astype(np.float32)
+    query_descriptors += noise / np.linalg.norm(noise, axis=1, keepdims=True) * (np.sqrt(dim) / 5)
+    query_descriptors /= np.linalg.norm(query_descriptors, axis=1, keepdims=True)
+    query_path = write_features(features / "query.h5", split="scale", method="synthetic",
+                                query=(list(query_names), query_descriptors.astype(dtype)))
+    shards = []
+    writer = _RawWriter()
+    row_bytes = dim * np.dtype(dtype).itemsize
+    try:
+        with tqdm(total=rows, unit="rows", unit_scale=True, desc="writing shards") as bar:
+            for number, start in enumerate(range(0, rows, shard_rows)):
+                stop = min(rows, start + shard_rows)
+                path = features / f"database-{number:03d}.h5"
+                offset = _create_shard(path, split="scale", names=database_names[start:stop],
+                                       dim=dim, dtype=np.dtype(dtype))
+                fd = os.open(path, os.O_WRONLY)
+                shards.append(path)
+                for first in range(start, stop, GENERATE_ROWS):
+                    last = min(stop, first + GENERATE_ROWS)
+                    writer.put((fd, offset + (first - start) * row_bytes,
+                                synthetic.rows(np.arange(first, last))))
+                    bar.update(last - first)
+                writer.put(lambda fd=fd, path=path: _finish_shard(path, fd, cold))
+    finally:
+        writer.close()
+    return {"data_root": str(data_root), "split": "scale", "query": str(query_path),
+            "shards": [str(path) for path in shards]}
+
+
+def _finish_shard(path: Path, fd: int, cold: bool) -> None:
+    os.close(fd)
+    if cold:
+        _evict(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Measured runs, each in a fresh process
+
+
+def _rss() -> int:
+    from harness.hardware import current_rss_bytes
+
+    return current_rss_bytes()
+
+
+def _import_libraries() -> None:
+    """Import what either path uses, so that "RSS before" counts the libraries, not data."""
+    import faiss  # noqa: F401
+    import h5py  # noqa: F401
+    import scipy.spatial  # noqa: F401
+    import tqdm  # noqa: F401
+
+    import harness.evaluate  # noqa: F401
+    import harness.ground_truth  # noqa: F401
+    import harness.metrics  # noqa: F401
+    import harness.validate  # noqa: F401
+
+
+def harness_worker(spec: dict) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    from harness.hardware import peak_rss_bytes
+    from harness.splits import get_split
+
+    _import_libraries()
+    with threadpool_limits(limits=spec["threads"]):
+        split = get_split(spec["split"], spec["data_root"])
+        before = _rss()
+        started = time.perf_counter()
+        result = evaluate([spec["query"], *spec["shards"]], split,
+                          EvalConfig(ngpu=spec["ngpu"], checksums=spec["checksums"],
+                                     block_rows=spec.get("block_rows")))
+        wall = time.perf_counter() - started
+    return {
+        "wall_s": wall, "timings": {k: getattr(result.timings, k) for k in
+                                    ("load_s", "checksum_s", "search_s", "metrics_s", "total_s")},
+        "backend": result.search_backend, "rows": split.num_database,
+        "rss_before": before, "peak_rss": peak_rss_bytes(),
+        "recalls": {k: v for k, v in result.scores.items() if k.startswith("recall")},
+        "dtype": result.descriptor_dtype, "features_hashed": len(result.features),
+    }
+
+
+def seed_worker(spec: dict) -> dict:
+    """The seed's evaluation path, as its evaluator (OpenIBL lineage) does it."""
+    import faiss
+    from scipy.spatial import cKDTree
+    from threadpoolctl import threadpool_limits
+
+    from harness.features import read_descriptors
+    from harness.hardware import peak_rss_bytes
+    from harness.splits import get_split
+
+    _import_libraries()
+    with threadpool_limits(limits=spec["threads"]):
+        faiss.omp_set_num_threads(spec["threads"])
+        split = get_split(spec["split"], spec["data_root"])
+        before = _rss()
+        started = time.perf_counter()
+        queries = read_descriptors(spec["query"], "query")
+        database = np.concatenate([read_descriptors(path, "database") for path in spec["shards"]])
+        index = faiss.IndexFlatL2(database.shape[1])
+        index.add(database)
+        ns = (1, 5, 10, 20, 50, 100)
+        search_started = time.perf_counter()
+        _, predictions = index.search(queries, max(ns))
+        search_s = time.perf_counter() - search_started
+        # Ground truth: the seed's radius neighbours (sklearn there; a KD-tree, same set, here).
+        positives = cKDTree(split.database_utm).query_ball_point(split.query_utm, r=split.radius_m)
+        metrics_started = time.perf_counter()
+        correct_at_n = np.zeros(len(ns))
+        for query, prediction in enumerate(predictions):
+            for i, n in enumerate(ns):
+                if np.any(np.isin(prediction[:n], positives[query])):
+                    correct_at_n[i:] += 1
+                    break
+        recalls = correct_at_n / len(predictions)
+        metrics_s = time.perf_counter() - metrics_started
+        wall = time.perf_counter() - started
+    return {
+        "wall_s": wall, "timings": {"search_s": search_s, "metrics_s": metrics_s},
+        "backend": "faiss IndexFlatL2 (in memory)", "rows": int(database.shape[0]),
+        "rss_before": before, "peak_rss": peak_rss_bytes(),
+        "recalls": {f"recall@{n}": float(r) for n, r in zip(ns, recalls)},
+    }
+
+
+def run_worker(kind: str, spec: dict) -> dict:
+    command = [sys.executable, str(HERE), "--worker", kind, "--spec", json.dumps(spec)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"error: the {kind} run failed (exit {out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gemm_peak(args, block_rows: int) -> float:
+    """Streaming float32 GEMM GFLOP/s of the evaluator's shapes, in memory."""
+    from threadpoolctl import threadpool_limits
+
+    from harness.hardware import measure_gemm_gflops
+
+    with threadpool_limits(limits=args.threads):
+        return measure_gemm_gflops(args.queries, block_rows, args.dim, repeats=2,
+                                   streaming_bytes=STREAMING_BYTES)
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.0f} MiB"
+
+
+# --------------------------------------------------------------------------------------------
+# The two benchmarks
+
+
+def run_scale(args, folder: Path) -> None:
+    from harness.search import default_block_rows
+
+    itemsize = np.dtype(args.dtype).itemsize
+    needed = needed_bytes(args.rows, args.dim, itemsize, args.queries)
+    check_disk(folder, needed)
+    print(f"scale: {args.rows:,} x {args.dim} {args.dtype} ({needed / 1e9:.1f} GB on disk), "
+          f"{args.queries} queries, exact top-100; load average {_load()}")
+    started = time.perf_counter()
+    paths = generate(folder, rows=args.rows, queries=args.queries, dim=args.dim, dtype=args.dtype,
+                     shard_rows=args.shard_rows, seed=args.seed, cold=not args.warm)
+    print(f"generated {len(paths['shards'])} shards in {time.perf_counter() - started:.1f} s under "
+          f"{folder} ({'cold: dropped from the page cache' if not args.warm else 'warm'})")
+    block_rows = args.block_rows or default_block_rows(args.dim)
+    peak_before = gemm_peak(args, block_rows)
+    load_before = _load()
+    run = run_worker("harness", {**paths, "threads": args.threads, "ngpu": args.ngpu,
+                                 "checksums": not args.no_checksums, "block_rows": args.block_rows})
+    load_after = _load()
+    peak_after = gemm_peak(args, block_rows)
+    peak = (peak_before + peak_after) / 2
+    flop_per_row = 2.0 * args.queries * args.dim
+    search_rate = run["rows"] / run["timings"]["search_s"]
+    wall_rate = run["rows"] / run["wall_s"]
+    print(f"\nbackend {run['backend']}, storage {run['dtype']}, {args.threads} threads, "
+          f"checksums {'off' if args.no_checksums else 'on (sha256 of every file)'}")
+    print(f"load average before/after the run: {load_before} / {load_after}")
+    print(f"evaluate() wall time        {run['wall_s']:9.1f} s   ("
+          + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()) + ")")
+    print(f"vectors/s (whole evaluate)  {wall_rate:11,.0f}   {wall_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
+    print(f"vectors/s (search)          {search_rate:11,.0f}   {search_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
+    if args.ngpu == 0:
+        print(f"float32 GEMM peak, streaming {args.queries}x{args.dim} @ {args.dim}x{block_rows}: "
+              f"{peak_before:.0f} before / {peak_after:.0f} after GFLOP/s; evaluate() reaches "
+              f"{wall_rate * flop_per_row / 1e9 / peak:.2f} of it, the search "
+              f"{search_rate * flop_per_row / 1e9 / peak:.2f}")
+    print(f"peak RSS {_mib(run['peak_rss'])}; before evaluate() (interpreter, libraries, split "
+          f"of {args.rows:,} names) {_mib(run['rss_before'])}; beyond that {_mib(run['peak_rss'] - run['rss_before'])} "
+          f"(queries: {_mib(args.queries * args.dim * 4)})")
+    print("recall: " + ", ".join(f"{k} {v:.4f}" for k, v in run["recalls"].items()))
+    if args.rows != OUTDOOR_AMS_ROWS:
+        fixed = run["wall_s"] - run["timings"]["search_s"]
+        estimate = fixed + OUTDOOR_AMS_ROWS / search_rate  # validation etc. grow too, slightly
+        print(f"extrapolated to {OUTDOOR_AMS_ROWS:,} rows at this search rate: ~{estimate:.0f} s "
+              f"({estimate / 60:.1f} min; target 4 min on the 2-core development machine)")
+
+
+def run_compare_seed(args, folder: Path) -> None:
+    import psutil
+
+    rows = args.rows
+    needed = needed_bytes(rows, args.dim, 4, args.queries)
+    check_disk(folder, needed)
+    seed_memory = 2 * rows * args.dim * 4  # the descriptors, and the index's own copy
+    available = psutil.virtual_memory().available
+    if seed_memory > 0.85 * available:
+        raise SystemExit(f"error: the seed's path needs ~{seed_memory / 1e9:.1f} GB of memory for "
+                         f"{rows:,} rows, {available / 1e9:.1f} GB are available: use --rows")
+    print(f"seed vs harness on the same {rows:,} x {args.dim} float32 features, {args.queries} "
+          f"queries, top-100; load average {_load()}")
+    paths = generate(folder, rows=rows, queries=args.queries, dim=args.dim, dtype="float32",
+                     shard_rows=args.shard_rows, seed=args.seed, cold=False)
+    spec = {**paths, "threads": args.threads, "ngpu": 0, "checksums": not args.no_checksums,
+            "block_rows": args.block_rows}
+    seed = run_worker("seed", spec)
+    harness = run_worker("harness", spec)
+    print(f"load average after both runs: {_load()}")
+    print(f"\n{'path':<44}{'wall s':>9}{'search s':>10}{'metrics s':>11}{'peak RSS':>14}{'beyond start':>15}")
+    for label, run in (("seed: IndexFlatL2 in memory + np.isin loop", seed),
+                       ("harness: evaluate() streamed", harness)):
+        print(f"{label:<44}{run['wall_s']:>9.1f}{run['timings']['search_s']:>10.1f}"
+              f"{run['timings']['metrics_s']:>11.3f}{_mib(run['peak_rss']):>14}"
+              f"{_mib(run['peak_rss'] - run['rss_before']):>15}")
+    print(f"time ratio seed / harness: {seed['wall_s'] / harness['wall_s']:.2f}x "
+          f"(harness includes validation, value checks{', sha256' if not args.no_checksums else ''} "
+          f"and the record)")
+    print(f"memory ratio seed / harness (peak RSS beyond the start): "
+          f"{(seed['peak_rss'] - seed['rss_before']) / max(1, harness['peak_rss'] - harness['rss_before']):.1f}x; "
+          f"whole-process peak RSS: {seed['peak_rss'] / harness['peak_rss']:.1f}x")
+    same = all(abs(seed["recalls"][k] - harness["recalls"][k]) < 1e-9 for k in seed["recalls"])
+    print("recall seed:    " + ", ".join(f"{k} {v:.4f}" for k, v in seed["recalls"].items()))
+    print("recall harness: " + ", ".join(f"{k} {v:.4f}" for k, v in harness["recalls"].items()))
+    print("Recall@N identical" if same else "Recall@N DIFFER (ties or rounding at the cut-off?)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=None,
+                        help=f"database rows (default {OUTDOOR_AMS_ROWS:,}; {SEED_COMPARE_ROWS:,} with --compare-seed)")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=4096)
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="storage dtype of the scale run (--compare-seed uses float32)")
+    parser.add_argument("--shard-rows", type=int, default=400_000, help="rows per database file")
+    parser.add_argument("--block-rows", type=int, default=None, help="evaluator block rows (default: its own)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
+    parser.add_argument("--ngpu", type=int, default=0, help="0 CPU (default), -1 every GPU, n GPUs")
+    parser.add_argument("--no-checksums", action="store_true", help="skip the sha256 of the files")
+    parser.add_argument("--compare-seed", action="store_true", help="the seed's path vs this harness")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: system temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument("--warm", action="store_true", help="leave the shards in the page cache")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=["harness", "seed"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        work = harness_worker if args.worker == "harness" else seed_worker
+        print(json.dumps(work(json.loads(args.spec))))
+        return 0
+    if args.rows is None:
+        args.rows = SEED_COMPARE_ROWS if args.compare_seed else OUTDOOR_AMS_ROWS
+    if args.rows < 1 or args.queries < 1:
+        parser.error("--rows and --queries must be >= 1")
+    base = args.dir or Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="harness-scale-", dir=base))
+
+    def terminate(signum, frame):  # SIGTERM: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        from harness.hardware import blas_summary, cpu_model
+
+        print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; BLAS: {blas_summary()}")
+        if args.compare_seed:
+            run_compare_seed(args, folder)
+        else:
+            run_scale(args, folder)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if args.keep:
+            print(f"kept the data under {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
