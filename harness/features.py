@@ -35,6 +35,8 @@ FEATURE_FORMAT_VERSION = 1
 PARTS = ("query", "database")
 DESCRIPTOR_DTYPES = ("float32", "float16")
 _ATTR_MAX_CHARS = 1 << 16
+#: Wider descriptors are refused (NetVLAD without PCA, the widest in use, has 32768).
+MAX_DESCRIPTOR_DIM = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -195,16 +197,55 @@ class FeatureWriter:
         return self._stack.__exit__(exc_type, exc, tb)
 
 
+# h5py turns the HDF5 error stack of a damaged file into these (KeyError for a bad object
+# header, OSError for unreadable data, ValueError/TypeError for odd types...): every one of
+# them, met while reading a submitted file, means "corrupt", never a harness bug.
+_HDF5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
+_ATTR_MAX_BYTES = 1 << 16
+
+
+@contextlib.contextmanager
+def _reading(path, what: str = "") -> Iterator[None]:
+    """Turn the exceptions a damaged HDF5 file raises inside the block into a HarnessError."""
+    try:
+        yield
+    except HarnessError:
+        raise
+    except _HDF5_ERRORS as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        where = f" reading {what}" if what else ""
+        raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
+
+
 def _open(path: str | os.PathLike):
     import h5py
 
     path = Path(path)
     if not path.exists():
         raise HarnessError("feature file not found", path)
+    if path.is_dir():
+        raise HarnessError("is a directory, not a feature file", path)
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
-        raise HarnessError(f"not a readable HDF5 file ({exc})", path) from None
+    except _HDF5_ERRORS as exc:
+        raise HarnessError(f"not a readable HDF5 file ({' '.join(str(exc).split())})", path) from None
+
+
+def _dataset(handle, part: str, name: str, path):
+    """``/part/name`` as an h5py Dataset; a missing or odd object is a HarnessError."""
+    import h5py
+
+    group = handle.get(part)
+    if group is None:
+        raise HarnessError(f"/{part} is missing", path)
+    if not isinstance(group, h5py.Group):
+        raise HarnessError(f"/{part} must be a group", path)
+    dataset = group.get(name)
+    if dataset is None:
+        raise HarnessError(f"/{part}/{name} is missing", path)
+    if not isinstance(dataset, h5py.Dataset):
+        raise HarnessError(f"/{part}/{name} must be a dataset, is a {type(dataset).__name__}", path)
+    return dataset
 
 
 def _decode(value):
@@ -215,34 +256,46 @@ def _decode(value):
     return value
 
 
+def _read_attribute(handle, key: str, path):
+    """One root attribute, refused before it is read when it is larger than 64 KiB."""
+    import h5py
+
+    try:
+        attribute = h5py.h5a.open(handle.id, key.encode("utf-8"))
+        stored = attribute.get_storage_size()
+        value = handle.attrs[key]
+    except HarnessError:
+        raise
+    except Exception as exc:  # h5py raises on attribute types it cannot map
+        raise HarnessError(f"attribute {key!r} is unreadable ({exc})", path) from None
+    if stored > _ATTR_MAX_BYTES:
+        raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
+    value = _decode(value)
+    if isinstance(value, str) and len(value) > _ATTR_MAX_CHARS:
+        raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_CHARS} characters", path)
+    if isinstance(value, np.ndarray) and value.nbytes > _ATTR_MAX_BYTES:
+        raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
+    return value
+
+
 def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
+    import h5py
+
     path = Path(path)
-    with _open(path) as handle:
+    with _open(path) as handle, _reading(path, "its structure"):
         attrs = {}
         for key in handle.attrs:
-            try:
-                value = _decode(handle.attrs[key])
-            except Exception as exc:  # h5py raises on attribute types it cannot map
-                raise HarnessError(f"attribute {key!r} is unreadable ({exc})", path) from None
-            if isinstance(value, str) and len(value) > _ATTR_MAX_CHARS:
-                raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_CHARS} characters", path)
-            attrs[key] = value
+            attrs[key] = _read_attribute(handle, key, path)
         parts = {}
         for part in PARTS:
             if part not in handle:
                 continue
-            group = handle[part]
-            if not hasattr(group, "keys"):
+            if not isinstance(handle[part], h5py.Group):
                 raise HarnessError(f"/{part} must be a group", path)
-            for name in ("descriptors", "names"):
-                if name not in group:
-                    raise HarnessError(f"/{part}/{name} is missing", path)
-            descriptors = group["descriptors"]
-            if len(descriptors.shape) != 2:
-                raise HarnessError(
-                    f"/{part}/descriptors must be 2-D, has shape {descriptors.shape}", path
-                )
+            descriptors = _dataset(handle, part, "descriptors", path)
+            _dataset(handle, part, "names", path)
+            _check_descriptor_storage(descriptors, part, path)
             parts[part] = PartInfo(
                 count=int(descriptors.shape[0]),
                 dim=int(descriptors.shape[1]),
@@ -253,7 +306,7 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     version = attrs.pop("format_version", None)
     try:
         version = int(version)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HarnessError(f"root attribute format_version is missing or invalid ({version!r})", path) from None
     if version != FEATURE_FORMAT_VERSION:
         raise HarnessError(
@@ -272,9 +325,9 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
 
 def read_names(path: str | os.PathLike, part: str) -> list[str]:
     """Image names of ``part``, decoded as UTF-8."""
-    with _open(path) as handle:
-        dataset = handle[part]["names"]
-        if dataset.dtype.kind not in ("O", "S", "U") or len(dataset.shape) != 1:
+    with _open(path) as handle, _reading(path, f"/{part}/names"):
+        dataset = _dataset(handle, part, "names", path)
+        if dataset.dtype.kind not in ("O", "S", "U") or len(dataset.shape or ()) != 1:
             raise HarnessError(
                 f"/{part}/names must be a 1-D string dataset, has dtype {dataset.dtype} "
                 f"and shape {dataset.shape}",
@@ -286,12 +339,46 @@ def read_names(path: str | os.PathLike, part: str) -> list[str]:
             raise HarnessError(f"/{part}/names are not UTF-8 strings ({exc})", path) from None
 
 
+def _check_descriptor_storage(dataset, part: str, path) -> None:
+    """A 2-D dataset of sane width whose bytes are all in the file (unfiltered layouts).
+
+    HDF5 happily declares a (10^9, 4096) dataset that stores nothing (reads give the fill
+    value): such a file is truncated or was never completely written, and scanning it would
+    take hours; it is refused here, from its metadata.
+    """
+    shape = dataset.shape or ()
+    if len(shape) != 2:
+        raise HarnessError(f"/{part}/descriptors must be 2-D, has shape {shape}", path)
+    if not 0 <= shape[1] <= MAX_DESCRIPTOR_DIM:
+        raise HarnessError(
+            f"/{part}/descriptors has dimension {shape[1]} (at most {MAX_DESCRIPTOR_DIM})", path
+        )
+    if dataset.dtype.kind not in "fiu" or dataset.id.get_create_plist().get_nfilters():
+        return  # other dtypes are refused by validation; filtered data is stored compressed
+    needed = shape[0] * shape[1] * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    if stored < needed:
+        raise HarnessError(
+            f"/{part}/descriptors holds {shape[0]} x {shape[1]} values but only {stored} of "
+            f"their {needed} bytes are stored (truncated, or rows never written)",
+            path,
+        )
+
+
+def _descriptors(handle, part: str, path):
+    dataset = _dataset(handle, part, "descriptors", path)
+    _check_descriptor_storage(dataset, part, path)
+    if dataset.dtype.kind not in "fiu":
+        raise HarnessError(f"/{part}/descriptors has dtype {dataset.dtype}, not numbers", path)
+    return dataset
+
+
 def read_descriptors(
     path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with _open(path) as handle:
-        dataset = handle[part]["descriptors"]
+    with _open(path) as handle, _reading(path, f"/{part}/descriptors"):
+        dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]
     return np.ascontiguousarray(block, dtype=np.float32)
@@ -304,12 +391,14 @@ def iter_descriptor_blocks(
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
     with _open(path) as handle:
-        dataset = handle[part]["descriptors"]
-        total = dataset.shape[0]
+        with _reading(path, f"/{part}/descriptors"):
+            dataset = _descriptors(handle, part, path)
+            total = dataset.shape[0]
         for start in range(0, total, block_rows):
             stop = min(total, start + block_rows)
-            block = np.empty((stop - start, dataset.shape[1]), dtype=dataset.dtype)
-            dataset.read_direct(block, np.s_[start:stop])
+            with _reading(path, f"/{part}/descriptors rows {start}:{stop}"):
+                block = np.empty((stop - start, dataset.shape[1]), dtype=dataset.dtype)
+                dataset.read_direct(block, np.s_[start:stop])
             yield start, block
 
 

@@ -167,7 +167,7 @@ register_backbone(BackboneSpec(
     name="vgg16",
     feature_dim=512,
     build=_vgg16_layers,
-    trainable_from={"conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0},
+    trainable_from={"none": 29, "conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0},
     description="VGG16 features[:-2] (conv5_3 before ReLU), 512-D, the lineage's backbone",
 ))
 register_backbone(BackboneSpec(
@@ -175,7 +175,7 @@ register_backbone(BackboneSpec(
     feature_dim=128,
     build=_small_layers,
     # stage k starts at layer 3*(k-1): conv, relu, pool per stage.
-    trainable_from={"conv5": 12, "conv4": 9, "conv3": 6, "conv2": 3, "full": 0},
+    trainable_from={"none": 13, "conv5": 12, "conv4": 9, "conv3": 6, "conv2": 3, "full": 0},
     description="5-stage VGG-shaped CNN (16-128 channels), 128-D, for CPU-scale runs and tests",
 ))
 

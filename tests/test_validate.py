@@ -433,3 +433,20 @@ def test_cli_unknown_split(tmp_path, split):
         cli, ["validate", str(path), "--split", "tiny", "--data-root", str(tmp_path)]
     )
     assert result.exit_code == 2 and "unknown split 'tiny'" in result.output
+
+
+def test_partial_database_is_accepted_only_when_asked(tmp_path, split):
+    query = _write(tmp_path / "q.h5", split, database=None)
+    shard = _write(tmp_path / "db.h5", split, query=False, database=slice(10, 25))
+    _only_problem([query, shard], split, "30 of 40 split database images have no descriptor")
+    report = validate_features([query, shard], split, require_complete_database=False)
+    assert report.ok, report.problems
+    np.testing.assert_array_equal(report.database[0].rows, np.arange(10, 25))
+    # Everything else is still checked: a name the split does not know, rows in two shards.
+    other = _write(tmp_path / "other.h5", split, query=False, database=slice(20, 30))
+    _only_problem([query, shard, other], split, "5 database rows are also in",
+                  require_complete_database=False)
+    stray = _write(tmp_path / "stray.h5", split, query=False,
+                   database_names=["db/unknown.jpg"], database_desc=_unit(1, 3))
+    _only_problem([query, stray], split, "1 database names are not in the split",
+                  require_complete_database=False)

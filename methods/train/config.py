@@ -38,7 +38,7 @@ class TrainConfig:
     backbone: str = _f("vgg16", "Backbone: vgg16 (lineage) or small (CPU-scale).")
     backbone_weights: str | None = _f(None, "Pretrained backbone weights file (torchvision vgg16 or OpenIBL's MatConvNet conversion).")
     num_clusters: int = _f(64, "NetVLAD clusters.")
-    train_layers: str = _f("conv5", "First trainable block: conv5 (lineage), conv4, conv3, conv2 or full.")
+    train_layers: str = _f("conv5", "First trainable block: conv5 (lineage), conv4, conv3, conv2, full, or none (only NetVLAD trains).")
     image_height: int = _f(480, "Training/validation image height.")
     image_width: int = _f(640, "Training/validation image width.")
     loss: Literal["triplet", "sare_ind", "sare_joint"] = _f("sare_ind", "Loss: triplet, sare_ind or sare_joint.")

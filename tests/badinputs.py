@@ -1,0 +1,112 @@
+"""Helpers for the hardening tests: valid inputs to break, snapshots, CLI runs.
+
+Not a test module (no ``test_`` prefix): ``tests/test_hardening_*.py`` import it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DIM = 8
+
+
+def unit_rows(count: int, dim: int = DIM, seed: int = 0, dtype="float32") -> np.ndarray:
+    """``count`` random L2-normalised rows (seeded)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((count, dim)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows.astype(dtype)
+
+
+def write_valid_features(split, folder: Path, *, seed: int = 0, dim: int = DIM, shards: int = 1,
+                         method: str = "hardening", dtype="float32") -> list[Path]:
+    """A valid query file plus ``shards`` database files for ``split`` (rows in split order)."""
+    from harness.features import write_features
+
+    folder = Path(folder)
+    queries = unit_rows(split.num_queries, dim, seed, dtype)
+    database = unit_rows(split.num_database, dim, seed + 1, dtype)
+    paths = [write_features(folder / "query.h5", split=split.name, method=method,
+                            query=(list(split.query_names), queries))]
+    for number, rows in enumerate(np.array_split(np.arange(split.num_database), shards)):
+        paths.append(write_features(
+            folder / f"database-{number}.h5", split=split.name, method=method,
+            database=([split.database_names[i] for i in rows], database[rows])))
+    return paths
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` (relative path -> (size, mtime_ns)); symlinks not followed."""
+    root = Path(root)
+    found = {}
+    if not root.exists():
+        return found
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = Path(dirpath) / name
+            stat = path.lstat()
+            found[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def directories(root: Path) -> set[str]:
+    root = Path(root)
+    return {str(Path(d).relative_to(root)) for d, _, _ in os.walk(root)} if root.exists() else set()
+
+
+TEMP_NAME = re.compile(r"^\..*\.tmp$|^\.build\.|\.old\.\d+$")
+
+
+def temp_files(root: Path) -> list[str]:
+    """Leftover temporary files or folders (``atomic_path``, ``publish_bytes``, build staging)."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if TEMP_NAME.search(p.name))
+
+
+@dataclass
+class CliOutcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error: ")]
+
+
+def run_cli(argv: Sequence[str]) -> CliOutcome:
+    """``harness ARGV`` in this process (click's CliRunner), stdout and stderr apart."""
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in argv])
+    return CliOutcome(result.exit_code, result.stdout, result.stderr, result.exception)
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        TQDM_DISABLE="1",
+    )
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+HARNESS = [sys.executable, "-m", "harness.cli"]

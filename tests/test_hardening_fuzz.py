@@ -1,0 +1,380 @@
+"""Bounded-time fuzzing of every reader of submitted (untrusted) files, with hypothesis.
+
+Valid files are made once (a feature file in several layouts, NetVLAD ``.mat`` files in v5
+and v7.3, a leaderboard record, an evaluation record, a top-k sidecar, a split file); each
+example mutates one (flipped, overwritten, zeroed, inserted or removed bytes, truncation;
+for JSON also structural edits with the content checksum recomputed, so the deep validation
+runs) and hands it to the reader. A reader must return or raise :class:`HarnessError`:
+any other exception is a crash (and a hang is caught by the test's timeout). Every crash
+found became a regression test in ``test_hardening_inputs.py`` (and a fix).
+
+The default run is a few hundred examples per reader (seconds); ``-m slow`` runs the long
+variant. ``benchmarks/fuzz.py`` runs any of them for a given wall-clock time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.errors import HarnessError
+
+FAST_EXAMPLES = int(os.environ.get("HARNESS_FUZZ_EXAMPLES", "150"))
+SLOW_EXAMPLES = 4000
+_SETTINGS = dict(
+    deadline=None,
+    derandomize=True,  # the default run is the same every time (CI); `-m slow` explores more
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large],
+    database=None,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Mutations
+
+
+@st.composite
+def byte_mutations(draw, data: bytes) -> bytes:
+    """``data`` with 1-6 random edits; positions favour the first 4 KiB (HDF5/zip/MAT headers)."""
+    buffer = bytearray(data)
+    for _ in range(draw(st.integers(1, 6))):
+        if not buffer:
+            break
+        size = len(buffer)
+        head = min(size, 4096)
+        position = draw(st.one_of(st.integers(0, head - 1), st.integers(0, size - 1)))
+        kind = draw(st.sampled_from(["flip", "set", "zero", "ones", "insert", "delete", "truncate"]))
+        if kind == "flip":
+            buffer[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            buffer[position] = draw(st.integers(0, 255))
+        elif kind in ("zero", "ones"):
+            length = draw(st.integers(1, 64))
+            buffer[position:position + length] = (b"\0" if kind == "zero" else b"\xff") * len(
+                buffer[position:position + length])
+        elif kind == "insert":
+            buffer[position:position] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "delete":
+            del buffer[position:position + draw(st.integers(1, 64))]
+        else:
+            del buffer[position:]
+    return bytes(buffer)
+
+
+_JSON_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+)
+_JSON_VALUES = st.recursive(
+    _JSON_LEAVES,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children,
+                                                                        max_size=3),
+    max_leaves=6,
+)
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, prefix + (index,))
+
+
+@st.composite
+def json_mutations(draw, document):
+    """A deep copy of ``document`` with 1-3 edits: a value replaced, a key removed or added."""
+    document = json.loads(json.dumps(document))
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(document) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        kind = draw(st.sampled_from(["replace", "remove", "add"]))
+        if kind == "replace":
+            parent[path[-1]] = draw(_JSON_VALUES)
+        elif kind == "remove":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = draw(_JSON_VALUES)
+        else:
+            parent.append(draw(_JSON_VALUES))
+    return document
+
+
+# --------------------------------------------------------------------------------------------
+# Valid seed files
+
+
+def _small_split(name="fuzz"):
+    from harness.splits import Split
+
+    rng = np.random.default_rng(0)
+    return Split(
+        name=name,
+        query_names=tuple(f"q/{i:02d}.jpg" for i in range(5)),
+        database_names=tuple(f"db/{i:02d}.jpg" for i in range(12)),
+        query_utm=rng.uniform(0, 60, (5, 2)),
+        database_utm=rng.uniform(0, 60, (12, 2)),
+        radius_m=20.0,
+        recall_ns=(1, 5),
+    )
+
+
+def _rows(count, dim, seed, dtype=np.float32):
+    rows = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """name -> bytes of a valid file, plus the split and a few parsed documents."""
+    import h5py
+
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    from harness.features import write_features
+    from harness.matfile import write_dbstruct
+    from harness.splits import save_split
+    from leaderboard.submit import submit
+
+    folder = tmp_path_factory.mktemp("fuzz-seeds")
+    split = _small_split()
+    found: dict[str, bytes] = {}
+    both = write_features(
+        folder / "both.h5", split=split.name, method="fuzz",
+        query=(list(split.query_names), _rows(5, 4, 0)),
+        database=(list(split.database_names), _rows(12, 4, 1)), attrs={"note": "x", "n": 3})
+    found["features"] = both.read_bytes()
+    half = write_features(
+        folder / "half.h5", split=split.name, method="fuzz",
+        database=(list(split.database_names), _rows(12, 4, 1, np.float16)))
+    found["features-fp16-database"] = half.read_bytes()
+    chunked = folder / "chunked.h5"
+    with h5py.File(chunked, "w") as handle:  # another layout: chunked, compressed, old format
+        handle.attrs.update(format_version=1, split=split.name, method="fuzz")
+        for part, names, rows in (("query", split.query_names, _rows(5, 4, 0)),
+                                  ("database", split.database_names, _rows(12, 4, 1))):
+            group = handle.create_group(part)
+            group.create_dataset("descriptors", data=rows, chunks=(4, 4), compression="gzip")
+            group.create_dataset("names", data=np.array(names, dtype=object),
+                                 dtype=h5py.string_dtype())
+    found["features-chunked"] = chunked.read_bytes()
+
+    names_db = [f"db/{i:02d}.jpg" for i in range(6)]
+    names_q = ["q/a.jpg", "q/b.jpg"]
+    for version in ("v5", "v7.3"):
+        for variant, extra in (("standard", {}),
+                               ("timestamp", dict(db_timestamps=np.arange(6.0),
+                                                  q_timestamps=np.arange(2.0)))):
+            path = write_dbstruct(folder / f"{version}-{variant}.mat", which_set="test",
+                                  db_images=names_db, utm_db=np.arange(12.0).reshape(6, 2),
+                                  q_images=names_q, utm_q=np.ones((2, 2)), version=version,
+                                  **extra)
+            found[f"mat-{version}-{variant}"] = path.read_bytes()
+
+    config = EvalConfig(progress=False)
+    result = evaluate([both], split, config)
+    result_path = result.write(folder / "result.json")
+    found["result"] = result_path.read_bytes()
+    outcome = submit([both], split=split, method_name="fuzz", results_dir=folder / "results",
+                     config=config)
+    found["record"] = outcome.path.read_bytes()
+    sidecar = next(outcome.path.parent.glob("*.topk.npz"))
+    found["topk"] = sidecar.read_bytes()
+    found["split"] = save_split(split, folder / "fuzz.split.npz").read_bytes()
+    return {"bytes": found, "split": split}
+
+
+# --------------------------------------------------------------------------------------------
+# Targets: each reads ``path`` and may only succeed or raise HarnessError
+
+
+def read_feature_file(path: Path, split) -> None:
+    from harness.features import iter_descriptor_blocks, read_descriptors, read_info, read_names
+    from harness.validate import validate_features
+
+    try:
+        info = read_info(path)
+    except HarnessError:
+        pass
+    else:
+        for part in info.parts:
+            for call in (lambda: read_names(path, part),
+                         lambda: read_descriptors(path, part, 0, 3),
+                         lambda: sum(1 for _ in iter_descriptor_blocks(path, part, 5))):
+                try:
+                    call()
+                except HarnessError:
+                    pass
+    report = validate_features([path], split)  # documented never to raise for bad files
+    assert report.ok or report.problems
+
+
+def read_mat(path: Path, split) -> None:
+    from harness.matfile import read_dbstruct
+
+    try:
+        struct = read_dbstruct(path)
+    except HarnessError:
+        return
+    assert struct.utm_db.shape == (struct.num_db, 2) and struct.utm_q.shape == (struct.num_q, 2)
+
+
+def read_leaderboard_record(path: Path, split) -> None:
+    from leaderboard.records import read_record
+
+    try:
+        read_record(path)
+    except HarnessError:
+        pass
+
+
+def read_eval_result(path: Path, split) -> None:
+    from harness.results import read_result
+
+    try:
+        read_result(path)
+    except HarnessError:
+        pass
+
+
+def read_topk_sidecar(path: Path, split) -> None:
+    from leaderboard.records import read_topk
+
+    try:
+        read_topk(path)
+    except HarnessError:
+        pass
+
+
+def read_split_file(path: Path, split) -> None:
+    from harness.splits import load_split
+
+    try:
+        load_split(path)
+    except HarnessError:
+        pass
+
+
+BYTE_TARGETS = {
+    "features": read_feature_file,
+    "features-fp16-database": read_feature_file,
+    "features-chunked": read_feature_file,
+    "mat-v5-standard": read_mat,
+    "mat-v5-timestamp": read_mat,
+    "mat-v7.3-standard": read_mat,
+    "mat-v7.3-timestamp": read_mat,
+    "record": read_leaderboard_record,
+    "result": read_eval_result,
+    "topk": read_topk_sidecar,
+    "split": read_split_file,
+}
+SUFFIX = {"record": ".json", "result": ".json", "topk": ".topk.npz", "split": ".split.npz"}
+
+
+def _fuzz_bytes(seed_name: str, seeds, folder: Path, examples: int) -> int:
+    target = BYTE_TARGETS[seed_name]
+    path = folder / f"fuzzed{SUFFIX.get(seed_name, '.h5' if 'features' in seed_name else '.mat')}"
+    count = 0
+
+    @settings(max_examples=examples, **_SETTINGS)
+    @given(data=byte_mutations(seeds["bytes"][seed_name]))
+    def run(data):
+        nonlocal count
+        count += 1
+        path.write_bytes(data)
+        target(path, seeds["split"])
+
+    run()
+    return count
+
+
+def _fuzz_json(seed_name: str, seeds, folder: Path, examples: int, recompute_checksum: bool):
+    from leaderboard.records import content_checksum
+
+    target = BYTE_TARGETS[seed_name]
+    document = json.loads(seeds["bytes"][seed_name])
+    path = folder / "fuzzed.json"
+
+    @settings(max_examples=examples, **_SETTINGS)
+    @given(mutated=json_mutations(document))
+    def run(mutated):
+        if recompute_checksum and isinstance(mutated, dict):
+            mutated["content_sha256"] = content_checksum(mutated)
+        path.write_text(json.dumps(mutated), encoding="utf-8")
+        target(path, seeds["split"])
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.mark.timeout(300, method="thread")
+@pytest.mark.parametrize("seed_name", sorted(BYTE_TARGETS))
+def test_mutated_files_raise_only_harness_errors(seeds, tmp_path, seed_name):
+    examples = FAST_EXAMPLES if "features" in seed_name or "mat" in seed_name else FAST_EXAMPLES // 2
+    assert _fuzz_bytes(seed_name, seeds, tmp_path, examples) >= 1
+
+
+@pytest.mark.timeout(300, method="thread")
+@pytest.mark.parametrize("seed_name,recompute", [("record", True), ("record", False),
+                                                 ("result", False)])
+def test_structurally_edited_records_raise_only_harness_errors(seeds, tmp_path, seed_name,
+                                                               recompute):
+    _fuzz_json(seed_name, seeds, tmp_path, FAST_EXAMPLES, recompute)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600, method="thread")
+@pytest.mark.parametrize("seed_name", sorted(BYTE_TARGETS))
+def test_mutated_files_long_run(seeds, tmp_path, seed_name):
+    settings_ = dict(_SETTINGS, derandomize=False)
+    target = BYTE_TARGETS[seed_name]
+    path = tmp_path / f"fuzzed{SUFFIX.get(seed_name, '.h5' if 'features' in seed_name else '.mat')}"
+
+    @settings(max_examples=SLOW_EXAMPLES, **settings_)
+    @given(data=byte_mutations(seeds["bytes"][seed_name]))
+    def run(data):
+        path.write_bytes(data)
+        target(path, seeds["split"])
+
+    run()
+
+
+def test_seed_files_are_valid(seeds, tmp_path):
+    """The fuzz starts from files every reader accepts (else it would test nothing deep)."""
+    from harness.features import read_info
+    from harness.matfile import read_dbstruct
+    from harness.results import read_result
+    from harness.splits import load_split
+    from harness.validate import validate_features
+    from leaderboard.records import read_record, read_topk
+
+    files = {}
+    for name, data in seeds["bytes"].items():
+        files[name] = tmp_path / f"{name}{SUFFIX.get(name, '.h5' if 'features' in name else '.mat')}"
+        files[name].write_bytes(data)
+    assert validate_features([files["features"]], seeds["split"]).ok
+    assert validate_features([files["features-chunked"]], seeds["split"]).ok
+    assert read_info(files["features-fp16-database"]).parts["database"].dtype == "float16"
+    for name in ("mat-v5-standard", "mat-v5-timestamp", "mat-v7.3-standard", "mat-v7.3-timestamp"):
+        assert read_dbstruct(files[name]).num_db == 6
+    assert read_record(files["record"]).method == "fuzz"
+    assert read_result(files["result"]).split == "fuzz"
+    assert read_topk(files["topk"]).indices.shape[0] == 5
+    assert load_split(files["split"]).num_database == 12
