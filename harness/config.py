@@ -34,7 +34,8 @@ class EvalConfig:
         query_batch_rows: queries per GEMM (default: bounded score buffer).
         prefetch: read the next block in a background thread.
         validate: check the feature files against the split first (``harness.validate``).
-        checksums: record the sha256 of every feature file.
+        checksums: record the sha256 of every feature file (hashed in a thread from the bytes
+            the search streams, so the database is read once; ~1.3 GB/s of one core).
         progress: show progress bars.
     """
 

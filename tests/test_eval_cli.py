@@ -265,7 +265,6 @@ def _streamed_digests(paths, split, config, monkeypatch):
 def test_checksums_are_hashed_from_the_streamed_blocks(tmp_path, monkeypatch, dtype):
     split = make_split()
     queries, database = make_descriptors(split)
-    folder = write_sharded(tmp_path, split, queries, database, dtype=dtype, shards=2)
     # One file holding both parts: its /query bytes are a gap the hasher reads from disk.
     both = write_features(tmp_path / "both.h5", split=split.name, method="toy",
                           query=(list(split.query_names), queries.astype(dtype)),

@@ -133,8 +133,10 @@ def test_train_iovpr_needs_a_layout_folder(tiny_city, tmp_path):
 def test_study_runs_end_to_end_on_the_tiny_city(tiny_city, tmp_path):
     options = ["seg_epochs=1", "seg_crop_size=64", "seg_scale_min=64", "seg_scale_max=80",
                "seg_short_side=96", "generations=1", "epochs=1", "image_height=64", "image_width=96",
-               "num_clusters=4", "workers=0", "extra_train_options=neg_pool=8,neg_num=2,pos_num=2,pos_pool=2"]
-    args = ["iovpr", "study", "--city", tiny_city.root, "--data-root", tiny_city.data_root, "--out", tmp_path]
+               "num_clusters=4", "workers=0"]
+    args = ["iovpr", "study", "--city", tiny_city.root, "--data-root", tiny_city.data_root, "--out", tmp_path,
+            "--train-option", "neg_pool=8", "--train-option", "neg_num=2", "--train-option", "pos_num=2",
+            "--train-option", "pos_pool=2", "--train-option", "jitter=0.2,0.2,0.2,0.02"]
     for option in options:
         args += ["--option", option]
     result = invoke(*args)

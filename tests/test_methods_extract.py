@@ -23,7 +23,7 @@ from methods.provider import provide_features  # noqa: E402
 from methods.registry import get_method  # noqa: E402
 from methods.transforms import ResizeUint8, normalize_batch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # two threads on a shared 2-core machine run ~4x slower
 CONFIG = ModelConfig(backbone="small", num_clusters=8, image_height=48, image_width=64)
 OPTIONS = ExtractOptions(device="cpu", batch_size=16, workers=0, progress=False)
 

@@ -23,7 +23,7 @@ from methods.train.config import TrainConfig  # noqa: E402
 from methods.train.mining import Miner, build_training_set, difficult_positive_order  # noqa: E402
 from methods.train.rerank import build_graph, reranked_distances  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # two threads on a shared 2-core machine run ~4x slower
 
 
 def _unit(*rows):

@@ -75,6 +75,16 @@ def test_streaming_equals_brute_force(make, block_rows, k):
         assert_same_up_to_rounding(result, expected)
 
 
+def test_settled_rows_are_skipped_without_changing_the_result():
+    # Many blocks after the first K rows: most rows gain nothing from a block, some do.
+    rng = np.random.default_rng(17)
+    queries, database = normalised(rng, 40, 8), normalised(rng, 4000, 8)
+    result = search(queries, database, 5, block_rows=50, ngpu=0)
+    assert_same_up_to_rounding(result, brute_force(queries, database, 5))
+    queries, database = tied(rng, 40, 4), tied(rng, 2000, 4)
+    assert_same(search(queries, database, 5, block_rows=50, ngpu=0), brute_force(queries, database, 5))
+
+
 def test_row_order_and_query_batches_do_not_change_the_result():
     rng = np.random.default_rng(1)
     queries, database = tied(rng, 31, 6), tied(rng, 500, 6)

@@ -189,13 +189,19 @@ def iovpr_group():
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="Study setting (prefix, threshold, layout_prob, seg_epochs, epochs, generations, "
                    "image_height, device, ...).")
-def study_command(city_root, data_root, out_dir, option_pairs):
+@click.option("--train-option", "train_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Any other `harness train sfrs` setting, the same for the three trainings "
+                   "(e.g. --train-option jitter=0.2,0.2,0.2,0.02).")
+def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
     from methods.cli import _set_threads
     from methods.iovpr.study import make_study_config, run_study
     from methods.options import parse_option_pairs
 
     values = parse_option_pairs(option_pairs)
+    if train_pairs:
+        parse_option_pairs(train_pairs)  # reject malformed pairs now, not after an hour
+        values["extra_train_options"] = tuple(train_pairs)
     config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
     _set_threads()
     result = run_study(config)
