@@ -386,7 +386,7 @@ def run_scale(args, folder: Path) -> None:
 
     itemsize = np.dtype(args.dtype).itemsize
     needed = needed_bytes(args.rows, args.dim, itemsize, args.queries)
-    check_disk(folder, needed)
+    check_disk(folder.parent, needed)
     print(f"scale: {args.rows:,} x {args.dim} {args.dtype} ({needed / 1e9:.1f} GB on disk), "
           f"{args.queries} queries, exact top-100; load average {_load()}")
     started = time.perf_counter()
@@ -426,6 +426,13 @@ def run_scale(args, folder: Path) -> None:
         estimate = fixed + OUTDOOR_AMS_ROWS / search_rate  # validation etc. grow too, slightly
         print(f"extrapolated to {OUTDOOR_AMS_ROWS:,} rows at this search rate: ~{estimate:.0f} s "
               f"({estimate / 60:.1f} min; target 4 min on the 2-core development machine)")
+    if args.ngpu == 0 and args.reference_peak:
+        # On a loaded machine the absolute rate says little; the ratio to the peak measured
+        # beside it carries over to the same machine when quiet.
+        ratio = wall_rate * flop_per_row / 1e9 / peak
+        quiet = OUTDOOR_AMS_ROWS * flop_per_row / 1e9 / (ratio * args.reference_peak)
+        print(f"at a quiet peak of {args.reference_peak:.0f} GFLOP/s (--reference-peak) this ratio "
+              f"({ratio:.2f}) gives {OUTDOOR_AMS_ROWS:,} rows in ~{quiet:.0f} s ({quiet / 60:.1f} min)")
 
 
 def run_compare_seed(args, folder: Path) -> None:
@@ -433,7 +440,7 @@ def run_compare_seed(args, folder: Path) -> None:
 
     rows = args.rows
     needed = needed_bytes(rows, args.dim, 4, args.queries)
-    check_disk(folder, needed)
+    check_disk(folder.parent, needed)
     seed_memory = 2 * rows * args.dim * 4  # the descriptors, and the index's own copy
     available = psutil.virtual_memory().available
     if seed_memory > 0.85 * available:
@@ -478,6 +485,9 @@ def main(argv=None) -> int:
     parser.add_argument("--block-rows", type=int, default=None, help="evaluator block rows (default: its own)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
     parser.add_argument("--ngpu", type=int, default=0, help="0 CPU (default), -1 every GPU, n GPUs")
+    parser.add_argument("--reference-peak", type=float, default=300.0,
+                        help="quiet float32 GEMM GFLOP/s of this machine, for the extrapolation "
+                             "(default 300: the 2-core development machine; 0 to leave it out)")
     parser.add_argument("--no-checksums", action="store_true", help="skip the sha256 of the files")
     parser.add_argument("--compare-seed", action="store_true", help="the seed's path vs this harness")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: system temp)")

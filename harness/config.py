@@ -13,7 +13,7 @@ from typing import Mapping
 from harness.errors import HarnessError
 from harness.results import Protocol
 
-CPU_BACKENDS = ("auto", "numpy", "faiss")
+CPU_BACKENDS = ("auto", "numpy", "faiss", "bf16")
 #: OpenIBL's spatial NMS looks at the first max(N) x 12 predictions.
 NMS_POOL_FACTOR = 12
 
@@ -29,7 +29,8 @@ class EvalConfig:
         no_positive: ``"miss"`` or ``"exclude"`` queries without positives (default: split's).
         map_k: depth of mAP@K (default: max of ``recall_ns``).
         ngpu: -1 every visible GPU, 0 CPU only, n at most n GPUs (CPU fallback).
-        cpu_backend: ``auto``, ``numpy`` or ``faiss``.
+        cpu_backend: ``auto``, ``numpy``, ``faiss`` or ``bf16`` (exact top-K through a
+            bfloat16 shortlist re-scored in float32; needs torch; faster on CPUs with AMX).
         block_rows: database rows per streamed block (default: ~128 MB of float32).
         query_batch_rows: queries per GEMM (default: bounded score buffer).
         prefetch: read the next block in a background thread.

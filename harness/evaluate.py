@@ -28,7 +28,7 @@ import numpy as np
 from harness import __version__
 from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
-from harness.features import expand_feature_paths, read_descriptors, read_info, read_names
+from harness.features import expand_feature_paths, read_descriptors
 from harness.hardware import hardware_facts, peak_rss_bytes
 from harness.results import (
     Counts, EvalResult, FileDigest, Hardware, Predictions, Timings, harness_git_commit, utc_now,

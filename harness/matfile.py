@@ -19,6 +19,7 @@ at a time.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct as _struct
 from dataclasses import dataclass
@@ -379,6 +380,7 @@ _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6,
 _MI_TEXT = frozenset({16, 17, 18})
 _MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_CHAR, _MX_SPARSE = 1, 2, 3, 4, 5
 _MX_NUMERIC = frozenset(range(6, 16))
+_FLAGS_TYPES, _DIMS_TYPES, _NAME_TYPES = frozenset({6}), frozenset({5}), frozenset({1})
 _V5_MAX_DEPTH = 16
 # A v5 variable holds at most 2**31 bytes (MATLAB's limit); larger inflated data is a bomb.
 _V5_MAX_INFLATED = (1 << 31) + 64
@@ -409,6 +411,8 @@ class _V5Checker:
         self.data = data
         self.tag = struct.Struct(order + "II")
         self.order = order
+        self._dims: dict = {}
+        self._head = struct.Struct(order + "8I2i")
 
     def fail(self, where: str, message: str):
         raise HarnessError(f"corrupt MATLAB v5 file: {message} ({where})", self.path)
@@ -471,28 +475,26 @@ class _V5Checker:
             self.fail(f"{where} {position}", f"matrices nested deeper than {_V5_MAX_DEPTH} levels")
         if position == end:
             return  # an empty matrix ([] in a cell or a field)
-        import numpy as np
-
-        _, _, body, position = self.data_element(buffer, position, end, where, {_MI_UINT32}, 2)
+        _, _, body, position = self.data_element(buffer, position, end, where, _FLAGS_TYPES, 2)
         flags = self.tag.unpack_from(buffer, body)[0]
         cls, is_complex = flags & 0xFF, bool(flags & 0x800)
-        kind, size, body, position = self.data_element(buffer, position, end, where, {_MI_INT32})
+        _, size, body, position = self.data_element(buffer, position, end, where, _DIMS_TYPES)
         if size < 8 or size % 4:
             self.fail(f"{where} {position}", f"dimensions of {size} bytes")
-        dims = np.frombuffer(buffer[body:body + size], dtype=self.order + "i4")
-        if (dims < 0).any():
-            self.fail(f"{where} {position}", f"negative dimensions {dims.tolist()}")
-        count = int(np.prod(dims.astype(object)))
-        _, _, _, position = self.data_element(buffer, position, end, where, {_MI_INT8})
+        dims = self.dims(size // 4).unpack_from(buffer, body)
+        if min(dims) < 0:
+            self.fail(f"{where} {position}", f"negative dimensions {list(dims)}")
+        count = math.prod(dims)
+        _, _, _, position = self.data_element(buffer, position, end, where, _NAME_TYPES)
         if cls == _MX_CELL:
             position = self.matrices(buffer, position, end, depth, where, count)
         elif cls in (_MX_STRUCT, _MX_OBJECT):
             if cls == _MX_OBJECT:
-                _, _, _, position = self.data_element(buffer, position, end, where, {_MI_INT8})
-            _, size, body, position = self.data_element(buffer, position, end, where, {_MI_INT32}, 1)
-            name_length = self.tag.unpack_from(bytes(buffer[body:body + 4]) + b"\0" * 4)[0]
-            _, size, _, position = self.data_element(buffer, position, end, where, {_MI_INT8})
-            if (name_length == 0 and size) or (name_length and size % name_length):
+                _, _, _, position = self.data_element(buffer, position, end, where, _NAME_TYPES)
+            _, _, body, position = self.data_element(buffer, position, end, where, _DIMS_TYPES, 1)
+            name_length = self.dims(1).unpack_from(buffer, body)[0]
+            _, size, _, position = self.data_element(buffer, position, end, where, _NAME_TYPES)
+            if name_length < 0 or (name_length == 0 and size) or (name_length and size % name_length):
                 self.fail(f"{where} {position}", f"{size} bytes of field names of length {name_length}")
             fields = size // name_length if name_length else 0
             position = self.matrices(buffer, position, end, depth, where, count * fields)
@@ -509,10 +511,36 @@ class _V5Checker:
         if position != end:
             self.fail(f"{where} {position}", f"{end - position} unexpected bytes after a matrix")
 
+    def dims(self, count: int):
+        import struct
+
+        parser = self._dims.get(count)
+        if parser is None:
+            parser = self._dims[count] = struct.Struct(f"{self.order}{count}i")
+        return parser
+
     def matrices(self, buffer, position, end, depth, where, count: int) -> int:
         if count * 8 > end - position:
             self.fail(f"{where} {position}", f"{count} cells or fields cannot fit in {end - position} bytes")
+        head = self._head  # matrix tag, flags tag, flags, dims tag, two dims: one unpack
         for _ in range(count):
+            # Fast path for the common element, a 2-D char matrix (an image name); anything
+            # else, or anything odd, takes the general path.
+            if end - position >= 48:
+                (kind, size, flags_kind, flags_size, flags, _, dims_kind, dims_size, rows,
+                 cols) = head.unpack_from(buffer, position)
+                after = position + 8 + size
+                if (kind == _MI_MATRIX and flags_kind == 6 and flags_size == 8
+                        and (flags & 0x8FF) == _MX_CHAR and dims_kind == 5 and dims_size == 8
+                        and rows >= 0 and cols >= 0 and after <= end and size % 8 == 0):
+                    if (after - position >= 56  # an empty name: an 8-byte miINT8 element
+                            and self.tag.unpack_from(buffer, position + 40) == (_MI_INT8, 0)):
+                        data_kind, data_size = self.tag.unpack_from(buffer, position + 48)
+                        units = _MI_ITEM_BYTES.get(data_kind)
+                        if (units and (data_kind == _MI_UTF8 or data_size == rows * cols * units)
+                                and position + 56 + (data_size + 7) // 8 * 8 == after):
+                            position = after
+                            continue
             kind, size, body, after = self.element(buffer, position, end, where)
             if kind != _MI_MATRIX:
                 self.fail(f"{where} {position}", f"a cell or field must be a matrix, found type {kind}")

@@ -268,25 +268,51 @@ class RunningTopK:
                 cand_rows, cand_cols = cand_rows[keep], cand_cols[keep]
         if cand_rows.size == 0:
             return
-        counts = np.bincount(cand_rows, minlength=q)
+        self.add_candidates(query_rows, cand_rows, scores[cand_rows, cand_cols], database_rows[cand_cols])
+
+    def add_candidates(self, query_rows: slice, local_rows: np.ndarray, scores: np.ndarray,
+                       database_rows: np.ndarray) -> None:
+        """Fold scattered candidates in: ``scores[i]`` of query ``local_rows[i]`` (relative to
+        ``query_rows``, ascending) against database row ``database_rows[i]``."""
+        n = local_rows.size
+        assert scores.shape == (n,) and database_rows.shape == (n,), (scores.shape, database_rows.shape)
+        if n == 0:
+            return
+        k = self.k
+        state_scores = self.scores[query_rows]
+        q = state_scores.shape[0]
+        counts = np.bincount(local_rows, minlength=q)
         touched = np.flatnonzero(counts)
         width = k + int(counts.max())
         merged_scores = np.full((touched.size, width), -np.inf, dtype=np.float32)
         merged_indices = np.full((touched.size, width), _INDEX_PAD, dtype=np.int64)
         merged_scores[:, :k] = state_scores[touched]
         merged_indices[:, :k] = self.indices[query_rows][touched]
-        # Candidates come row-major from np.nonzero, so a row's entries are contiguous.
+        # Candidates come row-major (ascending rows), so a row's entries are contiguous.
         position_in_touched = np.cumsum(counts > 0) - 1
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = k + np.arange(cand_rows.size) - starts[cand_rows]
-        target = position_in_touched[cand_rows]
-        merged_scores[target, slot] = scores[cand_rows, cand_cols]
-        merged_indices[target, slot] = database_rows[cand_cols]
+        slot = k + np.arange(n) - starts[local_rows]
+        target = position_in_touched[local_rows]
+        merged_scores[target, slot] = scores
+        merged_indices[target, slot] = database_rows
         best_scores, best_indices = _select_rows(merged_scores, merged_indices, k)
         absolute = np.arange(self.scores.shape[0])[query_rows][touched]
         self.scores[absolute] = best_scores
         self.indices[absolute] = best_indices
         self._full[absolute] = best_indices[:, k - 1] >= 0
+
+    def add_scores_at(self, query_index: np.ndarray, scores: np.ndarray, database_rows: np.ndarray) -> None:
+        """:meth:`add_scores` for the (ascending) queries ``query_index`` of (len, b) ``scores``."""
+        q, b = scores.shape
+        assert query_index.shape == (q,), (query_index.shape, q)
+        full = self._full[query_index]
+        threshold = np.where(full, self.scores[query_index, self.k - 1], -np.inf).astype(np.float32)
+        rows, cols = np.nonzero(scores >= threshold[:, None])
+        if rows.size == 0:
+            return
+        # Whole-state candidates: rows relative to query 0, ascending since query_index is.
+        self.add_candidates(slice(0, self.scores.shape[0]), query_index[rows], scores[rows, cols],
+                            database_rows[cols])
 
     def add_topk(self, query_rows: slice, part: TopK) -> None:
         """Fold an already selected partial top-K (e.g. from faiss) in."""
@@ -459,6 +485,127 @@ class NumpyBackend(SearchBackend):
                 if pool is not None:
                     pool.shutdown(wait=True)
             self._selector = self._pool = None
+
+
+#: bfloat16 unit roundoff (8 significant bits, round to nearest even).
+_BF16_UNIT = 2.0 ** -8
+_FP32_UNIT = 2.0 ** -24
+
+
+def bf16_error_bound(dim: int, safety: float = 1.25) -> float:
+    """``c`` with ``|s_bf16 - s_fp32| <= c * ||q|| * ||d||`` for every query/database pair.
+
+    ``s_bf16``: both vectors rounded to bfloat16, products accumulated in float32 (in any
+    order), the sum rounded to bfloat16; ``s_fp32``: the float32 inner product the exact
+    path computes (in any order). With ``u`` the bfloat16 unit roundoff and ``g`` the float32
+    accumulation bound ``dim * 2^-24 / (1 - dim * 2^-24)``, and ``sum |q_i d_i| <= ||q|| ||d||``:
+    input rounding ``2u + u^2``, accumulation ``g (1 + u)^2``, output rounding
+    ``u (1 + g) (1 + u)^2``, the float32 reference's own rounding ``g``. ``safety`` covers
+    what the relative bounds leave out (values near the float32 underflow threshold).
+    """
+    u = _BF16_UNIT
+    g = dim * _FP32_UNIT / (1 - dim * _FP32_UNIT)
+    return safety * ((2 * u + u * u) + g * (1 + u) ** 2 + u * (1 + g) * (1 + u) ** 2 + g)
+
+
+@register_backend("bf16")
+class Bf16ShortlistBackend(SearchBackend):
+    """Exact top-K through a bfloat16 shortlist, re-scored in float32 (CPUs with AMX/AVX512-BF16).
+
+    A bfloat16 GEMM (torch/oneDNN: ~3x the float32 GEMM rate on AMX) gives approximate scores
+    ``s~`` with ``|s~ - s| <= c ||q|| ||d||`` (:func:`bf16_error_bound`, c ~ 0.012 at 4096-D).
+    A database row can enter a query's top-K only if its float32 score ``s`` reaches the
+    query's current K-th score ``t`` (ties: ``s == t``), so every row with
+    ``s~ >= t - c ||q|| max||d||`` is re-scored in float32 and every other row provably has
+    ``s < t``: the result is the exact float32 top-K (up to float32 rounding, as between any
+    two BLAS). Blocks in which a query's top-K is not yet full are searched exactly in float32;
+    the first such block also checks the bound against the exact scores and falls back to
+    float32 for the whole search if it is ever exceeded (e.g. a kernel accumulating in
+    bfloat16). Needs torch; opt-in (``cpu_backend="bf16"``), never chosen by ``auto``.
+    """
+
+    #: Candidates per query and block above which the block is re-scored by a float32 GEMM.
+    dense_fraction = 0.02
+
+    def __init__(self, query_batch_rows: int | None = None, selection_threads: int | None = None):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise HarnessError("cpu_backend 'bf16' needs torch (pip install torch)") from None
+        self._exact = NumpyBackend(query_batch_rows, selection_threads, overlap=False)
+        self.fallback = False
+        self.checked = False
+        self.candidates = 0
+        self.shortlisted_blocks = 0
+        self.exact_blocks = 0
+
+    def describe(self) -> str:
+        return "bf16 shortlist + float32 re-scoring" + (" (fell back to float32)" if self.fallback else "")
+
+    def prepare(self, queries, k):
+        import torch
+
+        self._queries_bf16 = torch.from_numpy(np.ascontiguousarray(queries)).to(torch.bfloat16)
+        self._query_norms = np.linalg.norm(queries.astype(np.float64), axis=1)
+        self._bound = bf16_error_bound(queries.shape[1])
+
+    def finish(self):
+        self._exact.finish()
+
+    def _approximate(self, block: np.ndarray) -> np.ndarray:
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # a read-only file mapping: only read here
+            warnings.simplefilter("ignore", UserWarning)
+            source = torch.from_numpy(block)
+        scores = torch.mm(self._queries_bf16, source.to(torch.bfloat16).T)
+        return scores.float().numpy()
+
+    def _check_bound(self, queries, block, norms) -> None:
+        """Compare the bfloat16 scores of one block with float32 ones (once per search)."""
+        self.checked = True
+        approximate = self._approximate(block)
+        exact = queries @ block.T
+        allowed = self._bound * np.outer(self._query_norms, norms)
+        excess = np.abs(approximate.astype(np.float64) - exact) - allowed
+        if (excess > 0).any():
+            self.fallback = True
+            logger.warning("bfloat16 scores exceed their error bound on this machine (by %.3g): "
+                           "searching in float32 instead", float(excess.max()))
+
+    def add_block(self, state, queries, block, rows):
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        if self.fallback or not state._full.all():
+            if not self.checked and not self.fallback:
+                self._check_bound(queries, block, norms)
+            self.exact_blocks += 1
+            self._exact.add_block(state, queries, block, rows)
+            return
+        self.shortlisted_blocks += 1
+        k = state.k
+        approximate = self._approximate(block)
+        margin = self._bound * self._query_norms * float(norms.max()) * (1 + 1e-6)
+        cut = (state.scores[:, k - 1].astype(np.float64) - margin).astype(np.float32)
+        cut = np.nextafter(cut, np.float32(-np.inf))  # rounding the cut down keeps it safe
+        active = np.flatnonzero(approximate.max(axis=1) >= cut)
+        if active.size == 0:
+            return
+        local, columns = np.nonzero(approximate[active] >= cut[active, None])
+        query_rows = active[local]
+        self.candidates += query_rows.size
+        if query_rows.size > self.dense_fraction * approximate.size:
+            # A loose shortlist: a float32 GEMM of the active queries costs less than gathers.
+            scores = queries[active] @ block.T
+            state.add_scores_at(active, scores, rows)
+            return
+        exact = np.empty(query_rows.size, dtype=np.float32)
+        for first in range(0, query_rows.size, 4096):
+            last = min(query_rows.size, first + 4096)
+            exact[first:last] = np.einsum("ij,ij->i", queries[query_rows[first:last]],
+                                          block[columns[first:last]])
+        state.add_candidates(slice(0, state.scores.shape[0]), query_rows, exact, rows[columns])
 
 
 def _usable_cores() -> int:
@@ -773,8 +920,8 @@ def resolve_backend(ngpu: int = -1, cpu_backend: str = "auto",
                 "faiss's bundled BLAS runs a generic kernel here (several times slower than "
                 "numpy's); cpu_backend='numpy' gives the same exact results faster"
             )
-    elif cpu_backend != "numpy":
-        raise HarnessError(f"unknown CPU backend {cpu_backend!r}; valid: auto, numpy, faiss")
+    elif cpu_backend not in ("numpy", "bf16"):
+        raise HarnessError(f"unknown CPU backend {cpu_backend!r}; valid: auto, numpy, faiss, bf16")
     return get_backend(cpu_backend, query_batch_rows=query_batch_rows)
 
 
@@ -813,7 +960,8 @@ def search_blocks(
             split's database indices and may come in any order, but must not repeat.
         k: ranks to keep per query.
         ngpu: -1 every GPU faiss sees, 0 CPU only, n at most n GPUs (CPU fallback).
-        cpu_backend: ``auto``, ``numpy`` or ``faiss`` (see :func:`cpu_backend_choice`).
+        cpu_backend: ``auto``, ``numpy``, ``faiss`` or ``bf16`` (see :func:`cpu_backend_choice`
+            and :class:`Bf16ShortlistBackend`).
         backend: an already built backend (overrides ``ngpu``/``cpu_backend``).
         query_batch_rows: queries scored per GEMM (default: fits a ~96 MB score buffer).
         total_rows: database size, only for the progress bar.

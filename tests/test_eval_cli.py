@@ -318,3 +318,14 @@ def test_streamed_digest_falls_back_when_blocks_come_out_of_order(tmp_path):
     (digest,), _ = in_order.result()
     assert digest.sha256 == sha256_file(path) and in_order.streamed_bytes == 4096
     assert in_order.read_bytes == 8  # "head" and "tail"
+
+
+def test_bf16_shortlist_backend_gives_the_same_record(tmp_path):
+    pytest.importorskip("torch")
+    split = make_split()
+    queries, database = make_descriptors(split)
+    folder = write_sharded(tmp_path, split, queries, database, dtype="float16")
+    exact = evaluate([folder], split, EvalConfig(ngpu=0, block_rows=16))
+    shortlisted = evaluate([folder], split, EvalConfig(ngpu=0, block_rows=16, cpu_backend="bf16"))
+    assert shortlisted.search_backend.startswith("bf16") and shortlisted.scores == exact.scores
+    np.testing.assert_array_equal(shortlisted.prediction_data.indices, exact.prediction_data.indices)

@@ -469,3 +469,64 @@ def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
     cpu = search_blocks(queries, iter_feature_blocks(sources, 1024), 50, ngpu=0)
     assert_same(gpu, cpu)
     assert_same(cpu, brute_force(queries, database, 50))
+
+
+# --------------------------------------------------------------------------------------------
+# bfloat16 shortlist re-scored in float32 (opt-in CPU backend)
+
+
+def near_duplicates(rng, rows, dim, groups=20):
+    """Rows clustered around a few centres: many scores inside the bfloat16 error window."""
+    centres = normalised(rng, groups, dim)
+    values = centres[rng.integers(0, groups, rows)] + 0.05 * rng.standard_normal((rows, dim)).astype(np.float32)
+    return values / np.linalg.norm(values, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("make", [normalised, near_duplicates, tied], ids=["random", "clustered", "ties"])
+def test_bf16_shortlist_equals_exact_search(make):
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(18)
+    queries, database = make(rng, 60, 64), make(rng, 3000, 64)
+    backend = get_backend("bf16")
+    result = search_blocks(queries, iter_array_blocks(database, 256), 10, backend=backend)
+    expected = search(queries, database, 10, block_rows=256, ngpu=0)
+    if make is tied:
+        assert_same(result, brute_force(queries, database, 10))
+    else:
+        assert_same_up_to_rounding(result, expected, atol=1e-6)
+    assert backend.checked and not backend.fallback
+    assert backend.exact_blocks == 1 and backend.shortlisted_blocks == 11 and backend.candidates > 0
+    assert "bf16" in backend.describe()
+
+
+def test_bf16_shortlist_loose_blocks_and_the_error_bound():
+    pytest.importorskip("torch")
+    from harness.search import Bf16ShortlistBackend, bf16_error_bound
+
+    assert 0.0122 < bf16_error_bound(4096, safety=1.0) < 0.0123
+    rng = np.random.default_rng(19)
+    queries, database = near_duplicates(rng, 30, 32, groups=2), near_duplicates(rng, 2000, 32, groups=2)
+    backend = get_backend("bf16")
+    backend.dense_fraction = 0.0  # every shortlist counts as loose: the float32 GEMM fallback
+    result = search_blocks(queries, iter_array_blocks(database, 200), 15, backend=backend)
+    assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
+    assert backend.candidates > 0
+
+    class Broken(Bf16ShortlistBackend):
+        def _approximate(self, block):  # pretend the kernel accumulates in bfloat16
+            return super()._approximate(block) + 0.5
+
+    broken = Broken()
+    result = search_blocks(queries, iter_array_blocks(database, 200), 15, backend=broken)
+    assert broken.fallback and broken.shortlisted_blocks == 0 and "fell back" in broken.describe()
+    assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
+
+
+def test_bf16_backend_is_opt_in_by_name():
+    pytest.importorskip("torch")
+    from harness.config import EvalConfig
+
+    assert EvalConfig(cpu_backend="bf16").cpu_backend == "bf16"
+    assert resolve_backend(ngpu=0, cpu_backend="bf16").name == "bf16"
+    with pytest.raises(HarnessError, match="bf16"):
+        EvalConfig(cpu_backend="bfloat")
