@@ -290,7 +290,8 @@ def harness_worker(spec: dict) -> dict:
         started = time.perf_counter()
         result = evaluate([spec["query"], *spec["shards"]], split,
                           EvalConfig(ngpu=spec["ngpu"], checksums=spec["checksums"],
-                                     block_rows=spec.get("block_rows")))
+                                     block_rows=spec.get("block_rows"),
+                                     cpu_backend=spec.get("cpu_backend", "auto")))
         wall = time.perf_counter() - started
     return {
         "wall_s": wall, "timings": {k: getattr(result.timings, k) for k in
@@ -398,7 +399,8 @@ def run_scale(args, folder: Path) -> None:
     peak_before = gemm_peak(args, block_rows)
     load_before = _load()
     run = run_worker("harness", {**paths, "threads": args.threads, "ngpu": args.ngpu,
-                                 "checksums": not args.no_checksums, "block_rows": args.block_rows})
+                                 "checksums": not args.no_checksums, "block_rows": args.block_rows,
+                                 "cpu_backend": args.cpu_backend})
     load_after = _load()
     peak_after = gemm_peak(args, block_rows)
     peak = (peak_before + peak_after) / 2
@@ -489,6 +491,8 @@ def main(argv=None) -> int:
                         help="quiet float32 GEMM GFLOP/s of this machine, for the extrapolation "
                              "(default 300: the 2-core development machine; 0 to leave it out)")
     parser.add_argument("--no-checksums", action="store_true", help="skip the sha256 of the files")
+    parser.add_argument("--cpu-backend", choices=["auto", "numpy", "faiss", "bf16"], default="auto",
+                        help="evaluator CPU backend (bf16: exact bfloat16 shortlist, needs torch)")
     parser.add_argument("--compare-seed", action="store_true", help="the seed's path vs this harness")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")

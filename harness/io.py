@@ -7,10 +7,20 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 _CHUNK_BYTES = 8 << 20
+
+#: What reading a damaged or foreign ``.npz`` (a zip of ``.npy`` files) with ``np.load`` can
+#: raise: the zip layer (``BadZipFile``; ``NotImplementedError``/``RuntimeError`` for unknown
+#: compression or encryption), inflation (``zlib.error``), the ``.npy`` headers and data
+#: (``ValueError``, ``EOFError``; ``MemoryError`` for a header claiming a huge array), a
+#: missing member (``KeyError``). Readers of submitted files turn these into HarnessErrors.
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, MemoryError,
+              zipfile.BadZipFile, zlib.error)
 
 
 @contextlib.contextmanager

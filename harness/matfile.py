@@ -331,7 +331,11 @@ def read_dbstruct(path: str | os.PathLike) -> DbStruct:
     version = _mat_version(path)
     try:
         if version == "v7.3":
-            fields = _read_v73_fields(path)
+            try:
+                fields = _read_v73_fields(path)
+            except _V73_ERRORS as exc:
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                raise HarnessError(f"corrupt MATLAB v7.3 (HDF5) file ({detail})", path) from None
         else:
             fields = _read_v5_fields(path)
         return _build(path, fields, version)
@@ -339,6 +343,13 @@ def read_dbstruct(path: str | os.PathLike) -> DbStruct:
         if exc.path is None:
             raise HarnessError(exc.message, path) from None
         raise
+
+
+# What h5py raises for a damaged HDF5 file (its error stack mapped to KeyError, ValueError,
+# OSError, RuntimeError...), plus what the bulk cell reader's arithmetic on garbage headers
+# and a dataspace claiming a huge extent can raise.
+_V73_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError,
+               OverflowError, MemoryError, UnicodeDecodeError)
 
 
 def _mat_version(path: Path) -> str:

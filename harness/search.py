@@ -524,8 +524,12 @@ class Bf16ShortlistBackend(SearchBackend):
     bfloat16). Needs torch; opt-in (``cpu_backend="bf16"``), never chosen by ``auto``.
     """
 
-    #: Candidates per query and block above which the block is re-scored by a float32 GEMM.
+    #: Share of candidate pairs above which a block is re-scored by a float32 GEMM (gathering
+    #: rows to re-score costs ~50x a pair's share of a GEMM).
     dense_fraction = 0.02
+    #: After a loose shortlist, blocks searched in float32 only, before the shortlist is tried
+    #: again (top-K thresholds rise as the search goes on, and shortlists tighten).
+    dense_backoff_blocks = 8
 
     def __init__(self, query_batch_rows: int | None = None, selection_threads: int | None = None):
         try:
@@ -538,6 +542,7 @@ class Bf16ShortlistBackend(SearchBackend):
         self.candidates = 0
         self.shortlisted_blocks = 0
         self.exact_blocks = 0
+        self._backoff = 0
 
     def describe(self) -> str:
         return "bf16 shortlist + float32 re-scoring" + (" (fell back to float32)" if self.fallback else "")
@@ -577,9 +582,10 @@ class Bf16ShortlistBackend(SearchBackend):
 
     def add_block(self, state, queries, block, rows):
         norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
-        if self.fallback or not state._full.all():
+        if self.fallback or self._backoff > 0 or not state._full.all():
             if not self.checked and not self.fallback:
                 self._check_bound(queries, block, norms)
+            self._backoff = max(0, self._backoff - 1)
             self.exact_blocks += 1
             self._exact.add_block(state, queries, block, rows)
             return
@@ -597,6 +603,7 @@ class Bf16ShortlistBackend(SearchBackend):
         self.candidates += query_rows.size
         if query_rows.size > self.dense_fraction * approximate.size:
             # A loose shortlist: a float32 GEMM of the active queries costs less than gathers.
+            self._backoff = self.dense_backoff_blocks
             scores = queries[active] @ block.T
             state.add_scores_at(active, scores, rows)
             return

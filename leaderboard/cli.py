@@ -165,4 +165,24 @@ def check_command(results_dir, data_root, feature_dirs, git):
     click.echo(summary)
 
 
-commands = [submit_command, leaderboard_group]
+@click.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("data") / "demo", show_default=True,
+              help="Where the city, features, study and demo leaderboard go (cached across runs).")
+@click.option("--preset", default="demo", show_default=True, help="Synthetic city preset.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Synthetic city seed.")
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="Train the SFRS baseline and the IOVPR variants (CPU, small backbone).")
+@click.option("--device", default="cpu", show_default=True, help="Device for training/extraction.")
+def demo_command(out_dir, preset, seed, train, device):
+    """Run the whole benchmark on the embedded synthetic city and print its leaderboard."""
+    from leaderboard.demo import DemoConfig, run_demo, synthetic_tables
+
+    result = run_demo(DemoConfig(out_dir=str(out_dir), preset=preset, seed=seed, train=train,
+                                 device=device))
+    click.echo(synthetic_tables(result.leaderboard_readme))
+    timing = ", ".join(f"{stage} {sec:.0f} s" for stage, sec in result.seconds.items())
+    click.echo(f"{result.records} results; {timing}; full leaderboard: {result.leaderboard_readme}")
+
+
+commands = [submit_command, leaderboard_group, demo_command]

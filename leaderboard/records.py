@@ -533,10 +533,14 @@ def topk_bytes(topk: TopK) -> bytes:
 
 def read_topk(path: str | os.PathLike) -> TopK:
     """Read a top-k sidecar (no pickle); any other file is a :class:`HarnessError` naming it."""
+    from harness.io import NPZ_ERRORS
+
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"meta is a {type(meta).__name__}, not an object")
             if (
                 meta.get("format") != TOPK_FORMAT
                 or meta.get("format_version") != TOPK_FORMAT_VERSION
@@ -550,7 +554,7 @@ def read_topk(path: str | os.PathLike) -> TopK:
             )
     except FileNotFoundError:
         raise HarnessError("predictions file not found", path) from None
-    except (OSError, KeyError, ValueError, AssertionError, UnicodeDecodeError) as exc:
+    except NPZ_ERRORS + (AssertionError, RecursionError) as exc:
         raise HarnessError(
             f"not a readable top-k predictions file ({type(exc).__name__}: {exc})", path
         ) from None

@@ -402,17 +402,24 @@ def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[in
 def _read_partial(path: Path, launch: Launch, index: int):
     from harness.search import TopK
 
+    from harness.io import NPZ_ERRORS
+
     try:
         with np.load(path, allow_pickle=False) as data:
             scores, indices = data["scores"], data["indices"]
             meta = json.loads(data["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError) as exc:
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta is a {type(meta).__name__}, not an object")
+    except NPZ_ERRORS + (RecursionError,) as exc:
         raise HarnessError(f"unreadable partial result ({exc})", path) from None
     if meta.get("format_version") != PARTIAL_FORMAT_VERSION or meta.get("task") != index:
         raise HarnessError(f"partial result is not task {index}'s (format or task differ)", path)
     if meta.get("split_sha256") != launch.params["split_sha256"]:
         raise HarnessError("partial result was computed on another split", path)
-    return TopK(scores, indices), meta
+    try:
+        return TopK(scores, indices), meta
+    except ValueError as exc:
+        raise HarnessError(f"unreadable partial result ({exc})", path) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -488,6 +488,7 @@ def test_bf16_shortlist_equals_exact_search(make):
     rng = np.random.default_rng(18)
     queries, database = make(rng, 60, 64), make(rng, 3000, 64)
     backend = get_backend("bf16")
+    backend.dense_backoff_blocks = 0  # shortlist every block, however loose
     result = search_blocks(queries, iter_array_blocks(database, 256), 10, backend=backend)
     expected = search(queries, database, 10, block_rows=256, ngpu=0)
     if make is tied:
@@ -511,6 +512,8 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     result = search_blocks(queries, iter_array_blocks(database, 200), 15, backend=backend)
     assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
     assert backend.candidates > 0
+    # 10 blocks: the first exact (top-K not full), one loose shortlist, then 8 in float32 only.
+    assert (backend.exact_blocks, backend.shortlisted_blocks) == (9, 1)
 
     class Broken(Bf16ShortlistBackend):
         def _approximate(self, block):  # pretend the kernel accumulates in bfloat16
