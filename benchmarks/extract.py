@@ -38,7 +38,9 @@ def build(device, pca: bool = True):
 
     from methods.netvlad import ModelConfig, build_model
 
-    model = build_model(ModelConfig(backbone="vgg16", num_clusters=64, pca_dim=4096 if pca else None), seed=0)
+    model = build_model(
+        ModelConfig(backbone="vgg16", num_clusters=64, pca_dim=4096 if pca else None), seed=0
+    )
     model = model.to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -46,18 +48,25 @@ def build(device, pca: bool = True):
     return model
 
 
-def time_model(model, device, *, batch: int, batches: int, amp: bool, height: int = 480, width: int = 640) -> dict:
+def time_model(
+    model, device, *, batch: int, batches: int, amp: bool, height: int = 480, width: int = 640
+) -> dict:
     """images/s of the network on random uint8 batches resident on the device."""
     import torch
 
     from methods.transforms import normalize_batch
 
     generator = torch.Generator(device="cpu").manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator).to(device)
+    images = torch.randint(
+        0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator
+    ).to(device)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def step():
-        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp),
+        ):
             return model(normalize_batch(images).contiguous(memory_format=memory_format))
 
     step()  # warm-up (cuDNN autotuning, allocator)
@@ -70,7 +79,11 @@ def time_model(model, device, *, batch: int, batches: int, amp: bool, height: in
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     assert out.shape == (batch, 4096)
-    return {"images": batch * batches, "seconds": seconds, "images_per_s": batch * batches / seconds}
+    return {
+        "images": batch * batches,
+        "seconds": seconds,
+        "images_per_s": batch * batches / seconds,
+    }
 
 
 def make_images(folder: Path, count: int, distinct: int = 64) -> list[str]:
@@ -84,14 +97,18 @@ def make_images(folder: Path, count: int, distinct: int = 64) -> list[str]:
         if i < distinct:
             # Smooth noise compresses like a photo (random pixels would be unrealistically large).
             small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((640, 480), Image.Resampling.BICUBIC).save(folder / name, quality=90)
+            Image.fromarray(small).resize((640, 480), Image.Resampling.BICUBIC).save(
+                folder / name, quality=90
+            )
         else:
             os.link(folder / f"img{i % distinct:06d}.jpg", folder / name)
         names.append(name)
     return names
 
 
-def time_end_to_end(device, folder: Path, names: list[str], *, batch: int, workers: int, amp: bool) -> dict:
+def time_end_to_end(
+    device, folder: Path, names: list[str], *, batch: int, workers: int, amp: bool
+) -> dict:
     import torch
 
     from harness.splits import Split
@@ -103,13 +120,31 @@ def time_end_to_end(device, folder: Path, names: list[str], *, batch: int, worke
     weights = folder / "weights.pt"
     if not weights.exists():
         config = ModelConfig(backbone="vgg16", num_clusters=64, pca_dim=4096)
-        save_checkpoint(weights, state_dict=build_model(config, seed=0).state_dict(), model_config=config.to_dict())
+        save_checkpoint(
+            weights,
+            state_dict=build_model(config, seed=0).state_dict(),
+            model_config=config.to_dict(),
+        )
     utm = np.zeros((len(names), 2))
-    split = Split(name="bench", query_names=tuple(names[:1]), database_names=tuple(names), query_utm=utm[:1],
-                  database_utm=utm, query_root=str(folder), database_root=str(folder))
+    split = Split(
+        name="bench",
+        query_names=tuple(names[:1]),
+        database_names=tuple(names),
+        query_utm=utm[:1],
+        database_utm=utm,
+        query_root=str(folder),
+        database_root=str(folder),
+    )
     method = get_method("netvlad", {}, weights=weights)
-    options = ExtractOptions(device=str(device), batch_size=batch, workers=workers, amp=amp, progress=False,
-                             overwrite=True, dtype="float16")
+    options = ExtractOptions(
+        device=str(device),
+        batch_size=batch,
+        workers=workers,
+        amp=amp,
+        progress=False,
+        overwrite=True,
+        dtype="float16",
+    )
     out = folder / f"features-{device.type}-{int(amp)}.h5"
     started = time.perf_counter()
     extract(method, split=split, out=out, parts=("database",), options=options)
@@ -122,14 +157,24 @@ def time_end_to_end(device, folder: Path, names: list[str], *, batch: int, worke
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2: a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (default 2: a shared machine)"
+    )
     parser.add_argument("--cpu-batch", type=int, default=2)
     parser.add_argument("--cpu-batches", type=int, default=2)
-    parser.add_argument("--cpu-images", type=int, default=4, help="images for the CPU end-to-end run")
+    parser.add_argument(
+        "--cpu-images", type=int, default=4, help="images for the CPU end-to-end run"
+    )
     parser.add_argument("--gpu-batch", type=int, default=64)
-    parser.add_argument("--gpu-images", type=int, default=1024, help="images for the GPU end-to-end run")
-    parser.add_argument("--workers", type=int, default=None, help="data-loader workers (default: cores - 1)")
-    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows (slow: seconds per image)")
+    parser.add_argument(
+        "--gpu-images", type=int, default=1024, help="images for the GPU end-to-end run"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="data-loader workers (default: cores - 1)"
+    )
+    parser.add_argument(
+        "--no-cpu", action="store_true", help="skip the CPU rows (slow: seconds per image)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
 
@@ -148,12 +193,36 @@ def main(argv=None) -> int:
         if not args.no_cpu:
             cpu = torch.device("cpu")
             model = build(cpu)
-            result = time_model(model, cpu, batch=args.cpu_batch, batches=args.cpu_batches, amp=False)
-            rows.append({"device": "cpu", "precision": "fp32", "kind": "model", "batch": args.cpu_batch, **result})
+            result = time_model(
+                model, cpu, batch=args.cpu_batch, batches=args.cpu_batches, amp=False
+            )
+            rows.append(
+                {
+                    "device": "cpu",
+                    "precision": "fp32",
+                    "kind": "model",
+                    "batch": args.cpu_batch,
+                    **result,
+                }
+            )
             del model
-            result = time_end_to_end(cpu, folder, names[: args.cpu_images], batch=args.cpu_batch,
-                                     workers=min(workers, 1), amp=False)
-            rows.append({"device": "cpu", "precision": "fp32", "kind": "end to end", "batch": args.cpu_batch, **result})
+            result = time_end_to_end(
+                cpu,
+                folder,
+                names[: args.cpu_images],
+                batch=args.cpu_batch,
+                workers=min(workers, 1),
+                amp=False,
+            )
+            rows.append(
+                {
+                    "device": "cpu",
+                    "precision": "fp32",
+                    "kind": "end to end",
+                    "batch": args.cpu_batch,
+                    **result,
+                }
+            )
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
             name = torch.cuda.get_device_name(gpu)
@@ -161,24 +230,52 @@ def main(argv=None) -> int:
             for amp in (False, True):
                 batches = max(2, args.gpu_images // args.gpu_batch // (4 if not amp else 1))
                 result = time_model(model, gpu, batch=args.gpu_batch, batches=batches, amp=amp)
-                rows.append({"device": name, "precision": "amp fp16" if amp else "fp32", "kind": "model",
-                             "batch": args.gpu_batch, **result})
+                rows.append(
+                    {
+                        "device": name,
+                        "precision": "amp fp16" if amp else "fp32",
+                        "kind": "model",
+                        "batch": args.gpu_batch,
+                        **result,
+                    }
+                )
             del model
             torch.cuda.empty_cache()
             for amp in (True,):
-                result = time_end_to_end(gpu, folder, names[: args.gpu_images], batch=args.gpu_batch,
-                                         workers=workers, amp=amp)
-                rows.append({"device": name, "precision": "amp fp16" if amp else "fp32", "kind": "end to end",
-                             "batch": args.gpu_batch, "workers": workers, **result})
+                result = time_end_to_end(
+                    gpu,
+                    folder,
+                    names[: args.gpu_images],
+                    batch=args.gpu_batch,
+                    workers=workers,
+                    amp=amp,
+                )
+                rows.append(
+                    {
+                        "device": name,
+                        "precision": "amp fp16" if amp else "fp32",
+                        "kind": "end to end",
+                        "batch": args.gpu_batch,
+                        "workers": workers,
+                        **result,
+                    }
+                )
         else:
             print("no CUDA device: GPU rows skipped")
-    baseline = next((r["images_per_s"] for r in rows if r["device"] == "cpu" and r["kind"] == "model"), None)
+    baseline = next(
+        (r["images_per_s"] for r in rows if r["device"] == "cpu" and r["kind"] == "model"), None
+    )
     print(f"\nVGG16-NetVLAD-PCA4096 at 480x640, {args.threads} CPU threads, {workers} workers")
-    print(f"{'device':28s} {'precision':10s} {'kind':11s} {'batch':>5s} {'images':>7s} {'images/s':>10s} {'x CPU':>8s}")
+    print(
+        f"{'device':28s} {'precision':10s} {'kind':11s} {'batch':>5s} {'images':>7s} "
+        f"{'images/s':>10s} {'x CPU':>8s}"
+    )
     for row in rows:
         ratio = f"{row['images_per_s'] / baseline:8.1f}" if baseline else "       -"
-        print(f"{row['device'][:28]:28s} {row['precision']:10s} {row['kind']:11s} {row['batch']:5d} "
-              f"{row['images']:7d} {row['images_per_s']:10.2f} {ratio}")
+        print(
+            f"{row['device'][:28]:28s} {row['precision']:10s} {row['kind']:11s} {row['batch']:5d} "
+            f"{row['images']:7d} {row['images_per_s']:10.2f} {ratio}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

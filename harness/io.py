@@ -23,6 +23,18 @@ NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, 
               zipfile.BadZipFile, zlib.error)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a finished file gets the mode open() would have given it, so
+# that shared folders (features written by cluster jobs, registered splits, leaderboard
+# records) stay readable by whoever the umask lets read them.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -37,6 +49,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.stat().st_mode & 0o777 == 0o600:  # still mkstemp's mode
+                os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -422,6 +422,8 @@ def read_result(path: str | os.PathLike) -> EvalResult:
         raise HarnessError("result record not found", path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HarnessError(f"not a readable JSON record ({exc})", path) from None
+    except RecursionError:
+        raise HarnessError("not a result record: JSON nested too deeply", path) from None
     try:
         return EvalResult.from_dict(data)
     except HarnessError as exc:

@@ -36,6 +36,10 @@ usable GPU the search falls back to the CPU, with a warning when GPUs were asked
   (threadpoolctl reports ``architecture='Prescott'``) and then run a generic kernel about 5x
   below numpy's. :func:`cpu_backend_choice` makes that decision and says why.
 * ``faiss-cpu``: ``faiss.knn`` per block (a deeper list, then exact tie repair).
+* ``bf16`` (opt-in, needs torch): a bfloat16 GEMM shortlists with a proven error bound and
+  float32 re-scores the shortlist: the exact float32 top-K, faster where bfloat16 matrix units
+  (AMX) make the shortlist GEMM ~3x cheaper and the database is large enough for the
+  shortlist to be short (see :class:`Bf16ShortlistBackend`).
 * ``faiss-gpu``: ``faiss.knn_gpu`` on every selected GPU, each block split across the GPUs
   and merged exactly (float32 blocks: faiss needs the queries' dtype).
 * ``torch-cuda``: the same with float32 ``torch.mm`` + ``torch.topk`` (TF32 off), used when

@@ -169,6 +169,8 @@ def read_method_metadata(path: str | os.PathLike) -> MethodMetadata:
         raise HarnessError("metadata file not found", path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HarnessError(f"not a readable JSON file ({exc})", path) from None
+    except RecursionError:
+        raise HarnessError("not a metadata file: JSON nested too deeply", path) from None
     return MethodMetadata.from_dict(data, path)
 
 
@@ -463,6 +465,8 @@ def read_record(path: str | os.PathLike, *, verify_checksum: bool = True) -> Lea
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HarnessError(f"not valid JSON ({exc})", path) from None
+    except RecursionError:
+        raise HarnessError("not a record: JSON nested too deeply", path) from None
     return record_from_dict(data, path, verify_checksum=verify_checksum)
 
 

@@ -152,7 +152,9 @@ class Method:
         return {
             "method": self.name,
             "config": config_to_dict(self.config),
-            "files": {role: sha256_of_file(path) for role, path in sorted(self.weight_files().items())},
+            "files": {
+                role: sha256_of_file(path) for role, path in sorted(self.weight_files().items())
+            },
         }
 
     def fingerprint_sha256(self) -> str:
@@ -161,4 +163,5 @@ class Method:
         return self._fingerprint_sha256
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, config={self.config!r}, weights={self.weights})"
+        kind = type(self).__name__
+        return f"{kind}(name={self.name!r}, config={self.config!r}, weights={self.weights})"

@@ -77,19 +77,24 @@ def torch_load(path: str | os.PathLike):
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.S)
         reason = " ".join(detail.group(1).split()) if detail else _first_line(exc)
         raise HarnessError(
-            f"not a loadable PyTorch checkpoint: corrupt, truncated, or holding more than tensors and "
+            "not a loadable PyTorch checkpoint: corrupt, truncated, or holding more than "
+            "tensors and "
             f"plain containers (weights_only unpickler: {reason})",
             path,
         ) from None
     except Exception as exc:  # zip, EOF and storage errors: the file is damaged
-        raise HarnessError(f"not a readable PyTorch checkpoint, corrupt or truncated ({_first_line(exc)})", path) from None
+        raise HarnessError(
+            f"not a readable PyTorch checkpoint, corrupt or truncated ({_first_line(exc)})", path
+        ) from None
 
 
 def _is_tensor_dict(obj) -> bool:
     import torch
 
-    return isinstance(obj, Mapping) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -97,7 +102,7 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
     """Remove ``prefix`` from every key when all keys carry it (a DDP-wrapped model's state)."""
     keys = list(state_dict)
     if keys and all(k.startswith(prefix) for k in keys):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
     return dict(state_dict)
 
 
@@ -118,7 +123,11 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state = obj.get("state_dict")
         if not _is_tensor_dict(state):
             raise HarnessError("checkpoint 'state_dict' is missing or not a dict of tensors", path)
-        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "model_config", "trainer", "cache_state_dict")}
+        meta = {
+            k: v
+            for k, v in obj.items()
+            if k not in ("state_dict", "model_config", "trainer", "cache_state_dict")
+        }
         return Checkpoint(
             path=path,
             layout="harness",
@@ -132,9 +141,17 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if not _is_tensor_dict(state):
             raise HarnessError("checkpoint 'state_dict' is not a dict of tensors", path)
         meta = {k: v for k, v in obj.items() if k != "state_dict"}
-        return Checkpoint(path=path, layout="openibl-training", state_dict=strip_prefix(state), meta=meta, payload=obj)
+        return Checkpoint(
+            path=path,
+            layout="openibl-training",
+            state_dict=strip_prefix(state),
+            meta=meta,
+            payload=obj,
+        )
     if _is_tensor_dict(obj):
-        return Checkpoint(path=path, layout="openibl-hub", state_dict=strip_prefix(dict(obj)), payload=obj)
+        return Checkpoint(
+            path=path, layout="openibl-hub", state_dict=strip_prefix(dict(obj)), payload=obj
+        )
     raise HarnessError(
         "unrecognised checkpoint layout: expected an OpenIBL checkpoint ({'state_dict', ...}), "
         f"a state dict of tensors, or a {CHECKPOINT_FORMAT} file; top-level keys: "
@@ -149,7 +166,9 @@ def _listed(keys) -> str:
     return shown + (f" (+{len(keys) - _LISTED_KEYS} more)" if len(keys) > _LISTED_KEYS else "")
 
 
-def load_state_dict_strict(module, state_dict: Mapping[str, Any], path: str | os.PathLike | None, what: str = "checkpoint") -> None:
+def load_state_dict_strict(
+    module, state_dict: Mapping[str, Any], path: str | os.PathLike | None, what: str = "checkpoint"
+) -> None:
     """Copy ``state_dict`` into ``module``; any key or shape mismatch is one HarnessError."""
     expected = module.state_dict()
     missing = set(expected) - set(state_dict)
@@ -194,7 +213,9 @@ def save_checkpoint(
     return path
 
 
-def to_openibl_training(state_dict: Mapping[str, Any], *, epoch: int = 0, best_recall5: float = 0.0) -> dict:
+def to_openibl_training(
+    state_dict: Mapping[str, Any], *, epoch: int = 0, best_recall5: float = 0.0
+) -> dict:
     """The OpenIBL training-checkpoint layout of ``state_dict`` (keys prefixed ``module.``)."""
     return {
         "state_dict": {f"module.{k}": v for k, v in strip_prefix(state_dict).items()},

@@ -11,7 +11,9 @@ import click
 
 from harness.errors import HarnessError
 
-_option_help = "Method option key=value (repeatable), e.g. -o pca=pca_params.h5 -o image_height=240."
+_option_help = (
+    "Method option key=value (repeatable), e.g. -o pca=pca_params.h5 -o image_height=240."
+)
 
 
 def _load_split(split_name: str, data_root):
@@ -37,26 +39,83 @@ def _set_threads() -> None:
 
 
 @click.command("extract")
-@click.option("--method", "-m", "method_name", required=True, help="Registered method (see `harness methods list`).")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Checkpoint file (OpenIBL or harness layout).")
+@click.option(
+    "--method",
+    "-m",
+    "method_name",
+    required=True,
+    help="Registered method (see `harness methods list`).",
+)
+@click.option(
+    "--weights",
+    "-w",
+    type=click.Path(dir_okay=False),
+    help="Checkpoint file (OpenIBL or harness layout).",
+)
 @click.option("--split", "-s", "split_name", help="Split name or .split.npz file.")
-@click.option("--images", type=click.Path(), help="Instead of --split: a folder of images or a list file.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(), help="Feature file (.h5); a folder with --shard.")
-@click.option("--part", type=click.Choice(["query", "database", "both"]), default=None,
-              help="Parts to extract (default: both for a split, database for --images).")
-@click.option("--shard", help="Database shard i/n (0-based): writes OUT/database-i-of-n.h5; shard 0 also OUT/query.h5.")
+@click.option(
+    "--images", type=click.Path(), help="Instead of --split: a folder of images or a list file."
+)
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(),
+    help="Feature file (.h5); a folder with --shard.",
+)
+@click.option(
+    "--part",
+    type=click.Choice(["query", "database", "both"]),
+    default=None,
+    help="Parts to extract (default: both for a split, database for --images).",
+)
+@click.option(
+    "--shard",
+    help="Database shard i/n (0-based): writes OUT/database-i-of-n.h5; shard 0 also OUT/query.h5.",
+)
 @click.option("--device", help="cuda, cuda:1, cpu (default: CUDA when available).")
 @click.option("--batch-size", type=int, help="Images per batch (default 32 on GPU, 8 on CPU).")
 @click.option("--workers", type=int, help="Data-loader worker processes.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Storage dtype of the descriptors.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Storage dtype of the descriptors.",
+)
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help=_option_help)
-@click.option("--hloc", "hloc_out", type=click.Path(dir_okay=False), help="Also export in hloc's global-descriptor layout.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Where imported splits live ($HARNESS_DATA).")
+@click.option(
+    "--hloc",
+    "hloc_out",
+    type=click.Path(dir_okay=False),
+    help="Also export in hloc's global-descriptor layout.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False),
+    help="Where imported splits live ($HARNESS_DATA).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing file holding other features.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(method_name, weights, split_name, images, out, part, shard, device, batch_size, workers, dtype,
-                    option_pairs, hloc_out, data_root, overwrite, no_progress):
+def extract_command(
+    method_name,
+    weights,
+    split_name,
+    images,
+    out,
+    part,
+    shard,
+    device,
+    batch_size,
+    workers,
+    dtype,
+    option_pairs,
+    hloc_out,
+    data_root,
+    overwrite,
+    no_progress,
+):
     """Embed a split's (or a folder's) images with a method into feature files."""
     from methods.extract import ExtractOptions, export_hloc, extract, extract_images, parse_shard
 
@@ -65,13 +124,24 @@ def extract_command(method_name, weights, split_name, images, out, part, shard, 
     shard_spec = parse_shard(shard)
     _set_threads()
     method = _method(method_name, weights, option_pairs)
-    options = ExtractOptions(device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                             progress=not no_progress, overwrite=overwrite)
+    options = ExtractOptions(
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        dtype=dtype,
+        progress=not no_progress,
+        overwrite=overwrite,
+    )
     if images is not None:
         if shard_spec is not None:
             raise click.UsageError("--shard works with --split only")
-        path = extract_images(method, images=images, out=out, part=part if part not in (None, "both") else "database",
-                              options=options)
+        path = extract_images(
+            method,
+            images=images,
+            out=out,
+            part=part if part not in (None, "both") else "database",
+            options=options,
+        )
         written = [path]
     else:
         split = _load_split(split_name, data_root)
@@ -94,10 +164,26 @@ def pca_group():
 @pca_group.command("fit")
 @click.option("--method", "-m", "method_name", required=True)
 @click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False))
-@click.option("--split", "-s", "split_name", required=True, help="Training split (descriptors are drawn from it).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Output h5 (default: pca_params_<checkpoint>.h5 beside it).")
+@click.option(
+    "--split",
+    "-s",
+    "split_name",
+    required=True,
+    help="Training split (descriptors are drawn from it).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output h5 (default: pca_params_<checkpoint>.h5 beside it).",
+)
 @click.option("--dim", type=int, default=4096, show_default=True, help="Components kept.")
-@click.option("--max-images", type=int, default=10_000, show_default=True, help="At most this many training images.")
+@click.option(
+    "--max-images",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="At most this many training images.",
+)
 @click.option("--seed", type=int, default=43, show_default=True)
 @click.option("--device")
 @click.option("--batch-size", type=int)
@@ -105,8 +191,21 @@ def pca_group():
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help=_option_help)
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--no-progress", is_flag=True)
-def pca_fit_command(method_name, weights, split_name, out, dim, max_images, seed, device, batch_size, workers,
-                    option_pairs, data_root, no_progress):
+def pca_fit_command(
+    method_name,
+    weights,
+    split_name,
+    out,
+    dim,
+    max_images,
+    seed,
+    device,
+    batch_size,
+    workers,
+    option_pairs,
+    data_root,
+    no_progress,
+):
     """Fit PCA-whitening on at most 10,000 training descriptors and save it."""
     from methods.extract import ExtractOptions
     from methods.pca import fit_method_pca
@@ -116,8 +215,12 @@ def pca_fit_command(method_name, weights, split_name, out, dim, max_images, seed
     _set_threads()
     method = _method(method_name, weights, option_pairs)
     split = _load_split(split_name, data_root)
-    options = ExtractOptions(device=device, batch_size=batch_size, workers=workers, progress=not no_progress)
-    path = fit_method_pca(method, split, out, num_components=dim, max_images=max_images, seed=seed, options=options)
+    options = ExtractOptions(
+        device=device, batch_size=batch_size, workers=workers, progress=not no_progress
+    )
+    path = fit_method_pca(
+        method, split, out, num_components=dim, max_images=max_images, seed=seed, options=options
+    )
     click.echo(str(path))
 
 

@@ -31,7 +31,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "image file is not readable (permission denied)"
     text = " ".join(str(exc).split())
-    return f"unreadable image ({type(exc).__name__}: {text})" if text else f"unreadable image ({type(exc).__name__})"
+    return (
+        f"unreadable image ({type(exc).__name__}: {text})"
+        if text
+        else f"unreadable image ({type(exc).__name__})"
+    )
 
 
 class ImageListDataset:
@@ -140,7 +144,9 @@ def read_image_list(path: str | os.PathLike) -> tuple[Path, list[str]]:
             try:
                 entry = entry.resolve().relative_to(root)
             except ValueError:
-                raise HarnessError(f"line {number}: {line} is not below the list's folder {root}", path) from None
+                raise HarnessError(
+                    f"line {number}: {line} is not below the list's folder {root}", path
+                ) from None
         names.append(entry.as_posix())
     if not names:
         raise HarnessError("image list is empty", path)

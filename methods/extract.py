@@ -49,7 +49,7 @@ class ExtractOptions:
 
 
 def resolve_device(device: str | None):
-    """``None``/``auto`` -> CUDA when available, else CPU; an absent GPU falls back with a warning."""
+    """``None``/``auto``: CUDA when available, else CPU; an absent GPU falls back (warning)."""
     import torch
 
     if device in (None, "", "auto"):
@@ -121,19 +121,30 @@ def encode_rows(
     batch_size = context.batch_size if loader.fixed_size else 1
     use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
     total = len(dataset) if rows is None else len(rows)
-    bar = tqdm(total=total, unit="img", desc=description or context.part, disable=not progress, leave=False)
+    bar = tqdm(
+        total=total, unit="img", desc=description or context.part, disable=not progress, leave=False
+    )
     batches = image_batches(
-        dataset, batch_size=batch_size, workers=context.workers, rows=rows, pin_memory=device.type == "cuda"
+        dataset,
+        batch_size=batch_size,
+        workers=context.workers,
+        rows=rows,
+        pin_memory=device.type == "cuda",
     )
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     try:
-        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp),
+        ):
             for batch in batches:
                 images = batch.images.to(device, non_blocking=True)
                 if images.ndim == 4:
                     images = images.contiguous(memory_format=memory_format)
                 descriptors = method.encode(model, images, context).float()
-                yield batch.rows.numpy(), (descriptors.cpu().numpy() if to_numpy else descriptors.clone())
+                yield batch.rows.numpy(), (
+                    descriptors.cpu().numpy() if to_numpy else descriptors.clone()
+                )
                 bar.update(len(batch.rows))
     finally:
         bar.close()
@@ -150,7 +161,15 @@ def build_for_device(method, device):
 
 
 # ------------------------------------------------------------------------------- provenance
-def feature_attrs(method, *, split_name: str, split_sha256: str | None, options: ExtractOptions, device, extra=None) -> dict:
+def feature_attrs(
+    method,
+    *,
+    split_name: str,
+    split_sha256: str | None,
+    options: ExtractOptions,
+    device,
+    extra=None,
+) -> dict:
     from harness import __version__
 
     fingerprint = method.fingerprint()
@@ -171,7 +190,9 @@ def feature_attrs(method, *, split_name: str, split_sha256: str | None, options:
     return attrs
 
 
-def is_complete(path: Path, *, fingerprint: str, dtype: str, split_sha256: str | None, parts: Sequence[str]) -> bool:
+def is_complete(
+    path: Path, *, fingerprint: str, dtype: str, split_sha256: str | None, parts: Sequence[str]
+) -> bool:
     """Whether ``path`` is a finished feature file of the same method, weights, split and dtype."""
     if not path.is_file():
         return False
@@ -193,7 +214,13 @@ def _check_existing(path: Path, method, options: ExtractOptions, split_sha256, p
     """True to skip (finished, same fingerprint); raises if a different file is in the way."""
     if not path.exists():
         return False
-    if is_complete(path, fingerprint=method.fingerprint_sha256(), dtype=options.dtype, split_sha256=split_sha256, parts=parts):
+    if is_complete(
+        path,
+        fingerprint=method.fingerprint_sha256(),
+        dtype=options.dtype,
+        split_sha256=split_sha256,
+        parts=parts,
+    ):
         logger.info("%s is complete with the same method, weights and split: skipped", path)
         return True
     if options.overwrite:
@@ -206,14 +233,20 @@ def _check_existing(path: Path, method, options: ExtractOptions, split_sha256, p
     )
 
 
-def _write_part(writer, method, model, context, *, device, rows: range, options: ExtractOptions) -> int:
+def _write_part(
+    writer, method, model, context, *, device, rows: range, options: ExtractOptions
+) -> int:
     written = 0
     for batch_rows, descriptors in encode_rows(
         method, model, context, device=device, rows=rows, amp=options.amp, progress=options.progress
     ):
         if not np.all(np.isfinite(descriptors)):
-            bad = context.names[int(batch_rows[np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0]])]
-            raise HarnessError(f"the model produced NaN/Inf descriptors for {bad}", context.image_root / bad)
+            bad = context.names[
+                int(batch_rows[np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0]])
+            ]
+            raise HarnessError(
+                f"the model produced NaN/Inf descriptors for {bad}", context.image_root / bad
+            )
         start = int(batch_rows[0]) - rows.start
         assert np.array_equal(batch_rows, np.arange(batch_rows[0], batch_rows[0] + len(batch_rows)))
         writer.write(context.part, start, descriptors.astype(options.dtype, copy=False))
@@ -224,7 +257,9 @@ def _write_part(writer, method, model, context, *, device, rows: range, options:
 def _resolve(options: ExtractOptions, device):
     from methods.data import default_workers
 
-    batch_size = options.batch_size or (DEFAULT_GPU_BATCH if device.type == "cuda" else DEFAULT_CPU_BATCH)
+    batch_size = options.batch_size or (
+        DEFAULT_GPU_BATCH if device.type == "cuda" else DEFAULT_CPU_BATCH
+    )
     workers = default_workers() if options.workers is None else options.workers
     return batch_size, workers
 
@@ -257,14 +292,18 @@ def extract(
         jobs = [(out, parts, None)]
     else:
         if out.suffix in (".h5", ".hdf5"):
-            raise HarnessError("with --shard, --out is a folder (shard files are written into it)", out)
+            raise HarnessError(
+                "with --shard, --out is a folder (shard files are written into it)", out
+            )
         jobs = []
         if "query" in parts and shard[0] == 0:
             jobs.append((shard_file(out, "query", shard), ("query",), None))
         if "database" in parts:
             jobs.append((shard_file(out, "database", shard), ("database",), shard))
         if not jobs:
-            raise HarnessError(f"shard {shard[0]}/{shard[1]}: the query part is written by shard 0 only")
+            raise HarnessError(
+                f"shard {shard[0]}/{shard[1]}: the query part is written by shard 0 only"
+            )
     result = jobs[-1][0]
     batch_size, workers = _resolve(options, device)
     for path, job_parts, job_shard in jobs:
@@ -277,11 +316,22 @@ def extract(
             names = split.query_names if part == "query" else split.database_names
             root = split.query_root if part == "query" else split.database_root
             if not root:
-                raise HarnessError(f"split {split.name} has no {part} image folder ({part}_root is empty)")
+                raise HarnessError(
+                    f"split {split.name} has no {part} image folder ({part}_root is empty)"
+                )
             rows[part] = shard_rows(len(names), job_shard)
-            contexts[part] = _context(part, names, root, split.name, device, batch_size, workers, cache_dir)
+            contexts[part] = _context(
+                part, names, root, split.name, device, batch_size, workers, cache_dir
+            )
         extra = {"shard": f"{job_shard[0]}/{job_shard[1]}"} if job_shard else {}
-        attrs = feature_attrs(method, split_name=split.name, split_sha256=split.sha256, options=options, device=device, extra=extra)
+        attrs = feature_attrs(
+            method,
+            split_name=split.name,
+            split_sha256=split.sha256,
+            options=options,
+            device=device,
+            extra=extra,
+        )
         started = time.perf_counter()
         count = 0
         with FeatureWriter(
@@ -295,9 +345,24 @@ def extract(
         ) as writer:
             for part in job_parts:
                 method.prepare(contexts[part])
-                count += _write_part(writer, method, model, contexts[part], device=device, rows=rows[part], options=options)
+                count += _write_part(
+                    writer,
+                    method,
+                    model,
+                    contexts[part],
+                    device=device,
+                    rows=rows[part],
+                    options=options,
+                )
         seconds = time.perf_counter() - started
-        logger.info("%s: %d images in %.1f s (%.1f images/s) on %s", path, count, seconds, count / max(seconds, 1e-9), device)
+        logger.info(
+            "%s: %d images in %.1f s (%.1f images/s) on %s",
+            path,
+            count,
+            seconds,
+            count / max(seconds, 1e-9),
+            device,
+        )
     return result
 
 
@@ -343,15 +408,34 @@ def extract_images(
         return out
     context = _context(part, names, root, split_name, device, batch_size, workers, cache_dir)
     model = build_for_device(method, device)
-    attrs = feature_attrs(method, split_name=split_name, split_sha256=None, options=options, device=device, extra={"image_root": str(root)})
-    with FeatureWriter(out, split=split_name, method=method.name, parts={part: names}, dim=method.descriptor_dim, dtype=options.dtype, attrs=attrs) as writer:
+    attrs = feature_attrs(
+        method,
+        split_name=split_name,
+        split_sha256=None,
+        options=options,
+        device=device,
+        extra={"image_root": str(root)},
+    )
+    with FeatureWriter(
+        out,
+        split=split_name,
+        method=method.name,
+        parts={part: names},
+        dim=method.descriptor_dim,
+        dtype=options.dtype,
+        attrs=attrs,
+    ) as writer:
         method.prepare(context)
-        _write_part(writer, method, model, context, device=device, rows=range(len(names)), options=options)
+        _write_part(
+            writer, method, model, context, device=device, rows=range(len(names)), options=options
+        )
     return out
 
 
-def export_hloc(features: Sequence[str | os.PathLike], out: str | os.PathLike, block_rows: int = 4096) -> Path:
-    """Rewrite feature files in hloc's layout: one group per image name holding ``global_descriptor``.
+def export_hloc(
+    features: Sequence[str | os.PathLike], out: str | os.PathLike, block_rows: int = 4096
+) -> Path:
+    """Rewrite feature files in hloc's layout: a group per image name with ``global_descriptor``.
 
     Query and database names go to the same file (as hloc's retrieval pairs expect); a name
     present in both parts is an error.
@@ -373,7 +457,9 @@ def export_hloc(features: Sequence[str | os.PathLike], out: str | os.PathLike, b
                         for offset, descriptor in enumerate(block):
                             name = names[start + offset]
                             if name in seen:
-                                raise HarnessError(f"image {name} appears twice; hloc needs unique names", path)
+                                raise HarnessError(
+                                    f"image {name} appears twice; hloc needs unique names", path
+                                )
                             seen.add(name)
                             handle.create_dataset(f"{name}/global_descriptor", data=descriptor)
     return out

@@ -30,7 +30,13 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import ImageLoader, Method, PartContext
 from methods.registry import Registry, register_method
-from methods.transforms import DEFAULT_HEIGHT, DEFAULT_WIDTH, TOKYO_SHORT_SIDE, ResizeUint8, ShortSideUint8
+from methods.transforms import (
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    TOKYO_SHORT_SIDE,
+    ResizeUint8,
+    ShortSideUint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,13 @@ DEFAULT_CLUSTERS = 64
 class NetVLAD(nn.Module):
     """The NetVLAD pooling layer; ``forward`` returns unnormalised VLAD ``(N, K, C)``."""
 
-    def __init__(self, num_clusters: int = DEFAULT_CLUSTERS, dim: int = 512, alpha: float = 100.0, normalize_input: bool = True):
+    def __init__(
+        self,
+        num_clusters: int = DEFAULT_CLUSTERS,
+        dim: int = 512,
+        alpha: float = 100.0,
+        normalize_input: bool = True,
+    ):
         super().__init__()
         self.num_clusters = num_clusters
         self.dim = dim
@@ -60,7 +72,9 @@ class NetVLAD(nn.Module):
         centroids = np.asarray(centroids, dtype=np.float32)
         descriptors = np.asarray(descriptors, dtype=np.float32)
         assert centroids.shape == (self.num_clusters, self.dim), f"centroids {centroids.shape}"
-        assert descriptors.ndim == 2 and descriptors.shape[1] == self.dim, f"descriptors {descriptors.shape}"
+        assert (
+            descriptors.ndim == 2 and descriptors.shape[1] == self.dim
+        ), f"descriptors {descriptors.shape}"
         assign = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
         dots = np.sort(assign @ descriptors.T, axis=0)[::-1]
         self.alpha = float(-np.log(0.01) / np.mean(dots[0] - dots[1]))
@@ -117,7 +131,26 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
-VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_LAYERS = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 def _vgg16_layers() -> nn.Sequential:
@@ -163,21 +196,25 @@ def _small_layers() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-register_backbone(BackboneSpec(
-    name="vgg16",
-    feature_dim=512,
-    build=_vgg16_layers,
-    trainable_from={"none": 29, "conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0},
-    description="VGG16 features[:-2] (conv5_3 before ReLU), 512-D, the lineage's backbone",
-))
-register_backbone(BackboneSpec(
-    name="small",
-    feature_dim=128,
-    build=_small_layers,
-    # stage k starts at layer 3*(k-1): conv, relu, pool per stage.
-    trainable_from={"none": 13, "conv5": 12, "conv4": 9, "conv3": 6, "conv2": 3, "full": 0},
-    description="5-stage VGG-shaped CNN (16-128 channels), 128-D, for CPU-scale runs and tests",
-))
+register_backbone(
+    BackboneSpec(
+        name="vgg16",
+        feature_dim=512,
+        build=_vgg16_layers,
+        trainable_from={"none": 29, "conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0},
+        description="VGG16 features[:-2] (conv5_3 before ReLU), 512-D, the lineage's backbone",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="small",
+        feature_dim=128,
+        build=_small_layers,
+        # stage k starts at layer 3*(k-1): conv, relu, pool per stage.
+        trainable_from={"none": 13, "conv5": 12, "conv4": 9, "conv3": 6, "conv2": 3, "full": 0},
+        description="5-stage VGG-shaped CNN (16-128 channels), 128-D, for CPU-scale runs and tests",
+    )
+)
 
 
 class Backbone(nn.Module):
@@ -219,7 +256,7 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
     state = dict(checkpoint.state_dict)
     expected = set(backbone.base.state_dict())
     for prefix in ("base_model.base.", "base.", "features.", ""):
-        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        candidate = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if expected <= set(candidate):
             # torchvision's features hold layers past the cut (none with weights for VGG16),
             # OpenIBL's checkpoints hold net_vlad: keep only what the backbone has.
@@ -272,7 +309,10 @@ class NetVLADModel(nn.Module):
         """Install PCA-whitening parameters (from :func:`methods.pca.pca_conv_parameters`)."""
         out_dim, in_dim = weight.shape[:2]
         if in_dim != self.vlad_dim:
-            raise HarnessError(f"PCA input dimension {in_dim} does not match the {self.vlad_dim}-D NetVLAD descriptor")
+            raise HarnessError(
+                f"PCA input dimension {in_dim} does not match the {self.vlad_dim}-D NetVLAD "
+                "descriptor"
+            )
         device = self.net_vlad.centroids.device
         self.pca_layer = nn.Conv2d(in_dim, out_dim, 1).to(device)
         with torch.no_grad():
@@ -333,7 +373,9 @@ def resolve_model_config(checkpoint, overrides: dict | None = None) -> ModelConf
     state = checkpoint.state_dict
     if "net_vlad.centroids" in state:
         values["num_clusters"] = int(state["net_vlad.centroids"].shape[0])
-    values["pca_dim"] = int(state["pca_layer.weight"].shape[0]) if "pca_layer.weight" in state else None
+    values["pca_dim"] = (
+        int(state["pca_layer.weight"].shape[0]) if "pca_layer.weight" in state else None
+    )
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
@@ -400,7 +442,10 @@ class NetVLADMethod(Method):
 
     def model_config(self) -> ModelConfig:
         if self._model_config is None:
-            overrides = {k: getattr(self.config, k) for k in ("backbone", "num_clusters", "image_height", "image_width")}
+            overrides = {
+                k: getattr(self.config, k)
+                for k in ("backbone", "num_clusters", "image_height", "image_width")
+            }
             self._model_config = resolve_model_config(self.checkpoint(), overrides)
         return self._model_config
 
@@ -428,16 +473,24 @@ class NetVLADMethod(Method):
         if self.config.pca is not None:
             if model.pca_layer is not None:
                 raise HarnessError(
-                    "the checkpoint already holds a PCA layer (pca_layer.*); do not pass option pca",
+                    "the checkpoint already holds a PCA layer (pca_layer.*); "
+                    "do not pass option pca",
                     self.weights,
                 )
             from methods.pca import load_pca, pca_conv_parameters
 
-            weight, bias = pca_conv_parameters(load_pca(self.config.pca), self.config.pca_dim, self.config.whiten)
+            weight, bias = pca_conv_parameters(
+                load_pca(self.config.pca), self.config.pca_dim, self.config.whiten
+            )
             model.set_pca(weight, bias)
-        elif self.config.pca_dim is not None and model.pca_layer is not None and self.config.pca_dim != model.descriptor_dim:
+        elif (
+            self.config.pca_dim is not None
+            and model.pca_layer is not None
+            and self.config.pca_dim != model.descriptor_dim
+        ):
             raise HarnessError(
-                f"option pca_dim={self.config.pca_dim} differs from the checkpoint's PCA layer ({model.descriptor_dim})",
+                f"option pca_dim={self.config.pca_dim} differs from the checkpoint's PCA layer "
+                f"({model.descriptor_dim})",
                 self.weights,
             )
         return model.to(device).eval()

@@ -62,7 +62,8 @@ def _convert(value: Any, annotation, key: str, what: str):
             converted = annotation(value)
         except (TypeError, ValueError):
             raise HarnessError(
-                f"{what}: option {key}={value!r} must be {'an integer' if annotation is int else 'a number'}"
+                f"{what}: option {key}={value!r} must be "
+                f"{'an integer' if annotation is int else 'a number'}"
             ) from None
         if annotation is int and isinstance(value, float) and value != converted:
             raise HarnessError(f"{what}: option {key}={value!r} must be an integer")
@@ -87,10 +88,13 @@ def config_from_mapping(cls, values: Mapping[str, Any], *, what: str | None = No
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        close = sorted({m for key in unknown for m in difflib.get_close_matches(key, list(fields), n=2)})
+        close = sorted(
+            {m for key in unknown for m in difflib.get_close_matches(key, list(fields), n=2)}
+        )
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise HarnessError(
-            f"{what}: unknown option(s) {', '.join(unknown)}{hint}; valid options are {', '.join(sorted(fields))}"
+            f"{what}: unknown option(s) {', '.join(unknown)}{hint}; "
+            f"valid options are {', '.join(sorted(fields))}"
         )
     kwargs = {key: _convert(value, hints[key], key, what) for key, value in values.items()}
     try:

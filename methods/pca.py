@@ -53,7 +53,9 @@ class PCAParams:
         return int(self.U.shape[1])
 
 
-def fit_pca(descriptors, num_components: int = DEFAULT_PCA_DIM, *, dtype: str = "float64", device=None) -> PCAParams:
+def fit_pca(
+    descriptors, num_components: int = DEFAULT_PCA_DIM, *, dtype: str = "float64", device=None
+) -> PCAParams:
     """Fit PCA on ``descriptors`` ``(n, D)`` (numpy or torch), keeping ``num_components``.
 
     Computed in ``dtype`` (float64 by default: whitening divides by the square roots of
@@ -61,7 +63,9 @@ def fit_pca(descriptors, num_components: int = DEFAULT_PCA_DIM, *, dtype: str = 
     """
     import torch
 
-    data = torch.as_tensor(np.asarray(descriptors) if not isinstance(descriptors, torch.Tensor) else descriptors)
+    data = torch.as_tensor(
+        np.asarray(descriptors) if not isinstance(descriptors, torch.Tensor) else descriptors
+    )
     assert data.ndim == 2, f"descriptors must be (n, D), got {tuple(data.shape)}"
     num_points, num_dims = data.shape
     if num_points < 2:
@@ -70,7 +74,8 @@ def fit_pca(descriptors, num_components: int = DEFAULT_PCA_DIM, *, dtype: str = 
     if num_components > rank_limit:
         raise HarnessError(
             f"cannot keep {num_components} PCA components from {num_points} descriptors of "
-            f"dimension {num_dims} (at most {rank_limit}: use more training images or a smaller dimension)"
+            f"dimension {num_dims} (at most {rank_limit}: use more training images or a smaller "
+            "dimension)"
         )
     torch_dtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     x = data.to(device=device or "cpu", dtype=torch_dtype).t()  # (D, n)
@@ -115,7 +120,10 @@ def load_pca(path: str | os.PathLike) -> PCAParams:
         with h5py.File(path, "r") as handle:
             missing = [n for n in ("U", "lams", "mu") if n not in handle]
             if missing:
-                raise HarnessError(f"PCA file lacks dataset(s) {', '.join(missing)} (expected U, lams, mu, Utmu)", path)
+                raise HarnessError(
+                    f"PCA file lacks dataset(s) {', '.join(missing)} (expected U, lams, mu, Utmu)",
+                    path,
+                )
             arrays = {n: np.asarray(handle[n][()]) for n in ("U", "lams", "mu")}
     except HarnessError:
         raise
@@ -124,7 +132,8 @@ def load_pca(path: str | os.PathLike) -> PCAParams:
     U, lams, mu = arrays["U"], arrays["lams"].reshape(-1), arrays["mu"]
     if U.ndim != 2 or lams.shape[0] != U.shape[1] or mu.size != U.shape[0]:
         raise HarnessError(
-            f"inconsistent PCA shapes: U {U.shape}, lams {arrays['lams'].shape}, mu {mu.shape}", path
+            f"inconsistent PCA shapes: U {U.shape}, lams {arrays['lams'].shape}, mu {mu.shape}",
+            path,
         )
     if not (np.all(np.isfinite(U)) and np.all(np.isfinite(lams)) and np.all(np.isfinite(mu))):
         raise HarnessError("PCA parameters hold NaN or Inf", path)
@@ -139,7 +148,9 @@ def pca_conv_parameters(params: PCAParams, num_components: int | None = None, wh
 
     k = params.num_components if num_components is None else int(num_components)
     if not 1 <= k <= params.num_components:
-        raise HarnessError(f"PCA dimension {k} is not within 1..{params.num_components} components of the file")
+        raise HarnessError(
+            f"PCA dimension {k} is not within 1..{params.num_components} components of the file"
+        )
     U = params.U[:, :k].astype(np.float64)
     if whiten:
         U = U @ np.diag(1.0 / np.sqrt(params.lams[:k].astype(np.float64)))
@@ -176,11 +187,20 @@ def fit_method_pca(
     lineage draws 10,000 of its training descriptors; descriptors are the NetVLAD vectors
     before any PCA layer. Writes OpenIBL's h5 layout and returns its path.
     """
-    from methods.extract import ExtractOptions, _context, _resolve, build_for_device, encode_rows, resolve_device
+    from methods.extract import (
+        ExtractOptions,
+        _context,
+        _resolve,
+        build_for_device,
+        encode_rows,
+        resolve_device,
+    )
 
     options = options or ExtractOptions()
     if getattr(method.config, "pca", None) is not None:
-        raise HarnessError("fit PCA on the method without option pca (the descriptors must be pre-PCA)")
+        raise HarnessError(
+            "fit PCA on the method without option pca (the descriptors must be pre-PCA)"
+        )
     out = Path(out) if out is not None else default_pca_path(method.weights)
     device = resolve_device(options.device)
     batch_size, workers = _resolve(options, device)
@@ -190,15 +210,26 @@ def fit_method_pca(
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(total, size=min(max_images, total), replace=False))
     blocks = []
-    for part, offset, count in (("query", 0, split.num_queries), ("database", split.num_queries, split.num_database)):
+    for part, offset, count in (
+        ("query", 0, split.num_queries),
+        ("database", split.num_queries, split.num_database),
+    ):
         rows = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
         if rows.size == 0:
             continue
         names = split.query_names if part == "query" else split.database_names
         root = split.query_root if part == "query" else split.database_root
         context = _context(part, names, root, split.name, device, batch_size, workers, None)
-        for _, descriptors in encode_rows(method, model, context, device=device, rows=rows.tolist(), amp=options.amp,
-                                          progress=options.progress, description=f"pca {part}"):
+        for _, descriptors in encode_rows(
+            method,
+            model,
+            context,
+            device=device,
+            rows=rows.tolist(),
+            amp=options.amp,
+            progress=options.progress,
+            description=f"pca {part}",
+        ):
             blocks.append(descriptors)
     descriptors = np.concatenate(blocks)
     logger.info("fitting PCA on %d descriptors of dimension %d", *descriptors.shape)

@@ -48,7 +48,14 @@ def provide_features(
     Returns:
         ``query.h5`` followed by the database shard files.
     """
-    from methods.extract import ExtractOptions, build_for_device, extract, is_complete, resolve_device, shard_file
+    from methods.extract import (
+        ExtractOptions,
+        build_for_device,
+        extract,
+        is_complete,
+        resolve_device,
+        shard_file,
+    )
     from methods.registry import get_method
 
     instance = get_method(method, options, weights=weights)
@@ -61,19 +68,42 @@ def provide_features(
     for index in range(shards):
         parts = ("query", "database") if index == 0 else ("database",)
         plan.append(((index, shards), parts))
-    paths = [shard_file(folder, "query", None)] + [shard_file(folder, "database", (i, shards)) for i in range(shards)]
+    paths = [shard_file(folder, "query", None)] + [
+        shard_file(folder, "database", (i, shards)) for i in range(shards)
+    ]
     missing = [
-        p for p in paths
-        if not is_complete(p, fingerprint=fingerprint, dtype=extract_options.dtype, split_sha256=split.sha256,
-                           parts=("query",) if p.name == "query.h5" else ("database",))
+        p
+        for p in paths
+        if not is_complete(
+            p,
+            fingerprint=fingerprint,
+            dtype=extract_options.dtype,
+            split_sha256=split.sha256,
+            parts=("query",) if p.name == "query.h5" else ("database",),
+        )
     ]
     if not missing:
         logger.info("reusing %d feature file(s) under %s", len(paths), folder)
         return paths
-    logger.info("extracting %d of %d feature file(s) of %s on %s into %s", len(missing), len(paths), method, split.name, folder)
+    logger.info(
+        "extracting %d of %d feature file(s) of %s on %s into %s",
+        len(missing),
+        len(paths),
+        method,
+        split.name,
+        folder,
+    )
     device_obj = resolve_device(device)
     model = build_for_device(instance, device_obj)
     for shard, parts in plan:
-        extract(instance, split=split, out=folder, parts=parts, shard=shard, options=extract_options, model=model,
-                cache_dir=Path(out_dir) / "cache")
+        extract(
+            instance,
+            split=split,
+            out=folder,
+            parts=parts,
+            shard=shard,
+            options=extract_options,
+            model=model,
+            cache_dir=Path(out_dir) / "cache",
+        )
     return paths

@@ -42,7 +42,9 @@ class Registry(Generic[T]):
         if not name or name != name.strip() or " " in name:
             raise ValueError(f"invalid {self.kind} name {name!r}")
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]!r})")
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered ({self._entries[name]!r})"
+            )
         self._entries[name] = entry
         return entry
 

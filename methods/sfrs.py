@@ -43,7 +43,12 @@ def region_vlads(net_vlad, features: torch.Tensor) -> torch.Tensor:
     k = vlad_q.shape[1]
     vlad_q = vlad_q.view(n, 4, k, c)
     halves = torch.stack(
-        (vlad_q[:, 0] + vlad_q[:, 1], vlad_q[:, 2] + vlad_q[:, 3], vlad_q[:, 0] + vlad_q[:, 2], vlad_q[:, 1] + vlad_q[:, 3]),
+        (
+            vlad_q[:, 0] + vlad_q[:, 1],
+            vlad_q[:, 2] + vlad_q[:, 3],
+            vlad_q[:, 0] + vlad_q[:, 2],
+            vlad_q[:, 1] + vlad_q[:, 3],
+        ),
         dim=1,
     )
     whole = vlad_q.sum(dim=1, keepdim=True)
@@ -53,6 +58,6 @@ def region_vlads(net_vlad, features: torch.Tensor) -> torch.Tensor:
 def region_similarities(anchor_regions: torch.Tensor, pair_regions: torch.Tensor) -> torch.Tensor:
     """Region-by-region dot products: ``(B, 9, L)`` x ``(B, P, 9, L)`` -> ``(B, P, 9, 9)``.
 
-    Entry ``[b, p, i, j]`` compares region ``i`` of anchor ``b`` with region ``j`` of its pair ``p``.
+    Entry ``[b, p, i, j]`` compares region ``i`` of anchor ``b`` with region ``j`` of pair ``p``.
     """
     return torch.einsum("bil,bpjl->bpij", anchor_regions, pair_regions)

@@ -92,7 +92,14 @@ def adjust_hue(image, hue_factor: float):
     return Image.merge("HSV", (Image.fromarray(hue, "L"), s, v)).convert(image.mode)
 
 
-def color_jitter(image, rng: np.random.Generator, brightness: float, contrast: float, saturation: float, hue: float):
+def color_jitter(
+    image,
+    rng: np.random.Generator,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    hue: float,
+):
     """torchvision's ``ColorJitter`` on a PIL image, drawing from ``rng``.
 
     The four adjustments (PIL ``ImageEnhance`` Brightness, Contrast, Color, and a hue shift)
@@ -102,7 +109,10 @@ def color_jitter(image, rng: np.random.Generator, brightness: float, contrast: f
     from PIL import ImageEnhance
 
     order = rng.permutation(4)
-    factors = [rng.uniform(max(0.0, 1 - x), 1 + x) if x else None for x in (brightness, contrast, saturation)]
+    factors = [
+        rng.uniform(max(0.0, 1 - x), 1 + x) if x else None
+        for x in (brightness, contrast, saturation)
+    ]
     hue_factor = rng.uniform(-hue, hue) if hue else None
     enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
     for index in order:
@@ -123,7 +133,9 @@ class TrainTransform:
 
     def __call__(self, image, rng: np.random.Generator | None = None):
         if any(self.jitter):
-            image = color_jitter(image, rng if rng is not None else np.random.default_rng(), *self.jitter)
+            image = color_jitter(
+                image, rng if rng is not None else np.random.default_rng(), *self.jitter
+            )
         return ResizeUint8(self.height, self.width)(image)
 
 
@@ -137,7 +149,9 @@ def normalize_batch(images):
 
     if images.dtype != torch.uint8:
         return images
-    assert images.ndim == 4 and images.shape[1] == 3, f"expected (B, 3, H, W), got {tuple(images.shape)}"
+    assert (
+        images.ndim == 4 and images.shape[1] == 3
+    ), f"expected (B, 3, H, W), got {tuple(images.shape)}"
     mean = torch.tensor(MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     return images.to(torch.float32).div(255).sub(mean).div(std)

@@ -362,7 +362,7 @@ class Launch:
             raise HarnessError(f"not a launch directory (no {RECORD_NAME})", launch_dir)
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise HarnessError(f"cannot read launch record ({exc})", path) from None
         required = {"format_version", "kind", "cluster", "resources", "params", "tasks", "runner"}
         if not isinstance(record, dict) or not required <= set(record):

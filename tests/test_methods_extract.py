@@ -17,7 +17,13 @@ from harness.errors import HarnessError  # noqa: E402
 from harness.features import read_descriptors, read_info, read_names  # noqa: E402
 from harness.splits import Split  # noqa: E402
 from methods.checkpoints import save_checkpoint  # noqa: E402
-from methods.extract import ExtractOptions, export_hloc, extract, extract_images, shard_rows  # noqa: E402
+from methods.extract import (
+    ExtractOptions,
+    export_hloc,
+    extract,
+    extract_images,
+    shard_rows,
+)  # noqa: E402
 from methods.netvlad import ModelConfig, build_model  # noqa: E402
 from methods.provider import provide_features  # noqa: E402
 from methods.registry import get_method  # noqa: E402
@@ -30,7 +36,10 @@ OPTIONS = ExtractOptions(device="cpu", batch_size=16, workers=0, progress=False)
 
 def _save_model(path, seed):
     model = build_model(CONFIG, seed=seed)
-    return save_checkpoint(path, state_dict=model.state_dict(), model_config=CONFIG.to_dict()), model
+    return (
+        save_checkpoint(path, state_dict=model.state_dict(), model_config=CONFIG.to_dict()),
+        model,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +68,15 @@ def _mini_split(tmp_path, count=4, missing=None, corrupt=None):
             continue
         Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(folder / name)
     utm = np.column_stack([np.arange(count) * 5.0, np.zeros(count)])
-    return Split(name="mini", query_names=tuple(names[:1]), database_names=tuple(names), query_utm=utm[:1],
-                 database_utm=utm, query_root=str(folder), database_root=str(folder))
+    return Split(
+        name="mini",
+        query_names=tuple(names[:1]),
+        database_names=tuple(names),
+        query_utm=utm[:1],
+        database_utm=utm,
+        query_root=str(folder),
+        database_root=str(folder),
+    )
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -71,7 +87,10 @@ def test_extract_writes_the_feature_layout(tiny_city, weights, tmp_path):
     out = extract(method, split=split, out=tmp_path / "f.h5", options=OPTIONS)
     info = read_info(out)
     assert info.split == split.name and info.method == "netvlad"
-    assert info.parts["query"].count == split.num_queries and info.parts["database"].count == split.num_database
+    assert (
+        info.parts["query"].count == split.num_queries
+        and info.parts["database"].count == split.num_database
+    )
     assert info.parts["database"].dim == 8 * 128
     assert info.attrs["method_fingerprint"] == method.fingerprint_sha256()
     assert info.attrs["split_sha256"] == split.sha256
@@ -80,21 +99,58 @@ def test_extract_writes_the_feature_layout(tiny_city, weights, tmp_path):
     descriptors = read_descriptors(out, "database")
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)
     row = 17
-    np.testing.assert_allclose(descriptors[row], _direct(model, f"{split.database_root}/{names[row]}"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        descriptors[row],
+        _direct(model, f"{split.database_root}/{names[row]}"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_extract_then_eval_cli(tiny_city, weights, tmp_path):
     path, _ = weights
     runner = CliRunner()
     out = tmp_path / "features.h5"
-    result = runner.invoke(cli, ["extract", "--method", "netvlad", "--weights", str(path), "--split", "synth-outdoor-ams",
-                                 "--data-root", str(tiny_city.data_root), "--out", str(out), "--workers", "0",
-                                 "--device", "cpu", "--no-progress", "--dtype", "float16"])
+    result = runner.invoke(
+        cli,
+        [
+            "extract",
+            "--method",
+            "netvlad",
+            "--weights",
+            str(path),
+            "--split",
+            "synth-outdoor-ams",
+            "--data-root",
+            str(tiny_city.data_root),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--dtype",
+            "float16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_info(out).parts["query"].dtype == "float16"
     record = tmp_path / "result.json"
-    result = runner.invoke(cli, ["eval", "--features", str(out), "--split", "synth-outdoor-ams",
-                                 "--data-root", str(tiny_city.data_root), "--json", str(record)])
+    result = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--features",
+            str(out),
+            "--split",
+            "synth-outdoor-ams",
+            "--data-root",
+            str(tiny_city.data_root),
+            "--json",
+            str(record),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert record.is_file() and "recall@1" in record.read_text()
 
@@ -104,14 +160,22 @@ def test_sharded_extraction_is_resumable(tiny_city, weights, tmp_path):
     split = tiny_city.split("outdoor-ams")
     method = get_method("netvlad", {}, weights=path)
     folder = tmp_path / "shards"
-    paths = [extract(method, split=split, out=folder, shard=(i, 3), options=OPTIONS) for i in range(3)]
-    assert sorted(p.name for p in folder.iterdir()) == ["database-00000-of-00003.h5", "database-00001-of-00003.h5",
-                                                        "database-00002-of-00003.h5", "query.h5"]
+    paths = [
+        extract(method, split=split, out=folder, shard=(i, 3), options=OPTIONS) for i in range(3)
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "database-00000-of-00003.h5",
+        "database-00001-of-00003.h5",
+        "database-00002-of-00003.h5",
+        "query.h5",
+    ]
     names = sum((read_names(p, "database") for p in paths), [])
     assert names == list(split.database_names)
     assert "database" not in read_info(folder / "query.h5").parts
     assert read_info(paths[1]).attrs["shard"] == "1/3"
-    whole = extract(method, split=split, out=tmp_path / "whole.h5", parts=("database",), options=OPTIONS)
+    whole = extract(
+        method, split=split, out=tmp_path / "whole.h5", parts=("database",), options=OPTIONS
+    )
     stacked = np.concatenate([read_descriptors(p, "database") for p in paths])
     np.testing.assert_allclose(stacked, read_descriptors(whole, "database"), rtol=1e-5, atol=1e-6)
     # A finished shard is skipped; a missing one is written again.
@@ -121,8 +185,20 @@ def test_sharded_extraction_is_resumable(tiny_city, weights, tmp_path):
         extract(method, split=split, out=folder, shard=(i, 3), options=OPTIONS)
     assert paths[1].stat().st_mtime_ns == before and paths[2].is_file()
     # The harness evaluates the folder as it is.
-    result = CliRunner().invoke(cli, ["eval", "--features", str(folder), "--split", "synth-outdoor-ams",
-                                      "--data-root", str(tiny_city.data_root), "--json", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--features",
+            str(folder),
+            "--split",
+            "synth-outdoor-ams",
+            "--data-root",
+            str(tiny_city.data_root),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -137,19 +213,45 @@ def test_existing_file_of_other_weights(tiny_city, weights, tmp_path):
     path, _ = weights
     other, _ = _save_model(tmp_path / "other.pt", seed=1)
     split = tiny_city.split("outdoor-ams")
-    out = extract(get_method("netvlad", {}, weights=path), split=split, out=tmp_path / "f.h5", parts=("query",), options=OPTIONS)
+    out = extract(
+        get_method("netvlad", {}, weights=path),
+        split=split,
+        out=tmp_path / "f.h5",
+        parts=("query",),
+        options=OPTIONS,
+    )
     with pytest.raises(HarnessError, match="exists with features of another method"):
-        extract(get_method("netvlad", {}, weights=other), split=split, out=out, parts=("query",), options=OPTIONS)
+        extract(
+            get_method("netvlad", {}, weights=other),
+            split=split,
+            out=out,
+            parts=("query",),
+            options=OPTIONS,
+        )
     overwrite = ExtractOptions(device="cpu", workers=0, progress=False, overwrite=True)
-    extract(get_method("netvlad", {}, weights=other), split=split, out=out, parts=("query",), options=overwrite)
-    assert read_info(out).attrs["method_fingerprint"] == get_method("netvlad", {}, weights=other).fingerprint_sha256()
+    extract(
+        get_method("netvlad", {}, weights=other),
+        split=split,
+        out=out,
+        parts=("query",),
+        options=overwrite,
+    )
+    assert (
+        read_info(out).attrs["method_fingerprint"]
+        == get_method("netvlad", {}, weights=other).fingerprint_sha256()
+    )
 
 
-@pytest.mark.parametrize("problem, message", [("missing", "image file not found"), ("corrupt", "unreadable image")])
+@pytest.mark.parametrize(
+    "problem, message", [("missing", "image file not found"), ("corrupt", "unreadable image")]
+)
 def test_bad_image_is_an_error_naming_it(weights, tmp_path, problem, message):
     path, _ = weights
-    split = _mini_split(tmp_path, missing="img2.jpg" if problem == "missing" else None,
-                        corrupt="img2.jpg" if problem == "corrupt" else None)
+    split = _mini_split(
+        tmp_path,
+        missing="img2.jpg" if problem == "missing" else None,
+        corrupt="img2.jpg" if problem == "corrupt" else None,
+    )
     out = tmp_path / "f.h5"
     with pytest.raises(HarnessError, match=message) as info:
         extract(get_method("netvlad", {}, weights=path), split=split, out=out, options=OPTIONS)
@@ -163,10 +265,30 @@ def test_bad_image_cli_exit_code(weights, tmp_path):
     folder.mkdir()
     Image.new("RGB", (30, 20)).save(folder / "a.png")
     (folder / "b.jpg").write_bytes(b"\xff\xd8 broken")
-    result = CliRunner().invoke(cli, ["extract", "-m", "netvlad", "-w", str(path), "--images", str(folder),
-                                      "--out", str(tmp_path / "x.h5"), "--workers", "0", "--device", "cpu", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            "-m",
+            "netvlad",
+            "-w",
+            str(path),
+            "--images",
+            str(folder),
+            "--out",
+            str(tmp_path / "x.h5"),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2
-    assert result.output.startswith(f"error: {folder / 'b.jpg'}: ") and "unreadable image" in result.output
+    assert (
+        result.output.startswith(f"error: {folder / 'b.jpg'}: ")
+        and "unreadable image" in result.output
+    )
 
 
 def test_images_mode_folder_and_list(weights, tmp_path):
@@ -182,9 +304,13 @@ def test_images_mode_folder_and_list(weights, tmp_path):
     assert read_info(out).split == "images:photos"
     listing = folder / "list.txt"
     listing.write_text(f"# two images\nsub/c.jpg\n\n{folder / 'a.png'}\n")
-    listed = extract_images(method, images=listing, out=tmp_path / "list.h5", part="query", options=OPTIONS)
+    listed = extract_images(
+        method, images=listing, out=tmp_path / "list.h5", part="query", options=OPTIONS
+    )
     assert read_names(listed, "query") == ["sub/c.jpg", "a.png"]
-    np.testing.assert_allclose(read_descriptors(listed, "query")[1], _direct(model, folder / "a.png"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        read_descriptors(listed, "query")[1], _direct(model, folder / "a.png"), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_hloc_export(weights, tmp_path):
@@ -192,8 +318,13 @@ def test_hloc_export(weights, tmp_path):
 
     path, _ = weights
     split = _mini_split(tmp_path)
-    features = extract(get_method("netvlad", {}, weights=path), split=split, out=tmp_path / "f.h5",
-                       parts=("database",), options=OPTIONS)
+    features = extract(
+        get_method("netvlad", {}, weights=path),
+        split=split,
+        out=tmp_path / "f.h5",
+        parts=("database",),
+        options=OPTIONS,
+    )
     out = export_hloc([features], tmp_path / "global-feats.h5")
     descriptors = read_descriptors(features, "database")
     with h5py.File(out, "r") as handle:
@@ -208,8 +339,15 @@ def test_keep_aspect_queries_come_one_per_batch(weights, tmp_path):
     for i, size in enumerate([(64, 48), (48, 64), (80, 48)]):
         Image.new("RGB", size, (i * 40, 100, 200)).save(folder / f"q{i}.jpg")
     utm = np.zeros((3, 2))
-    split = Split(name="mini-tokyo247", query_names=("q0.jpg", "q1.jpg", "q2.jpg"), database_names=("q0.jpg",),
-                  query_utm=utm, database_utm=utm[:1], query_root=str(folder), database_root=str(folder))
+    split = Split(
+        name="mini-tokyo247",
+        query_names=("q0.jpg", "q1.jpg", "q2.jpg"),
+        database_names=("q0.jpg",),
+        query_utm=utm,
+        database_utm=utm[:1],
+        query_root=str(folder),
+        database_root=str(folder),
+    )
     method = get_method("netvlad", {"short_side": "32"}, weights=path)
     out = extract(method, split=split, out=tmp_path / "t.h5", parts=("query",), options=OPTIONS)
     assert read_descriptors(out, "query").shape == (3, 8 * 128)
@@ -219,8 +357,15 @@ def test_keep_aspect_queries_come_one_per_batch(weights, tmp_path):
 def test_provider_extracts_once_and_reuses(tiny_city, weights, tmp_path):
     path, _ = weights
     split = tiny_city.split("indoor-ams-1")
-    kwargs = dict(method="netvlad", split=split, out_dir=tmp_path / "cache", weights=str(path), options={},
-                  device="cpu", batch_size=16)
+    kwargs = dict(
+        method="netvlad",
+        split=split,
+        out_dir=tmp_path / "cache",
+        weights=str(path),
+        options={},
+        device="cpu",
+        batch_size=16,
+    )
     first = provide_features(**kwargs)
     assert [p.name for p in first] == ["query.h5", "database-00000-of-00001.h5"]
     stamps = [p.stat().st_mtime_ns for p in first]
@@ -234,9 +379,23 @@ def test_provider_extracts_once_and_reuses(tiny_city, weights, tmp_path):
 def test_eval_with_method_cli(tiny_city, weights, tmp_path):
     path, _ = weights
     record = tmp_path / "r.json"
-    args = ["eval", "--method", "netvlad", "--weights", str(path), "--split", "synth-indoor-ams-2",
-            "--data-root", str(tiny_city.data_root), "--features-dir", str(tmp_path / "feats"),
-            "--device", "cpu", "--json", str(record)]
+    args = [
+        "eval",
+        "--method",
+        "netvlad",
+        "--weights",
+        str(path),
+        "--split",
+        "synth-indoor-ams-2",
+        "--data-root",
+        str(tiny_city.data_root),
+        "--features-dir",
+        str(tmp_path / "feats"),
+        "--device",
+        "cpu",
+        "--json",
+        str(record),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert record.is_file()
@@ -248,17 +407,42 @@ def test_eval_with_method_cli(tiny_city, weights, tmp_path):
 def test_pca_fit_cli_then_extract(tiny_city, weights, tmp_path):
     path, _ = weights
     pca = tmp_path / "pca_params_model.h5"
-    result = CliRunner().invoke(cli, ["pca", "fit", "-m", "netvlad", "-w", str(path), "-s", "synth-ams30k-train",
-                                      "--data-root", str(tiny_city.data_root), "--dim", "8", "--out", str(pca),
-                                      "--workers", "0", "--device", "cpu", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pca",
+            "fit",
+            "-m",
+            "netvlad",
+            "-w",
+            str(path),
+            "-s",
+            "synth-ams30k-train",
+            "--data-root",
+            str(tiny_city.data_root),
+            "--dim",
+            "8",
+            "--out",
+            str(pca),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     import h5py
 
     with h5py.File(pca, "r") as handle:
         assert handle["U"].shape == (8 * 128, 8)
         assert handle.attrs["num_descriptors"] == 36  # 12 queries + 24 database images, all used
-    out = extract(get_method("netvlad", {"pca": str(pca)}, weights=path), split=tiny_city.split("ams30k-val"),
-                  out=tmp_path / "pca.h5", options=OPTIONS)
+    out = extract(
+        get_method("netvlad", {"pca": str(pca)}, weights=path),
+        split=tiny_city.split("ams30k-val"),
+        out=tmp_path / "pca.h5",
+        options=OPTIONS,
+    )
     descriptors = read_descriptors(out, "database")
     assert descriptors.shape[1] == 8
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)
@@ -266,11 +450,36 @@ def test_pca_fit_cli_then_extract(tiny_city, weights, tmp_path):
 
 def test_pca_fit_needs_enough_descriptors(tiny_city, weights, tmp_path):
     path, _ = weights
-    result = CliRunner().invoke(cli, ["pca", "fit", "-m", "netvlad", "-w", str(path), "-s", "synth-ams30k-train",
-                                      "--data-root", str(tiny_city.data_root), "--dim", "4096", "--out",
-                                      str(tmp_path / "p.h5"), "--workers", "0", "--device", "cpu", "--no-progress",
-                                      "--max-images", "10"])
-    assert result.exit_code == 2 and "cannot keep 4096 PCA components from 10 descriptors" in result.output
+    result = CliRunner().invoke(
+        cli,
+        [
+            "pca",
+            "fit",
+            "-m",
+            "netvlad",
+            "-w",
+            str(path),
+            "-s",
+            "synth-ams30k-train",
+            "--data-root",
+            str(tiny_city.data_root),
+            "--dim",
+            "4096",
+            "--out",
+            str(tmp_path / "p.h5"),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--max-images",
+            "10",
+        ],
+    )
+    assert (
+        result.exit_code == 2
+        and "cannot keep 4096 PCA components from 10 descriptors" in result.output
+    )
     assert not (tmp_path / "p.h5").exists()
 
 
@@ -295,7 +504,9 @@ def test_plugin_import_does_not_import_torch():
 
 def test_extract_needs_split_or_images(weights, tmp_path):
     path, _ = weights
-    result = CliRunner().invoke(cli, ["extract", "-m", "netvlad", "-w", str(path), "--out", str(tmp_path / "x.h5")])
+    result = CliRunner().invoke(
+        cli, ["extract", "-m", "netvlad", "-w", str(path), "--out", str(tmp_path / "x.h5")]
+    )
     assert result.exit_code == 2 and "exactly one of --split or --images" in result.output
 
 

@@ -65,8 +65,9 @@ def openibl_reference(model, images):
     x = F.normalize(x, p=2, dim=1)
     soft_assign = F.softmax(model.net_vlad.conv(x).view(n, model.net_vlad.num_clusters, -1), dim=1)
     x_flatten = x.view(n, c, -1)
-    residual = x_flatten.expand(model.net_vlad.num_clusters, -1, -1, -1).permute(1, 0, 2, 3) - \
-        model.net_vlad.centroids.expand(x_flatten.size(-1), -1, -1).permute(1, 2, 0).unsqueeze(0)
+    residual = x_flatten.expand(model.net_vlad.num_clusters, -1, -1, -1).permute(
+        1, 0, 2, 3
+    ) - model.net_vlad.centroids.expand(x_flatten.size(-1), -1, -1).permute(1, 2, 0).unsqueeze(0)
     residual = residual * soft_assign.unsqueeze(2)
     vlad = residual.sum(dim=-1)
     vlad = F.normalize(vlad, p=2, dim=2).view(n, -1)
@@ -91,19 +92,31 @@ def test_vgg16_backbone_is_cut_at_conv5_3_before_relu():
 
 def test_vgg16_layers_equal_torchvision_features():
     torchvision = pytest.importorskip("torchvision")
-    reference = torch.nn.Sequential(*list(torchvision.models.vgg16(weights=None).features.children())[:-2])
+    reference = torch.nn.Sequential(
+        *list(torchvision.models.vgg16(weights=None).features.children())[:-2]
+    )
     ours = Backbone(get_backbone("vgg16")).base
     assert [type(m) for m in ours] == [type(m) for m in reference]
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    assert all(a.padding == b.padding and a.kernel_size == b.kernel_size for a, b in zip(ours, reference)
-               if isinstance(a, torch.nn.Conv2d))
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in reference.state_dict().items()
+    }
+    assert all(
+        a.padding == b.padding and a.kernel_size == b.kernel_size
+        for a, b in zip(ours, reference)
+        if isinstance(a, torch.nn.Conv2d)
+    )
 
 
 def test_state_dict_keys_are_openibl_names():
     keys = set(build_model(ModelConfig(backbone="vgg16", pca_dim=8)).state_dict())
-    assert {"base_model.base.0.weight", "base_model.base.28.bias", "net_vlad.conv.weight",
-            "net_vlad.centroids", "pca_layer.weight", "pca_layer.bias"} <= keys
+    assert {
+        "base_model.base.0.weight",
+        "base_model.base.28.bias",
+        "net_vlad.conv.weight",
+        "net_vlad.centroids",
+        "pca_layer.weight",
+        "pca_layer.bias",
+    } <= keys
     assert not any(k.startswith("module.") for k in keys)
 
 
@@ -129,7 +142,9 @@ def test_golden_descriptor():
     np.testing.assert_allclose(vlad, golden["vlad"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(descriptor, golden["descriptor"], rtol=1e-4, atol=1e-6)
     # The stored values are not degenerate (a constant would pass a weaker check).
-    assert np.std(golden["descriptor"]) > 0.05 and not np.allclose(golden["vlad"][0], golden["vlad"][1])
+    assert np.std(golden["descriptor"]) > 0.05 and not np.allclose(
+        golden["vlad"][0], golden["vlad"][1]
+    )
 
 
 def test_cluster_init_alpha_and_assignment():
@@ -142,7 +157,9 @@ def test_cluster_init_alpha_and_assignment():
     normed = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
     dots = np.sort(normed @ descriptors.T, axis=0)[::-1]
     assert alpha == pytest.approx(-np.log(0.01) / np.mean(dots[0] - dots[1]), rel=1e-5)
-    np.testing.assert_allclose(model.net_vlad.conv.weight[:, :, 0, 0].detach().numpy(), alpha * normed, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.net_vlad.conv.weight[:, :, 0, 0].detach().numpy(), alpha * normed, rtol=1e-5
+    )
     np.testing.assert_allclose(model.net_vlad.centroids.detach().numpy(), centroids)
 
 
@@ -153,7 +170,9 @@ def test_preprocessing_equals_torchvision_pipeline():
 
     rng = np.random.default_rng(3)
     image = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    reference = T.Compose([T.Resize((24, 32)), T.ToTensor(), T.Normalize(mean=list(MEAN), std=list(STD))])(image)
+    reference = T.Compose(
+        [T.Resize((24, 32)), T.ToTensor(), T.Normalize(mean=list(MEAN), std=list(STD))]
+    )(image)
     ours = normalize_batch(ResizeUint8(24, 32)(image)[None])[0]
     assert torch.equal(ours, reference)
     tokyo = ShortSideUint8(40)(image)
@@ -215,14 +234,20 @@ def test_checkpoint_layouts_round_trip(tmp_path, small_model, layout):
 def test_openibl_training_keys_carry_module_prefix(small_model):
     payload = to_openibl_training(small_model.state_dict())
     assert all(k.startswith("module.") for k in payload["state_dict"])
-    assert "module.net_vlad.centroids" in payload["state_dict"] and set(payload) == {"state_dict", "epoch", "best_recall5"}
+    assert "module.net_vlad.centroids" in payload["state_dict"] and set(payload) == {
+        "state_dict",
+        "epoch",
+        "best_recall5",
+    }
 
 
 def test_hub_file_with_pca_layer_gives_pca_descriptors(tmp_path):
     model = build_model(ModelConfig(backbone="small", num_clusters=4, pca_dim=8), seed=1).eval()
     path = tmp_path / "hub.pth"
     torch.save(to_openibl_hub(model.state_dict()), path)
-    method = get_method("netvlad", {"backbone": "small", "image_height": "32", "image_width": "32"}, weights=path)
+    method = get_method(
+        "netvlad", {"backbone": "small", "image_height": "32", "image_width": "32"}, weights=path
+    )
     assert method.descriptor_dim == 8
     built = method.build_model("cpu")
     images = normalize_batch(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8))
@@ -239,20 +264,33 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, small_model):
     with pytest.raises(HarnessError) as info:
         model_from_checkpoint(read_checkpoint(path), SMALL)
     text = info.value.one_line()
-    assert str(path) in text and "missing keys: net_vlad.centroids" in text and "unexpected keys: net_vlad.extra" in text
+    assert (
+        str(path) in text
+        and "missing keys: net_vlad.centroids" in text
+        and "unexpected keys: net_vlad.extra" in text
+    )
 
 
 def test_shape_mismatch_is_listed(tmp_path, small_model):
     path = tmp_path / "k8.pth"
-    torch.save(to_openibl_hub(build_model(ModelConfig(backbone="small", num_clusters=8)).state_dict()), path)
+    torch.save(
+        to_openibl_hub(build_model(ModelConfig(backbone="small", num_clusters=8)).state_dict()),
+        path,
+    )
     with pytest.raises(HarnessError, match=r"net_vlad.centroids \(8, 128\) != \(4, 128\)"):
         model_from_checkpoint(read_checkpoint(path), SMALL)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "checkpoint file is empty"),
-    (b"\x00garbage that is not a zip or pickle", "not a loadable PyTorch checkpoint.*Unsupported operand"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "checkpoint file is empty"),
+        (
+            b"\x00garbage that is not a zip or pickle",
+            "not a loadable PyTorch checkpoint.*Unsupported operand",
+        ),
+    ],
+)
 def test_corrupt_checkpoint_is_an_error_naming_it(tmp_path, content, message):
     path = tmp_path / "corrupt.pth"
     path.write_bytes(content)
@@ -274,14 +312,19 @@ class _Exploit:
         return (print, ("code ran",))
 
 
-@pytest.mark.parametrize("protocol, message", [
-    (2, "refusing to load: the checkpoint references Python object print"),
-    (4, "not a loadable PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "protocol, message",
+    [
+        (2, "refusing to load: the checkpoint references Python object print"),
+        (4, "not a loadable PyTorch checkpoint"),
+    ],
+)
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_with_code_is_refused(tmp_path, capsys, protocol, message):
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"a": torch.zeros(1)}, "payload": _Exploit()}, path, pickle_protocol=protocol)
+    torch.save(
+        {"state_dict": {"a": torch.zeros(1)}, "payload": _Exploit()}, path, pickle_protocol=protocol
+    )
     with pytest.raises(HarnessError, match=message):
         read_checkpoint(path)
     assert "code ran" not in capsys.readouterr().out
@@ -295,7 +338,11 @@ def test_missing_checkpoint(tmp_path):
 def test_backbone_weights_in_torchvision_layout(tmp_path):
     source = build_model(SMALL, seed=3)
     # torchvision names the layers features.N and adds a classifier.
-    state = {f"features.{k[len('base_model.base.'):]}": v for k, v in source.state_dict().items() if k.startswith("base_model.base.")}
+    state = {
+        f"features.{k[len('base_model.base.'):]}": v
+        for k, v in source.state_dict().items()
+        if k.startswith("base_model.base.")
+    }
     state["classifier.0.weight"] = torch.zeros(2, 2)
     path = tmp_path / "vgg.pth"
     torch.save(state, path)
@@ -327,7 +374,9 @@ def _numpy_pca(data: np.ndarray, k: int):
     return values[order], vectors[:, order]
 
 
-@pytest.mark.parametrize("points, dims", [(200, 16), (12, 40)])  # primal and dual (fewer points than dims)
+@pytest.mark.parametrize(
+    "points, dims", [(200, 16), (12, 40)]
+)  # primal and dual (fewer points than dims)
 def test_pca_fit_matches_numpy(points, dims):
     rng = np.random.default_rng(0)
     data = (rng.standard_normal((points, dims)) * np.linspace(3, 0.5, dims)).astype(np.float32)
@@ -357,10 +406,16 @@ def test_pca_h5_round_trip_and_openibl_layout(tmp_path):
     path = save_pca(tmp_path / "pca_params_model_best.h5", params)
     with h5py.File(path, "r") as handle:
         assert sorted(handle) == ["U", "Utmu", "lams", "mu"]
-        assert handle["U"].shape == (10, 4) and handle["mu"].shape == (10, 1) and handle["Utmu"].shape == (4, 1)
+        assert (
+            handle["U"].shape == (10, 4)
+            and handle["mu"].shape == (10, 1)
+            and handle["Utmu"].shape == (4, 1)
+        )
     loaded = load_pca(path)
     for name in ("U", "lams", "mu", "Utmu"):
-        np.testing.assert_allclose(getattr(loaded, name), getattr(params, name), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            getattr(loaded, name), getattr(params, name), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_pca_conv_equals_openibl_load_and_infer():
@@ -378,11 +433,17 @@ def test_pca_refuses_more_components_than_rank():
         fit_pca(np.random.default_rng(0).standard_normal((5, 20)), 10)
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"U": np.zeros((4, 2))}, "lacks dataset"),
-    ({"U": np.zeros((4, 2)), "lams": np.ones(3), "mu": np.zeros((4, 1))}, "inconsistent PCA shapes"),
-    ({"U": np.full((4, 2), np.nan), "lams": np.ones(2), "mu": np.zeros((4, 1))}, "NaN or Inf"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"U": np.zeros((4, 2))}, "lacks dataset"),
+        (
+            {"U": np.zeros((4, 2)), "lams": np.ones(3), "mu": np.zeros((4, 1))},
+            "inconsistent PCA shapes",
+        ),
+        ({"U": np.full((4, 2), np.nan), "lams": np.ones(2), "mu": np.zeros((4, 1))}, "NaN or Inf"),
+    ],
+)
 def test_bad_pca_files(tmp_path, content, message):
     import h5py
 
@@ -439,15 +500,22 @@ def test_unknown_option_lists_valid_ones(tmp_path, small_model):
     with pytest.raises(HarnessError) as info:
         get_method("netvlad", {"pca_dimm": "8"}, weights=weights)
     text = info.value.one_line()
-    assert "unknown option(s) pca_dimm" in text and "did you mean pca_dim" in text and "image_height" in text
+    assert (
+        "unknown option(s) pca_dimm" in text
+        and "did you mean pca_dim" in text
+        and "image_height" in text
+    )
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"image_height": "abc"}, "must be an integer"),
-    ({"whiten": "maybe"}, "must be true or false"),
-    ({"query_keep_aspect": "sometimes"}, "must be one of"),
-    ({"image_height": "0"}, "image_height must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"image_height": "abc"}, "must be an integer"),
+        ({"whiten": "maybe"}, "must be true or false"),
+        ({"query_keep_aspect": "sometimes"}, "must be one of"),
+        ({"image_height": "0"}, "image_height must be >= 1"),
+    ],
+)
 def test_bad_option_values(tmp_path, small_model, options, message):
     weights = tmp_path / "w.pth"
     save_checkpoint(weights, state_dict=small_model.state_dict(), model_config=SMALL.to_dict())
@@ -466,7 +534,9 @@ def test_registry_tolerates_only_the_absent_iovpr_module(monkeypatch):
     from methods import registry as registry_module
 
     registry = Registry("thing", ("methods.iovpr.registered",))
-    monkeypatch.setitem(registry_module._OPTIONAL_MODULES, "methods.iovpr.registered", ("methods.iovpr.registered",))
+    monkeypatch.setitem(
+        registry_module._OPTIONAL_MODULES, "methods.iovpr.registered", ("methods.iovpr.registered",)
+    )
 
     def fake_import(name):
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)

@@ -31,21 +31,27 @@ def _unit(*rows):
 
 
 # -------------------------------------------------------------------------------- losses
-@pytest.mark.parametrize("negative, expected", [
-    ([0.0, 1.0], 0.0),                      # far negative: no hinge
-    ([1.0, 0.0], math.sqrt(0.1)),           # negative equals the anchor: the margin sqrt(0.1)
-])
+@pytest.mark.parametrize(
+    "negative, expected",
+    [
+        ([0.0, 1.0], 0.0),  # far negative: no hinge
+        ([1.0, 0.0], math.sqrt(0.1)),  # negative equals the anchor: the margin sqrt(0.1)
+    ],
+)
 def test_triplet_loss_hand_cases(negative, expected):
     anchors, positives = _unit([1.0, 0.0]), _unit([1.0, 0.0])
     loss = losses.triplet_loss(anchors, positives, _unit(negative)[None], margin=0.1)
     assert float(loss) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind, expected", [
-    # similarities: positive 1; negatives 0 and 1; temperature 0.5 -> logits 2, 0, 2
-    ("sare_joint", -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(2)))),
-    ("sare_ind", 0.5 * (math.log(1 + math.exp(-2)) + math.log(2))),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        # similarities: positive 1; negatives 0 and 1; temperature 0.5 -> logits 2, 0, 2
+        ("sare_joint", -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(2)))),
+        ("sare_ind", 0.5 * (math.log(1 + math.exp(-2)) + math.log(2))),
+    ],
+)
 def test_sare_hand_cases(kind, expected):
     anchors, positives = _unit([1.0, 0.0]), _unit([1.0, 0.0])
     negatives = _unit([0.0, 1.0], [1.0, 0.0])[None]
@@ -66,7 +72,9 @@ def test_sare_at_half_temperature_is_openibl_euclidean_form(joint):
     else:
         pairs = -torch.stack((d_pos.expand_as(d_neg), d_neg), 2).view(-1, 2)
         reference = (-F.log_softmax(pairs, 1)[:, 0]).mean()
-    ours = losses.sare_loss(anchors, positives, negatives, joint=joint, temperature=losses.EUCLIDEAN_TEMPERATURE)
+    ours = losses.sare_loss(
+        anchors, positives, negatives, joint=joint, temperature=losses.EUCLIDEAN_TEMPERATURE
+    )
     assert float(ours) == pytest.approx(float(reference), rel=1e-5)
 
 
@@ -75,7 +83,9 @@ def test_soft_label_loss_is_cross_entropy():
     teacher = torch.tensor([[0.0, 0.0, 0.0]])
     # uniform target: mean of -log softmax(student / 1)
     expected = -torch.log_softmax(student, 1).mean()
-    loss = losses.soft_label_loss(student, teacher, student_temperature=1.0, teacher_temperature=0.5)
+    loss = losses.soft_label_loss(
+        student, teacher, student_temperature=1.0, teacher_temperature=0.5
+    )
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
@@ -84,9 +94,13 @@ def _line_split(num_queries=6, num_database=40, spacing_m=5.0):
     database_utm = np.column_stack([np.arange(num_database) * spacing_m, np.zeros(num_database)])
     query_utm = np.column_stack([np.linspace(20, 150, num_queries), np.full(num_queries, 2.0)])
     query_utm[-1] = (5000.0, 0.0)  # no positive: not trained on
-    return Split(name="line", query_names=tuple(f"q{i}.jpg" for i in range(num_queries)),
-                 database_names=tuple(f"d{i}.jpg" for i in range(num_database)),
-                 query_utm=query_utm, database_utm=database_utm)
+    return Split(
+        name="line",
+        query_names=tuple(f"q{i}.jpg" for i in range(num_queries)),
+        database_names=tuple(f"d{i}.jpg" for i in range(num_database)),
+        query_utm=query_utm,
+        database_utm=database_utm,
+    )
 
 
 def test_training_set_radii():
@@ -142,9 +156,9 @@ def test_difficult_positive_order_hand_case():
 
 
 def _dense_rerank(features: np.ndarray, k1: int, lambda_value: float) -> np.ndarray:
-    """Zhong et al.'s re-ranking on the full matrix (k2 = 1), the definition the sparse code follows."""
+    """Zhong et al.'s re-ranking on the full matrix (k2 = 1): what the sparse code must equal."""
     squared = np.maximum(2 - 2 * features @ features.T, 0)
-    original = squared ** 2
+    original = squared**2
     original = original / original.max(axis=1, keepdims=True)
     rank = np.argsort(original, axis=1, kind="stable")
     n = len(features)
@@ -152,8 +166,8 @@ def _dense_rerank(features: np.ndarray, k1: int, lambda_value: float) -> np.ndar
     half = int(np.around(k1 / 2))
 
     def reciprocal(i, k):
-        forward = rank[i, :k + 1]
-        return np.array([j for j in forward if i in rank[j, :k + 1]], dtype=np.int64)
+        forward = rank[i, : k + 1]
+        return np.array([j for j in forward if i in rank[j, : k + 1]], dtype=np.int64)
 
     for i in range(n):
         members = reciprocal(i, k1)
@@ -196,11 +210,29 @@ def test_kmeans_finds_separated_clusters():
 # ------------------------------------------------------------------------------ training
 def _config(tmp_path, tiny_city, **changes):
     values = dict(
-        out_dir=str(tmp_path / "run"), train_split="synth-ams30k-train", val_split="synth-ams30k-val",
-        data_root=str(tiny_city.data_root), mode="netvlad", backbone="small", num_clusters=4,
-        image_height=32, image_width=32, epochs=2, neg_num=2, neg_pool=8, pos_num=2, pos_pool=3,
-        max_queries_per_epoch=3, train_layers="full", lr=0.01, workers=0, batch_size=16, device="cpu",
-        progress=False, seed=3, jitter=(0.0, 0.0, 0.0, 0.0),
+        out_dir=str(tmp_path / "run"),
+        train_split="synth-ams30k-train",
+        val_split="synth-ams30k-val",
+        data_root=str(tiny_city.data_root),
+        mode="netvlad",
+        backbone="small",
+        num_clusters=4,
+        image_height=32,
+        image_width=32,
+        epochs=2,
+        neg_num=2,
+        neg_pool=8,
+        pos_num=2,
+        pos_pool=3,
+        max_queries_per_epoch=3,
+        train_layers="full",
+        lr=0.01,
+        workers=0,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        seed=3,
+        jitter=(0.0, 0.0, 0.0, 0.0),
     )
     values.update(changes)
     return TrainConfig(**values)
@@ -242,7 +274,9 @@ def test_query_augment_applies_to_queries_only(tmp_path, tiny_city):
         assert isinstance(rng, np.random.Generator)
         return Image.new("RGB", image.size, (255, 0, 0))
 
-    dataset = TupleDataset(split, np.array([[0, 1, 2]]), TrainTransform(16, 16, (0, 0, 0, 0)), (0,), query_augment=red)
+    dataset = TupleDataset(
+        split, np.array([[0, 1, 2]]), TrainTransform(16, 16, (0, 0, 0, 0)), (0,), query_augment=red
+    )
     _, images, error = dataset[0]
     assert error is None and images.shape == (3, 3, 16, 16)
     assert images[0, 0].eq(255).all() and images[0, 1:].eq(0).all()
@@ -256,7 +290,9 @@ def test_train_resume_equals_uninterrupted(tmp_path, tiny_city, monkeypatch):
     history = json.loads((straight.parent / "history.json").read_text())
     assert [(h["generation"], h["epoch"]) for h in history] == [(-1, -1), (0, 0), (0, 1)]
     assert all("recall@5" in h for h in history)
-    assert (straight.parent / "checkpoints" / "gen0_epoch1.pt").is_file() and (straight.parent / "init.pt").is_file()
+    assert (straight.parent / "checkpoints" / "gen0_epoch1.pt").is_file() and (
+        straight.parent / "init.pt"
+    ).is_file()
 
     original = trainer_module.Trainer._save_state
 
@@ -274,7 +310,9 @@ def test_train_resume_equals_uninterrupted(tmp_path, tiny_city, monkeypatch):
     final_b = read_checkpoint(resumed.parent / "last.pt").state_dict
     for key, value in final_a.items():
         assert torch.equal(value, final_b[key]), key
-    assert json.loads((resumed.parent / "history.json").read_text())[-1]["loss"] == history[-1]["loss"]
+    assert (
+        json.loads((resumed.parent / "history.json").read_text())[-1]["loss"] == history[-1]["loss"]
+    )
     # A finished run returns at once.
     assert trainer_module.train(config) == resumed
 
@@ -290,8 +328,19 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_city):
 def test_sfrs_generations_use_soft_labels(tmp_path, tiny_city):
     from methods.train.trainer import train
 
-    best = train(_config(tmp_path, tiny_city, mode="sfrs", generations=2, epochs=1, first_generation_epochs=1,
-                         temperatures=(0.07, 0.07), rerank_k1=4, val_split=None))
+    best = train(
+        _config(
+            tmp_path,
+            tiny_city,
+            mode="sfrs",
+            generations=2,
+            epochs=1,
+            first_generation_epochs=1,
+            temperatures=(0.07, 0.07),
+            rerank_k1=4,
+            val_split=None,
+        )
+    )
     history = json.loads((best.parent / "history.json").read_text())
     assert [(h["generation"], h["epoch"]) for h in history] == [(0, 0), (1, 0)]
     assert history[0]["loss_soft"] == 0.0 and history[1]["loss_soft"] > 0.0
@@ -304,18 +353,53 @@ def test_sfrs_rejects_odd_feature_maps(tmp_path, tiny_city):
     from methods.train.trainer import train
 
     with pytest.raises(HarnessError, match="even feature map"):
-        train(_config(tmp_path, tiny_city, mode="sfrs", image_height=48, image_width=32, generations=1,
-                      temperatures=(0.07,), val_split=None))
+        train(
+            _config(
+                tmp_path,
+                tiny_city,
+                mode="sfrs",
+                image_height=48,
+                image_width=32,
+                generations=1,
+                temperatures=(0.07,),
+                val_split=None,
+            )
+        )
 
 
 # ----------------------------------------------------------------------------------- CLI
 def test_cluster_cli(tmp_path, tiny_city):
     out = tmp_path / "clusters.h5"
-    result = CliRunner().invoke(cli, ["train", "cluster", "--split", "synth-ams30k-train", "--out", str(out),
-                                      "--data-root", str(tiny_city.data_root), "--backbone", "small",
-                                      "--num-clusters", "6", "--image-height", "64", "--image-width", "64",
-                                      "--num-descriptors", "300", "--per-image", "10", "--workers", "0",
-                                      "--device", "cpu", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "cluster",
+            "--split",
+            "synth-ams30k-train",
+            "--out",
+            str(out),
+            "--data-root",
+            str(tiny_city.data_root),
+            "--backbone",
+            "small",
+            "--num-clusters",
+            "6",
+            "--image-height",
+            "64",
+            "--image-width",
+            "64",
+            "--num-descriptors",
+            "300",
+            "--per-image",
+            "10",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     centroids, descriptors, attrs = read_clusters(out)
     assert centroids.shape == (6, 128) and descriptors.shape == (300, 128)
@@ -325,22 +409,41 @@ def test_cluster_cli(tmp_path, tiny_city):
 
 def test_train_cli_config_file_and_errors(tmp_path, tiny_city):
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"train_split": "synth-ams30k-train", "backbone": "small", "num_clusters": 4,
-                                  "image_height": 32, "image_width": 32, "epochs": 1, "neg_num": 2, "neg_pool": 8,
-                                  "max_queries_per_epoch": 2, "workers": 0, "device": "cpu", "progress": False}))
+    config.write_text(
+        json.dumps(
+            {
+                "train_split": "synth-ams30k-train",
+                "backbone": "small",
+                "num_clusters": 4,
+                "image_height": 32,
+                "image_width": 32,
+                "epochs": 1,
+                "neg_num": 2,
+                "neg_pool": 8,
+                "max_queries_per_epoch": 2,
+                "workers": 0,
+                "device": "cpu",
+                "progress": False,
+            }
+        )
+    )
     runner = CliRunner()
     base = ["train", "netvlad", "--config", str(config), "--data-root", str(tiny_city.data_root)]
     result = runner.invoke(cli, base + ["--out-dir", str(tmp_path / "run"), "--loss", "triplet"])
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loss"] == "triplet" and saved["mode"] == "netvlad" and saved["epochs"] == 1
-    result = runner.invoke(cli, base + ["--out-dir", str(tmp_path / "run2"), "--loss", "contrastive"])
+    result = runner.invoke(
+        cli, base + ["--out-dir", str(tmp_path / "run2"), "--loss", "contrastive"]
+    )
     assert result.exit_code == 2 and "must be one of" in result.output
     result = runner.invoke(cli, ["train", "sfrs", "--train-split", "x"])
     assert result.exit_code == 2 and "--out-dir" in result.output
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"learning_rate": 1}))
-    result = runner.invoke(cli, ["train", "sfrs", "--config", str(bad), "--out-dir", "o", "--train-split", "x"])
+    result = runner.invoke(
+        cli, ["train", "sfrs", "--config", str(bad), "--out-dir", "o", "--train-split", "x"]
+    )
     assert result.exit_code == 2 and "unknown option(s) learning_rate" in result.output
 
 
@@ -349,7 +452,11 @@ def test_training_registry():
 
     assert {"netvlad", "sfrs"} <= set(list_trainings())
     config = training_config("netvlad", {"out_dir": "o", "train_split": "s"})
-    assert config.mode == "netvlad" and config.loss == "sare_ind" and config.temperatures == (0.07, 0.07, 0.06, 0.05)
+    assert (
+        config.mode == "netvlad"
+        and config.loss == "sare_ind"
+        and config.temperatures == (0.07, 0.07, 0.06, 0.05)
+    )
     with pytest.raises(HarnessError, match="unknown training 'sfr'.*did you mean sfrs"):
         training_config("sfr", {})
 
@@ -358,8 +465,13 @@ def test_training_registry():
 def _ddp_worker(rank, world_size, port, config_dict, result_dir):
     import os
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from methods.train.trainer import train
 
@@ -380,7 +492,9 @@ def test_ddp_two_processes_on_cpu(tmp_path, tiny_city):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = _config(tmp_path, tiny_city, epochs=1, max_queries_per_epoch=4)
-    mp.start_processes(_ddp_worker, args=(2, port, config.to_dict(), tmp_path), nprocs=2, start_method="spawn")
+    mp.start_processes(
+        _ddp_worker, args=(2, port, config.to_dict(), tmp_path), nprocs=2, start_method="spawn"
+    )
     assert (tmp_path / "rank0.done").is_file() and (tmp_path / "rank1.done").is_file()
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     # 4 tuples over 2 ranks: 2 steps each.
@@ -392,7 +506,18 @@ def test_ddp_two_processes_on_cpu(tmp_path, tiny_city):
 def test_gpu_training_epoch(tmp_path, tiny_city):
     from methods.train.trainer import train
 
-    best = train(_config(tmp_path, tiny_city, device="cuda", amp=True, epochs=1, mode="sfrs", generations=2,
-                         temperatures=(0.07, 0.07), rerank_k1=4))
+    best = train(
+        _config(
+            tmp_path,
+            tiny_city,
+            device="cuda",
+            amp=True,
+            epochs=1,
+            mode="sfrs",
+            generations=2,
+            temperatures=(0.07, 0.07),
+            rerank_k1=4,
+        )
+    )
     history = json.loads((best.parent / "history.json").read_text())
     assert history[-1]["loss_soft"] > 0 and math.isfinite(history[-1]["loss"])

@@ -35,9 +35,13 @@ def config_options(config_cls, *, required=(), defaults=None):
             elif shown not in (None, ""):
                 help_text += f" [default: {shown}]"
             if hints[f.name] is bool:
-                function = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text)(function)
+                function = click.option(
+                    f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text
+                )(function)
             else:
-                function = click.option(flag, f.name, default=None, help=help_text, metavar="VALUE")(function)
+                function = click.option(
+                    flag, f.name, default=None, help=help_text, metavar="VALUE"
+                )(function)
         return function
 
     return decorate
@@ -61,7 +65,9 @@ def collect_values(config_file, values: dict) -> dict:
 def _require(values: dict, names, command: str) -> None:
     missing = [n for n in names if not values.get(n)]
     if missing:
-        raise click.UsageError(f"{command} needs " + ", ".join("--" + n.replace("_", "-") for n in missing))
+        raise click.UsageError(
+            f"{command} needs " + ", ".join("--" + n.replace("_", "-") for n in missing)
+        )
 
 
 def _threads() -> None:
@@ -74,7 +80,12 @@ def _training_command(name: str, help_text: str):
     from methods.train.config import TrainConfig
 
     @click.command(name, help=help_text)
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON file of option values.")
+    @click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="JSON file of option values.",
+    )
     @config_options(TrainConfig, required=("out_dir", "train_split"), defaults={"mode": name})
     def command(config_file, **values):
         from methods.train.registry import run_training, training_config
@@ -93,7 +104,12 @@ def _cluster_command():
     from methods.train.config import ClusterConfig
 
     @click.command("cluster")
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON file of option values.")
+    @click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="JSON file of option values.",
+    )
     @config_options(ClusterConfig, required=("split", "out"))
     def command(config_file, **values):
         """k-means on local descriptors of a training split to initialise NetVLAD's centroids."""
@@ -111,6 +127,13 @@ def _cluster_command():
 
 commands = [
     _cluster_command(),
-    _training_command("netvlad", "Train NetVLAD (triplet, sare_ind or sare_joint) with hard negatives mined from cached features."),
-    _training_command("sfrs", "Train SFRS: generations supervised by soft labels on sub-regions of difficult positives."),
+    _training_command(
+        "netvlad",
+        "Train NetVLAD (triplet, sare_ind or sare_joint) with hard negatives mined from cached "
+        "features.",
+    ),
+    _training_command(
+        "sfrs",
+        "Train SFRS: generations supervised by soft labels on sub-regions of difficult positives.",
+    ),
 ]

@@ -24,7 +24,9 @@ from harness.io import atomic_path
 logger = logging.getLogger(__name__)
 
 
-def kmeans(points: torch.Tensor, num_clusters: int, *, iterations: int = 100, seed: int = 43) -> torch.Tensor:
+def kmeans(
+    points: torch.Tensor, num_clusters: int, *, iterations: int = 100, seed: int = 43
+) -> torch.Tensor:
     """k-means (k-means++ init, Lloyd) of ``points`` ``(n, d)``; returns centroids ``(k, d)``."""
     n = points.shape[0]
     if n < num_clusters:
@@ -37,12 +39,18 @@ def kmeans(points: torch.Tensor, num_clusters: int, *, iterations: int = 100, se
     closest = ((points - points[first]) ** 2).sum(dim=1)
     for _ in range(1, num_clusters):
         weights = closest.clamp_min(0).cpu().double()
-        index = int(torch.multinomial(weights, 1, generator=generator)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=generator))
+        index = (
+            int(torch.multinomial(weights, 1, generator=generator))
+            if weights.sum() > 0
+            else int(torch.randint(n, (1,), generator=generator))
+        )
         centroids.append(points[index])
         closest = torch.minimum(closest, ((points - points[index]) ** 2).sum(dim=1))
     centroids = torch.stack(centroids)
     for _ in range(iterations):
-        distances = norms[:, None] - 2 * points @ centroids.T + (centroids * centroids).sum(dim=1)[None]
+        distances = (
+            norms[:, None] - 2 * points @ centroids.T + (centroids * centroids).sum(dim=1)[None]
+        )
         assignment = distances.argmin(dim=1)
         counts = torch.bincount(assignment, minlength=num_clusters)
         # One-hot product: far faster than index_add_ on CPUs for these shapes.
@@ -53,7 +61,9 @@ def kmeans(points: torch.Tensor, num_clusters: int, *, iterations: int = 100, se
         empty = counts == 0
         if empty.any():
             # Re-seed empty clusters at the points worst served by their centroid.
-            worst = distances.gather(1, assignment[:, None]).squeeze(1).topk(int(empty.sum())).indices
+            worst = (
+                distances.gather(1, assignment[:, None]).squeeze(1).topk(int(empty.sum())).indices
+            )
             updated[empty] = points[worst]
         if torch.allclose(updated, centroids):
             centroids = updated
@@ -65,7 +75,7 @@ def kmeans(points: torch.Tensor, num_clusters: int, *, iterations: int = 100, se
 def cluster_init(config) -> Path:
     """Run :class:`methods.train.config.ClusterConfig`; returns the h5 path."""
     from harness.splits import get_split
-    from methods.base import ImageLoader, PartContext
+    from methods.base import ImageLoader
     from methods.data import ImageListDataset, default_workers, image_batches
     from methods.extract import resolve_device
     from methods.netvlad import ModelConfig, build_model, load_backbone_weights
@@ -73,7 +83,9 @@ def cluster_init(config) -> Path:
 
     split = get_split(config.split, config.data_root)
     device = resolve_device(config.device)
-    model = build_model(ModelConfig(backbone=config.backbone, num_clusters=config.num_clusters), seed=config.seed)
+    model = build_model(
+        ModelConfig(backbone=config.backbone, num_clusters=config.num_clusters), seed=config.seed
+    )
     backbone = model.base_model
     if config.backbone_weights:
         load_backbone_weights(backbone, config.backbone_weights)
@@ -87,8 +99,13 @@ def cluster_init(config) -> Path:
     samples = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(chosen), unit="img", desc="cluster", disable=not config.progress, leave=False)
-    for part, offset, count in (("query", 0, split.num_queries), ("database", split.num_queries, split.num_database)):
+    bar = tqdm(
+        total=len(chosen), unit="img", desc="cluster", disable=not config.progress, leave=False
+    )
+    for part, offset, count in (
+        ("query", 0, split.num_queries),
+        ("database", split.num_queries, split.num_database),
+    ):
         rows = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
         if rows.size == 0:
             continue
@@ -96,26 +113,46 @@ def cluster_init(config) -> Path:
         root = split.query_root if part == "query" else split.database_root
         dataset = ImageListDataset(root, names, loader)
         with torch.inference_mode():
-            for batch in image_batches(dataset, batch_size=config.batch_size, workers=workers, rows=rows.tolist()):
+            for batch in image_batches(
+                dataset, batch_size=config.batch_size, workers=workers, rows=rows.tolist()
+            ):
                 features = backbone(normalize_batch(batch.images.to(device)))
                 features = F.normalize(features, p=2, dim=1).flatten(2).transpose(1, 2)  # (B, P, C)
                 for local in features:
-                    pick = rng.choice(local.shape[0], size=min(config.per_image, local.shape[0]), replace=False)
+                    pick = rng.choice(
+                        local.shape[0], size=min(config.per_image, local.shape[0]), replace=False
+                    )
                     samples.append(local[torch.as_tensor(pick, device=local.device)].float())
                 bar.update(len(batch.rows))
     bar.close()
     descriptors = torch.cat(samples)[: config.num_descriptors]
     if descriptors.shape[0] < config.num_descriptors:
-        logger.warning("only %d local descriptors available (asked for %d): %d images of %d locations",
-                       descriptors.shape[0], config.num_descriptors, len(chosen), samples[0].shape[0])
-    logger.info("k-means: %d descriptors of dimension %d into %d clusters", descriptors.shape[0], descriptors.shape[1], config.num_clusters)
-    centroids = kmeans(descriptors, config.num_clusters, iterations=config.iterations, seed=config.seed)
-    attrs = cluster_attrs(config.backbone, config.backbone_weights, config.seed, config.num_clusters)
+        logger.warning(
+            "only %d local descriptors available (asked for %d): %d images of %d locations",
+            descriptors.shape[0],
+            config.num_descriptors,
+            len(chosen),
+            samples[0].shape[0],
+        )
+    logger.info(
+        "k-means: %d descriptors of dimension %d into %d clusters",
+        descriptors.shape[0],
+        descriptors.shape[1],
+        config.num_clusters,
+    )
+    centroids = kmeans(
+        descriptors, config.num_clusters, iterations=config.iterations, seed=config.seed
+    )
+    attrs = cluster_attrs(
+        config.backbone, config.backbone_weights, config.seed, config.num_clusters
+    )
     attrs.update(split=split.name, image_height=config.image_height, image_width=config.image_width)
     return save_clusters(config.out, centroids.cpu().numpy(), descriptors.cpu().numpy(), attrs)
 
 
-def cluster_attrs(backbone: str, backbone_weights: str | None, seed: int, num_clusters: int) -> dict:
+def cluster_attrs(
+    backbone: str, backbone_weights: str | None, seed: int, num_clusters: int
+) -> dict:
     """What identifies the backbone the descriptors came from."""
     from harness.io import sha256_file
 
@@ -150,12 +187,17 @@ def read_clusters(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict
     try:
         with h5py.File(path, "r") as handle:
             if "centroids" not in handle or "descriptors" not in handle:
-                raise HarnessError("cluster file needs datasets 'centroids' and 'descriptors'", path)
+                raise HarnessError(
+                    "cluster file needs datasets 'centroids' and 'descriptors'", path
+                )
             centroids = np.asarray(handle["centroids"][()], dtype=np.float32)
             descriptors = np.asarray(handle["descriptors"][()], dtype=np.float32)
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in handle.attrs.items()}
     except OSError as exc:
         raise HarnessError(f"not a readable HDF5 file ({exc})", path) from None
     if centroids.ndim != 2 or descriptors.ndim != 2 or centroids.shape[1] != descriptors.shape[1]:
-        raise HarnessError(f"inconsistent shapes: centroids {centroids.shape}, descriptors {descriptors.shape}", path)
+        raise HarnessError(
+            f"inconsistent shapes: centroids {centroids.shape}, descriptors {descriptors.shape}",
+            path,
+        )
     return centroids, descriptors, attrs

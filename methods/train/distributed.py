@@ -70,7 +70,9 @@ def gather_rows(env: DistEnv, local, total: int):
     sizes = [torch.zeros_like(size) for _ in range(env.world_size)]
     dist.all_gather(sizes, size)
     longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded = torch.zeros(
+        (longest,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device
+    )
     padded[: local.shape[0]] = local
     blocks = [torch.zeros_like(padded) for _ in range(env.world_size)]
     dist.all_gather(blocks, padded)
@@ -87,10 +89,15 @@ def broadcast_array(env: DistEnv, array, device):
 
     if not env.enabled:
         return array
-    shape = torch.tensor(list(array.shape) if env.is_main else [0, 0], dtype=torch.long, device=device)
+    shape = torch.tensor(
+        list(array.shape) if env.is_main else [0, 0], dtype=torch.long, device=device
+    )
     dist.broadcast(shape, 0)
-    data = torch.as_tensor(array, dtype=torch.long, device=device) if env.is_main else torch.zeros(
-        tuple(shape.tolist()), dtype=torch.long, device=device)
+    data = (
+        torch.as_tensor(array, dtype=torch.long, device=device)
+        if env.is_main
+        else torch.zeros(tuple(shape.tolist()), dtype=torch.long, device=device)
+    )
     dist.broadcast(data, 0)
     return data.cpu().numpy().astype(np.int64)
 

@@ -17,9 +17,14 @@ EUCLIDEAN_TEMPERATURE = 0.5
 
 
 def _check(anchors, positives, negatives):
-    assert anchors.ndim == 2 and positives.shape == anchors.shape, f"{anchors.shape} vs {positives.shape}"
-    assert negatives.ndim == 3 and negatives.shape[0] == anchors.shape[0] and negatives.shape[2] == anchors.shape[1], (
-        f"negatives {tuple(negatives.shape)} do not match anchors {tuple(anchors.shape)}")
+    assert (
+        anchors.ndim == 2 and positives.shape == anchors.shape
+    ), f"{anchors.shape} vs {positives.shape}"
+    assert (
+        negatives.ndim == 3
+        and negatives.shape[0] == anchors.shape[0]
+        and negatives.shape[2] == anchors.shape[1]
+    ), f"negatives {tuple(negatives.shape)} do not match anchors {tuple(anchors.shape)}"
 
 
 def triplet_loss(anchors, positives, negatives, margin: float) -> torch.Tensor:
@@ -31,8 +36,18 @@ def triplet_loss(anchors, positives, negatives, margin: float) -> torch.Tensor:
     _check(anchors, positives, negatives)
     count = negatives.shape[1]
     expand = lambda t: t.unsqueeze(1).expand_as(negatives).reshape(-1, t.shape[-1])  # noqa: E731
-    return F.triplet_margin_loss(expand(anchors), expand(positives), negatives.reshape(-1, negatives.shape[-1]),
-                                 margin=margin ** 0.5, p=2, reduction="mean") if count else anchors.sum() * 0
+    return (
+        F.triplet_margin_loss(
+            expand(anchors),
+            expand(positives),
+            negatives.reshape(-1, negatives.shape[-1]),
+            margin=margin**0.5,
+            p=2,
+            reduction="mean",
+        )
+        if count
+        else anchors.sum() * 0
+    )
 
 
 def sare_loss(anchors, positives, negatives, *, joint: bool, temperature: float) -> torch.Tensor:
@@ -51,16 +66,22 @@ def sare_loss(anchors, positives, negatives, *, joint: bool, temperature: float)
     return -F.log_softmax(logits, dim=2)[..., 0].mean()
 
 
-def tuple_loss(kind: str, anchors, positives, negatives, *, margin: float, temperature: float) -> torch.Tensor:
+def tuple_loss(
+    kind: str, anchors, positives, negatives, *, margin: float, temperature: float
+) -> torch.Tensor:
     """Dispatch on the loss name (``triplet``, ``sare_ind``, ``sare_joint``)."""
     if kind == "triplet":
         return triplet_loss(anchors, positives, negatives, margin)
     if kind in ("sare_ind", "sare_joint"):
-        return sare_loss(anchors, positives, negatives, joint=kind == "sare_joint", temperature=temperature)
+        return sare_loss(
+            anchors, positives, negatives, joint=kind == "sare_joint", temperature=temperature
+        )
     raise ValueError(f"unknown loss {kind!r}; valid: triplet, sare_ind, sare_joint")
 
 
-def soft_label_loss(student_scores, teacher_scores, *, student_temperature: float, teacher_temperature: float) -> torch.Tensor:
+def soft_label_loss(
+    student_scores, teacher_scores, *, student_temperature: float, teacher_temperature: float
+) -> torch.Tensor:
     """SFRS's self-supervision: cross-entropy between the teacher's and student's region softmax.
 
     Scores ``(B, R)``: similarities of each anchor to the sub-regions of its difficult

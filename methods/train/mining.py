@@ -42,7 +42,9 @@ def build_training_set(split, pos_radius_m: float, neg_radius_m: float) -> Train
     from harness.ground_truth import build_tree, positives_within_radius
 
     tree = build_tree(split.database_utm)
-    positives = positives_within_radius(split.database_utm, split.query_utm, pos_radius_m, tree=tree)
+    positives = positives_within_radius(
+        split.database_utm, split.query_utm, pos_radius_m, tree=tree
+    )
     near = positives_within_radius(split.database_utm, split.query_utm, neg_radius_m, tree=tree)
     keep = np.flatnonzero(positives.has_positive)
     if keep.size == 0:
@@ -80,7 +82,15 @@ def difficult_positive_order(reranked: np.ndarray, count: int) -> np.ndarray:
 class Miner:
     """Builds tuples for a round of queries; keeps each query's last negatives (OpenIBL's cache)."""
 
-    def __init__(self, training_set: TrainingSet, *, neg_num: int, neg_pool: int, pos_num: int = 0, pos_pool: int = 0):
+    def __init__(
+        self,
+        training_set: TrainingSet,
+        *,
+        neg_num: int,
+        neg_pool: int,
+        pos_num: int = 0,
+        pos_pool: int = 0,
+    ):
         self.training_set = training_set
         self.neg_num = neg_num
         self.neg_pool = neg_pool
@@ -92,8 +102,14 @@ class Miner:
     def tuple_size(self) -> int:
         return 2 + self.neg_num + self.pos_num
 
-    def mine(self, queries, query_features: torch.Tensor, database_features: torch.Tensor, rng: np.random.Generator,
-             rerank=None) -> np.ndarray:
+    def mine(
+        self,
+        queries,
+        query_features: torch.Tensor,
+        database_features: torch.Tensor,
+        rng: np.random.Generator,
+        rerank=None,
+    ) -> np.ndarray:
         """Tuples ``(len(queries), tuple_size)`` for training-query positions ``queries``.
 
         Columns: split query row, positive, ``neg_num`` negatives, ``pos_num`` difficult
@@ -108,20 +124,41 @@ class Miner:
                 query_row = int(ts.query_rows[position])
                 feature = query_features[query_row]
                 positives = ts.positives[position]
-                similarity = (database_features[torch.as_tensor(positives, device=database_features.device)] @ feature).cpu().numpy()
+                similarity = (
+                    (
+                        database_features[
+                            torch.as_tensor(positives, device=database_features.device)
+                        ]
+                        @ feature
+                    )
+                    .cpu()
+                    .numpy()
+                )
                 ranked = positives[np.argsort(-similarity, kind="stable")]
                 row = [query_row, int(ranked[0])]
 
-                candidates = np.setdiff1d(all_database, ts.non_negatives[position], assume_unique=True)
+                candidates = np.setdiff1d(
+                    all_database, ts.non_negatives[position], assume_unique=True
+                )
                 if candidates.size == 0:
                     raise HarnessError(
-                        f"query {query_row} has no database image beyond the negative radius to use as negative"
+                        f"query {query_row} has no database image beyond the negative radius "
+                        "to use as negative"
                     )
-                pool = rng.choice(candidates, size=min(self.neg_pool, candidates.size), replace=False)
+                pool = rng.choice(
+                    candidates, size=min(self.neg_pool, candidates.size), replace=False
+                )
                 cached = self.negative_cache[position]
                 cached = cached[cached >= 0]
                 pool = np.union1d(pool, np.intersect1d(cached, candidates))
-                pool_similarity = (database_features[torch.as_tensor(pool, device=database_features.device)] @ feature).cpu().numpy()
+                pool_similarity = (
+                    (
+                        database_features[torch.as_tensor(pool, device=database_features.device)]
+                        @ feature
+                    )
+                    .cpu()
+                    .numpy()
+                )
                 hardest = pool[np.argsort(-pool_similarity, kind="stable")[: self.neg_num]]
                 negatives = _cyclic(hardest, self.neg_num)
                 self.negative_cache[position] = negatives
@@ -130,7 +167,11 @@ class Miner:
                 if self.pos_num:
                     pool_positives = ranked[: self.pos_pool]
                     if rerank is not None and pool_positives.size > 1:
-                        chosen = pool_positives[difficult_positive_order(rerank(query_row, pool_positives), self.pos_num)]
+                        chosen = pool_positives[
+                            difficult_positive_order(
+                                rerank(query_row, pool_positives), self.pos_num
+                            )
+                        ]
                     else:
                         chosen = pool_positives[: self.pos_num]
                     row.extend(_cyclic(chosen, self.pos_num).tolist())

@@ -27,11 +27,15 @@ class TrainingEntry:
 TRAININGS: Registry = Registry("training", ("methods.train.trainer", "methods.iovpr.registered"))
 
 
-def register_training(name: str, config_cls: type, *, defaults: Mapping[str, Any] | None = None, description: str = ""):
+def register_training(
+    name: str, config_cls: type, *, defaults: Mapping[str, Any] | None = None, description: str = ""
+):
     """Decorator for ``run(config) -> Path``; ``defaults`` override the config class's defaults."""
 
     def wrap(run):
-        TRAININGS.register(name, TrainingEntry(name, config_cls, run, dict(defaults or {}), description))
+        TRAININGS.register(
+            name, TrainingEntry(name, config_cls, run, dict(defaults or {}), description)
+        )
         return run
 
     return wrap
@@ -46,7 +50,7 @@ def list_trainings() -> list[str]:
 
 
 def training_config(name: str, values: Mapping[str, Any]):
-    """The config of training ``name`` from ``values`` (strings or JSON values) over its defaults."""
+    """The config of training ``name``: ``values`` (strings or JSON values) over its defaults."""
     entry = get_training(name)
     merged = {**entry.defaults, **dict(values)}
     return config_from_mapping(entry.config_cls, merged, what=f"training {name}")

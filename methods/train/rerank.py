@@ -24,7 +24,7 @@ import torch
 
 @dataclass
 class NeighbourGraph:
-    """``neighbours[i]``: the ``k1 + 1`` nearest items of ``i`` (itself first); ``max_distance[i]``."""
+    """``neighbours[i]``: the ``k1 + 1`` nearest items of ``i`` (itself first), and row maxima."""
 
     features: torch.Tensor
     neighbours: np.ndarray
@@ -44,12 +44,16 @@ def build_graph(features: torch.Tensor, k1: int = 20, block_rows: int = 1024) ->
     max_distance = np.empty(count, dtype=np.float64)
     with torch.no_grad():
         for start in range(0, count, block_rows):
-            block = features[start:start + block_rows] @ features.T
+            block = features[start : start + block_rows] @ features.T
             top = torch.topk(block, k, dim=1).indices
-            neighbours[start:start + block.shape[0]] = top.cpu().numpy()
-            max_distance[start:start + block.shape[0]] = _distance(block.min(dim=1).values).double().cpu().numpy()
+            neighbours[start : start + block.shape[0]] = top.cpu().numpy()
+            max_distance[start : start + block.shape[0]] = (
+                _distance(block.min(dim=1).values).double().cpu().numpy()
+            )
     max_distance[max_distance <= 0] = 1.0
-    return NeighbourGraph(features=features, neighbours=neighbours, max_distance=max_distance, k1=k1)
+    return NeighbourGraph(
+        features=features, neighbours=neighbours, max_distance=max_distance, k1=k1
+    )
 
 
 def _reciprocal(graph: NeighbourGraph, item: int, k: int) -> np.ndarray:
@@ -88,8 +92,10 @@ class _Encoder:
         return self.cache[item]
 
 
-def reranked_distances(graph: NeighbourGraph, first: np.ndarray, second: np.ndarray, lambda_value: float = 0.1) -> np.ndarray:
-    """Re-ranked distance of each pair ``(first[p], second[p])`` (item indices), float64 ``(P,)``."""
+def reranked_distances(
+    graph: NeighbourGraph, first: np.ndarray, second: np.ndarray, lambda_value: float = 0.1
+) -> np.ndarray:
+    """Re-ranked distance of each pair ``(first[p], second[p])`` of items, float64 ``(P,)``."""
     first = np.asarray(first, dtype=np.int64)
     second = np.asarray(second, dtype=np.int64)
     assert first.shape == second.shape and first.ndim == 1
@@ -98,7 +104,9 @@ def reranked_distances(graph: NeighbourGraph, first: np.ndarray, second: np.ndar
     for p, (a, b) in enumerate(zip(first.tolist(), second.tolist())):
         members_a, weights_a = encoder.vector(a)
         members_b, weights_b = encoder.vector(b)
-        common, index_a, index_b = np.intersect1d(members_a, members_b, assume_unique=True, return_indices=True)
+        common, index_a, index_b = np.intersect1d(
+            members_a, members_b, assume_unique=True, return_indices=True
+        )
         overlap = np.minimum(weights_a[index_a], weights_b[index_b]).sum() if common.size else 0.0
         jaccard = 1.0 - overlap / (2.0 - overlap)
         original = encoder.normalised_distance(a, np.array([b]))[0]

@@ -43,7 +43,6 @@ from methods.sfrs import region_similarities, region_vlads
 from methods.train import losses
 from methods.train.config import RESUMABLE_CHANGES, ClusterConfig, TrainConfig
 from methods.train.distributed import (
-    DistEnv,
     agree,
     all_reduce_mean,
     barrier,
@@ -70,7 +69,14 @@ class TupleDataset:
     number of workers.
     """
 
-    def __init__(self, split, tuples: np.ndarray, transform: TrainTransform, seed: tuple, query_augment: QueryAugment | None = None):
+    def __init__(
+        self,
+        split,
+        tuples: np.ndarray,
+        transform: TrainTransform,
+        seed: tuple,
+        query_augment: QueryAugment | None = None,
+    ):
         self.query_root = Path(split.query_root)
         self.database_root = Path(split.database_root)
         self.query_names = split.query_names
@@ -106,7 +112,7 @@ class TupleDataset:
 
 # ---------------------------------------------------------------------------------- model
 class TrainingForward(nn.Module):
-    """What DDP wraps: normalised images -> global NetVLAD ``(N, L)`` or SFRS regions ``(N, 9, L)``."""
+    """What DDP wraps: images -> global NetVLAD ``(N, L)`` or SFRS regions ``(N, 9, L)``."""
 
     def __init__(self, model: NetVLADModel, regions: bool):
         super().__init__()
@@ -182,7 +188,12 @@ class Trainer:
     # -- setup ----------------------------------------------------------------------------
     def _model_config(self) -> ModelConfig:
         c = self.config
-        return ModelConfig(backbone=c.backbone, num_clusters=c.num_clusters, image_height=c.image_height, image_width=c.image_width)
+        return ModelConfig(
+            backbone=c.backbone,
+            num_clusters=c.num_clusters,
+            image_height=c.image_height,
+            image_width=c.image_width,
+        )
 
     def _setup(self) -> None:
         from harness.splits import get_split
@@ -195,26 +206,42 @@ class Trainer:
         self.val_split = get_split(c.val_split, c.data_root) if c.val_split else None
         for split in (self.train_split,) + ((self.val_split,) if self.val_split else ()):
             if not split.query_root or not split.database_root:
-                raise HarnessError(f"split {split.name} has no image folders (query_root/database_root)")
+                raise HarnessError(
+                    f"split {split.name} has no image folders (query_root/database_root)"
+                )
         self.training_set = build_training_set(self.train_split, c.pos_radius_m, c.neg_radius_m)
         sfrs = c.mode == "sfrs"
-        self.miner = Miner(self.training_set, neg_num=c.neg_num, neg_pool=c.neg_pool,
-                           pos_num=c.pos_num if sfrs else 0, pos_pool=c.pos_pool if sfrs else 0)
+        self.miner = Miner(
+            self.training_set,
+            neg_num=c.neg_num,
+            neg_pool=c.neg_pool,
+            pos_num=c.pos_num if sfrs else 0,
+            pos_pool=c.pos_pool if sfrs else 0,
+        )
         self.view = _EvalView(c.image_height, c.image_width)
         self.transform = TrainTransform(c.image_height, c.image_width, tuple(c.jitter))
-        logger.info("training %s on %s: %d of %d queries have a positive within %.0f m; %d database images",
-                    c.mode, self.train_split.name, len(self.training_set), self.train_split.num_queries,
-                    c.pos_radius_m, self.train_split.num_database)
+        logger.info(
+            "training %s on %s: %d of %d queries have a positive within %.0f m; %d database images",
+            c.mode,
+            self.train_split.name,
+            len(self.training_set),
+            self.train_split.num_queries,
+            c.pos_radius_m,
+            self.train_split.num_database,
+        )
 
     def _check_even_regions(self, model: NetVLADModel) -> None:
         if self.config.mode != "sfrs":
             return
         with torch.no_grad():
-            probe = torch.zeros(1, 3, self.config.image_height, self.config.image_width, device=self.device)
+            probe = torch.zeros(
+                1, 3, self.config.image_height, self.config.image_width, device=self.device
+            )
             h, w = model.local_features(probe).shape[-2:]
         if h % 2 or w % 2:
             raise HarnessError(
-                f"SFRS needs an even feature map; {self.config.image_height}x{self.config.image_width} images "
+                "SFRS needs an even feature map; "
+                f"{self.config.image_height}x{self.config.image_width} images "
                 f"give {h}x{w} with backbone {self.config.backbone}: choose another image size"
             )
 
@@ -229,22 +256,38 @@ class Trainer:
         cluster_path = Path(c.init) if c.init else self.out_dir / "cluster.h5"
         if not c.init and not agree(self.env, cluster_path.exists(), self.device):
             if self.env.is_main:
-                cluster_init(ClusterConfig(
-                    split=c.train_split, out=str(cluster_path), data_root=c.data_root, backbone=c.backbone,
-                    backbone_weights=c.backbone_weights, num_clusters=c.num_clusters, image_height=c.image_height,
-                    image_width=c.image_width, seed=c.seed, batch_size=c.batch_size, workers=self.workers,
-                    device=str(self.device), progress=c.progress,
-                ))
+                cluster_init(
+                    ClusterConfig(
+                        split=c.train_split,
+                        out=str(cluster_path),
+                        data_root=c.data_root,
+                        backbone=c.backbone,
+                        backbone_weights=c.backbone_weights,
+                        num_clusters=c.num_clusters,
+                        image_height=c.image_height,
+                        image_width=c.image_width,
+                        seed=c.seed,
+                        batch_size=c.batch_size,
+                        workers=self.workers,
+                        device=str(self.device),
+                        progress=c.progress,
+                    )
+                )
             barrier(self.env)
         centroids, descriptors, attrs = read_clusters(cluster_path)
         expected = cluster_attrs(c.backbone, c.backbone_weights, c.seed, c.num_clusters)
-        different = {k: (attrs.get(k), v) for k, v in expected.items() if k in attrs and attrs.get(k) != v}
+        different = {
+            k: (attrs.get(k), v) for k, v in expected.items() if k in attrs and attrs.get(k) != v
+        }
         if different:
             detail = "; ".join(f"{k}: file {a!r}, run {b!r}" for k, (a, b) in different.items())
-            raise HarnessError(f"cluster init was made with another backbone ({detail})", cluster_path)
+            raise HarnessError(
+                f"cluster init was made with another backbone ({detail})", cluster_path
+            )
         if centroids.shape != (c.num_clusters, model.net_vlad.dim):
             raise HarnessError(
-                f"cluster init has centroids {centroids.shape}, the model needs ({c.num_clusters}, {model.net_vlad.dim})",
+                f"cluster init has centroids {centroids.shape}, the model needs "
+                f"({c.num_clusters}, {model.net_vlad.dim})",
                 cluster_path,
             )
         alpha = model.net_vlad.init_from_clusters(centroids, descriptors)
@@ -257,21 +300,35 @@ class Trainer:
 
         names = split.query_names if part == "query" else split.database_names
         root = split.query_root if part == "query" else split.database_root
-        context = PartContext(part=part, names=names, image_root=Path(root), split_name=split.name,
-                              device=str(self.device), batch_size=self.config.batch_size, workers=self.workers)
+        context = PartContext(
+            part=part,
+            names=names,
+            image_root=Path(root),
+            split_name=split.name,
+            device=str(self.device),
+            batch_size=self.config.batch_size,
+            workers=self.workers,
+        )
         rows = shard_rows(len(names), (self.env.rank, self.env.world_size))
         blocks = [
             descriptors
-            for _, descriptors in encode_rows(self.view, model, context, device=self.device, rows=list(rows),
-                                              progress=self.config.progress and self.env.is_main,
-                                              description=description, to_numpy=False)
+            for _, descriptors in encode_rows(
+                self.view,
+                model,
+                context,
+                device=self.device,
+                rows=list(rows),
+                progress=self.config.progress and self.env.is_main,
+                description=description,
+                to_numpy=False,
+            )
         ]
         dim = model.vlad_dim if model.pca_layer is None else model.descriptor_dim
         local = torch.cat(blocks) if blocks else torch.zeros((0, dim), device=self.device)
         return gather_rows(self.env, local, len(names))
 
     def validate(self, model: NetVLADModel) -> dict:
-        """Recall@1/5/10 on the validation split (queries without positives per the split's policy)."""
+        """Recall@1/5/10 on the validation split (no-positive queries per the split's policy)."""
         from harness.ground_truth import positives_within_radius
 
         split = self.val_split
@@ -283,12 +340,23 @@ class Trainer:
         top = []
         with torch.no_grad():
             for start in range(0, queries.shape[0], 1024):
-                top.append(torch.topk(queries[start:start + 1024] @ database.T, k, dim=1).indices.cpu().numpy())
+                top.append(
+                    torch.topk(queries[start : start + 1024] @ database.T, k, dim=1)
+                    .indices.cpu()
+                    .numpy()
+                )
         hits = positives.is_positive(np.concatenate(top))
-        counted = positives.has_positive if split.no_positive == "exclude" else np.ones(len(hits), dtype=bool)
+        counted = (
+            positives.has_positive
+            if split.no_positive == "exclude"
+            else np.ones(len(hits), dtype=bool)
+        )
         found = np.cumsum(hits, axis=1) > 0
         denominator = max(1, int(counted.sum()))
-        return {f"recall@{n}": float(found[counted, min(n, k) - 1].sum() / denominator) for n in RECALL_NS}
+        return {
+            f"recall@{n}": float(found[counted, min(n, k) - 1].sum() / denominator)
+            for n in RECALL_NS
+        }
 
     # -- checkpoints ----------------------------------------------------------------------
     def _model_meta(self, generation: int, epoch: int, recalls: dict | None, best: float) -> dict:
@@ -301,9 +369,13 @@ class Trainer:
         }
 
     def _save_model(self, path: Path, model: NetVLADModel, meta: dict) -> None:
-        save_checkpoint(path, state_dict=model.state_dict(), model_config=self._model_config().to_dict(), **meta)
+        save_checkpoint(
+            path, state_dict=model.state_dict(), model_config=self._model_config().to_dict(), **meta
+        )
 
-    def _save_state(self, model, teacher, optimizer, scheduler, state: _State, generation: int, epoch: int) -> None:
+    def _save_state(
+        self, model, teacher, optimizer, scheduler, state: _State, generation: int, epoch: int
+    ) -> None:
         trainer_state = {
             "config": self.config.to_dict(),
             "generation": generation,
@@ -316,15 +388,27 @@ class Trainer:
         }
         extra = {"trainer": trainer_state, "generation": generation, "epoch": epoch}
         if teacher is not None:
-            extra["cache_state_dict"] = {k: v.detach().cpu() for k, v in teacher.state_dict().items()}
-        save_checkpoint(self.last_path, state_dict=model.state_dict(), model_config=self._model_config().to_dict(), **extra)
+            extra["cache_state_dict"] = {
+                k: v.detach().cpu() for k, v in teacher.state_dict().items()
+            }
+        save_checkpoint(
+            self.last_path,
+            state_dict=model.state_dict(),
+            model_config=self._model_config().to_dict(),
+            **extra,
+        )
 
     def _check_resumable(self, saved: dict) -> None:
         current = self.config.to_dict()
-        different = sorted(k for k in set(saved) | set(current)
-                           if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+        different = sorted(
+            k
+            for k in set(saved) | set(current)
+            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        )
         if different:
-            detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in different[:6])
+            detail = ", ".join(
+                f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in different[:6]
+            )
             raise HarnessError(
                 f"cannot resume: the run was started with another configuration ({detail}); "
                 "use another out_dir or the original settings",
@@ -347,8 +431,12 @@ class Trainer:
             state.teacher = checkpoint.payload.get("cache_state_dict")
         else:
             state.generation, state.next_epoch = generation + 1, None
-        logger.info("resuming %s at generation %d, epoch %s", self.out_dir, state.generation,
-                    state.next_epoch if state.next_epoch is not None else "start")
+        logger.info(
+            "resuming %s at generation %d, epoch %s",
+            self.out_dir,
+            state.generation,
+            state.next_epoch if state.next_epoch is not None else "start",
+        )
         return state
 
     # -- training -------------------------------------------------------------------------
@@ -361,30 +449,59 @@ class Trainer:
         c = self.config
         m = c.neg_num
         if c.mode == "netvlad":
-            hard = losses.tuple_loss(c.loss, outputs[:, 0], outputs[:, 1], outputs[:, 2:2 + m],
-                                     margin=c.margin, temperature=self._temperature())
+            hard = losses.tuple_loss(
+                c.loss,
+                outputs[:, 0],
+                outputs[:, 1],
+                outputs[:, 2 : 2 + m],
+                margin=c.margin,
+                temperature=self._temperature(),
+            )
             return hard, torch.zeros((), device=outputs.device)
         anchors = outputs[:, 0]  # (B, 9, L)
         if generation == 0:
-            hard = losses.tuple_loss(c.loss, anchors[:, 0], outputs[:, 1, 0], outputs[:, 2:2 + m, 0],
-                                     margin=c.margin, temperature=self._temperature())
+            hard = losses.tuple_loss(
+                c.loss,
+                anchors[:, 0],
+                outputs[:, 1, 0],
+                outputs[:, 2 : 2 + m, 0],
+                margin=c.margin,
+                temperature=self._temperature(),
+            )
         else:
             # The hardest sub-region of each negative stands in for it (SFRS).
-            scores = region_similarities(anchors, outputs[:, 2:2 + m])[:, :, 0, :]  # (B, M, 9)
+            scores = region_similarities(anchors, outputs[:, 2 : 2 + m])[:, :, 0, :]  # (B, M, 9)
             pick = scores.detach().argmax(dim=2)
-            negatives = torch.gather(outputs[:, 2:2 + m], 2,
-                                     pick[:, :, None, None].expand(-1, -1, 1, outputs.shape[-1])).squeeze(2)
-            hard = losses.tuple_loss(c.loss, anchors[:, 0], outputs[:, 1, 0], negatives,
-                                     margin=c.margin, temperature=self._temperature())
+            negatives = torch.gather(
+                outputs[:, 2 : 2 + m],
+                2,
+                pick[:, :, None, None].expand(-1, -1, 1, outputs.shape[-1]),
+            ).squeeze(2)
+            hard = losses.tuple_loss(
+                c.loss,
+                anchors[:, 0],
+                outputs[:, 1, 0],
+                negatives,
+                margin=c.margin,
+                temperature=self._temperature(),
+            )
         if teacher_outputs is None:
             return hard, torch.zeros((), device=outputs.device)
-        student = region_similarities(anchors, outputs[:, 2 + m:])[:, :, 0, :].flatten(1)
-        target = region_similarities(teacher_outputs[:, 0], teacher_outputs[:, 1:])[:, :, 0, :].flatten(1)
-        soft = losses.soft_label_loss(student, target, student_temperature=float(c.temperatures[0]),
-                                      teacher_temperature=float(c.temperatures[generation]))
+        student = region_similarities(anchors, outputs[:, 2 + m :])[:, :, 0, :].flatten(1)
+        target = region_similarities(teacher_outputs[:, 0], teacher_outputs[:, 1:])[
+            :, :, 0, :
+        ].flatten(1)
+        soft = losses.soft_label_loss(
+            student,
+            target,
+            student_temperature=float(c.temperatures[0]),
+            teacher_temperature=float(c.temperatures[generation]),
+        )
         return hard, soft
 
-    def _train_round(self, forward, teacher_forward, optimizer, tuples: np.ndarray, generation: int, seed: tuple) -> list:
+    def _train_round(
+        self, forward, teacher_forward, optimizer, tuples: np.ndarray, generation: int, seed: tuple
+    ) -> list:
         from torch.utils.data import DataLoader
 
         from methods.data import raise_if_error
@@ -392,33 +509,53 @@ class Trainer:
         c = self.config
         # Each rank takes every world_size-th tuple, padded so all ranks step equally often.
         share = int(np.ceil(len(tuples) / self.env.world_size))
-        padded = np.concatenate([tuples, tuples[: share * self.env.world_size - len(tuples)]]) if len(tuples) else tuples
-        local = padded[self.env.rank::self.env.world_size]
+        padded = (
+            np.concatenate([tuples, tuples[: share * self.env.world_size - len(tuples)]])
+            if len(tuples)
+            else tuples
+        )
+        local = padded[self.env.rank :: self.env.world_size]
         dataset = TupleDataset(self.train_split, local, self.transform, seed, self.query_augment)
-        loader = DataLoader(dataset, batch_size=c.tuples_per_batch, shuffle=False, num_workers=self.workers,
-                            collate_fn=_collate_tuples, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=c.tuples_per_batch,
+            shuffle=False,
+            num_workers=self.workers,
+            collate_fn=_collate_tuples,
+            pin_memory=self.device.type == "cuda",
+        )
         use_soft = c.mode == "sfrs" and generation > 0 and c.soft_weight > 0
         easy = 2 + c.neg_num
         records = []
         forward.train()
         from tqdm.auto import tqdm
 
-        for batch in tqdm(loader, desc=f"gen {generation} train", unit="tuple", leave=False,
-                          disable=not (c.progress and self.env.is_main)):
+        for batch in tqdm(
+            loader,
+            desc=f"gen {generation} train",
+            unit="tuple",
+            leave=False,
+            disable=not (c.progress and self.env.is_main),
+        ):
             raise_if_error(batch)
             images = batch.images.to(self.device, non_blocking=True)
             b, s = images.shape[:2]
             flat = normalize_batch(images.view(b * s, *images.shape[2:]))
             # bfloat16: no loss scaling needed (fp16 gradients of the sharp SARE softmax underflow).
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                                enabled=c.amp and self.device.type == "cuda"):
+            with torch.autocast(
+                device_type=self.device.type,
+                dtype=torch.bfloat16,
+                enabled=c.amp and self.device.type == "cuda",
+            ):
                 outputs = forward(flat)
             outputs = outputs.float().view(b, s, *outputs.shape[1:])
             teacher_outputs = None
             if use_soft:
                 with torch.no_grad():
                     difficult = images[:, [0] + list(range(easy, s))]
-                    t_out = teacher_forward(normalize_batch(difficult.reshape(-1, *images.shape[2:])))
+                    t_out = teacher_forward(
+                        normalize_batch(difficult.reshape(-1, *images.shape[2:]))
+                    )
                     teacher_outputs = t_out.float().view(b, difficult.shape[1], *t_out.shape[1:])
             hard, soft = self._loss(outputs, generation, teacher_outputs)
             loss = hard + (c.soft_weight * soft if use_soft else 0.0)
@@ -428,8 +565,10 @@ class Trainer:
             records.append((float(loss.detach()), float(hard.detach()), float(soft.detach())))
         return records
 
-    def _round_tuples(self, model: NetVLADModel, queries: np.ndarray, generation: int, rng: np.random.Generator) -> np.ndarray:
-        """Re-embed the training images and mine tuples for ``queries`` (rank 0 mines, all receive)."""
+    def _round_tuples(
+        self, model: NetVLADModel, queries: np.ndarray, generation: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Re-embed the training images, mine tuples for ``queries`` (rank 0 mines; all receive)."""
         model.eval()
         query_features = self._encode_part(model, self.train_split, "query", "mine query")
         database_features = self._encode_part(model, self.train_split, "database", "mine database")
@@ -437,15 +576,7 @@ class Trainer:
         if self.env.is_main:
             rerank = None
             if self.config.mode == "sfrs" and generation > 0:
-                from methods.train.rerank import build_graph, reranked_distances
-
-                graph = build_graph(torch.cat((query_features, database_features)), k1=self.config.rerank_k1)
-                offset = query_features.shape[0]
-
-                def rerank(query_row, database_rows):
-                    return reranked_distances(graph, np.full(len(database_rows), query_row), offset + database_rows,
-                                              self.config.rerank_lambda)
-
+                rerank = self._reranker(query_features, database_features)
             tuples = self.miner.mine(queries, query_features, database_features, rng, rerank=rerank)
         else:
             tuples = np.zeros((0, self.miner.tuple_size), dtype=np.int64)
@@ -455,11 +586,32 @@ class Trainer:
             self.miner.negative_cache = cache
         return tuples
 
+    def _reranker(self, query_features: torch.Tensor, database_features: torch.Tensor):
+        """``(query_row, database_rows) -> re-ranked distances`` over all training images."""
+        from methods.train.rerank import build_graph, reranked_distances
+
+        graph = build_graph(
+            torch.cat((query_features, database_features)), k1=self.config.rerank_k1
+        )
+        offset = query_features.shape[0]
+
+        def rerank(query_row: int, database_rows: np.ndarray) -> np.ndarray:
+            first = np.full(len(database_rows), query_row)
+            return reranked_distances(
+                graph, first, offset + database_rows, self.config.rerank_lambda
+            )
+
+        return rerank
+
     def _new_optimizer(self, model: NetVLADModel):
         c = self.config
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(parameters, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.lr_step_epochs, gamma=c.lr_gamma)
+        optimizer = torch.optim.SGD(
+            parameters, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=c.lr_step_epochs, gamma=c.lr_gamma
+        )
         return optimizer, scheduler
 
     def run(self) -> Path:
@@ -494,7 +646,8 @@ class Trainer:
         forward = TrainingForward(model, regions=sfrs).to(self.device)
         if self.env.enabled:
             forward = nn.parallel.DistributedDataParallel(
-                forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         teacher = None
         if sfrs:
             teacher = build_model(self._model_config()).to(self.device).eval()
@@ -518,7 +671,9 @@ class Trainer:
                 scheduler.load_state_dict(state.scheduler)
                 first = state.next_epoch
             for epoch in range(first, epochs.stop):
-                self._run_epoch(model, forward, teacher_forward, optimizer, scheduler, state, generation, epoch)
+                self._run_epoch(
+                    model, forward, teacher_forward, optimizer, scheduler, state, generation, epoch
+                )
                 if self.env.is_main:
                     self._save_state(model, teacher, optimizer, scheduler, state, generation, epoch)
                 barrier(self.env)
@@ -526,7 +681,17 @@ class Trainer:
         barrier(self.env)
         return self.best_path
 
-    def _run_epoch(self, model, forward, teacher_forward, optimizer, scheduler, state: _State, generation: int, epoch: int) -> None:
+    def _run_epoch(
+        self,
+        model,
+        forward,
+        teacher_forward,
+        optimizer,
+        scheduler,
+        state: _State,
+        generation: int,
+        epoch: int,
+    ) -> None:
         c = self.config
         started = time.perf_counter()
         rng = np.random.default_rng([c.seed, generation, epoch])
@@ -535,10 +700,16 @@ class Trainer:
             order = order[: c.max_queries_per_epoch]
         records = []
         for round_index, start in enumerate(range(0, len(order), c.cache_size)):
-            queries = order[start:start + c.cache_size]
+            queries = order[start : start + c.cache_size]
             tuples = self._round_tuples(model, queries, generation, rng)
-            records += self._train_round(forward, teacher_forward, optimizer, tuples, generation,
-                                         (c.seed, generation, epoch, round_index))
+            records += self._train_round(
+                forward,
+                teacher_forward,
+                optimizer,
+                tuples,
+                generation,
+                (c.seed, generation, epoch, round_index),
+            )
         scheduler.step()
         losses_mean = np.mean(np.asarray(records), axis=0) if records else np.zeros(3)
         entry = {
@@ -552,19 +723,32 @@ class Trainer:
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
-        last_epoch = generation == c.num_generations - 1 and epoch == c.epochs_of(generation).stop - 1
+        last_epoch = (
+            generation == c.num_generations - 1 and epoch == c.epochs_of(generation).stop - 1
+        )
         recalls = None
-        if self.val_split is not None and ((epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1):
+        if self.val_split is not None and (
+            (epoch + 1) % c.eval_every == 0 or epoch == c.epochs - 1
+        ):
             recalls = self.validate(model)
             entry.update(recalls)
         score = recalls["recall@5"] if recalls else None
-        is_best = (score is not None and score > state.best_score) or (self.val_split is None and last_epoch)
+        is_best = (score is not None and score > state.best_score) or (
+            self.val_split is None and last_epoch
+        )
         if is_best and score is not None:
             state.best_score = score
         state.history.append(entry)
-        logger.info("generation %d epoch %d: loss %.4f (hard %.4f soft %.4f)%s%s", generation, epoch, entry["loss"],
-                    entry["loss_hard"], entry["loss_soft"], f", {_format(recalls)}" if recalls else "",
-                    " *best*" if is_best else "")
+        logger.info(
+            "generation %d epoch %d: loss %.4f (hard %.4f soft %.4f)%s%s",
+            generation,
+            epoch,
+            entry["loss"],
+            entry["loss_hard"],
+            entry["loss_soft"],
+            f", {_format(recalls)}" if recalls else "",
+            " *best*" if is_best else "",
+        )
         if self.env.is_main:
             meta = self._model_meta(generation, epoch, recalls, state.best_score)
             if c.keep_epoch_checkpoints:
@@ -580,7 +764,9 @@ def _collate_tuples(items):
     for _, _, error in items:
         if error is not None:
             return error
-    return ImageBatch(rows=torch.tensor([i for i, _, _ in items]), images=torch.stack([x for _, x, _ in items]))
+    return ImageBatch(
+        rows=torch.tensor([i for i, _, _ in items]), images=torch.stack([x for _, x, _ in items])
+    )
 
 
 def _format(recalls: dict | None) -> str:
@@ -592,12 +778,19 @@ def train(config: TrainConfig, *, query_augment: QueryAugment | None = None) -> 
     return Trainer(config, query_augment=query_augment).run()
 
 
-@register_training("sfrs", TrainConfig, defaults={"mode": "sfrs"}, description="SFRS (generations with soft region labels)")
+@register_training(
+    "sfrs",
+    TrainConfig,
+    defaults={"mode": "sfrs"},
+    description="SFRS (generations with soft region labels)",
+)
 def _train_sfrs(config: TrainConfig) -> Path:
     return train(config)
 
 
-@register_training("netvlad", TrainConfig, defaults={"mode": "netvlad"}, description="NetVLAD (triplet / SARE)")
+@register_training(
+    "netvlad", TrainConfig, defaults={"mode": "netvlad"}, description="NetVLAD (triplet / SARE)"
+)
 def _train_netvlad(config: TrainConfig) -> Path:
     return train(config)
 
