@@ -217,6 +217,102 @@ def _reading(path, what: str = "") -> Iterator[None]:
         raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
 
 
+_GCOL = b"GCOL\x01"
+_SUPERBLOCK = b"\x89HDF\r\n\x1a\n"
+_HEAP_SCAN_MAX_RANGES = 1 << 16
+
+
+def _descriptor_extents(handle) -> list[tuple[int, int]]:
+    """File byte ranges holding descriptor values (skipped by the heap scan); [] if unknown."""
+    import h5py
+
+    extents = []
+    for part in PARTS:
+        dataset = handle.get(f"{part}/descriptors") if isinstance(handle.get(part), h5py.Group) \
+            else None
+        if not isinstance(dataset, h5py.Dataset):
+            continue
+        offset = dataset.id.get_offset()
+        if offset is not None:
+            extents.append((int(offset), int(offset) + int(dataset.id.get_storage_size())))
+        elif dataset.chunks is not None:
+            chunks = dataset.id.get_num_chunks()
+            if chunks > _HEAP_SCAN_MAX_RANGES:
+                return []
+            for index in range(chunks):
+                info = dataset.id.get_chunk_info(index)
+                if info.byte_offset is not None:
+                    extents.append((int(info.byte_offset), int(info.byte_offset) + int(info.size)))
+    return sorted(extents)
+
+
+def check_global_heaps(path, base: int = 0, skip: Sequence[tuple[int, int]] = ()) -> None:
+    """Refuse a file whose HDF5 global heap collections are malformed.
+
+    Variable-length data (every string attribute and name h5py writes) lives in global heap
+    collections. The HDF5 library walks a collection object by object and, when an object
+    says it is 0 bytes long, never advances: reading any string of such a file hangs the
+    process in C, where no timeout can reach it. Every collection in the file (found by its
+    ``GCOL`` signature, outside the ``skip`` byte ranges of descriptor values) is walked here
+    first; objects must tile it exactly. ``base`` is the superblock's offset (the userblock).
+    """
+    import mmap
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size < base + 16:
+        return
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[base:base + 8] != _SUPERBLOCK:
+            return  # HDF5 will refuse it on its own
+        version = data[base + 8]
+        length_bytes = data[base + 14] if version in (0, 1) else data[base + 10]
+        if length_bytes not in (2, 4, 8):
+            return
+        length = struct.Struct("<" + {2: "H", 4: "I", 8: "Q"}[length_bytes])
+        header = 8 + length_bytes  # GCOL, version, reserved, collection size
+        entry = struct.Struct("<HHI")  # object index, reference count, reserved; then its size
+        start = 0
+        for stop, resume in [*skip, (size, size)]:
+            position = data.find(_GCOL, start, max(start, stop))
+            while position >= 0:
+                problem = _heap_problem(data, position, size, length, header, entry)
+                if problem:
+                    raise HarnessError(
+                        f"corrupt HDF5 file: the global heap at byte {position} {problem} (the "
+                        "HDF5 library would loop forever reading its strings)", path)
+                position = data.find(_GCOL, position + 1, max(start, stop))
+            start = max(start, resume)
+
+
+def _heap_problem(data, position: int, size: int, length, header: int, entry) -> str | None:
+    collection = length.unpack_from(data, position + 8)[0] if position + header <= size else 0
+    end = position + collection
+    if collection <= header or end > size:
+        return None  # nothing to walk, or past the end of the file: HDF5 reports an error
+    cursor = position + header
+    object_header = 8 + length.size
+    while cursor + object_header <= end:
+        index = entry.unpack_from(data, cursor)[0]
+        object_size = length.unpack_from(data, cursor + 8)[0]
+        need = object_size if index == 0 else object_header + (object_size + 7) // 8 * 8
+        if need == 0:
+            return f"holds an empty free-space object at byte {cursor}"
+        if cursor + need > end:
+            return f"holds object {index} of {object_size} bytes past the collection's end"
+        cursor += need
+    return None
+
+
+def _check_heaps(handle, path) -> None:
+    try:
+        skip = _descriptor_extents(handle)
+    except _HDF5_ERRORS:
+        skip = []
+    check_global_heaps(path, int(handle.userblock_size), skip)
+
+
 def _open(path: str | os.PathLike):
     import h5py
 
@@ -284,6 +380,7 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
 
     path = Path(path)
     with _open(path) as handle, _reading(path, "its structure"):
+        _check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
             attrs[key] = _read_attribute(handle, key, path)
@@ -326,6 +423,7 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
 def read_names(path: str | os.PathLike, part: str) -> list[str]:
     """Image names of ``part``, decoded as UTF-8."""
     with _open(path) as handle, _reading(path, f"/{part}/names"):
+        _check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
         if dataset.dtype.kind not in ("O", "S", "U") or len(dataset.shape or ()) != 1:
             raise HarnessError(

@@ -634,6 +634,10 @@ def _read_v73_fields(path: Path) -> list[_Field]:
     except OSError as exc:
         raise HarnessError(f"unreadable MATLAB v7.3 (HDF5) file ({exc})", path) from None
     with handle:
+        from harness.features import check_global_heaps
+
+        # MATLAB_fields is a variable-length attribute: a malformed heap would hang HDF5.
+        check_global_heaps(path, int(handle.userblock_size))
         variables = [
             (key, _attr_text(handle[key].attrs.get("MATLAB_class", b"")))
             for key in handle

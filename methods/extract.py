@@ -26,6 +26,9 @@ from harness.features import FeatureWriter, read_info, read_names
 logger = logging.getLogger(__name__)
 
 DEFAULT_GPU_BATCH = 32
+# bfloat16 keeps float32's range: the lineage feeds VGG16 0-255 pixels, whose activations can
+# exceed float16's 65504 and turn into Inf; tensor cores run both at the same speed.
+AMP_DTYPE_NAME = "bfloat16"
 DEFAULT_CPU_BATCH = 8
 
 
@@ -135,7 +138,9 @@ def encode_rows(
     try:
         with (
             torch.inference_mode(),
-            torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp),
+            torch.autocast(
+                device_type=device.type, dtype=getattr(torch, AMP_DTYPE_NAME), enabled=use_amp
+            ),
         ):
             for batch in batches:
                 images = batch.images.to(device, non_blocking=True)

@@ -145,7 +145,7 @@ def test_study_runs_end_to_end_on_the_tiny_city(tiny_city, tmp_path):
 
     study = json.loads((tmp_path / "study.json").read_text())
     assert [row["method"] for row in study["table"]] == [
-        "sfrs (baseline)", "sfrs + gray queries", "sfrs + gray queries, true masks", "iovpr-real",
+        "untrained init", "untrained init + gray queries, true masks", "sfrs (baseline)", "sfrs + gray queries", "sfrs + gray queries, true masks", "iovpr-real",
         "iovpr-gray", "iovpr-gray, true masks"]
     for row in study["table"]:
         for split in ("indoor-ams-1", "indoor-ams-2"):

@@ -17,13 +17,8 @@ from harness.errors import HarnessError  # noqa: E402
 from harness.features import read_descriptors, read_info, read_names  # noqa: E402
 from harness.splits import Split  # noqa: E402
 from methods.checkpoints import save_checkpoint  # noqa: E402
-from methods.extract import (
-    ExtractOptions,
-    export_hloc,
-    extract,
-    extract_images,
-    shard_rows,
-)  # noqa: E402
+from methods.extract import ExtractOptions, export_hloc, extract, extract_images  # noqa: E402
+from methods.extract import shard_rows  # noqa: E402
 from methods.netvlad import ModelConfig, build_model  # noqa: E402
 from methods.provider import provide_features  # noqa: E402
 from methods.registry import get_method  # noqa: E402
@@ -522,6 +517,6 @@ def test_gpu_extraction_matches_cpu(tiny_city, weights, tmp_path):
     assert read_info(gpu).attrs["extraction_amp"]
     for part in ("query", "database"):
         a, b = read_descriptors(cpu, part), read_descriptors(gpu, part)
-        # fp16 autocast in the backbone: descriptors agree closely, rankings nearly always.
-        assert np.min(np.sum(a * b, axis=1)) > 0.995
+        # bf16 autocast in the backbone: descriptors agree closely.
+        assert np.min(np.sum(a * b, axis=1)) > 0.99
     assert os.environ.get("CUDA_VISIBLE_DEVICES", "0") != ""

@@ -8,7 +8,9 @@
    queries against their true masks when the dataset ships them (the synthetic city does);
 3. three VPR trainings of identical settings and length on the same training split: the
    SFRS baseline, IOVPR with real layouts, IOVPR with gray layouts;
-4. Recall@N on the indoor (and outdoor) query sets for: the baseline on raw queries, the
+4. Recall@N on the indoor (and outdoor) query sets for: the untrained (cluster-initialised)
+   model on raw queries and on gray layouts made with the true masks (is the problem posed,
+   does a gray layout help a model that never saw one?), the baseline on raw queries, the
    baseline on gray-layout queries (an inference change only; with predicted and with true
    masks), ``iovpr-real``, ``iovpr-gray``, and ``iovpr-gray`` with the true window masks
    (oracles separate segmentation errors from what the training did).
@@ -176,7 +178,11 @@ def run_study(config: StudyConfig) -> StudyResult:
 
     weights = {kind: _train_vpr(config, layouts, layouts_dir, out / f"train-{kind}")
                for kind, layouts in TRAININGS.items()}
+    init = out / "train-baseline" / "init.pt"  # the cluster-initialised, untrained model
+    segmenter = {"segmenter": str(seg.best_path)}
     rows = [
+        ("untrained init", "sfrs", init, {}, None),
+        ("untrained init + gray queries, true masks", "iovpr-gray", init, segmenter, "oracle"),
         ("sfrs (baseline)", "sfrs", weights["baseline"], {}, None),
         ("sfrs + gray queries", "iovpr-gray", weights["baseline"], {"segmenter": str(seg.best_path)}, None),
         ("sfrs + gray queries, true masks", "iovpr-gray", weights["baseline"],
@@ -187,6 +193,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     ]
     table = []
     for label, method, weight, options, variant in rows:
+        if not Path(weight).is_file():
+            continue
         row = {"method": label}
         for name in config.eval_splits:
             split = get_split(config.split(name), config.data_root)
@@ -196,7 +204,7 @@ def run_study(config: StudyConfig) -> StudyResult:
                     continue
                 cache_dir = out / "masks-oracle"
                 _oracle_cache(seg.best_path, split, masks_dir, cache_dir)
-            slug = label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("+", "plus")
+            slug = "".join(c if c.isalnum() or c == "-" else "_" for c in label)
             scores = _evaluate(method, weight, options, split, out / "features" / slug / f"{name}.h5",
                                cache_dir, config.device)
             row[name] = {k: scores[k] for k in ("recall@1", "recall@5", "recall@10") if k in scores}
