@@ -220,6 +220,7 @@ def _reading(path, what: str = "") -> Iterator[None]:
 _GCOL = b"GCOL\x01"
 _SUPERBLOCK = b"\x89HDF\r\n\x1a\n"
 _HEAP_SCAN_MAX_RANGES = 1 << 16
+_HEAPS_CHECKED: set = set()  # files (path, inode, size, mtime) already found sound
 
 
 def _descriptor_extents(handle) -> list[tuple[int, int]]:
@@ -260,8 +261,10 @@ def check_global_heaps(path, base: int = 0, skip: Sequence[tuple[int, int]] = ()
     import struct
 
     path = Path(path)
-    size = path.stat().st_size
-    if size < base + 16:
+    stat = path.stat()
+    size = stat.st_size
+    key = (str(path.resolve()), stat.st_ino, size, stat.st_mtime_ns, base, tuple(skip))
+    if size < base + 16 or key in _HEAPS_CHECKED:
         return
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if data[base:base + 8] != _SUPERBLOCK:
@@ -284,6 +287,9 @@ def check_global_heaps(path, base: int = 0, skip: Sequence[tuple[int, int]] = ()
                         "HDF5 library would loop forever reading its strings)", path)
                 position = data.find(_GCOL, position + 1, max(start, stop))
             start = max(start, resume)
+    if len(_HEAPS_CHECKED) > 4096:
+        _HEAPS_CHECKED.clear()
+    _HEAPS_CHECKED.add(key)
 
 
 def _heap_problem(data, position: int, size: int, length, header: int, entry) -> str | None:

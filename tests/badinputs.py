@@ -110,3 +110,104 @@ def subprocess_env(**extra) -> dict:
 
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+# --------------------------------------------------------------------------------------------
+# A reader in a child process: a hang or a crash of the C libraries (HDF5, scipy) fails one
+# example instead of freezing or killing the test session.
+
+
+def _reader_loop(connection, module: str, table: str, split_factory: str) -> None:
+    import importlib
+    import traceback
+
+    source = importlib.import_module(module)
+    targets = getattr(source, table)
+    split = getattr(source, split_factory)()
+    while True:
+        try:
+            request = connection.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        name, path = request
+        try:
+            targets[name](Path(path), split)
+        except BaseException as exc:  # reported to the parent, which fails the example
+            connection.send(("crash", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        else:
+            connection.send(("ok", ""))
+
+
+class ReaderProcess:
+    """Runs ``module.table[name](path, split)`` in a spawned child, with a timeout per call.
+
+    ``call`` returns None when the reader returned (or raised HarnessError, which the targets
+    catch), and raises AssertionError naming the problem when it raised anything else, hung
+    past ``timeout_s`` (the child is killed and restarted) or took the child down.
+    """
+
+    def __init__(self, module: str, table: str, split_factory: str, timeout_s: float = 30.0):
+        self.args = (module, table, split_factory)
+        self.timeout_s = timeout_s
+        self.process = None
+        self.connection = None
+        self.calls = 0
+
+    def start(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self.process = context.Process(target=_reader_loop, args=(child, *self.args), daemon=True)
+        self.process.start()
+        child.close()
+        self.connection = parent
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.connection.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.connection.close()
+        self.process = self.connection = None
+
+    def _restart(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        if self.process is not None:
+            self.process.join(5)
+            self.connection.close()
+        self.process = None
+        self.start()
+
+    def call(self, name: str, path: Path) -> None:
+        if self.process is None:
+            self.start()
+        self.calls += 1
+        try:
+            self.connection.send((name, str(path)))
+            ready = self.connection.poll(self.timeout_s)
+        except (BrokenPipeError, OSError):
+            ready = True
+        if not ready:
+            self._restart()
+            raise AssertionError(f"{name}: the reader hung (> {self.timeout_s:g} s) on {path}")
+        try:
+            status, detail = self.connection.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            code = self.process.exitcode
+            self._restart()
+            raise AssertionError(f"{name}: the reader crashed the process (exit code {code}) "
+                                 f"on {path}") from None
+        if status != "ok":
+            raise AssertionError(f"{name}: the reader raised something else than HarnessError:\n"
+                                 f"{detail}")
