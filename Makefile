@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 EXTRAS ?= cpu,methods,leaderboard,slurm,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-PYTEST_ARGS ?=
+# `slow` tests (multi-process DDP, long fuzzing) are left out of the default run.
+PYTEST_ARGS ?= -m "not slow"
 # slurm-marked tests run against a private single-node SLURM cluster that
 # .ci/slurm-cluster.sh stands up (root + apt-get, as on CI) and always stops afterwards;
 # elsewhere they skip. SLURM_CLUSTER=0: never start it.
@@ -32,7 +33,7 @@ test: $(STAMP)
 	$(VENV)/bin/harness leaderboard build --verify
 
 test-slurm: $(STAMP)
-	.ci/slurm-cluster.sh run -- $(PY) -m pytest -m slurm $(PYTEST_ARGS)
+	.ci/slurm-cluster.sh run -- $(PY) -m pytest $(PYTEST_ARGS) -m slurm
 
 demo: $(STAMP)
 	$(VENV)/bin/harness demo

@@ -112,9 +112,27 @@ def _files(folder: Path | None) -> list[str]:
 def _kill_plan(rng: random.Random, count: int, duration_s: float) -> list[float | None]:
     """Kill moments: None = at the first write, else a delay in seconds (seeded)."""
     plan = []
-    for number in range(count):
-        plan.append(None if number % 2 else rng.uniform(0.05, 1.1) * duration_s)
+    for number in range(1, count + 1):
+        plan.append(None if number % 2 else rng.uniform(0.3, 1.0) * duration_s)
     return plan
+
+
+def kill_repeatedly(rng, count: int, duration_s: float, argv, cwd: Path, *, watch: Path,
+                    check, reset, take_children: bool = True, after_kill=None) -> list[Kill]:
+    """``count`` runs of ``argv``, each killed at a point of ``_kill_plan``; after each one
+    ``check()`` the outputs. A run that finished before its kill (its outputs are then the
+    complete ones) is ``reset()`` so that the next kill interrupts real work again."""
+    kills = []
+    for delay in _kill_plan(rng, count, duration_s):
+        kill = run_and_kill(argv, cwd, delay_s=delay, watch=watch, take_children=take_children)
+        kills.append(kill)
+        if after_kill is not None:
+            after_kill()
+        check()
+        if not kill.delivered:
+            assert kill.returncode == 0, kill
+            reset()
+    return kills
 
 
 def _only_dot_temp_files(folder: Path) -> None:
@@ -126,7 +144,8 @@ def _only_dot_temp_files(folder: Path) -> None:
 def _survived(name: str, kills: list[Kill]) -> int:
     delivered = sum(k.delivered for k in kills)
     _SURVIVED[name] = _SURVIVED.get(name, 0) + delivered
-    print(f"{name}: {delivered} of {len(kills)} kills hit a running process")
+    print(f"{name}: {delivered} of {len(kills)} kills hit a running process "
+          f"({[(k.delivered, k.returncode, round(k.seconds, 2)) for k in kills]})")
     return delivered
 
 
@@ -155,14 +174,15 @@ def test_eval_killed_at_random_points(tiny_city, tmp_path):
     run(args + ["--json", tmp_path / "reference" / "result.json"], tmp_path)
     duration = time.monotonic() - started
 
-    kills = []
-    for delay in _kill_plan(rng, KILLS + 1, duration):
-        kills.append(run_and_kill(args + ["--json", out / "result.json"], tmp_path,
-                                  delay_s=delay, watch=out))
+    def check():
         record = out / "result.json"
         if record.exists():  # complete, with its sidecar: atomic writes, sidecar first
             _same_result(record, tmp_path / "reference" / "result.json")
         _only_dot_temp_files(out)
+
+    kills = kill_repeatedly(rng, KILLS + 1, duration, args + ["--json", out / "result.json"],
+                            tmp_path, watch=out, check=check,
+                            reset=lambda: shutil.rmtree(out, ignore_errors=True))
     run(args + ["--json", out / "result.json"], tmp_path)
     _same_result(out / "result.json", tmp_path / "reference" / "result.json")
     _survived("eval", kills)
@@ -186,10 +206,7 @@ def test_submit_killed_at_random_points(tiny_city, tmp_path):
     duration = time.monotonic() - started
     reference = read_record(next((tmp_path / "reference").rglob("*.json")))
 
-    kills = []
-    for delay in _kill_plan(rng, KILLS + 1, duration):
-        kills.append(run_and_kill(args + ["--results", results], tmp_path, delay_s=delay,
-                                  watch=results))
+    def check():
         for record_path in results.rglob("*.json"):
             if record_path.name.startswith("."):
                 continue
@@ -199,6 +216,10 @@ def test_submit_killed_at_random_points(tiny_city, tmp_path):
         for sidecar in results.rglob("*.topk.npz"):  # published whole, or not at all
             read_topk(sidecar)
         _only_dot_temp_files(results)
+
+    kills = kill_repeatedly(rng, KILLS + 1, duration, args + ["--results", results], tmp_path,
+                            watch=results, check=check,
+                            reset=lambda: shutil.rmtree(results, ignore_errors=True))
     run(args + ["--results", results], tmp_path)
     [record_path] = [p for p in results.rglob("*.json") if not p.name.startswith(".")]
     record = read_record(record_path)
@@ -236,16 +257,19 @@ def test_extraction_shards_killed_at_random_points(tiny_city, tmp_path):
                 tiny_city.data_root, "--out", out, "--shard", f"{index}/2", "--device", "cpu",
                 "--workers", "0", "--no-progress"]
 
-    kills = []
-    plan = _kill_plan(rng, KILLS, 8.0)
-    for number, delay in enumerate(plan):
-        kills.append(run_and_kill(args(number % 2), tmp_path, delay_s=delay, watch=out))
+    def check():
         for path in out.glob("*.h5"):  # every visible shard file is complete
             info = read_info(path)
             assert all(len(read_names(path, part)) == info.parts[part].count for part in info.parts)
         _only_dot_temp_files(out)
-    for index in range(2):  # rerunning every shard finishes the extraction
-        run(args(index), tmp_path)
+
+    started = time.monotonic()
+    run(args(0), tmp_path)  # shard 0 (and the queries) uninterrupted: the time a run takes
+    duration = time.monotonic() - started
+    # Shard 1 is killed: at its first write, then (more kills) at random moments.
+    kills = kill_repeatedly(rng, KILLS, duration, args(1), tmp_path, watch=out, check=check,
+                            reset=lambda: (out / "database-00001-of-00002.h5").unlink())
+    run(args(1), tmp_path)  # rerunning the shard finishes the extraction
     files = sorted(p.name for p in out.glob("*.h5"))
     assert files == sorted(p.name for p in reference.glob("*.h5"))
     for name in files:
@@ -275,11 +299,9 @@ def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
     expected = {str(p.relative_to(reference)): p.read_bytes()
                 for p in reference.rglob("*") if p.is_file()}
     out = tmp_path / "site"
-    args = ["leaderboard", "build", "--results", results, "--out", out, "--no-grids"]
+    args = ["leaderboard", "build", "--results", results, "--no-grids"]
 
-    kills = []
-    for delay in _kill_plan(rng, KILLS, 5.0):
-        kills.append(run_and_kill(args, tmp_path, delay_s=delay, watch=out))
+    def check():
         if out.exists():
             for path in out.rglob("*"):
                 relative = str(path.relative_to(out))
@@ -289,7 +311,13 @@ def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
             if (out / "tables").is_dir():  # tables/ is swapped in as a whole folder
                 assert {p.name for p in (out / "tables").iterdir()} == {
                     Path(k).name for k in expected if k.startswith("tables/")}
-    run(args, tmp_path)
+
+    started = time.monotonic()
+    run(args + ["--out", tmp_path / "timed"], tmp_path)
+    duration = time.monotonic() - started
+    kills = kill_repeatedly(rng, KILLS, duration, args + ["--out", out], tmp_path, watch=out,
+                            check=check, reset=lambda: shutil.rmtree(out))
+    run(args + ["--out", out], tmp_path)
     built = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()
              and not any(part.startswith(".") for part in p.parts[len(out.parts):])}
     assert built == expected
@@ -299,7 +327,8 @@ def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
 # ========================================================================= sharded eval
 
 
-@pytest.mark.parametrize("take_children", [True, False], ids=["node-lost", "launcher-only"])
+@pytest.mark.parametrize("take_children", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["node-lost", "launcher-only"])
 def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_children):
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
@@ -326,13 +355,19 @@ def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_ch
                     assert data["indices"].shape == data["scores"].shape
         _only_dot_temp_files(logs)
 
-    kills = []
-    for delay in _kill_plan(rng, KILLS, 8.0):
-        kills.append(run_and_kill(args, tmp_path, delay_s=delay, watch=logs,
-                                  take_children=take_children))
-        if not take_children:
-            _wait_for_orphans(logs)
-        check_outputs()
+    def reset():
+        shutil.rmtree(logs, ignore_errors=True)
+        out.unlink(missing_ok=True)
+        out.with_name("merged.predictions.npz").unlink(missing_ok=True)
+
+    started = time.monotonic()
+    run(args, tmp_path)
+    duration = time.monotonic() - started
+    check_outputs()
+    reset()
+    kills = kill_repeatedly(rng, KILLS, duration, args, tmp_path, watch=logs, check=check_outputs,
+                            reset=reset, take_children=take_children,
+                            after_kill=None if take_children else lambda: _wait_for_orphans(logs))
     run(args, tmp_path)
     result = read_result(out)
     assert result.scores == {k: round(v, 6) for k, v in expected.scores.items()}

@@ -107,7 +107,7 @@ def format_scores(result) -> str:
 @click.option("--weights", default=None, help="Weights for --method.")
 @click.option("--method-option", "method_options", multiple=True, help="key=value for --method (repeatable).")
 @click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where --method writes/reuses features (default: <data-root>/features/<split>/<method>).")
+              help="Where --method writes/reuses features (default: <data-root>/features; the provider adds <method>-<fingerprint>/<split>/).")
 @click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
 @click.option("--no-checksums", is_flag=True,
@@ -145,7 +145,8 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
     split = get_split(split_name, data_root)
     if method:
         provide = feature_provider()
-        out_dir = features_dir or (data_root or default_data_root()) / "features" / split.name / method
+        # the provider adds <method>-<fingerprint>/<split>/ below this folder
+        out_dir = features_dir or (data_root or default_data_root()) / "features"
         features = tuple(provide(
             method=method, split=split, out_dir=Path(out_dir), weights=weights,
             options=options, device=device, batch_size=batch_size,

@@ -515,6 +515,7 @@ class Trainer:
             else tuples
         )
         local = padded[self.env.rank :: self.env.world_size]
+        seed = tuple(seed) + (self.env.rank,)  # ranks draw different jitter for their tuples
         dataset = TupleDataset(self.train_split, local, self.transform, seed, self.query_augment)
         loader = DataLoader(
             dataset,
