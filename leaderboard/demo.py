@@ -52,8 +52,8 @@ class DemoResult:
 
 
 def _slug(label: str) -> str:
-    return (label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
-            .replace("+", "plus"))
+    # the folder name methods.iovpr.study gives a row's features
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in label)
 
 
 def _submit_all(features: dict[str, dict[str, Path]], *, data_root: Path, results_dir: Path) -> int:

@@ -672,6 +672,13 @@ class Launch:
         if scheduled is None:
             state = "QUEUED" if index in self._queued else "NOT_SUBMITTED"
             if own is not None and own.get("state") == "RUNNING":
+                # Run in a process of its own making (the finalizer run here, a debug task):
+                # no scheduler watches it, so a RUNNING file whose process died (killed with
+                # its launcher) would otherwise be waited for forever.
+                if not _writer_alive(own):
+                    return TaskStatus(state="LOST", error=(
+                        f"its process (pid {own.get('pid')} on {own.get('host')}) ended without "
+                        "recording an outcome"), **base)
                 state = "RUNNING"
             return TaskStatus(state=state, **base)
         state = scheduled
@@ -739,6 +746,28 @@ class Launch:
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _writer_alive(status: Mapping[str, Any]) -> bool:
+    """Whether the process that wrote a RUNNING status file still runs (True if unknowable:
+    another host, or no pid recorded)."""
+    import psutil
+
+    pid, host = status.get("pid"), status.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return True
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = status.get("started")
+        if isinstance(started, str):  # a recycled pid started after the status was written
+            then = _dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=_dt.timezone.utc).timestamp()
+            return process.create_time() <= then + 2.0
+        return True
+    except (psutil.Error, ValueError):
+        return False
 
 
 def _run_debug_job(job) -> None:
