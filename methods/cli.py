@@ -12,7 +12,7 @@ import click
 from harness.errors import HarnessError
 
 _option_help = (
-    "Method option key=value (repeatable), e.g. -o pca=pca_params.h5 -o image_height=240."
+    "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 --option image_height=240."
 )
 
 
