@@ -60,8 +60,9 @@ def main(argv=None) -> int:
                         counts[name] += args.round
                     except Exception:
                         args.out.mkdir(parents=True, exist_ok=True)
-                        saved = args.out / f"{name}-{int(time.time())}{fuzz.fuzzed_path(scratch, name).suffix}"
-                        saved.write_bytes(fuzz.fuzzed_path(scratch, name).read_bytes())
+                        fuzzed = fuzz.fuzzed_path(scratch, name)
+                        saved = args.out / f"{name}-{int(time.time())}{fuzzed.suffix}"
+                        saved.write_bytes(fuzzed.read_bytes())
                         traceback.print_exc()
                         print(f"FAILURE in {name}: input saved to {saved}")
                         return 1
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
         reader.stop()
         for name in targets:
             print(f"{name:24s} {counts[name]:8d} examples {spent[name]:8.1f} s")
-    print(f"{'total':24s} {sum(counts.values()):8d} examples in {time.monotonic() - started_all:.0f} s: "
+    elapsed = time.monotonic() - started_all
+    print(f"{'total':24s} {sum(counts.values()):8d} examples in {elapsed:.0f} s: "
           "no hang, no crash, only HarnessError")
     return 0
 

@@ -278,6 +278,8 @@ def check_global_heaps(path, base: int = 0, skip: Sequence[tuple[int, int]] = ()
         entry = struct.Struct("<HHI")  # object index, reference count, reserved; then its size
         start = 0
         for stop, resume in [*skip, (size, size)]:
+            # Extents come from the file's own (possibly corrupt) metadata: clamp them.
+            stop, resume = min(max(stop, 0), size), min(max(resume, 0), size)
             position = data.find(_GCOL, start, max(start, stop))
             while position >= 0:
                 problem = _heap_problem(data, position, size, length, header, entry)
@@ -330,7 +332,8 @@ def _open(path: str | os.PathLike):
     try:
         return h5py.File(path, "r")
     except _HDF5_ERRORS as exc:
-        raise HarnessError(f"not a readable HDF5 file ({' '.join(str(exc).split())})", path) from None
+        detail = " ".join(str(exc).split())
+        raise HarnessError(f"not a readable HDF5 file ({detail})", path) from None
 
 
 def _dataset(handle, part: str, name: str, path):
@@ -358,20 +361,53 @@ def _decode(value):
     return value
 
 
-def _read_attribute(handle, key: str, path):
-    """One root attribute, refused before it is read when it is larger than 64 KiB."""
+def check_plain_type(type_id, what: str, path, *, text_sequences: bool = False) -> None:
+    """Refuse an HDF5 datatype other than numbers, strings and booleans before it is read.
+
+    Reading a value converts it from its file type; HDF5 and h5py crash the process
+    (segmentation fault) converting some malformed variable-length or compound types, so a
+    submitted file may only hold the plain types the harness writes. ``text_sequences``
+    also admits a variable-length sequence of 1-byte characters (MATLAB's field lists).
+    """
+    import h5py
+
+    kind = type_id.get_class()
+    if kind in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING):
+        return
+    if kind == h5py.h5t.ENUM and type_id.get_super().get_class() == h5py.h5t.INTEGER:
+        return  # h5py's booleans
+    if text_sequences and kind == h5py.h5t.VLEN:
+        base = type_id.get_super()
+        if base.get_class() in (h5py.h5t.STRING, h5py.h5t.INTEGER) and base.get_size() == 1:
+            return
+    names = {h5py.h5t.TIME: "time", h5py.h5t.BITFIELD: "bitfield", h5py.h5t.OPAQUE: "opaque",
+             h5py.h5t.COMPOUND: "compound", h5py.h5t.REFERENCE: "reference",
+             h5py.h5t.ENUM: "enum", h5py.h5t.VLEN: "variable-length sequence",
+             h5py.h5t.ARRAY: "array"}
+    raise HarnessError(f"{what} has an unsupported HDF5 type ({names.get(kind, kind)}); only "
+                       "numbers and strings are read", path)
+
+
+def read_plain_attribute(owner, key: str, path, *, text_sequences: bool = False):
+    """``owner.attrs[key]`` after :func:`check_plain_type`; any failure is a HarnessError."""
     import h5py
 
     try:
-        attribute = h5py.h5a.open(handle.id, key.encode("utf-8"))
-        stored = attribute.get_storage_size()
-        value = handle.attrs[key]
+        attribute = h5py.h5a.open(owner.id, key.encode("utf-8"))
+        check_plain_type(attribute.get_type(), f"attribute {key!r}", path,
+                         text_sequences=text_sequences)
+        if attribute.get_storage_size() > _ATTR_MAX_BYTES:
+            raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
+        return attribute, owner.attrs[key]
     except HarnessError:
         raise
     except Exception as exc:  # h5py raises on attribute types it cannot map
         raise HarnessError(f"attribute {key!r} is unreadable ({exc})", path) from None
-    if stored > _ATTR_MAX_BYTES:
-        raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
+
+
+def _read_attribute(handle, key: str, path):
+    """One root attribute, refused before it is read when it is larger than 64 KiB."""
+    _, value = read_plain_attribute(handle, key, path)
     value = _decode(value)
     if isinstance(value, str) and len(value) > _ATTR_MAX_CHARS:
         raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_CHARS} characters", path)
@@ -431,7 +467,11 @@ def read_names(path: str | os.PathLike, part: str) -> list[str]:
     with _open(path) as handle, _reading(path, f"/{part}/names"):
         _check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
-        if dataset.dtype.kind not in ("O", "S", "U") or len(dataset.shape or ()) != 1:
+        import h5py
+
+        is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
+        one_dimensional = len(dataset.shape or ()) == 1
+        if not is_text or dataset.dtype.kind not in ("O", "S", "U") or not one_dimensional:
             raise HarnessError(
                 f"/{part}/names must be a 1-D string dataset, has dtype {dataset.dtype} "
                 f"and shape {dataset.shape}",

@@ -78,6 +78,19 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def npz_member(archive, name: str):
+    """``archive[name]`` of an opened ``.npz``, refused unless it is an array.
+
+    (``np.load`` hands back the raw bytes of a member whose ``.npy`` header is damaged.)
+    """
+    import numpy as np
+
+    value = archive[name]
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"member {name!r} is not a .npy array")
+    return value
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

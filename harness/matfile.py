@@ -441,7 +441,8 @@ class _V5Checker:
         if kind >> 16:  # small data element: type and size share the first 4 bytes
             kind, size = kind & 0xFFFF, kind >> 16
             if size > 4 or kind not in _MI_ITEM_BYTES:
-                self.fail(f"{where} {position}", f"invalid small element (type {kind}, {size} bytes)")
+                self.fail(f"{where} {position}",
+                          f"invalid small element (type {kind}, {size} bytes)")
             return kind, size, position + 4, position + 8
         if kind not in _MI_ITEM_BYTES and kind not in (_MI_MATRIX, _MI_COMPRESSED):
             self.fail(f"{where} {position}", f"unknown data type {kind}")
@@ -469,9 +470,11 @@ class _V5Checker:
             elif kind == _MI_COMPRESSED:
                 inflater = zlib.decompressobj()
                 try:
-                    inflated = inflater.decompress(bytes(buffer[body:body + size]), _V5_MAX_INFLATED)
+                    inflated = inflater.decompress(bytes(buffer[body:body + size]),
+                                                   _V5_MAX_INFLATED)
                 except zlib.error as exc:
-                    self.fail(f"{where} {position}", f"compressed variable does not inflate ({exc})")
+                    self.fail(f"{where} {position}",
+                              f"compressed variable does not inflate ({exc})")
                 if inflater.unconsumed_tail:
                     self.fail(f"{where} {position}",
                               f"compressed variable inflates to more than {_V5_MAX_INFLATED} bytes")
@@ -505,8 +508,10 @@ class _V5Checker:
             _, _, body, position = self.data_element(buffer, position, end, where, _DIMS_TYPES, 1)
             name_length = self.dims(1).unpack_from(buffer, body)[0]
             _, size, _, position = self.data_element(buffer, position, end, where, _NAME_TYPES)
-            if name_length < 0 or (name_length == 0 and size) or (name_length and size % name_length):
-                self.fail(f"{where} {position}", f"{size} bytes of field names of length {name_length}")
+            if name_length < 0 or (name_length == 0 and size) or (
+                    name_length and size % name_length):
+                self.fail(f"{where} {position}",
+                          f"{size} bytes of field names of length {name_length}")
             fields = size // name_length if name_length else 0
             position = self.matrices(buffer, position, end, depth, where, count * fields)
         elif cls == _MX_CHAR:
@@ -532,7 +537,8 @@ class _V5Checker:
 
     def matrices(self, buffer, position, end, depth, where, count: int) -> int:
         if count * 8 > end - position:
-            self.fail(f"{where} {position}", f"{count} cells or fields cannot fit in {end - position} bytes")
+            self.fail(f"{where} {position}",
+                      f"{count} cells or fields cannot fit in {end - position} bytes")
         head = self._head  # matrix tag, flags tag, flags, dims tag, two dims: one unpack
         for _ in range(count):
             # Fast path for the common element, a 2-D char matrix (an image name); anything
@@ -554,7 +560,8 @@ class _V5Checker:
                             continue
             kind, size, body, after = self.element(buffer, position, end, where)
             if kind != _MI_MATRIX:
-                self.fail(f"{where} {position}", f"a cell or field must be a matrix, found type {kind}")
+                self.fail(f"{where} {position}",
+                          f"a cell or field must be a matrix, found type {kind}")
             self.matrix(buffer, body, body + size, depth + 1, where)
             position = after
         return position
@@ -639,7 +646,7 @@ def _read_v73_fields(path: Path) -> list[_Field]:
         # MATLAB_fields is a variable-length attribute: a malformed heap would hang HDF5.
         check_global_heaps(path, int(handle.userblock_size))
         variables = [
-            (key, _attr_text(handle[key].attrs.get("MATLAB_class", b"")))
+            (key, _attr_text(_attr(handle[key], "MATLAB_class", b"")))
             for key in handle
             if key != "#refs#" and key != "#subsystem#"
         ]
@@ -647,10 +654,10 @@ def _read_v73_fields(path: Path) -> list[_Field]:
         group = handle[name]
         if (
             not isinstance(group, h5py.Group)
-            or _attr_text(group.attrs.get("MATLAB_class", b"")) != "struct"
+            or _attr_text(_attr(group, "MATLAB_class", b"")) != "struct"
         ):
             raise HarnessError(f"variable {name!r} is not a struct", path)
-        order = group.attrs.get("MATLAB_fields")
+        order = _attr(group, "MATLAB_fields", text_sequences=True)
         if order is None:
             raise HarnessError(
                 f"struct {name!r} has no MATLAB_fields attribute (field order unknown)", path
@@ -666,6 +673,17 @@ def _read_v73_fields(path: Path) -> list[_Field]:
         return fields
 
 
+def _attr(obj, name: str, default=None, *, text_sequences: bool = False):
+    """A MATLAB_* attribute of ``obj``, its type checked before it is read (a malformed type
+    can crash HDF5's conversion); ``default`` when absent."""
+    from harness.features import read_plain_attribute
+
+    if name not in obj.attrs:
+        return default
+    return read_plain_attribute(obj, name, obj.file.filename,
+                                text_sequences=text_sequences)[1]
+
+
 def _attr_text(value) -> str:
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
@@ -675,7 +693,7 @@ def _attr_text(value) -> str:
 
 
 def _matlab_empty(dataset) -> bool:
-    return bool(np.asarray(dataset.attrs.get("MATLAB_empty", 0)).reshape(-1)[0])
+    return bool(np.asarray(_attr(dataset, "MATLAB_empty", 0)).reshape(-1)[0])
 
 
 def _v73_field(path: Path, handle, name: str, dataset) -> _Field:
@@ -683,7 +701,11 @@ def _v73_field(path: Path, handle, name: str, dataset) -> _Field:
 
     if not isinstance(dataset, h5py.Dataset):
         return _Field(name, "other", "a nested struct or group")
-    cls = _attr_text(dataset.attrs.get("MATLAB_class", b""))
+    cls = _attr_text(_attr(dataset, "MATLAB_class", b""))
+    if dataset.id.get_type().get_class() not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT,
+                                                  h5py.h5t.REFERENCE):
+        # Reading converts from the file's type; a malformed one can crash HDF5.
+        return _Field(name, "other", f"a dataset of an unsupported HDF5 type ({dataset.dtype})")
     if cls == "cell":
         if _matlab_empty(dataset):
             return _Field(name, "cell", [])
@@ -828,9 +850,14 @@ class _CharCellReader:
         cls = ""
         if h5py.h5a.exists(element, b"MATLAB_class"):
             attribute = h5py.h5a.open(element, b"MATLAB_class")
-            value = np.empty(attribute.shape, dtype=attribute.dtype)
-            attribute.read(value)
-            cls = _attr_text(value.reshape(-1)[0] if value.size else b"")
+            if attribute.get_type().get_class() == h5py.h5t.STRING:  # others may crash HDF5
+                value = np.empty(attribute.shape, dtype=attribute.dtype)
+                attribute.read(value)
+                cls = _attr_text(value.reshape(-1)[0] if value.size else b"")
+            else:
+                cls = "unreadable"
+        if cls == "char" and element.get_type().get_class() != h5py.h5t.INTEGER:
+            cls = f"char of HDF5 type class {element.get_type().get_class()}"
         if cls != "char":
             name = h5py.h5i.get_name(element).decode("utf-8", "replace")
             raise HarnessError(

@@ -480,20 +480,20 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
         raise HarnessError("predictions file named by the record is missing", path)
     if sha256_file(path) != result.predictions.sha256:
         raise HarnessError("predictions file does not match the sha256 in its record", path)
-    from harness.io import NPZ_ERRORS
+    from harness.io import NPZ_ERRORS, npz_member
 
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+            meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
             if meta.get("format_version") != PREDICTIONS_FORMAT_VERSION:
                 raise ValueError(f"unsupported predictions format {meta.get('format_version')!r}")
             return Predictions(
-                indices=archive["indices"],
-                scores=archive["scores"],
-                first_positive_rank=archive["first_positive_rank"],
-                has_positive=archive["has_positive"],
+                indices=npz_member(archive, "indices"),
+                scores=npz_member(archive, "scores"),
+                first_positive_rank=npz_member(archive, "first_positive_rank"),
+                has_positive=npz_member(archive, "has_positive"),
             )
     except NPZ_ERRORS + (AssertionError, RecursionError) as exc:
         raise HarnessError(f"not a readable predictions file ({exc})", path) from None

@@ -405,22 +405,30 @@ def _scan_values(part_rows: PartRows, collect: _Collector, block_bytes: int) -> 
     norm_min, norm_max = np.inf, -np.inf
     blocks = iter_descriptor_blocks(part_rows.path, part_rows.part, block_rows)
     total_blocks = -(-part_rows.count // block_rows)
-    for start, block in tqdm(
+    progress = tqdm(
         blocks,
         total=total_blocks,
         desc=f"checking {part_rows.path.name}:{part_rows.part}",
         unit="block",
         disable=total_blocks < 8,
         leave=False,
-    ):
-        result = inspect_block(block, tolerance)
-        num_nonfinite += result.nonfinite_rows.size
-        num_zero += result.zero_rows.size
-        nonfinite.extend((start + result.nonfinite_rows[: _SHOW + 1 - len(nonfinite)]).tolist())
-        zero.extend((start + result.zero_rows[: _SHOW + 1 - len(zero)]).tolist())
-        num_unnormalised += result.unnormalised_rows
-        if np.isfinite(result.norm_min):
-            norm_min, norm_max = min(norm_min, result.norm_min), max(norm_max, result.norm_max)
+    )
+    try:
+        for start, block in progress:
+            result = inspect_block(block, tolerance)
+            num_nonfinite += result.nonfinite_rows.size
+            num_zero += result.zero_rows.size
+            nonfinite.extend(
+                (start + result.nonfinite_rows[: _SHOW + 1 - len(nonfinite)]).tolist())
+            zero.extend((start + result.zero_rows[: _SHOW + 1 - len(zero)]).tolist())
+            num_unnormalised += result.unnormalised_rows
+            if np.isfinite(result.norm_min):
+                norm_min = min(norm_min, result.norm_min)
+                norm_max = max(norm_max, result.norm_max)
+    except HarnessError as exc:
+        # A block that cannot be read (a corrupt chunk) is a finding of the report, not a crash.
+        collect.problem(part_rows.path, " ".join(str(exc.message).split()))
+        return
     if not (num_nonfinite or num_zero or num_unnormalised):
         return
     names = read_names(part_rows.path, part_rows.part)

@@ -16,6 +16,7 @@ and swapped in whole, so a stale file never survives and a failed build changes 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -310,15 +311,28 @@ def build_from_entries(
 
 
 def _swap_in(new: Path, target: Path) -> None:
-    """Replace the folder ``target`` by ``new`` (old one moved aside first, then removed)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old.{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Replace the folder ``target`` by ``new`` (old one moved aside first, then removed).
+
+    Builds running at once into the same folder may swap theirs in between our two renames
+    (the rename onto a non-empty folder then fails): move theirs aside too and retry. Every
+    build writes the same bytes from the same records, so whichever lands last is right.
+    """
+    for attempt in range(1000):
+        old = target.with_name(f".{target.name}.old.{os.getpid()}.{attempt}")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:
+            old = None
+        try:
+            os.replace(new, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    raise HarnessError("another build keeps replacing this folder", target)
 
 
 def build_leaderboard(

@@ -537,12 +537,12 @@ def topk_bytes(topk: TopK) -> bytes:
 
 def read_topk(path: str | os.PathLike) -> TopK:
     """Read a top-k sidecar (no pickle); any other file is a :class:`HarnessError` naming it."""
-    from harness.io import NPZ_ERRORS
+    from harness.io import NPZ_ERRORS, npz_member
 
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+            meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
             if (
@@ -551,9 +551,9 @@ def read_topk(path: str | os.PathLike) -> TopK:
             ):
                 raise ValueError(f"not a {TOPK_FORMAT} v{TOPK_FORMAT_VERSION} file: {meta}")
             topk = TopK(
-                indices=archive["indices"],
-                first_positive_rank=archive["first_positive_rank"],
-                has_positive=archive["has_positive"],
+                indices=npz_member(archive, "indices"),
+                first_positive_rank=npz_member(archive, "first_positive_rank"),
+                has_positive=npz_member(archive, "has_positive"),
                 spatial_nms=bool(meta.get("spatial_nms", False)),
             )
     except FileNotFoundError:

@@ -16,6 +16,7 @@ Order of work, so that a failure writes nothing and a resubmission costs nothing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -24,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -61,6 +62,35 @@ class Submission:
     record: LeaderboardRecord
     path: Path
     created: bool
+
+
+def lock_path(results_dir: Path) -> Path:
+    """The lock file of a results folder: beside it, so the folder holds only records."""
+    results_dir = Path(results_dir).resolve()
+    return results_dir.with_name(f".{results_dir.name}.submit.lock")
+
+
+@contextlib.contextmanager
+def _results_lock(results_dir: Path) -> Iterator[None]:
+    """Serialise the final check and the publication of concurrent submitters.
+
+    An exclusive ``flock`` on :func:`lock_path` (evaluation runs outside it). Where
+    ``fcntl`` does not exist the publication still never overwrites (hard links), but the
+    same files raced under two names could then give two records.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = lock_path(results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def check_method_name(name: str) -> str:
@@ -164,7 +194,6 @@ def submit(
     """
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
-    from harness.results import FileDigest, utc_now
     from harness.splits import Split, get_split
 
     check_method_name(method_name)
@@ -220,6 +249,21 @@ def submit(
     record_id = key[:ID_LENGTH]
     folder = results_dir / split.name / method_name
     topk = make_topk(result, split)
+    with _results_lock(results_dir):
+        # Checked again under the lock: the same files submitted at the same time under
+        # another method name must not publish a second record.
+        existing = _existing_submission(results_dir, split.name, key, method_name)
+        if existing is not None:
+            logger.info("an identical submission was published first: %s", existing.path)
+            return existing
+        return _publish(result, split, metadata, key, record_id, folder, method_name, topk,
+                        digests, checksum_s, submitted_at)
+
+
+def _publish(result, split, metadata, key, record_id, folder, method_name, topk, digests,
+             checksum_s, submitted_at) -> Submission:
+    from harness.results import FileDigest, utc_now
+
     predictions = None
     sidecar_created = False
     if topk is not None:

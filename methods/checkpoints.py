@@ -67,7 +67,9 @@ def torch_load(path: str | os.PathLike):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch < 2.6 words it "Unsupported global: GLOBAL x.y", later ones "Trying to load
+        # unsupported GLOBAL x.y whose module ...".
+        found = re.search(r"unsupported (?:global:\s*)?GLOBAL (\S+)", str(exc), re.IGNORECASE)
         if found:
             raise HarnessError(
                 f"refusing to load: the checkpoint references Python object {found.group(1)} (only "

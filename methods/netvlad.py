@@ -370,6 +370,11 @@ def resolve_model_config(checkpoint, overrides: dict | None = None) -> ModelConf
     """
     values = dict(ModelConfig().to_dict())
     values.update(checkpoint.model_config or {})
+    try:
+        ModelConfig.from_dict(values)
+    except HarnessError as exc:
+        # The checkpoint's own record is wrong, not the user's options: name the file.
+        raise HarnessError(" ".join(str(exc.message).split()), checkpoint.path) from None
     state = checkpoint.state_dict
     if "net_vlad.centroids" in state:
         values["num_clusters"] = int(state["net_vlad.centroids"].shape[0])

@@ -402,12 +402,12 @@ def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[in
 def _read_partial(path: Path, launch: Launch, index: int):
     from harness.search import TopK
 
-    from harness.io import NPZ_ERRORS
+    from harness.io import NPZ_ERRORS, npz_member
 
     try:
         with np.load(path, allow_pickle=False) as data:
-            scores, indices = data["scores"], data["indices"]
-            meta = json.loads(data["meta"].tobytes().decode())
+            scores, indices = npz_member(data, "scores"), npz_member(data, "indices")
+            meta = json.loads(npz_member(data, "meta").tobytes().decode())
         if not isinstance(meta, dict):
             raise ValueError(f"meta is a {type(meta).__name__}, not an object")
     except NPZ_ERRORS + (RecursionError,) as exc:

@@ -57,6 +57,23 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
+def two_records_and_their_build(split, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """Two submissions of random features to ``tmp_path/results`` and the bytes of a
+    leaderboard built from them without grids: (results folder, {relative path: bytes})."""
+    from leaderboard.build import build_leaderboard
+    from leaderboard.submit import submit
+
+    results = tmp_path / "results"
+    for number in range(2):
+        paths = write_valid_features(split, tmp_path / f"features{number}", seed=number)
+        submit(paths, split=split, method_name=f"method{number}", results_dir=results,
+               submitted_at="2025-01-01T00:00:00Z")
+    reference = tmp_path / "reference"
+    build_leaderboard(results, reference, grids=False)
+    return results, {str(p.relative_to(reference)): p.read_bytes()
+                     for p in reference.rglob("*") if p.is_file()}
+
+
 def directories(root: Path) -> set[str]:
     root = Path(root)
     return {str(Path(d).relative_to(root)) for d, _, _ in os.walk(root)} if root.exists() else set()

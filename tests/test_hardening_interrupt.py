@@ -34,12 +34,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badinputs import REPO, subprocess_env, temp_files, write_valid_features
+from badinputs import (subprocess_env, temp_files, two_records_and_their_build,
+                        write_valid_features)
 
 SPLIT = "synth-outdoor-ams"
 SMALL_SPLIT = "synth-ams30k-test"
 SEED = 20250131
-KILLS = int(os.environ.get("HARNESS_KILLS", "2"))  # per scenario (the slow variant: 8)
+KILLS = int(os.environ.get("HARNESS_KILLS", "2"))  # per scenario; the slow variants: 8
+SLOW_KILLS = 8
+
+
+@pytest.fixture(params=[KILLS, pytest.param(SLOW_KILLS, marks=pytest.mark.slow)],
+                ids=["kills", "many-kills"])
+def kills(request) -> int:
+    return request.param
 _SURVIVED: dict[str, int] = {}
 
 
@@ -162,7 +170,7 @@ def _same_result(record: Path, reference: Path) -> None:
     assert np.array_equal(got.indices, want.indices) and np.array_equal(got.scores, want.scores)
 
 
-def test_eval_killed_at_random_points(tiny_city, tmp_path):
+def test_eval_killed_at_random_points(tiny_city, tmp_path, kills):
     rng = random.Random(SEED)
     split = tiny_city.split("outdoor-ams")
     features = tmp_path / "features"
@@ -180,18 +188,18 @@ def test_eval_killed_at_random_points(tiny_city, tmp_path):
             _same_result(record, tmp_path / "reference" / "result.json")
         _only_dot_temp_files(out)
 
-    kills = kill_repeatedly(rng, KILLS + 1, duration, args + ["--json", out / "result.json"],
+    done = kill_repeatedly(rng, kills + 1, duration, args + ["--json", out / "result.json"],
                             tmp_path, watch=out, check=check,
                             reset=lambda: shutil.rmtree(out, ignore_errors=True))
     run(args + ["--json", out / "result.json"], tmp_path)
     _same_result(out / "result.json", tmp_path / "reference" / "result.json")
-    _survived("eval", kills)
+    _survived("eval", done)
 
 
 # ================================================================================== submit
 
 
-def test_submit_killed_at_random_points(tiny_city, tmp_path):
+def test_submit_killed_at_random_points(tiny_city, tmp_path, kills):
     from leaderboard.check import check_results
     from leaderboard.records import read_record, read_topk
 
@@ -217,7 +225,7 @@ def test_submit_killed_at_random_points(tiny_city, tmp_path):
             read_topk(sidecar)
         _only_dot_temp_files(results)
 
-    kills = kill_repeatedly(rng, KILLS + 1, duration, args + ["--results", results], tmp_path,
+    done = kill_repeatedly(rng, kills + 1, duration, args + ["--results", results], tmp_path,
                             watch=results, check=check,
                             reset=lambda: shutil.rmtree(results, ignore_errors=True))
     run(args + ["--results", results], tmp_path)
@@ -231,13 +239,13 @@ def test_submit_killed_at_random_points(tiny_city, tmp_path):
     assert report.records == 1
     for problem in report.problems:
         assert problem.path.name.startswith(".") and problem.path.name.endswith(".tmp"), problem
-    _survived("submit", kills)
+    _survived("submit", done)
 
 
 # ============================================================================== extraction
 
 
-def test_extraction_shards_killed_at_random_points(tiny_city, tmp_path):
+def test_extraction_shards_killed_at_random_points(tiny_city, tmp_path, kills):
     pytest.importorskip("torch")
     from harness.features import read_descriptors, read_info, read_names
     from harness.splits import get_split
@@ -267,7 +275,7 @@ def test_extraction_shards_killed_at_random_points(tiny_city, tmp_path):
     run(args(0), tmp_path)  # shard 0 (and the queries) uninterrupted: the time a run takes
     duration = time.monotonic() - started
     # Shard 1 is killed: at its first write, then (more kills) at random moments.
-    kills = kill_repeatedly(rng, KILLS, duration, args(1), tmp_path, watch=out, check=check,
+    done = kill_repeatedly(rng, kills, duration, args(1), tmp_path, watch=out, check=check,
                             reset=lambda: (out / "database-00001-of-00002.h5").unlink())
     run(args(1), tmp_path)  # rerunning the shard finishes the extraction
     files = sorted(p.name for p in out.glob("*.h5"))
@@ -277,27 +285,15 @@ def test_extraction_shards_killed_at_random_points(tiny_city, tmp_path):
             assert read_names(out / name, part) == read_names(reference / name, part)
             assert np.array_equal(read_descriptors(out / name, part),
                                   read_descriptors(reference / name, part))
-    _survived("extract --shard", kills)
+    _survived("extract --shard", done)
 
 
 # ======================================================================= leaderboard build
 
 
-def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
-    from leaderboard.build import build_leaderboard
-    from leaderboard.submit import submit
-
+def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path, kills):
     rng = random.Random(SEED + 3)
-    split = tiny_city.split("outdoor-ams")
-    results = tmp_path / "results"
-    for number in range(2):
-        paths = write_valid_features(split, tmp_path / f"features{number}", seed=number)
-        submit(paths, split=split, method_name=f"method{number}", results_dir=results,
-               submitted_at="2025-01-01T00:00:00Z")
-    reference = tmp_path / "reference"
-    build_leaderboard(results, reference, grids=False)
-    expected = {str(p.relative_to(reference)): p.read_bytes()
-                for p in reference.rglob("*") if p.is_file()}
+    results, expected = two_records_and_their_build(tiny_city.split("outdoor-ams"), tmp_path)
     out = tmp_path / "site"
     args = ["leaderboard", "build", "--results", results, "--no-grids"]
 
@@ -315,13 +311,13 @@ def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
     started = time.monotonic()
     run(args + ["--out", tmp_path / "timed"], tmp_path)
     duration = time.monotonic() - started
-    kills = kill_repeatedly(rng, KILLS, duration, args + ["--out", out], tmp_path, watch=out,
+    done = kill_repeatedly(rng, kills, duration, args + ["--out", out], tmp_path, watch=out,
                             check=check, reset=lambda: shutil.rmtree(out))
     run(args + ["--out", out], tmp_path)
     built = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()
              and not any(part.startswith(".") for part in p.parts[len(out.parts):])}
     assert built == expected
-    _survived("leaderboard build", kills)
+    _survived("leaderboard build", done)
 
 
 # ========================================================================= sharded eval
@@ -329,7 +325,7 @@ def test_leaderboard_build_killed_at_random_points(tiny_city, tmp_path):
 
 @pytest.mark.parametrize("take_children", [True, pytest.param(False, marks=pytest.mark.slow)],
                          ids=["node-lost", "launcher-only"])
-def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_children):
+def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_children, kills):
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
     from harness.results import read_predictions, read_result
@@ -365,7 +361,7 @@ def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_ch
     duration = time.monotonic() - started
     check_outputs()
     reset()
-    kills = kill_repeatedly(rng, KILLS, duration, args, tmp_path, watch=logs, check=check_outputs,
+    done = kill_repeatedly(rng, kills, duration, args, tmp_path, watch=logs, check=check_outputs,
                             reset=reset, take_children=take_children,
                             after_kill=None if take_children else lambda: _wait_for_orphans(logs))
     run(args, tmp_path)
@@ -374,7 +370,7 @@ def test_sharded_slurm_eval_killed_at_random_points(tiny_city, tmp_path, take_ch
     predictions = read_predictions(out, result)
     assert np.array_equal(predictions.indices, expected.prediction_data.indices)
     assert np.array_equal(predictions.scores, expected.prediction_data.scores)
-    _survived(f"slurm eval ({'node lost' if take_children else 'launcher only'})", kills)
+    _survived(f"slurm eval ({'node lost' if take_children else 'launcher only'})", done)
 
 
 def _wait_for_orphans(logs: Path, timeout_s: float = 120) -> None:
