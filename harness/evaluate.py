@@ -4,9 +4,11 @@ Entry points::
 
     evaluate(features, split, config=EvalConfig(), *, method=None) -> EvalResult
     search_features(features, split, config, *, partial_database=False) -> SearchOutput
+    search_and_hash(features, split, config, *, partial_database=False)
+        -> (SearchOutput, file digests, hashing seconds)
     evaluate_topk(split, topk, config, *, method, features=(), descriptor_dim, ...) -> EvalResult
 
-A sharded (SLURM) evaluation runs :func:`search_features` with ``partial_database=True`` on
+A sharded (SLURM) evaluation runs :func:`search_and_hash` with ``partial_database=True`` on
 the query file plus a subset of the database shards in each job, merges the partial top-K with
 :func:`harness.search.merge_topk`, and passes the merged top-K to :func:`evaluate_topk`: the
 record is identical (scores, protocol, counts) to a single :func:`evaluate` run.
@@ -58,6 +60,8 @@ class SearchOutput:
     load_s: float
     search_s: float
     warnings: tuple[str, ...] = field(default=())
+    database_rows: int = 0
+    descriptor_dtypes: tuple[str, ...] = field(default=())
 
 
 class _BlockInspector:
@@ -119,7 +123,8 @@ class _BlockInspector:
                 for path, count in self.unnormalised.items()]
 
 
-def _plain_attrs(attrs: Mapping[str, object]) -> dict:
+def plain_attrs(attrs: Mapping[str, object]) -> dict:
+    """HDF5 attributes as JSON values (numpy scalars unwrapped, anything else as text)."""
     out = {}
     for key, value in attrs.items():
         if isinstance(value, np.generic):
@@ -134,13 +139,16 @@ def search_features(
     config: EvalConfig = EvalConfig(),
     *,
     partial_database: bool = False,
+    database_files: Sequence[str | os.PathLike] | None = None,
     on_stored_block=None,
 ) -> SearchOutput:
     """Validate ``features`` against ``split`` and search every query's exact top-K.
 
     ``features`` are files or directories: exactly one file holds ``/query``; ``/database``
     rows come from one or more files. With ``partial_database`` the database files may cover
-    only part of the split's database (one job of a sharded evaluation). ``on_stored_block``
+    only part of the split's database (one job of a sharded evaluation); ``database_files``
+    then names the files whose ``/database`` is searched (the query file may hold a database
+    part that another job searches). ``on_stored_block``
     is handed to :func:`harness.search.iter_feature_blocks` (``evaluate`` hashes the files
     with it while they stream).
     """
@@ -153,9 +161,12 @@ def search_features(
     report = check_features(paths, split, check_values=False,
                             require_complete_database=not partial_database)
     query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
+    if database_files is not None:
+        wanted = {Path(p).resolve() for p in database_files}
+        database_parts = [part for part in database_parts if Path(part.path).resolve() in wanted]
     warnings = list(report.warnings)
     info = next(i for i in report.infos if i.path == query_part.path)
-    attrs = _plain_attrs(info.attrs)
+    attrs = plain_attrs(info.attrs)
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
@@ -211,6 +222,8 @@ def search_features(
         load_s=load_s,
         search_s=stats.total_s,
         warnings=tuple(warnings),
+        database_rows=int(sum(part.count for part in database_parts)),
+        descriptor_dtypes=tuple(sorted({part.dtype for part in database_parts})),
     )
 
 
@@ -425,6 +438,42 @@ class _StreamedDigests:
                     break
 
 
+def search_and_hash(
+    features: Sequence[str | os.PathLike],
+    split: Split,
+    config: EvalConfig = EvalConfig(),
+    *,
+    partial_database: bool = False,
+    database_files: Sequence[str | os.PathLike] | None = None,
+) -> tuple[SearchOutput, tuple[FileDigest, ...], float]:
+    """:func:`search_features`, with the sha256 of every file (when ``config.checksums``)
+    computed beside the search from the bytes it streams: (output, digests, hashing seconds).
+
+    ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
+    """
+    paths = expand_feature_paths(features)
+    hashing = None
+    if config.checksums:
+        searched = None if database_files is None else {Path(p).resolve() for p in database_files}
+        streamed = [path for path in paths if streams_from_mapping(path, "database")
+                    and (searched is None or path.resolve() in searched)]
+        hashing = _StreamedDigests(paths, streamed)
+    try:
+        output = search_features(paths, split, config, partial_database=partial_database,
+                                 database_files=database_files,
+                                 on_stored_block=hashing.on_stored_block if hashing else None)
+    except BaseException:
+        if hashing is not None:
+            hashing.cancel()
+        raise
+    digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
+    if hashing is not None:
+        logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
+                    "own reads, %.2f GB read only to hash", len(paths), checksum_s,
+                    hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
+    return output, digests, checksum_s
+
+
 def evaluate(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -448,23 +497,7 @@ def evaluate(
         HarnessError / ValidationError: bad files (nothing is written).
     """
     started = time.perf_counter()
-    paths = expand_feature_paths(features)
-    hashing = None
-    if config.checksums:
-        streamed = [path for path in paths if streams_from_mapping(path, "database")]
-        hashing = _StreamedDigests(paths, streamed)
-    try:
-        output = search_features(paths, split, config,
-                                 on_stored_block=hashing.on_stored_block if hashing else None)
-    except BaseException:
-        if hashing is not None:
-            hashing.cancel()
-        raise
-    digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
-    if hashing is not None:
-        logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
-                    "own reads, %.2f GB read only to hash", len(paths), checksum_s,
-                    hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
+    output, digests, checksum_s = search_and_hash(features, split, config)
     return evaluate_topk(
         split,
         output.topk,

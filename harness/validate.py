@@ -238,12 +238,11 @@ def _check_attributes(infos: list[FeatureFileInfo], split: Split, collect: _Coll
                 collect.problem(
                     info.path, f"was written for split {info.split!r}, not {split.name!r}"
                 )
-            else:  # database-only shard: names decide (shared Outdoor-Ams database)
-                collect.warning(
-                    info.path,
-                    f"was written for split {info.split!r}; used for {split.name!r} "
-                    "because its database names belong to it",
-                )
+            else:
+                # A database-only file serves every split with the same database (Indoor-Ams
+                # 1 and 2 search the Outdoor-Ams database): its names decide, checked below.
+                logger.info("%s was written for split %r; used for %r because its database "
+                            "names belong to it", info.path, info.split, split.name)
         if not info.method:
             collect.warning(info.path, "has no method attribute")
     methods = {info.method for info in infos if info.method}

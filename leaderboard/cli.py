@@ -174,12 +174,17 @@ def check_command(results_dir, data_root, feature_dirs, git):
 @click.option("--train/--no-train", default=True, show_default=True,
               help="Train the SFRS baseline and the IOVPR variants (CPU, small backbone).")
 @click.option("--device", default="cpu", show_default=True, help="Device for training/extraction.")
-def demo_command(out_dir, preset, seed, train, device):
+@click.option("--study-option", "study_options", multiple=True, metavar="KEY=VALUE",
+              help="Override a setting of the IOVPR study (see `harness iovpr study --help`); "
+                   "repeatable. The demo's own settings are leaderboard.demo.DEMO_STUDY.")
+def demo_command(out_dir, preset, seed, train, device, study_options):
     """Run the whole benchmark on the embedded synthetic city and print its leaderboard."""
     from leaderboard.demo import DemoConfig, run_demo, synthetic_tables
+    from methods.options import parse_option_pairs
 
+    overrides = tuple(parse_option_pairs(study_options).items())
     result = run_demo(DemoConfig(out_dir=str(out_dir), preset=preset, seed=seed, train=train,
-                                 device=device))
+                                 device=device, study_options=overrides))
     click.echo(synthetic_tables(result.leaderboard_readme))
     timing = ", ".join(f"{stage} {sec:.0f} s" for stage, sec in result.seconds.items())
     click.echo(f"{result.records} results; {timing}; full leaderboard: {result.leaderboard_readme}")

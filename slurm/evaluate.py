@@ -303,79 +303,39 @@ def _config(launch: Launch) -> EvalConfig:
 
 
 def run_shard(launch: Launch, index: int) -> dict:
-    """Task ``index``: the exact top-K of every query within this task's database files."""
-    from harness.features import read_descriptors, read_info, read_names
-    from harness.search import BlockSource, SearchStats, default_block_rows, iter_feature_blocks
-    from harness.search import search_blocks
-    from harness.validate import NORM_TOLERANCE, inspect_block, map_names_to_rows
+    """Task ``index``: the exact top-K of every query within this task's database files.
 
-    started = time.perf_counter()
+    The same validation, value checks, streamed search and hashing as ``harness eval``
+    (:func:`harness.evaluate.search_and_hash`), on the query file and this task's shards.
+    """
+    from harness.evaluate import search_and_hash
+
     split = _load_split(launch)
     config = _config(launch)
     protocol = config.protocol(split)
     query_path = Path(launch.params["query"])
     database_paths = [Path(p) for p in launch.task_params(index)["database"]]
     identities = _check_unchanged(launch, [query_path] + database_paths)
-
-    query_rows = map_names_to_rows(read_names(query_path, "query"), split.query_names,
-                                   lambda: split.query_index)
-    stored = read_descriptors(query_path, "query")
-    queries = np.empty((split.num_queries, stored.shape[1]), dtype=np.float32)
-    queries[query_rows] = stored
-    del stored
-    problems: list[str] = []
-    sources, dtypes = [], {}
-    for path in database_paths:
-        rows = map_names_to_rows(read_names(path, "database"), split.database_names,
-                                 lambda: split.database_index)
-        sources.append(BlockSource(path, rows, "database"))
-        dtypes[path] = read_info(path).parts["database"].dtype
-    load_s = time.perf_counter() - started
-
-    def check(source: BlockSource, start: int, block: np.ndarray) -> None:
-        if not config.validate:
-            return
-        tolerance = NORM_TOLERANCE.get(dtypes[source.path], NORM_TOLERANCE["float32"])
-        found = inspect_block(block, tolerance)
-        if found.nonfinite_rows.size:
-            problems.append(f"{source.path}: /database rows hold NaN or Inf (first at stored row "
-                            f"{start + int(found.nonfinite_rows[0])})")
-        if found.zero_rows.size:
-            problems.append(f"{source.path}: /database rows are all zero (first at stored row "
-                            f"{start + int(found.zero_rows[0])})")
-
-    stats = SearchStats()
-    block_rows = config.block_rows or default_block_rows(queries.shape[1])
-    topk = search_blocks(
-        queries,
-        iter_feature_blocks(sources, block_rows, prefetch_blocks=config.prefetch, on_block=check),
-        protocol.k,
-        ngpu=config.ngpu,
-        cpu_backend=config.cpu_backend,
-        query_batch_rows=config.query_batch_rows,
-        stats=stats,
-    )
-    if problems:
-        from harness.errors import ValidationError
-
-        raise ValidationError(problems)
-    digest_started = time.perf_counter()
-    digest_paths = database_paths + ([query_path] if index == 0 else [])
-    digests = {str(p): FileDigest.of(p) for p in digest_paths} if config.checksums else {}
+    files = list(dict.fromkeys([query_path, *database_paths]))  # the query file may hold a shard
+    output, digests, checksum_s = search_and_hash(files, split, config, partial_database=True,
+                                                  database_files=database_paths)
+    # Every task hashes the (small) query file; task 0 reports it.
+    keep = {str(p) for p in database_paths + ([query_path] if index == 0 else [])}
+    topk = output.topk
     meta = {
         "format_version": PARTIAL_FORMAT_VERSION,
         "split_sha256": split.sha256,
         "task": index,
         "k": protocol.k,
-        "database_rows": int(sum(s.rows.size for s in sources)),
-        "digests": {k: dataclasses.asdict(v) for k, v in digests.items()},
+        "database_rows": output.database_rows,
+        "digests": {d.path: dataclasses.asdict(d) for d in digests if d.path in keep},
         "files": identities,
-        "descriptor_dim": int(queries.shape[1]),
-        "descriptor_dtypes": sorted(set(dtypes.values())),
-        "search_backend": stats.backend,
-        "load_s": load_s,
-        "search_s": stats.total_s,
-        "checksum_s": time.perf_counter() - digest_started,
+        "descriptor_dim": output.descriptor_dim,
+        "descriptor_dtypes": list(output.descriptor_dtypes),
+        "search_backend": output.search_backend,
+        "load_s": output.load_s,
+        "search_s": output.search_s,
+        "checksum_s": checksum_s,
     }
     path = _partial_path(launch, index)
     with atomic_path(path) as tmp:
@@ -383,7 +343,7 @@ def run_shard(launch: Launch, index: int) -> dict:
             np.savez(handle, scores=topk.scores, indices=topk.indices,
                      meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8))
     logger.info("shard %d: %d queries x %d database rows in %.2f s -> %s", index,
-                split.num_queries, meta["database_rows"], stats.total_s, path)
+                split.num_queries, meta["database_rows"], output.search_s, path)
     return {"partial": str(path.relative_to(launch.dir)), "database_rows": meta["database_rows"]}
 
 
@@ -460,7 +420,7 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     features = tuple(FileDigest(**digests[path]) for path in launch.params["features"]
                      if path in digests) if config.checksums else ()
     query_path = Path(launch.params["query"])
-    from harness.evaluate import _plain_attrs  # the record's method attributes, as eval writes them
+    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
 
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     result = evaluate_topk(
@@ -472,7 +432,7 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
         descriptor_dim=metas[0]["descriptor_dim"],
         descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
         search_backend=metas[0]["search_backend"],
-        method_attrs=_plain_attrs(read_info(query_path).attrs),
+        method_attrs=plain_attrs(read_info(query_path).attrs),
         load_s=max(m["load_s"] for m in metas),
         checksum_s=sum(m["checksum_s"] for m in metas),
         search_s=max(m["search_s"] for m in metas),

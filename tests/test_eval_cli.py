@@ -215,6 +215,33 @@ def test_sharded_evaluation_gives_the_identical_record(tmp_path):
     np.testing.assert_array_equal(sharded.prediction_data.indices, single.prediction_data.indices)
 
 
+def test_sharded_search_of_a_query_file_that_holds_a_database_shard(tmp_path):
+    """A SLURM task searches only its own database files: here the query file also holds the
+    first database shard, which one task searches and the other must leave alone."""
+    from harness.evaluate import search_and_hash
+
+    split = make_split()
+    queries, database = make_descriptors(split)
+    half = NUM_DATABASE // 2
+    both = write_features(tmp_path / "both.h5", split=split.name, method="toy",
+                          query=(list(split.query_names), queries),
+                          database=(list(split.database_names[:half]), database[:half]))
+    rest = write_features(tmp_path / "rest.h5", split=split.name, method="toy",
+                          database=(list(split.database_names[half:]), database[half:]))
+    config = EvalConfig(ngpu=0, block_rows=8)
+    single = evaluate([both, rest], split, config)
+    first, digests_first, _ = search_and_hash([both], split, config, partial_database=True,
+                                              database_files=[both])
+    second, digests_second, _ = search_and_hash([both, rest], split, config,
+                                                partial_database=True, database_files=[rest])
+    assert (first.database_rows, second.database_rows) == (half, NUM_DATABASE - half)
+    assert np.isin(second.topk.indices[second.topk.indices >= 0], np.arange(half, NUM_DATABASE)).all()
+    merged = merge_topk([first.topk, second.topk])
+    np.testing.assert_array_equal(merged.indices, single.prediction_data.indices[:, :merged.k])
+    by_path = {d.path: d.sha256 for d in (*digests_first, *digests_second)}
+    assert by_path == {str(both): sha256_file(both), str(rest): sha256_file(rest)}
+
+
 def test_partial_database_rejects_overlapping_shards(tmp_path):
     split = make_split()
     queries, database = make_descriptors(split)

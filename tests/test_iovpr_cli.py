@@ -129,7 +129,6 @@ def test_train_iovpr_needs_a_layout_folder(tiny_city, tmp_path):
     assert result.exit_code == 2 and "not a layout folder" in result.output
 
 
-@pytest.mark.slow
 def test_study_runs_end_to_end_on_the_tiny_city(tiny_city, tmp_path):
     options = ["seg_epochs=1", "seg_crop_size=64", "seg_scale_min=64", "seg_scale_max=80",
                "seg_short_side=96", "generations=1", "epochs=1", "image_height=64", "image_width=96",

@@ -171,12 +171,23 @@ def test_other_split(tmp_path, split):
     _only_problem([path], split, "was written for split 'pitts30k-test', not 'tiny'")
 
 
-def test_database_shard_of_other_split_is_a_warning(tmp_path, split):
+def test_shared_database_of_another_split_is_accepted_silently(tmp_path, split, caplog):
+    # Indoor-Ams 1 and 2 search the Outdoor-Ams database: one database file serves all three.
     query = _write(tmp_path / "q.h5", split, database=None)
     shard = _write(tmp_path / "db.h5", split, query=False, split_name="outdoor-ams")
+    with caplog.at_level("INFO", logger="harness.validate"):
+        report = validate_features([query, shard], split)
+    assert report.ok and report.warnings == ()
+    assert "written for split 'outdoor-ams'; used for 'tiny'" in caplog.text
+
+
+def test_shared_database_must_hold_this_splits_names(tmp_path, split):
+    query = _write(tmp_path / "q.h5", split, database=None)
+    names = list(split.database_names[:-1]) + ["db/elsewhere.jpg"]
+    shard = _write(tmp_path / "db.h5", split, query=False, split_name="outdoor-ams",
+                   database_names=names)
     report = validate_features([query, shard], split)
-    assert report.ok
-    assert any("written for split 'outdoor-ams'" in w for w in report.warnings)
+    assert not report.ok and any("db/elsewhere.jpg" in p for p in report.problems)
 
 
 def test_empty_split_attribute_is_a_warning(tmp_path, split):

@@ -129,18 +129,49 @@ def _oracle_cache(segmenter_path: Path, split, masks_dir: Path, cache_dir: Path)
         shutil.copyfile(masks_dir / Path(name).with_suffix(".png"), target)
 
 
-def _evaluate(method_name: str, weights: Path, options: dict, split, out: Path, cache_dir: Path,
-              device: str) -> dict:
-    from harness.config import EvalConfig
-    from harness.evaluate import evaluate
-    from methods.extract import ExtractOptions, extract
-    from methods.registry import get_method
+def _database_key(method_name: str, weights: Path, split) -> str:
+    """Which database features a row and split can share: same method and weights, same
+    database images (the indoor query sets and Outdoor-Ams share one database)."""
+    import hashlib
 
-    method = get_method(method_name, options, weights=weights)
-    path = extract(method, split=split, out=out, cache_dir=cache_dir,
-                   options=ExtractOptions(device=device, workers=0, progress=False, overwrite=True))
-    result = evaluate([path], split, EvalConfig(ngpu=0, progress=False, checksums=False))
-    return dict(result.scores)
+    digest = hashlib.sha256("\n".join((split.database_root, *split.database_names)).encode())
+    return f"{method_name}|{Path(weights).resolve()}|{digest.hexdigest()[:16]}"
+
+
+class _Features:
+    """Feature files of the study: queries per row and split, the database once per method,
+    weights and database (its images are always raw, so query-side variants such as the true
+    masks share it). The demo's 26 evaluations (8 rows, 4 splits) extract 11 databases."""
+
+    def __init__(self, out: Path, device: str):
+        self.out, self.device = out, device
+        self.databases: dict[str, Path] = {}
+
+    def evaluate(self, method_name: str, weights: Path, options: dict, split, slug: str,
+                 cache_dir: Path) -> tuple[dict, list[Path]]:
+        from harness.config import EvalConfig
+        from harness.evaluate import evaluate
+        from methods.extract import ExtractOptions, extract
+        from methods.registry import get_method
+
+        method = get_method(method_name, options, weights=weights)
+        extract_options = ExtractOptions(device=self.device, workers=0, progress=False,
+                                         overwrite=True)
+        query = extract(method, split=split, out=self.out / slug / f"{split.name}.query.h5",
+                        parts=("query",), cache_dir=cache_dir, options=extract_options)
+        key = _database_key(method_name, weights, split)
+        if key not in self.databases:
+            weights_slug = _slug(Path(weights).parent.name + "-" + Path(weights).stem)
+            self.databases[key] = extract(
+                method, split=split, parts=("database",), options=extract_options,
+                out=self.out / "database" / f"{method_name}-{weights_slug}" / f"{split.name}.h5")
+        paths = [query, self.databases[key]]
+        result = evaluate(paths, split, EvalConfig(ngpu=0, progress=False, checksums=False))
+        return dict(result.scores), paths
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in label)
 
 
 def run_study(config: StudyConfig) -> StudyResult:
@@ -149,8 +180,12 @@ def run_study(config: StudyConfig) -> StudyResult:
     from methods.iovpr.layouts import build_layouts
     from methods.iovpr.segtrain import make_config, train_window_segmenter
 
+    import time
+
     out = Path(config.out_dir)
     city = Path(config.city_root)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     ade = city / "ADEChallengeData2016"
     masks_dir = city / "raw" / "Amsterdam" / "query_masks"
     layouts_dir = out / "layouts"
@@ -164,6 +199,8 @@ def run_study(config: StudyConfig) -> StudyResult:
         optimizer="adamw", lr=config.seg_lr, eval_short_side=config.seg_short_side,
         workers=config.workers, seed=config.seed,
     )
+    seconds["layouts"] = time.perf_counter() - started
+    started = time.perf_counter()
     seg = train_window_segmenter(ade, seg_dir, seg_config, device=config.device,
                                  resume=(seg_dir / "last.pth").exists())
     segmentation = {"ade_val": seg.history[-1] if seg.history else {}, "best_ade_val_window_iou": seg.best_iou}
@@ -175,9 +212,15 @@ def run_study(config: StudyConfig) -> StudyResult:
                 segmentation[name] = query_mask_iou(seg.best_path, split, masks_dir,
                                                     device=config.device, cache_dir=mask_cache)
     logger.info("segmentation: %s", segmentation)
+    seconds["segmenter"] = time.perf_counter() - started
 
-    weights = {kind: _train_vpr(config, layouts, layouts_dir, out / f"train-{kind}")
-               for kind, layouts in TRAININGS.items()}
+    weights = {}
+    for kind, layouts in TRAININGS.items():
+        started = time.perf_counter()
+        weights[kind] = _train_vpr(config, layouts, layouts_dir, out / f"train-{kind}")
+        seconds[f"train-{kind}"] = time.perf_counter() - started
+        logger.info("training %s: %.0f s", kind, seconds[f"train-{kind}"])
+    started = time.perf_counter()
     init = out / "train-baseline" / "init.pt"  # the cluster-initialised, untrained model
     segmenter = {"segmenter": str(seg.best_path)}
     rows = [
@@ -192,10 +235,11 @@ def run_study(config: StudyConfig) -> StudyResult:
         ("iovpr-gray, true masks", "iovpr-gray", weights["gray"], {"segmenter": str(seg.best_path)}, "oracle"),
     ]
     table = []
+    features = _Features(out / "features", config.device)
     for label, method, weight, options, variant in rows:
         if not Path(weight).is_file():
             continue
-        row = {"method": label}
+        row = {"method": label, "features": {}}
         for name in config.eval_splits:
             split = get_split(config.split(name), config.data_root)
             cache_dir = mask_cache
@@ -204,13 +248,17 @@ def run_study(config: StudyConfig) -> StudyResult:
                     continue
                 cache_dir = out / "masks-oracle"
                 _oracle_cache(seg.best_path, split, masks_dir, cache_dir)
-            slug = "".join(c if c.isalnum() or c == "-" else "_" for c in label)
-            scores = _evaluate(method, weight, options, split, out / "features" / slug / f"{name}.h5",
-                               cache_dir, config.device)
+            scores, paths = features.evaluate(method, weight, options, split, _slug(label),
+                                              cache_dir)
             row[name] = {k: scores[k] for k in ("recall@1", "recall@5", "recall@10") if k in scores}
+            row["features"][name] = [str(p) for p in paths]
         table.append(row)
+    seconds["evaluation"] = time.perf_counter() - started
+    logger.info("study stages (s, this run; cached stages take ~0): %s",
+                {k: round(v, 1) for k, v in seconds.items()})
     path = out / "study.json"
-    write_json_atomic(path, {"config": config_to_dict(config), "segmentation": segmentation, "table": table})
+    write_json_atomic(path, {"config": config_to_dict(config), "segmentation": segmentation,
+                             "table": table, "seconds": seconds})
     (out / "study.md").write_text(study_markdown(table, segmentation, config), encoding="utf-8")
     return StudyResult(table, segmentation, path)
 
