@@ -37,8 +37,8 @@ STUDY_METHODS = {
 # CPU cores. `harness iovpr study` keeps the study's own (longer) defaults.
 DEMO_STUDY: dict[str, object] = {
     "seg_epochs": 18, "seg_crop_size": 128, "seg_scale_min": 128, "seg_scale_max": 192,
-    "seg_short_side": 192, "image_height": 96, "image_width": 128, "generations": 2,
-    "epochs": 2, "first_generation_epochs": 1,
+    "seg_short_side": 192, "image_height": 96, "image_width": 128, "generations": 1,
+    "epochs": 3, "first_generation_epochs": 3,
     "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
 }
 

@@ -59,9 +59,13 @@ class StudyConfig:
     num_clusters: int = 16
     image_height: int = 192
     image_width: int = 256
-    generations: int = 2
-    epochs: int = 3
-    first_generation_epochs: int = 1
+    generations: int = 1
+    epochs: int = 6
+    first_generation_epochs: int = 6
+    # Random negatives per query among which the hardest are mined. The lineage's 1000 takes
+    # every image of a small city's database: from a random backbone the hardest negatives
+    # then hold the loss at log 2 and nothing is learned (measured on the demo city).
+    neg_pool: int = 20
     lr: float = 0.001
     seed: int = 43
     workers: int = 1
@@ -90,6 +94,7 @@ def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Pa
         "image_height": config.image_height, "image_width": config.image_width,
         "generations": config.generations, "epochs": config.epochs,
         "first_generation_epochs": config.first_generation_epochs, "lr": config.lr,
+        "neg_pool": config.neg_pool,
         "seed": config.seed, "workers": config.workers, "device": config.device, "progress": False,
         **parse_option_pairs(config.extra_train_options),
     }
