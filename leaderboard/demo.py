@@ -38,7 +38,7 @@ STUDY_METHODS = {
 DEMO_STUDY: dict[str, object] = {
     "seg_epochs": 18, "seg_crop_size": 128, "seg_scale_min": 128, "seg_scale_max": 192,
     "seg_short_side": 192, "image_height": 96, "image_width": 128, "generations": 1,
-    "epochs": 3, "first_generation_epochs": 3,
+    "epochs": 3,
     "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
 }
 

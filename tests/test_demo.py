@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 # The study's settings shrunk so that every stage runs in seconds on the tiny city.
 TINY_STUDY = ["seg_epochs=1", "seg_crop_size=64", "seg_scale_min=64", "seg_scale_max=80",
-              "seg_short_side=96", "generations=1", "epochs=1", "first_generation_epochs=1",
+              "seg_short_side=96", "generations=1", "epochs=1",
               "image_height=64", "image_width=96", "num_clusters=4", "workers=0",
               "extra_train_options=neg_pool=8,neg_num=2,pos_num=2,pos_pool=2"]
 

@@ -61,7 +61,7 @@ class StudyConfig:
     image_width: int = 256
     generations: int = 1
     epochs: int = 6
-    first_generation_epochs: int = 6
+    first_generation_epochs: int | None = None  # None: as many as ``epochs``
     # Random negatives per query among which the hardest are mined. The lineage's 1000 takes
     # every image of a small city's database: from a random backbone the hardest negatives
     # then hold the loss at log 2 and nothing is learned (measured on the demo city).
@@ -93,7 +93,8 @@ def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Pa
         "backbone": config.backbone, "num_clusters": config.num_clusters,
         "image_height": config.image_height, "image_width": config.image_width,
         "generations": config.generations, "epochs": config.epochs,
-        "first_generation_epochs": config.first_generation_epochs, "lr": config.lr,
+        "first_generation_epochs": config.first_generation_epochs or config.epochs,
+        "lr": config.lr,
         "neg_pool": config.neg_pool,
         "seed": config.seed, "workers": config.workers, "device": config.device, "progress": False,
         **parse_option_pairs(config.extra_train_options),
