@@ -430,7 +430,11 @@ def test_cancelled_tasks_are_detected_and_resubmitted_alone(cluster, toy, tmp_pa
         cancelled = launch.cancel([0, 3])
         assert 3 in cancelled
         status = launch.wait(timeout_s=LAUNCH_TIMEOUT_S)
-    assert sorted(t.index for t in status.problems) == sorted(cancelled)
+        # Task 0 was running: asked to stop just as it finished, it may complete (its own
+        # outcome then stands over the cancellation recorded for it).
+        if status.task(0).completed:
+            cancelled = [i for i in cancelled if i != 0]
+    assert sorted(t.index for t in status.problems) == sorted(cancelled) and 3 in cancelled
     assert all(t.state == "CANCELLED" for t in status.problems)
     assert all(t.completed for t in status.tasks if t.index not in cancelled)
     report = status.format()
@@ -588,7 +592,7 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
     from slurm.train import launch_train
 
     out = tmp_path / "run"
-    epochs = 30
+    epochs = 150  # ~0.15 s each: the job must not finish between the resume and the cancel
     launch = launch_train("netvlad", _tiny_training(tiny_city, epochs=epochs), out, cluster="slurm",
                           log_dir=tmp_path / "logs", resources=_resources("slurm"), processes=1,
                           wait=False)
