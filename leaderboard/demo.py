@@ -36,8 +36,7 @@ STUDY_METHODS = {
 # probe, segmenter, three trainings, evaluation, leaderboard) takes under 10 minutes on two
 # CPU cores. `harness iovpr study` keeps the study's own (longer) defaults.
 DEMO_STUDY: dict[str, object] = {
-    "seg_epochs": 18, "seg_crop_size": 128, "seg_scale_min": 128, "seg_scale_max": 192,
-    "seg_short_side": 192, "image_height": 96, "image_width": 128, "generations": 1,
+    "seg_epochs": 18, "image_height": 96, "image_width": 128, "generations": 1,
     "epochs": 3,
     "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
 }
