@@ -592,7 +592,7 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
     from slurm.train import launch_train
 
     out = tmp_path / "run"
-    epochs = 150  # ~0.15 s each: the job must not finish between the resume and the cancel
+    epochs = 100  # ~0.15 s each: the job must not finish between the resume and the cancel
     launch = launch_train("netvlad", _tiny_training(tiny_city, epochs=epochs), out, cluster="slurm",
                           log_dir=tmp_path / "logs", resources=_resources("slurm"), processes=1,
                           wait=False)
@@ -613,6 +613,9 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
         ["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout,
         "the job was not requeued", launch)
     requeued_at = epochs_done()
+    # slurmd revokes the old run's credential and compares times in whole seconds: a restart
+    # within the same second is killed ("Job credential revoked"). Release it 2 s later.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     assert launch.status().tasks[0].active  # requeued, not failed
 
