@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,8 +188,6 @@ def run_study(config: StudyConfig) -> StudyResult:
     from harness.splits import get_split
     from methods.iovpr.layouts import build_layouts
     from methods.iovpr.segtrain import make_config, train_window_segmenter
-
-    import time
 
     out = Path(config.out_dir)
     city = Path(config.city_root)
