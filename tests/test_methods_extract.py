@@ -399,33 +399,18 @@ def test_eval_with_method_cli(tiny_city, weights, tmp_path):
 
 
 # ----------------------------------------------------------------------------------- PCA
+def _pca_fit(tiny_city, weights_path, dim: int, out, *extra: str):
+    """``harness pca fit`` of the netvlad method on the tiny city's training split."""
+    return CliRunner().invoke(cli, [
+        "pca", "fit", "-m", "netvlad", "-w", str(weights_path), "-s", "synth-ams30k-train",
+        "--data-root", str(tiny_city.data_root), "--dim", str(dim), "--out", str(out),
+        "--workers", "0", "--device", "cpu", "--no-progress", *extra])
+
+
 def test_pca_fit_cli_then_extract(tiny_city, weights, tmp_path):
     path, _ = weights
     pca = tmp_path / "pca_params_model.h5"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "pca",
-            "fit",
-            "-m",
-            "netvlad",
-            "-w",
-            str(path),
-            "-s",
-            "synth-ams30k-train",
-            "--data-root",
-            str(tiny_city.data_root),
-            "--dim",
-            "8",
-            "--out",
-            str(pca),
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ],
-    )
+    result = _pca_fit(tiny_city, path, 8, pca)
     assert result.exit_code == 0, result.output
     import h5py
 
@@ -445,32 +430,7 @@ def test_pca_fit_cli_then_extract(tiny_city, weights, tmp_path):
 
 def test_pca_fit_needs_enough_descriptors(tiny_city, weights, tmp_path):
     path, _ = weights
-    result = CliRunner().invoke(
-        cli,
-        [
-            "pca",
-            "fit",
-            "-m",
-            "netvlad",
-            "-w",
-            str(path),
-            "-s",
-            "synth-ams30k-train",
-            "--data-root",
-            str(tiny_city.data_root),
-            "--dim",
-            "4096",
-            "--out",
-            str(tmp_path / "p.h5"),
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--max-images",
-            "10",
-        ],
-    )
+    result = _pca_fit(tiny_city, path, 4096, tmp_path / "p.h5", "--max-images", "10")
     assert (
         result.exit_code == 2
         and "cannot keep 4096 PCA components from 10 descriptors" in result.output
