@@ -12,6 +12,13 @@ the machine's load average::
     python benchmarks/scale.py --rows 200000          # everyday run (1.6 GB), extrapolated
     python benchmarks/scale.py --compare-seed         # 500k x 4096 float32: seed vs harness
     python benchmarks/scale.py --rows 200000 --ngpu -1   # on GPUs (faiss-gpu or torch-cuda)
+    python benchmarks/scale.py --cpu-backend numpy,bf16  # both on the same data, side by side
+
+With several ``--cpu-backend`` values each runs in turn on the same shards (dropped from the
+page cache before each run unless ``--warm``), and a table prints their times, the ratios
+to the first, and whether their top-100 rankings are identical (indices, and scores bit for
+bit); the bfloat16 shortlist backend also reports how many blocks it shortlisted and how
+many pairs it re-scored.
 
 ``--compare-seed`` writes one set of 500k x 4096 float32 features (8.2 GB) and evaluates it
 twice, each in a fresh process so that peak RSS belongs to that run alone: the seed's path
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -274,6 +282,11 @@ def _import_libraries() -> None:
     import harness.metrics  # noqa: F401
     import harness.validate  # noqa: F401
 
+    try:  # the bf16 backend and the float16 widening import it lazily; count it as a library
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+
 
 def harness_worker(spec: dict) -> dict:
     from threadpoolctl import threadpool_limits
@@ -284,6 +297,15 @@ def harness_worker(spec: dict) -> dict:
     from harness.splits import get_split
 
     _import_libraries()
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    search_logger = logging.getLogger("harness.search")
+    search_logger.addHandler(Collect(logging.INFO))
+    search_logger.setLevel(logging.INFO)
     with threadpool_limits(limits=spec["threads"]):
         split = get_split(spec["split"], spec["data_root"])
         before = _rss()
@@ -293,7 +315,11 @@ def harness_worker(spec: dict) -> dict:
                                      block_rows=spec.get("block_rows"),
                                      cpu_backend=spec.get("cpu_backend", "auto")))
         wall = time.perf_counter() - started
+    if spec.get("rankings"):
+        np.savez(spec["rankings"], indices=result.prediction_data.indices,
+                 scores=result.prediction_data.scores)
     return {
+        "log": messages,
         "wall_s": wall, "timings": {k: getattr(result.timings, k) for k in
                                     ("load_s", "checksum_s", "search_s", "metrics_s", "total_s")},
         "backend": result.search_backend, "rows": split.num_database,
@@ -396,24 +422,43 @@ def run_scale(args, folder: Path) -> None:
     print(f"generated {len(paths['shards'])} shards in {time.perf_counter() - started:.1f} s under "
           f"{folder} ({'cold: dropped from the page cache' if not args.warm else 'warm'})")
     block_rows = args.block_rows or default_block_rows(args.dim)
-    peak_before = gemm_peak(args, block_rows)
-    load_before = _load()
-    run = run_worker("harness", {**paths, "threads": args.threads, "ngpu": args.ngpu,
-                                 "checksums": not args.no_checksums, "block_rows": args.block_rows,
-                                 "cpu_backend": args.cpu_backend})
-    load_after = _load()
-    peak_after = gemm_peak(args, block_rows)
+    peaks = [gemm_peak(args, block_rows)]
+    runs = []
+    for number, backend in enumerate(args.cpu_backends):
+        if number and not args.warm:
+            for shard in paths["shards"]:
+                _evict(Path(shard))  # the previous run left some of them cached
+        rankings = folder / f"rankings-{number}.npz"
+        load_before = _load()
+        run = run_worker("harness", {**paths, "threads": args.threads, "ngpu": args.ngpu,
+                                     "checksums": not args.no_checksums, "block_rows": args.block_rows,
+                                     "cpu_backend": backend, "rankings": str(rankings)})
+        run["load"] = f"{load_before} / {_load()}"
+        peaks.append(gemm_peak(args, block_rows))
+        run["peak_before"], run["peak_after"] = peaks[-2], peaks[-1]
+        run["rankings"] = rankings
+        runs.append(run)
+        report_scale_run(args, run, block_rows)
+    if len(runs) > 1:
+        compare_runs(runs)
+
+
+def report_scale_run(args, run: dict, block_rows: int) -> None:
+    peak_before, peak_after = run["peak_before"], run["peak_after"]
     peak = (peak_before + peak_after) / 2
     flop_per_row = 2.0 * args.queries * args.dim
     search_rate = run["rows"] / run["timings"]["search_s"]
     wall_rate = run["rows"] / run["wall_s"]
     print(f"\nbackend {run['backend']}, storage {run['dtype']}, {args.threads} threads, "
           f"checksums {'off' if args.no_checksums else 'on (sha256 of every file)'}")
-    print(f"load average before/after the run: {load_before} / {load_after}")
+    print(f"load average before/after the run: {run['load']}")
     print(f"evaluate() wall time        {run['wall_s']:9.1f} s   ("
           + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()) + ")")
     print(f"vectors/s (whole evaluate)  {wall_rate:11,.0f}   {wall_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
     print(f"vectors/s (search)          {search_rate:11,.0f}   {search_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
+    for message in run["log"]:
+        if "bf16" in message or "bfloat16" in message:
+            print(message)
     if args.ngpu == 0:
         print(f"float32 GEMM peak, streaming {args.queries}x{args.dim} @ {args.dim}x{block_rows}: "
               f"{peak_before:.0f} before / {peak_after:.0f} after GFLOP/s; evaluate() reaches "
@@ -435,6 +480,29 @@ def run_scale(args, folder: Path) -> None:
         quiet = OUTDOOR_AMS_ROWS * flop_per_row / 1e9 / (ratio * args.reference_peak)
         print(f"at a quiet peak of {args.reference_peak:.0f} GFLOP/s (--reference-peak) this ratio "
               f"({ratio:.2f}) gives {OUTDOOR_AMS_ROWS:,} rows in ~{quiet:.0f} s ({quiet / 60:.1f} min)")
+
+
+def compare_runs(runs: list[dict]) -> None:
+    """Side by side: times, ratios to the first run, and whether the rankings are identical."""
+    first = runs[0]
+    with np.load(first["rankings"], allow_pickle=False) as reference:
+        reference_indices, reference_scores = reference["indices"], reference["scores"]
+    print(f"\n{'backend':<40}{'wall s':>8}{'search s':>10}{'wall ratio':>12}{'search ratio':>14}"
+          "  top-100 against the first")
+    for run in runs:
+        with np.load(run["rankings"], allow_pickle=False) as loaded:
+            indices, scores = loaded["indices"], loaded["scores"]
+        moved = int((indices != reference_indices).any(axis=1).sum())
+        difference = float(np.max(np.abs(scores.astype(np.float64) - reference_scores)))
+        if moved == 0 and difference == 0:
+            verdict = "identical (indices and scores)"
+        else:
+            verdict = (f"indices differ in {moved} queries" if moved else "indices identical") + \
+                f", max score difference {difference:.2e}"
+        print(f"{run['backend']:<40}{run['wall_s']:>8.1f}{run['timings']['search_s']:>10.1f}"
+              f"{first['wall_s'] / run['wall_s']:>11.2f}x"
+              f"{first['timings']['search_s'] / run['timings']['search_s']:>13.2f}x  {verdict}")
+    print("(ratio: the first backend's time / this one's; above 1 is faster)")
 
 
 def run_compare_seed(args, folder: Path) -> None:
@@ -491,8 +559,9 @@ def main(argv=None) -> int:
                         help="quiet float32 GEMM GFLOP/s of this machine, for the extrapolation "
                              "(default 300: the 2-core development machine; 0 to leave it out)")
     parser.add_argument("--no-checksums", action="store_true", help="skip the sha256 of the files")
-    parser.add_argument("--cpu-backend", choices=["auto", "numpy", "faiss", "bf16"], default="auto",
-                        help="evaluator CPU backend (bf16: exact bfloat16 shortlist, needs torch)")
+    parser.add_argument("--cpu-backend", default="auto",
+                        help="evaluator CPU backend: auto, numpy, faiss or bf16 (exact bfloat16 "
+                             "shortlist, needs torch); several, comma-separated, run side by side")
     parser.add_argument("--compare-seed", action="store_true", help="the seed's path vs this harness")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
@@ -509,6 +578,10 @@ def main(argv=None) -> int:
         args.rows = SEED_COMPARE_ROWS if args.compare_seed else OUTDOOR_AMS_ROWS
     if args.rows < 1 or args.queries < 1:
         parser.error("--rows and --queries must be >= 1")
+    args.cpu_backends = [name.strip() for name in args.cpu_backend.split(",")]
+    unknown = sorted(set(args.cpu_backends) - {"auto", "numpy", "faiss", "bf16"})
+    if unknown:
+        parser.error(f"--cpu-backend: unknown {', '.join(unknown)} (choose from auto, numpy, faiss, bf16)")
     base = args.dir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="harness-scale-", dir=base))

@@ -30,7 +30,8 @@ class EvalConfig:
         map_k: depth of mAP@K (default: max of ``recall_ns``).
         ngpu: -1 every visible GPU, 0 CPU only, n at most n GPUs (CPU fallback).
         cpu_backend: ``auto``, ``numpy``, ``faiss`` or ``bf16`` (exact top-K through a
-            bfloat16 shortlist re-scored in float32; needs torch; faster on CPUs with AMX).
+            bfloat16 shortlist re-scored in float32; needs torch; 2x faster on CPUs with AMX
+            at Outdoor-Ams scale, where ``auto`` takes it: ``harness.search.bf16_shortlist_pays``).
         block_rows: database rows per streamed block (default: ~128 MB of float32).
         query_batch_rows: queries per GEMM (default: bounded score buffer).
         prefetch: read the next block in a background thread.

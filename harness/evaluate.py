@@ -179,7 +179,9 @@ def search_features(
     load_s = time.perf_counter() - started
 
     protocol = config.protocol(split)
-    backend = resolve_backend(config.ngpu, config.cpu_backend, config.query_batch_rows)
+    backend = resolve_backend(config.ngpu, config.cpu_backend, config.query_batch_rows,
+                              database_rows=sum(part.count for part in database_parts),
+                              num_queries=split.num_queries)
     block_rows = config.block_rows or default_block_rows(dim, backend.block_bytes)
     sources = [BlockSource(part.path, part.rows, "database") for part in database_parts]
     dtypes = {part.dtype for part in database_parts}

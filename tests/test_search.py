@@ -490,9 +490,11 @@ def test_bf16_shortlist_equals_exact_search(make):
     backend = get_backend("bf16")
     backend.dense_backoff_blocks = 0  # shortlist every block, however loose
     result = search_blocks(queries, iter_array_blocks(database, 256), 10, backend=backend)
-    expected = search(queries, database, 10, block_rows=256, ngpu=0)
+    expected = search(queries, database, 10, block_rows=256, ngpu=0, cpu_backend="numpy")
     if make is tied:
         assert_same(result, brute_force(queries, database, 10))
+    elif backend.bitwise:  # re-scored pairs carry the GEMM's bits: the numpy backend's ranking
+        assert_same(result, expected)
     else:
         assert_same_up_to_rounding(result, expected, atol=1e-6)
     assert backend.checked and not backend.fallback
@@ -502,9 +504,8 @@ def test_bf16_shortlist_equals_exact_search(make):
 
 def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     pytest.importorskip("torch")
-    from harness.search import Bf16ShortlistBackend, bf16_error_bound
+    from harness.search import Bf16ShortlistBackend
 
-    assert 0.0122 < bf16_error_bound(4096, safety=1.0) < 0.0123
     rng = np.random.default_rng(19)
     queries, database = near_duplicates(rng, 30, 32, groups=2), near_duplicates(rng, 2000, 32, groups=2)
     backend = get_backend("bf16")
@@ -525,7 +526,110 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
 
 
-def test_bf16_backend_is_opt_in_by_name():
+def test_rescored_pairs_are_the_gemm_scores():
+    """Tile re-scoring is the GEMM's value up to rounding always, and bit for bit exactly when
+    the bf16 backend's own check says so (OpenBLAS); dot products are einsum's values."""
+    pytest.importorskip("torch")
+    from harness.search import rescore_pairs
+
+    rng = np.random.default_rng(23)
+    queries, block = normalised(rng, 70, 4096), normalised(rng, 300, 4096).astype(np.float16).astype(np.float32)
+    query_rows = np.sort(rng.integers(0, 70, 517))  # not a multiple of the tile or chunk
+    columns = rng.integers(0, 300, 517)
+    gemm = (queries @ block.T)[query_rows, columns]
+    tiled = rescore_pairs(queries, block, query_rows, columns)
+    dots = rescore_pairs(queries, block, query_rows, columns, as_gemm=False)
+    np.testing.assert_allclose(tiled, gemm, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(dots, np.einsum("ij,ij->i", queries[query_rows], block[columns]))
+    backend = get_backend("bf16")
+    backend.prepare(queries, 10)
+    backend._check_bound(queries, block)
+    assert not backend.fallback
+    assert backend.bitwise == np.array_equal(tiled, gemm)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1.0, 1.0),
+    (1.0 + 2.0 ** -10, 1.0),  # truncated
+    (-(1.0 + 2.0 ** -10), -(1.0 + 2.0 ** -7)),  # one bfloat16 ulp away from zero
+    (1.0 - 1e-12, 1.0 - 2.0 ** -8),  # float64 just below 1: the bfloat16 below 1
+    (-1.0, -1.0),
+    (0.0, 0.0),
+    (0.0625 + 3e-5, 0.0625),  # a top-100 score at 4096-D: the grid there is 2^-11
+    (-3.0e38 * 1.2, -np.inf),  # beyond the bfloat16 range
+])
+def test_bf16_floor_hand_cases(value, expected):
+    torch = pytest.importorskip("torch")
+    from harness.search import bf16_floor
+
+    bits = bf16_floor(np.array([value]))
+    assert torch.from_numpy(bits).view(torch.bfloat16).float().item() == expected
+
+
+def test_bf16_floor_is_the_largest_bfloat16_not_above():
+    torch = pytest.importorskip("torch")
+    from harness.search import bf16_floor
+
+    rng = np.random.default_rng(21)
+    values = rng.standard_normal(20000) * np.exp2(rng.integers(-60, 60, 20000))
+    bits = bf16_floor(values)
+    below = torch.from_numpy(bits).view(torch.bfloat16).double().numpy()
+    # The next bfloat16 up: one step of the bit pattern toward +inf (down in magnitude below 0).
+    next_up = torch.from_numpy(bits + np.where(below >= 0, 1, -1).astype(np.int16))
+    next_up = next_up.view(torch.bfloat16).double().numpy()
+    assert (below <= values).all()
+    assert (next_up > values).all()
+
+
+def adversarial_pairs(rng, rows, dim):
+    """Queries and rows whose every element sits just under a bfloat16 rounding midpoint and
+    shares its sign with the matching element: every rounding error points the same way and
+    the Cauchy-Schwarz bound is nearly tight."""
+    magnitudes = np.exp2(rng.uniform(-8, -4, (rows, dim)))
+    grid = np.exp2(np.floor(np.log2(magnitudes)) - 7)  # one bfloat16 ulp
+    under_midpoint = (np.floor(magnitudes / grid) + 0.5 - 1e-3) * grid
+    signs = np.where(rng.random(dim) < 0.5, -1.0, 1.0)
+    return (under_midpoint * signs).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["random", "clustered", "adversarial"])
+def test_bf16_margins_hold_for_torch_bfloat16_scores(kind):
+    """The guarantee the shortlist rests on, pair by pair: a pair's bfloat16 score is at least
+    its float32 score minus the margin, rounded down to the bfloat16 grid."""
+    torch = pytest.importorskip("torch")
+    from harness.search import bf16_floor, bf16_margins
+
+    rng = np.random.default_rng(22)
+    dim = 4096
+    if kind == "random":
+        queries, database = normalised(rng, 64, dim), normalised(rng, 512, dim)
+    elif kind == "clustered":
+        queries, database = near_duplicates(rng, 64, dim, groups=2), near_duplicates(rng, 512, dim, groups=2)
+    else:
+        queries = adversarial_pairs(rng, 64, dim)
+        database = np.abs(adversarial_pairs(rng, 512, dim)) * np.sign(queries[0])
+        database = database.astype(np.float32)
+    margins = bf16_margins(queries)
+    unit = margins / np.linalg.norm(queries.astype(np.float64), axis=1)
+    # About 0.4 u for the query's measured rounding + u for the database's worst case + sums.
+    worst = 2 * 2.0 ** -8 + 2 * (dim + 2) * 2.0 ** -24 * 1.01
+    assert (unit < worst).all()
+    if kind != "adversarial":
+        assert 0.004 < unit.mean() < 0.0066
+    exact = (queries @ database.T).astype(np.float64)
+    approximate = torch.mm(torch.from_numpy(queries).bfloat16(), torch.from_numpy(database).bfloat16().T)
+    approximate = approximate.double().numpy()
+    slack = np.outer(margins, np.linalg.norm(database.astype(np.float64), axis=1))
+    floor = torch.from_numpy(bf16_floor(exact - slack)).view(torch.bfloat16).double().numpy()
+    assert (approximate >= floor).all()
+    if kind == "adversarial":
+        # The errors really are near the worst case here: the margin is needed.
+        rounded = (torch.from_numpy(queries).bfloat16().double().numpy()
+                   @ torch.from_numpy(database).bfloat16().double().numpy().T)
+        assert (np.abs(rounded - exact) / slack).max() > 0.5
+
+
+def test_bf16_backend_by_name_and_auto_on_small_searches():
     pytest.importorskip("torch")
     from harness.config import EvalConfig
 
@@ -533,3 +637,44 @@ def test_bf16_backend_is_opt_in_by_name():
     assert resolve_backend(ngpu=0, cpu_backend="bf16").name == "bf16"
     with pytest.raises(HarnessError, match="bf16"):
         EvalConfig(cpu_backend="bfloat")
+    # Small searches never take the shortlist, whatever the CPU.
+    small = resolve_backend(ngpu=0, database_rows=999_999, num_queries=1000)
+    assert small.name != "bf16"
+    assert cpu_backend_choice(database_rows=5000, num_queries=5000).backend != "bf16"
+
+
+AMX = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+
+
+@pytest.mark.parametrize("rows, queries, flags, torch_available, pays, why", [
+    (6_400_000, 1000, AMX, True, True, "AMX"),
+    (1_000_000, 100, AMX, True, True, "AMX"),  # both thresholds inclusive
+    (999_999, 1000, AMX, True, False, "does not pay"),
+    (6_400_000, 99, AMX, True, False, "does not pay"),
+    (6_400_000, 1000, AMX - {"amx_bf16"}, True, False, "no AMX"),
+    (6_400_000, 1000, AMX, False, False, "torch"),
+    (None, 1000, AMX, True, False, "not known"),
+])
+def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, flags, torch_available, pays, why):
+    from harness.search import bf16_shortlist_pays
+
+    decision, reason = bf16_shortlist_pays(rows, queries, flags, torch_available)
+    assert decision is pays and why in reason
+
+
+def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_identically():
+    """1M x 16-D rows, 100 queries: ``auto`` follows the rule for this machine, and the
+    ranking is the numpy backend's (bit for bit where the backend's check allows it)."""
+    import importlib.util
+
+    from harness.hardware import cpu_flags
+    from harness.search import SearchStats, bf16_shortlist_pays
+
+    rng = np.random.default_rng(24)
+    queries, database = normalised(rng, 100, 16), normalised(rng, 1_000_000, 16)
+    stats = SearchStats()
+    found = search(queries, database, 20, block_rows=1 << 16, ngpu=0, stats=stats)
+    expected = search(queries, database, 20, block_rows=1 << 16, ngpu=0, cpu_backend="numpy")
+    pays, _ = bf16_shortlist_pays(1_000_000, 100, cpu_flags(), importlib.util.find_spec("torch") is not None)
+    assert stats.backend.startswith("bf16") is pays
+    assert_same(found, expected)

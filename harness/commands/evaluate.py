@@ -97,7 +97,8 @@ def format_scores(result) -> str:
               help="-1 every GPU faiss sees, 0 CPU only, n at most n GPUs.")
 @click.option("--cpu-backend", type=click.Choice(["auto", "numpy", "faiss", "bf16"]), default="auto",
               show_default=True,
-              help="CPU search backend (bf16: exact bf16 shortlist re-scored in fp32; needs torch).")
+              help="CPU search backend (bf16: exact bf16 shortlist re-scored in fp32, needs torch; "
+                   "auto takes it from 1M database rows on CPUs with AMX).")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Database rows per streamed block (default: ~128 MB).")
 @click.option("--no-value-checks", is_flag=True,
