@@ -649,6 +649,7 @@ class Bf16ShortlistBackend(SearchBackend):
 
         self._queries_bf16 = torch.from_numpy(np.ascontiguousarray(queries)).to(torch.bfloat16)
         self._margins = bf16_margins(queries)
+        self._block_buffer = self._score_buffer = None  # sized for this search's queries
 
     def finish(self):
         self._exact.finish()
