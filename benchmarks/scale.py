@@ -382,8 +382,10 @@ def run_worker(kind: str, spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def gemm_peak(args, block_rows: int) -> float:
-    """Streaming float32 GEMM GFLOP/s of the evaluator's shapes, in memory."""
+def gemm_peak(args, block_rows: int) -> float | None:
+    """Streaming float32 GEMM GFLOP/s of the evaluator's shapes, in memory (None: --no-peak)."""
+    if args.no_peak:
+        return None
     from threadpoolctl import threadpool_limits
 
     from harness.hardware import measure_gemm_gflops
@@ -445,7 +447,7 @@ def run_scale(args, folder: Path) -> None:
 
 def report_scale_run(args, run: dict, block_rows: int) -> None:
     peak_before, peak_after = run["peak_before"], run["peak_after"]
-    peak = (peak_before + peak_after) / 2
+    peak = (peak_before + peak_after) / 2 if peak_before and peak_after else None
     flop_per_row = 2.0 * args.queries * args.dim
     search_rate = run["rows"] / run["timings"]["search_s"]
     wall_rate = run["rows"] / run["wall_s"]
@@ -459,7 +461,7 @@ def report_scale_run(args, run: dict, block_rows: int) -> None:
     for message in run["log"]:
         if "bf16" in message or "bfloat16" in message:
             print(message)
-    if args.ngpu == 0:
+    if args.ngpu == 0 and peak:
         print(f"float32 GEMM peak, streaming {args.queries}x{args.dim} @ {args.dim}x{block_rows}: "
               f"{peak_before:.0f} before / {peak_after:.0f} after GFLOP/s; evaluate() reaches "
               f"{wall_rate * flop_per_row / 1e9 / peak:.2f} of it, the search "
@@ -474,7 +476,7 @@ def report_scale_run(args, run: dict, block_rows: int) -> None:
         target = "60 s on one H100" if args.ngpu != 0 else "4 min on the 2-core development machine"
         print(f"extrapolated to {OUTDOOR_AMS_ROWS:,} rows at this search rate: ~{estimate:.0f} s "
               f"({estimate / 60:.1f} min; target {target})")
-    if args.ngpu == 0 and args.reference_peak:
+    if args.ngpu == 0 and args.reference_peak and peak:
         # On a loaded machine the absolute rate says little; the ratio to the peak measured
         # beside it carries over to the same machine when quiet.
         ratio = wall_rate * flop_per_row / 1e9 / peak
@@ -556,6 +558,8 @@ def main(argv=None) -> int:
     parser.add_argument("--block-rows", type=int, default=None, help="evaluator block rows (default: its own)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
     parser.add_argument("--ngpu", type=int, default=0, help="0 CPU (default), -1 every GPU, n GPUs")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="skip the float32 GEMM peak measurements (no ratios to the peak)")
     parser.add_argument("--reference-peak", type=float, default=300.0,
                         help="quiet float32 GEMM GFLOP/s of this machine, for the extrapolation "
                              "(default 300: the 2-core development machine; 0 to leave it out)")

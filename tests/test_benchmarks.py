@@ -15,7 +15,7 @@ def test_scale_compares_backends_side_by_side_and_cleans_up(tmp_path):
     pytest.importorskip("torch")
     command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "6000", "--dim", "64",
                "--queries", "60", "--shard-rows", "2500", "--block-rows", "500",
-               "--cpu-backend", "numpy,bf16", "--dir", str(tmp_path)]
+               "--cpu-backend", "numpy,bf16", "--no-peak", "--dir", str(tmp_path)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
