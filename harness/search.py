@@ -1052,9 +1052,14 @@ def cpu_backend_choice(inspect_faiss: bool = True, database_rows: int | None = N
 
     pays, reason = bf16_shortlist_pays(database_rows, num_queries, cpu_flags(),
                                        importlib.util.find_spec("torch") is not None)
-    if pays:
-        return dataclasses.replace(choice, backend="bf16", reason=reason)
-    return choice
+    if not pays:
+        return choice
+    import torch
+
+    if not torch.backends.mkldnn.is_available():  # no oneDNN: bfloat16 GEMMs without AMX
+        return dataclasses.replace(choice, reason=choice.reason + "; torch was built without "
+                                   "oneDNN, so the bf16 shortlist would not use AMX")
+    return dataclasses.replace(choice, backend="bf16", reason=reason)
 
 
 def _blas_backend_choice(inspect_faiss: bool) -> CpuBackendChoice:

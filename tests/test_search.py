@@ -662,6 +662,20 @@ def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, flags, 
     assert decision is pays and why in reason
 
 
+def test_auto_keeps_numpy_where_torch_has_no_onednn(monkeypatch):
+    """A torch built without oneDNN (cannot run here: mocked) would not reach AMX."""
+    torch = pytest.importorskip("torch")
+    import harness.hardware
+
+    if cpu_backend_choice(database_rows=10, num_queries=10).backend != "numpy":
+        pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss, never the shortlist")
+    monkeypatch.setattr(harness.hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert cpu_backend_choice(database_rows=6_400_000, num_queries=1000).backend == "bf16"
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    choice = cpu_backend_choice(database_rows=6_400_000, num_queries=1000)
+    assert choice.backend == "numpy" and "oneDNN" in choice.reason
+
+
 def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_identically():
     """1M x 16-D rows, 100 queries: ``auto`` follows the rule for this machine, and the
     ranking is the numpy backend's (bit for bit where the backend's check allows it)."""
