@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -127,6 +129,31 @@ def subprocess_env(**extra) -> dict:
 
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
+
+
+def start_together(tmp_path: Path, argvs: Sequence[Callable[[Path, Path], list[str]]], *,
+                   env: dict | None = None, timeout: float = 300) -> list[tuple[int, str, str]]:
+    """Start one process per ``argv(ready, go)``, wait until each has touched its ``ready``
+    file, then touch ``go`` to release them at the same instant; (exit code, stdout, stderr)
+    of each, in order."""
+    go = tmp_path / "go"
+    processes = []
+    for number, argv in enumerate(argvs):
+        ready = tmp_path / f"ready{number}"
+        processes.append((ready, subprocess.Popen(
+            [str(a) for a in argv(ready, go)], env=env or subprocess_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    deadline = time.monotonic() + timeout
+    while not all(ready.exists() for ready, _ in processes):
+        assert time.monotonic() < deadline, "the processes did not start"
+        assert all(p.poll() is None for _, p in processes), [p.communicate() for _, p in processes]
+        time.sleep(0.01)
+    go.touch()
+    outcomes = []
+    for _, process in processes:
+        stdout, stderr = process.communicate(timeout=timeout)
+        outcomes.append((process.returncode, stdout, stderr))
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,16 +14,13 @@ here, all with real processes released at the same instant:
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from badinputs import (subprocess_env, temp_files, two_records_and_their_build,
-                        write_valid_features)
+from badinputs import start_together, temp_files, two_records_and_their_build, write_valid_features
 
 SPLIT = "synth-outdoor-ams"
 SMALL_SPLIT = "synth-ams30k-test"
@@ -52,24 +49,9 @@ sys.exit(main(["-q", *argv]))
 
 def race(tmp_path: Path, commands: list[list[str]], timeout: float = 300) -> list[tuple[int, str]]:
     """Start one process per command, release them together; (exit code, stderr) of each."""
-    go = tmp_path / "go"
-    processes = []
-    for number, argv in enumerate(commands):
-        ready = tmp_path / f"ready{number}"
-        processes.append((ready, subprocess.Popen(
-            [sys.executable, "-c", _RACER, str(ready), str(go), *map(str, argv)],
-            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-    deadline = time.monotonic() + timeout
-    while not all(ready.exists() for ready, _ in processes):
-        assert time.monotonic() < deadline, "racers did not start"
-        assert all(p.poll() is None for _, p in processes), [p.communicate() for _, p in processes]
-        time.sleep(0.01)
-    go.touch()
-    outcomes = []
-    for _, process in processes:
-        _, stderr = process.communicate(timeout=timeout)
-        outcomes.append((process.returncode, stderr))
-    return outcomes
+    argvs = [lambda ready, go, argv=argv: [sys.executable, "-c", _RACER, ready, go, *argv]
+             for argv in commands]
+    return [(code, stderr) for code, _, stderr in start_together(tmp_path, argvs, timeout=timeout)]
 
 
 def test_the_same_files_raced_under_two_method_names_give_one_record(tiny_city, tmp_path):

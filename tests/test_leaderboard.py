@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from badinputs import start_together
 from click.testing import CliRunner
 
 from harness.cli import cli
@@ -37,7 +36,6 @@ from leaderboard.records import (
 from leaderboard.submit import submit
 from leaderboard.tables import Entry, latest_entries, make_table, to_csv, to_latex, to_markdown
 
-REPO = Path(__file__).resolve().parents[1]
 INDOOR_1, INDOOR_2, OUTDOOR = "synth-indoor-ams-1", "synth-indoor-ams-2", "synth-outdoor-ams"
 
 # (method name, thumbnail size, PIL mode): three training-free descriptors of different quality.
@@ -403,49 +401,12 @@ def test_eight_concurrent_submitters_lose_nothing(tiny_city, tmp_path):
         )
         jobs.append((path, f"proj{number}"))
     jobs.append(jobs[0])  # the same files and name as job 0, racing it
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-    )
-    go = tmp_path / "go"
-    processes = []
-    for number, (path, method) in enumerate(jobs):
-        ready = tmp_path / f"ready{number}"
-        processes.append(
-            (
-                ready,
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-c",
-                        _WORKER,
-                        str(path),
-                        OUTDOOR,
-                        method,
-                        str(results),
-                        str(tiny_city.data_root),
-                        str(ready),
-                        str(go),
-                    ],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
-            )
-        )
-    deadline = time.time() + 120
-    while not all(ready.exists() for ready, _ in processes):
-        assert time.time() < deadline, "workers did not start"
-        assert all(p.poll() is None for _, p in processes), [p.communicate() for _, p in processes]
-        time.sleep(0.01)
-    go.touch()
+    argvs = [lambda ready, go, path=path, method=method: [
+        sys.executable, "-c", _WORKER, path, OUTDOOR, method, results, tiny_city.data_root, ready, go]
+        for path, method in jobs]
     outcomes = []
-    for _, process in processes:
-        stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, stderr
+    for code, stdout, stderr in start_together(tmp_path, argvs, timeout=120):
+        assert code == 0, stderr
         outcomes.append(json.loads(stdout.strip().splitlines()[-1]))
 
     records = sorted(results.rglob("*.json"))
