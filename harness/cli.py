@@ -23,6 +23,7 @@ _CORE_COMMAND_MODULES = (
     "harness.commands.validate",
     "harness.commands.evaluate",
     "harness.commands.results",
+    "harness.commands.formats",
 )
 _PLUGIN_GROUP = "harness.commands"
 
