@@ -101,7 +101,11 @@ class TrainConfig:
     device: str | None = _f(
         None, "cuda, cpu (default: CUDA when available; torchrun sets the GPU per rank)."
     )
-    amp: bool = _f(False, "Mixed precision (bfloat16 autocast) for training steps on GPU.")
+    amp: bool = _f(
+        False,
+        "Mixed precision (bfloat16 autocast) on GPU, for training steps and for the feature "
+        "extraction of mining and validation (else strict float32).",
+    )
     eval_every: int = _f(1, "Validate every this many epochs (and after the last).")
     keep_epoch_checkpoints: bool = _f(
         True, "Keep a checkpoint of every epoch (else only last and best)."

@@ -295,6 +295,11 @@ class Trainer:
         return model
 
     # -- encoding and validation -----------------------------------------------------------
+    @property
+    def _amp(self) -> bool:
+        """bfloat16 autocast: asked for (``amp``) and on a GPU."""
+        return bool(self.config.amp and self.device.type == "cuda")
+
     def _encode_part(self, model: NetVLADModel, split, part: str, description: str) -> torch.Tensor:
         from methods.extract import encode_rows, shard_rows
 
@@ -318,6 +323,7 @@ class Trainer:
                 context,
                 device=self.device,
                 rows=list(rows),
+                precision="bf16" if self._amp else "fp32",
                 progress=self.config.progress and self.env.is_main,
                 description=description,
                 to_numpy=False,
@@ -544,9 +550,7 @@ class Trainer:
             flat = normalize_batch(images.view(b * s, *images.shape[2:]))
             # bfloat16: no loss scaling needed (fp16 gradients of the sharp SARE softmax underflow).
             with torch.autocast(
-                device_type=self.device.type,
-                dtype=torch.bfloat16,
-                enabled=c.amp and self.device.type == "cuda",
+                device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp
             ):
                 outputs = forward(flat)
             outputs = outputs.float().view(b, s, *outputs.shape[1:])
