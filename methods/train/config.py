@@ -40,8 +40,10 @@ class TrainConfig:
     )
     init: str | None = _f(
         None,
-        "Cluster init h5 from `harness train cluster` (default: clustered into "
-        "OUT_DIR/cluster.h5).",
+        "Where the run starts: a cluster init h5 (`harness train cluster`; default: clustered "
+        "into OUT_DIR/cluster.h5), or a complete NetVLAD/SFRS model to fine-tune (OpenIBL's "
+        "released vgg16_netvlad.pth, an OpenIBL training checkpoint or a harness checkpoint; "
+        "its PCA layer is left out).",
     )
     backbone: str = _f("vgg16", "Backbone: vgg16 (lineage) or small (CPU-scale).")
     backbone_weights: str | None = _f(
