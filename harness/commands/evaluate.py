@@ -77,7 +77,13 @@ def format_scores(result) -> str:
     width = max(len(name) for name in result.scores)
     lines.append(f"{'metric':<{width}}  {'value':>7}")
     for name, value in result.scores.items():
-        lines.append(f"{name:<{width}}  {100 * value:6.2f}%")
+        bounds = result.interval(name)
+        shown = "" if bounds is None else f"  [{100 * bounds[0]:6.2f}, {100 * bounds[1]:6.2f}]"
+        lines.append(f"{name:<{width}}  {100 * value:6.2f}%{shown}")
+    if result.bootstrap:
+        lines.append(f"[low, high]: {100 * result.bootstrap['confidence']:g} % bootstrap interval "
+                     f"over queries ({result.bootstrap['resamples']} resamples, "
+                     f"seed {result.bootstrap['seed']})")
     return "\n".join(lines)
 
 
@@ -119,6 +125,19 @@ def format_scores(result) -> str:
 @click.option("--no-checksums", is_flag=True,
               help="Do not record sha256 of the feature files (saves ~10% CPU at scale).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--bootstrap-resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Query resamples of the confidence intervals (0: none).")
+@click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the resampling (same seed, same intervals).")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.95, show_default=True, help="Confidence of the intervals.")
+@click.option("--query-conditions", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV name,condition of the queries (e.g. Tokyo 24/7 day/sunset/night).")
+@click.option("--window-masks", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of window masks <query name>.png (default: the true masks beside the "
+                   "query folder, query_masks/, when the dataset has them).")
+@click.option("--window-masks-kind", type=click.Choice(["true", "predicted"]), default="predicted",
+              show_default=True, help="What --window-masks holds (recorded with the breakdown).")
 @click.option("--ranking", "ranking_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None,
               help="A ranking file (text 'query db1 db2 ...' lines, MSLS format included, or "
@@ -130,7 +149,8 @@ def format_scores(result) -> str:
 def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
                  method_options, features_dir, device, batch_size, precision, no_checksums,
-                 progress, ranking_path, predictions_out) -> None:
+                 progress, bootstrap_resamples, bootstrap_seed, confidence, query_conditions,
+                 window_masks, window_masks_kind, ranking_path, predictions_out) -> None:
     """Evaluate features on a split exactly; print Recall@N and write a JSON record.
 
     Give --features (files or directories; one file holds the queries, the database may be
@@ -159,6 +179,12 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         validate=not no_value_checks,
         checksums=not no_checksums,
         progress=progress,
+        bootstrap_resamples=bootstrap_resamples,
+        bootstrap_seed=bootstrap_seed,
+        bootstrap_confidence=confidence,
+        query_conditions=None if query_conditions is None else str(query_conditions),
+        window_masks=None if window_masks is None else str(window_masks),
+        window_masks_kind=window_masks_kind,
     )
     split = get_split(split_name, data_root)
     if method:
