@@ -133,6 +133,18 @@ def plain_attrs(attrs: Mapping[str, object]) -> dict:
     return out
 
 
+def mixed_precisions(infos) -> list[str]:
+    """``["bf16: q.h5", "fp32: db.h5"]`` when files record different precisions, else ``[]``."""
+    recorded = {}
+    for info in infos:
+        value = info.attrs.get("extraction_precision")
+        if value is not None:
+            recorded[Path(info.path).name] = str(value)
+    if len(set(recorded.values())) < 2:
+        return []
+    return [f"{value}: {name}" for name, value in sorted(recorded.items())]
+
+
 def search_features(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -167,6 +179,12 @@ def search_features(
     warnings = list(report.warnings)
     info = next(i for i in report.infos if i.path == query_part.path)
     attrs = plain_attrs(info.attrs)
+    precisions = mixed_precisions(report.infos)
+    if precisions:
+        # The record takes the query file's attributes: say that the database differs.
+        attrs["extraction_precision"] = "mixed: " + ", ".join(precisions)
+        warnings.append(
+            f"feature files were extracted in different precisions ({', '.join(precisions)})")
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None

@@ -118,6 +118,10 @@ def format_scores(result) -> str:
               help="Where --method writes/reuses features (default: <data-root>/features; the provider adds <method>-<fingerprint>/<split>/).")
 @click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Network precision of --method extraction (default fp32, strict also on CUDA; "
+                   "bf16/fp16 autocast is faster). Features of another precision are extracted "
+                   "anew, and the record states it.")
 @click.option("--no-checksums", is_flag=True,
               help="Do not record sha256 of the feature files (saves ~10% CPU at scale).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
@@ -144,9 +148,9 @@ def format_scores(result) -> str:
                    "or .txt (MSLS 'query_key db_key ...' lines).")
 def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
-                 method_options, features_dir, device, batch_size, no_checksums, progress,
-                 bootstrap_resamples, bootstrap_seed, confidence, query_conditions, window_masks,
-                 window_masks_kind, ranking_path, predictions_out) -> None:
+                 method_options, features_dir, device, batch_size, precision, no_checksums,
+                 progress, bootstrap_resamples, bootstrap_seed, confidence, query_conditions,
+                 window_masks, window_masks_kind, ranking_path, predictions_out) -> None:
     """Evaluate features on a split exactly; print Recall@N and write a JSON record.
 
     Give --features (files or directories; one file holds the queries, the database may be
@@ -160,8 +164,11 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         raise click.UsageError("give one of --features, --method or --ranking")
     if predictions_path and no_predictions:
         raise click.UsageError("--predictions and --no-predictions contradict each other")
-    if (weights or method_options or features_dir or device or batch_size) and not method:
-        raise click.UsageError("--weights/--method-option/--features-dir/--device/--batch-size need --method")
+    method_only = (weights, method_options, features_dir, device, batch_size, precision)
+    if any(method_only) and not method:
+        raise click.UsageError(
+            "--weights/--method-option/--features-dir/--device/--batch-size/--precision "
+            "need --method")
     options = _parse_options(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
@@ -184,9 +191,11 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         provide = feature_provider()
         # the provider adds <method>-<fingerprint>/<split>/ below this folder
         out_dir = features_dir or (data_root or default_data_root()) / "features"
+        # precision only when asked for: a provider of another package may not know it
+        extra = {} if precision is None else {"precision": precision}
         features = tuple(provide(
             method=method, split=split, out_dir=Path(out_dir), weights=weights,
-            options=options, device=device, batch_size=batch_size,
+            options=options, device=device, batch_size=batch_size, **extra,
         ))
     if ranking_path is not None:
         from harness.sources.rankings import evaluate_ranking
