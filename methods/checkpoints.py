@@ -53,6 +53,29 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
+# Lightning stores a module's hyper-parameters as its ``AttributeDict`` (a dict subclass, whose
+# module moved between releases). These names are read as a plain ``dict``: nothing of
+# Lightning's is imported or run, and a MixVPR/SALAD/BoQ ``.ckpt`` of one's own training loads.
+LIGHTNING_DICT_CLASSES = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_lite.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+)
+
+
+def _plain_dict_aliases():
+    """``torch.serialization.safe_globals`` reading Lightning's dict class as ``dict``."""
+    import contextlib
+
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):  # no (class, name) aliases before 2.6: such files are refused
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals([(dict, name) for name in LIGHTNING_DICT_CLASSES])
+
+
 def torch_load(path: str | os.PathLike):
     """``torch.load`` of a user file with ``weights_only=True``; failures are HarnessErrors."""
     import pickle
@@ -65,7 +88,8 @@ def torch_load(path: str | os.PathLike):
     if path.stat().st_size == 0:
         raise HarnessError("checkpoint file is empty", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _plain_dict_aliases():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch < 2.6 words it "Unsupported global: GLOBAL x.y", later ones "Trying to load
         # unsupported GLOBAL x.y whose module ...".
@@ -158,6 +182,35 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         "unrecognised checkpoint layout: expected an OpenIBL checkpoint ({'state_dict', ...}), "
         f"a state dict of tensors, or a {CHECKPOINT_FORMAT} file; top-level keys: "
         f"{', '.join(sorted(map(str, obj))[:_LISTED_KEYS])}",
+        path,
+    )
+
+
+def read_state_dict(
+    path: str | os.PathLike, wrapper_keys: tuple[str, ...] = ("state_dict",)
+) -> tuple[dict[str, Any], str]:
+    """The model state dict of a released or training file, and which layout held it.
+
+    Accepted: a flat dict of tensors (layout ``"state_dict"``, what most authors release), or
+    a dict whose entry ``wrapper_keys[i]`` is one (layout ``"<key>"``, e.g. CosPlace's
+    ``last_checkpoint.pth`` with ``model_state_dict``, a Lightning ``.ckpt`` with
+    ``state_dict``). A ``module.`` prefix on every key (DataParallel) is removed.
+    """
+    path = Path(path)
+    obj = torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise HarnessError(f"checkpoint holds a {type(obj).__name__}, expected a dict", path)
+    if _is_tensor_dict(obj):
+        return strip_prefix(obj), "state_dict"
+    for key in wrapper_keys:
+        if key in obj:
+            if not _is_tensor_dict(obj[key]):
+                raise HarnessError(f"checkpoint entry {key!r} is not a dict of tensors", path)
+            return strip_prefix(obj[key]), key
+    raise HarnessError(
+        "unrecognised checkpoint layout: expected a state dict of tensors or a dict with "
+        f"{' or '.join(repr(k) for k in wrapper_keys)}; top-level keys: "
+        f"{_listed(map(str, obj))}",
         path,
     )
 

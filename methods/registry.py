@@ -24,6 +24,8 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
     "methods.probe",
+    "methods.cosplace",
+    "methods.mixvpr",
     "methods.iovpr.registered",
 )
 _OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}
