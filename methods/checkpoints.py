@@ -186,35 +186,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     )
 
 
-def read_state_dict(
-    path: str | os.PathLike, wrapper_keys: tuple[str, ...] = ("state_dict",)
-) -> tuple[dict[str, Any], str]:
-    """The model state dict of a released or training file, and which layout held it.
-
-    Accepted: a flat dict of tensors (layout ``"state_dict"``, what most authors release), or
-    a dict whose entry ``wrapper_keys[i]`` is one (layout ``"<key>"``, e.g. CosPlace's
-    ``last_checkpoint.pth`` with ``model_state_dict``, a Lightning ``.ckpt`` with
-    ``state_dict``). A ``module.`` prefix on every key (DataParallel) is removed.
-    """
-    path = Path(path)
-    obj = torch_load(path)
-    if not isinstance(obj, Mapping):
-        raise HarnessError(f"checkpoint holds a {type(obj).__name__}, expected a dict", path)
-    if _is_tensor_dict(obj):
-        return strip_prefix(obj), "state_dict"
-    for key in wrapper_keys:
-        if key in obj:
-            if not _is_tensor_dict(obj[key]):
-                raise HarnessError(f"checkpoint entry {key!r} is not a dict of tensors", path)
-            return strip_prefix(obj[key]), key
-    raise HarnessError(
-        "unrecognised checkpoint layout: expected a state dict of tensors or a dict with "
-        f"{' or '.join(repr(k) for k in wrapper_keys)}; top-level keys: "
-        f"{_listed(map(str, obj))}",
-        path,
-    )
-
-
 def _listed(keys) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:_LISTED_KEYS])

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from methods.base import ImageLoader, Method, PartContext
-from methods.imagenet import ResizeExact, ResizeShortSide, normalize_imagenet
+from methods.imagenet import PILResize, PILShortSide
 from methods.registry import register_method
+from methods.released import ReleasedMethod
 from methods.torchvision_backbones import (
     VGG16_LAST_CONV,
     infer_resnet_depth,
@@ -161,7 +161,7 @@ class CosPlaceOptions:
 
 
 @register_method("cosplace")
-class CosPlaceMethod(Method):
+class CosPlaceMethod(ReleasedMethod):
     """CosPlace: a torchvision CNN, GeM and a linear layer, from the released ``.pth`` file.
 
     Preprocessing as the authors test (gmberton/CosPlace ``datasets/test_dataset.py``): the
@@ -172,20 +172,11 @@ class CosPlaceMethod(Method):
 
     description = "CosPlace (ResNet/VGG16 + GeM + linear; released .pth, full resolution)"
     config_cls = CosPlaceOptions
-    family = "CosPlace"
+    wrappers = ("model_state_dict", "state_dict")
 
     def __init__(self, config: CosPlaceOptions, weights=None):
         super().__init__(config, weights)
-        self._state: dict | None = None
         self._shape: tuple[str, int] | None = None
-
-    def state_dict(self) -> dict:
-        """The file's model state dict (read once; tensors on the CPU)."""
-        if self._state is None:
-            from methods.checkpoints import read_state_dict
-
-            self._state, _ = read_state_dict(self.weights, ("model_state_dict", "state_dict"))
-        return self._state
 
     def shape(self) -> tuple[str, int]:
         """``(backbone, dim)`` from the file's keys, or from the options where they cannot tell."""
@@ -215,25 +206,14 @@ class CosPlaceMethod(Method):
             resolved.append(given if given is not None else found)
         return resolved[0], int(resolved[1])
 
-    def image_loader(self, context: PartContext) -> ImageLoader:
+    def transform(self):
         config = self.config
         if config.image_height is not None:
-            return ImageLoader(
-                ResizeExact(config.image_height, config.image_width, config.interpolation)
-            )
-        return ImageLoader(ResizeShortSide(config.short_side, config.interpolation))
+            return PILResize(config.image_height, config.image_width, config.interpolation)
+        return PILShortSide(config.short_side, config.interpolation)
 
-    def build_model(self, device) -> CosPlaceNet:
-        from methods.checkpoints import load_state_dict_strict
-
-        backbone, dim = self.shape()
-        model = CosPlaceNet(backbone, dim)
-        load_state_dict_strict(model, self.state_dict(), self.weights, what=f"{self.family} weights")
-        self._state = None  # the model holds the values now
-        return model.to(device).eval()
-
-    def encode(self, model, images, context: PartContext):
-        return model(normalize_imagenet(images))
+    def make_model(self, state) -> CosPlaceNet:
+        return CosPlaceNet(*self.shape())
 
     @property
     def descriptor_dim(self) -> int:
@@ -249,4 +229,3 @@ class EigenPlacesMethod(CosPlaceMethod):
     """
 
     description = "EigenPlaces (CosPlace's network; released .pth, full resolution)"
-    family = "EigenPlaces"

@@ -1,13 +1,20 @@
-"""Test-time preprocessing of the modern (ImageNet-normalised) methods, split in two halves.
+"""Preprocessing of ImageNet-pretrained methods: resizes in workers, normalisation on device.
 
-The authors' pipelines are ``[Resize(...)], ToTensor(), Normalize(IMAGENET_MEAN, IMAGENET_STD)``
-on PIL images. As in :mod:`methods.transforms`, data-loader workers do the resize and hand over
-``uint8`` tensors; :func:`normalize_imagenet` then applies ``ToTensor``'s division by 255 and
-``Normalize`` on the device with the same operations, so the pixels equal torchvision's.
+The authors' test transforms are torchvision pipelines: ``ToTensor`` (divide by 255), an
+optional ``Resize``, ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``. Two kinds of resize occur:
 
-torchvision's ``Resize`` on a PIL image calls ``PIL.Image.resize`` with the chosen filter (PIL
-filters always antialias when shrinking), so the PIL resizes below give the same pixels
-without importing torchvision in every worker.
+* on the PIL image, before ``ToTensor`` (SALAD's ``T.Resize((322, 322), BILINEAR)``, MixVPR's
+  ``(320, 320)``, CosPlace's optional short side): torchvision calls PIL's own resampling on
+  ``uint8`` (antialiased when shrinking) -> :class:`methods.transforms.ResizeUint8` (bilinear),
+  :class:`PILResize` and :class:`PILShortSide` (any PIL filter, or the native size);
+* on the float tensor, after ``ToTensor`` (BoQ's bicubic ``antialias=True``, MegaLoc's rounding
+  to a multiple of 14, VPR-methods-evaluation's ``--image_size``): ``F.interpolate`` on the
+  0-1 image, which is what torchvision's tensor ``Resize`` calls -> :class:`TensorResize`,
+  :class:`RoundToMultiple`. These hand float tensors on the 0-1 scale to the device.
+
+Resizing (weights summing to one) and the per-channel affine ``Normalize`` commute, so resizing
+the 0-1 image in a worker equals the authors' resize of the normalised tensor up to float
+rounding. :func:`imagenet_normalize` then divides ``uint8`` input by 255 and normalises.
 """
 
 from __future__ import annotations
@@ -18,19 +25,55 @@ from methods.transforms import pil_to_uint8, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def imagenet_normalize(images):
+    """Float ``(B, 3, H, W)`` on the 0-1 scale -> float32 ``Normalize(IMAGENET_MEAN, STD)``."""
+    import torch
+
+    assert images.ndim == 4 and images.shape[1] == 3, (
+        f"expected (B, 3, H, W), got {tuple(images.shape)}"
+    )
+    images = images.to(torch.float32)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return images.sub(mean).div(std)
+
+
+def normalize_for_method(images):
+    """Method input: ``uint8`` pixels become 0-1 first; float input is already 0-1."""
+    import torch
+
+    if images.dtype == torch.uint8:
+        images = images.to(torch.float32).div(255)
+    return imagenet_normalize(images)
+
+
+def resize_tensor(image, height: int, width: int, interpolation: str, antialias: bool):
+    """``(3, H, W)`` float -> ``(3, height, width)``, as torchvision's tensor ``Resize``.
+
+    torchvision clamps only ``uint8`` results, so a float bicubic result may leave 0-1.
+    """
+    import torch.nn.functional as F
+
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    resized = F.interpolate(
+        image.unsqueeze(0),
+        size=(height, width),
+        mode=interpolation,
+        align_corners=False,
+        antialias=antialias,
+    )
+    return resized.squeeze(0)
 
 
 def pil_filter(name: str):
-    """The PIL resampling filter called ``name`` (one of :data:`INTERPOLATIONS`)."""
+    """The PIL resampling filter that torchvision's ``InterpolationMode`` ``name`` selects."""
     from PIL import Image
 
-    filters = {
-        "bilinear": Image.Resampling.BILINEAR,
-        "bicubic": Image.Resampling.BICUBIC,
-        "nearest": Image.Resampling.NEAREST,
-        "lanczos": Image.Resampling.LANCZOS,
-    }
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
     try:
         return filters[name]
     except KeyError:
@@ -38,12 +81,15 @@ def pil_filter(name: str):
 
 
 @dataclass(frozen=True)
-class ResizeExact:
-    """Resize a PIL image to exactly ``(height, width)`` (``T.Resize((h, w))``) -> uint8."""
+class PILResize:
+    """Worker transform: ``T.Resize((height, width), interpolation)`` on the PIL image -> uint8."""
 
     height: int
     width: int
     interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        pil_filter(self.interpolation)
 
     def __call__(self, image):
         if (image.width, image.height) != (self.width, self.height):
@@ -56,15 +102,18 @@ class ResizeExact:
 
 
 @dataclass(frozen=True)
-class ResizeShortSide:
-    """Resize so that the short side is ``short_side`` (``T.Resize(int)``) -> uint8.
+class PILShortSide:
+    """Worker transform: ``T.Resize(short_side)`` on the PIL image (aspect kept) -> uint8.
 
-    ``short_side=None`` keeps the image at its native resolution. Sizes differ between images,
-    so batches hold one image.
+    ``short_side=None`` keeps the native resolution (no resize at all). Sizes differ between
+    images, so batches hold one image.
     """
 
     short_side: int | None = None
     interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        pil_filter(self.interpolation)
 
     def __call__(self, image):
         if self.short_side is not None:
@@ -78,18 +127,69 @@ class ResizeShortSide:
         return False
 
 
-def normalize_imagenet(images):
-    """``uint8`` ``(B, 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` with ImageNet statistics.
-
-    The same operations as ``ToTensor()`` then ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``.
-    Float input is taken as already normalised and returned unchanged.
-    """
+def pil_to_unit_float(image):
+    """PIL RGB image -> float32 ``(3, H, W)`` in 0-1 (``ToTensor``)."""
     import torch
 
-    if images.dtype != torch.uint8:
-        return images
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return images.to(torch.float32).div(255).sub(mean).div(std)
+    return pil_to_uint8(image).to(torch.float32).div(255)
+
+
+@dataclass(frozen=True)
+class TensorResize:
+    """Worker transform: ``ToTensor`` then a tensor resize to ``(height, width)``."""
+
+    height: int
+    width: int
+    interpolation: str = "bicubic"
+    antialias: bool = True
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}")
+
+    def __call__(self, image):
+        return resize_tensor(
+            pil_to_unit_float(image), self.height, self.width, self.interpolation, self.antialias
+        )
+
+    @property
+    def fixed_size(self) -> bool:
+        return True
+
+
+def nearest_multiple(size: int, multiple: int) -> int:
+    """``round(size / multiple) * multiple`` with Python's rounding, as the ViT wrappers do."""
+    return max(multiple, round(size / multiple) * multiple)
+
+
+@dataclass(frozen=True)
+class RoundToMultiple:
+    """Worker transform: optional resize to ``(height, width)``, then H and W to multiples.
+
+    As MegaLoc's ``forward`` (and VPR-methods-evaluation's ``ResizingWrapper``): when H or W is
+    not a multiple of ``multiple``, both are rounded to the nearest multiple and the tensor is
+    resized (bilinear, antialias). Without ``height``/``width`` images keep their own size.
+    """
+
+    multiple: int = 14
+    height: int | None = None
+    width: int | None = None
+
+    def __call__(self, image):
+        tensor = pil_to_unit_float(image)
+        if self.height is not None and self.width is not None:
+            tensor = resize_tensor(tensor, self.height, self.width, "bilinear", True)
+        height, width = tensor.shape[-2:]
+        if height % self.multiple or width % self.multiple:
+            tensor = resize_tensor(
+                tensor,
+                nearest_multiple(height, self.multiple),
+                nearest_multiple(width, self.multiple),
+                "bilinear",
+                True,
+            )
+        return tensor
+
+    @property
+    def fixed_size(self) -> bool:
+        return self.height is not None and self.width is not None

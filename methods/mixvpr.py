@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from methods.base import ImageLoader, Method, PartContext
-from methods.imagenet import ResizeExact, normalize_imagenet
+from methods.imagenet import PILResize
 from methods.registry import register_method
+from methods.released import ReleasedMethod
 from methods.torchvision_backbones import (
     count_blocks,
     infer_resnet_depth,
@@ -184,7 +184,7 @@ class MixVPROptions:
 
 
 @register_method("mixvpr")
-class MixVPRMethod(Method):
+class MixVPRMethod(ReleasedMethod):
     """MixVPR from the released ``.ckpt`` (4096, 512 or 128-D), images resized to 320 x 320.
 
     Preprocessing as the published numbers were measured (amaralibey/MixVPR ``main.py``:
@@ -199,17 +199,10 @@ class MixVPRMethod(Method):
 
     def __init__(self, config: MixVPROptions, weights=None):
         super().__init__(config, weights)
-        self._state: dict | None = None
         self._shape: MixVPRShape | None = None
 
-    def state_dict(self) -> dict:
-        if self._state is None:
-            from methods.checkpoints import read_state_dict
-
-            self._state, _ = read_state_dict(self.weights, ("state_dict",))
-        return self._state
-
     def shape(self) -> MixVPRShape:
+        """The network the file's shapes describe, checked against the image size."""
         if self._shape is None:
             shape = infer_shape(self.state_dict(), self.weights)
             rows = resnet_feature_size(self.config.image_height, shape.last_layer)
@@ -224,20 +217,12 @@ class MixVPRMethod(Method):
             self._shape = shape
         return self._shape
 
-    def image_loader(self, context: PartContext) -> ImageLoader:
+    def transform(self):
         config = self.config
-        return ImageLoader(ResizeExact(config.image_height, config.image_width, config.interpolation))
+        return PILResize(config.image_height, config.image_width, config.interpolation)
 
-    def build_model(self, device) -> MixVPRNet:
-        from methods.checkpoints import load_state_dict_strict
-
-        model = MixVPRNet(self.shape())
-        load_state_dict_strict(model, self.state_dict(), self.weights, what="MixVPR weights")
-        self._state = None  # the model holds the values now
-        return model.to(device).eval()
-
-    def encode(self, model, images, context: PartContext):
-        return model(normalize_imagenet(images))
+    def make_model(self, state) -> MixVPRNet:
+        return MixVPRNet(self.shape())
 
     @property
     def descriptor_dim(self) -> int:

@@ -26,6 +26,9 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.probe",
     "methods.cosplace",
     "methods.mixvpr",
+    "methods.salad",
+    "methods.megaloc",
+    "methods.boq",
     "methods.iovpr.registered",
 )
 _OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}

@@ -10,14 +10,14 @@ pytest.importorskip("torchvision")
 
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
+from released_layouts import cosplace_shapes, cosplace_state, meta_state  # noqa: E402
 
 from harness.cli import cli  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.features import read_descriptors, read_info, read_names  # noqa: E402
 from methods.cosplace import CosPlaceNet, GeM, gem, infer_backbone, infer_dim  # noqa: E402
-from methods.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet  # noqa: E402
+from methods.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_for_method  # noqa: E402
 from methods.registry import get_method, list_methods  # noqa: E402
-from released_layouts import cosplace_shapes, random_values  # noqa: E402
 
 torch.set_num_threads(1)  # two threads on a shared 2-core machine run ~4x slower
 DIM = 32
@@ -26,7 +26,7 @@ DIM = 32
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     """A ``ResNet18_32_cosplace.pth`` as the authors save it: ``torch.save(state_dict)``."""
-    state = random_values(cosplace_shapes("ResNet18", DIM), seed=0)
+    state = cosplace_state("ResNet18", DIM, seed=0)
     path = tmp_path_factory.mktemp("cosplace") / "ResNet18_32_cosplace.pth"
     torch.save(state, path)
     return path, state
@@ -74,7 +74,7 @@ def test_aggregation_matches_a_numpy_reference():
 @pytest.mark.parametrize("backbone, dim", [("ResNet18", 64), ("ResNet50", 128), ("VGG16", 512)])
 def test_backbone_and_dim_come_from_the_file(tmp_path, backbone, dim):
     path = tmp_path / f"{backbone}_{dim}_cosplace.pth"
-    torch.save(random_values(cosplace_shapes(backbone, dim), seed=1), path)
+    torch.save(cosplace_state(backbone, dim, seed=1), path)
     method = get_method("cosplace", {}, weights=path)
     assert method.shape() == (backbone, dim) and method.descriptor_dim == dim
     model = method.build_model("cpu")  # strict: every key and shape matched
@@ -85,10 +85,7 @@ def test_backbone_and_dim_come_from_the_file(tmp_path, backbone, dim):
 def test_layouts_are_told_apart_by_their_keys(backbone):
     # shapes only (meta tensors): ResNet-50/101/152 differ in blocks per stage (3-4-6-3,
     # 3-4-23-3, 3-8-36-3), ResNet-18 has basic blocks (no conv3), VGG16 a backbone.28
-    state = {
-        key: torch.empty(shape, dtype=dtype, device="meta")
-        for key, (shape, dtype) in cosplace_shapes(backbone, 256).items()
-    }
+    state = meta_state(cosplace_shapes(backbone, 256))
     assert (infer_backbone(state), infer_dim(state)) == (backbone, 256)
 
 
@@ -102,7 +99,8 @@ def test_released_file_gives_unit_descriptors(released):
     np.testing.assert_allclose(out.norm(dim=1).numpy(), 1.0, atol=1e-5)
     assert model.aggregation[1].p.item() == pytest.approx(state["aggregation.1.p"].item())
     assert torch.equal(model.backbone[1].running_var, state["backbone.1.running_var"])
-    assert int(model.backbone[1].num_batches_tracked) == int(state["backbone.1.num_batches_tracked"])
+    counter = "backbone.1.num_batches_tracked"
+    assert int(model.backbone[1].num_batches_tracked) == int(state[counter])
 
 
 def test_batch_size_does_not_change_descriptors(released):
@@ -115,7 +113,7 @@ def test_batch_size_does_not_change_descriptors(released):
     assert torch.allclose(batched, single, atol=1e-5)
 
 
-def test_training_checkpoint_and_dataparallel_layouts_load_the_same(released, tmp_path):
+def test_training_checkpoint_loads_like_the_released_file(released, tmp_path):
     path, state = released
     _, reference = _model(path)
     adam = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
@@ -133,14 +131,11 @@ def test_training_checkpoint_and_dataparallel_layouts_load_the_same(released, tm
         },
         training,
     )
-    parallel = tmp_path / "module.pth"
-    torch.save({f"module.{k}": v for k, v in state.items()}, parallel)
     images = _images(2, 2)
     with torch.no_grad():
-        expected = reference(normalize_imagenet(images))
-        for other in (training, parallel):
-            method, model = _model(other)
-            assert torch.equal(method.encode(model, images, None), expected)
+        expected = reference(normalize_for_method(images))
+        method, model = _model(training)
+        assert torch.equal(method.encode(model, images, None), expected)
 
 
 # ------------------------------------------------------------------------------ strictness
@@ -156,7 +151,7 @@ def _expect_error(path, *fragments, **options):
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(released, tmp_path):
-    path, state = released
+    _, state = released
     missing = dict(state)
     del missing["aggregation.1.p"]
     torch.save(missing, tmp_path / "missing.pth")
@@ -180,7 +175,7 @@ def test_options_must_agree_with_the_file(released):
 
 
 def test_options_fill_in_what_the_file_cannot_tell(released, tmp_path):
-    path, state = released
+    _, state = released
     no_linear = {k: v for k, v in state.items() if not k.startswith("aggregation.3.")}
     torch.save(no_linear, tmp_path / "no_linear.pth")
     _expect_error(tmp_path / "no_linear.pth", "cannot tell the dim", "--method-option dim=")
@@ -193,7 +188,7 @@ def test_options_fill_in_what_the_file_cannot_tell(released, tmp_path):
 
 
 def test_cli_error_is_one_line_exit_2(released, tmp_path):
-    path, state = released
+    _, state = released
     torch.save({k: v for k, v in state.items() if k != "aggregation.1.p"}, tmp_path / "bad.pth")
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -215,13 +210,12 @@ def test_loader_keeps_full_resolution_and_matches_torchvision(released, tmp_path
 
     path, _ = released
     image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (37, 53, 3), np.uint8))
-    method = get_method("cosplace", {}, weights=path)
-    loader = method.image_loader(None)
+    loader = get_method("cosplace", {}, weights=path).image_loader(None)
     assert not loader.fixed_size
     pixels = loader.transform(image)
     assert pixels.shape == (3, 37, 53)
     reference = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(image)
-    assert torch.allclose(normalize_imagenet(pixels[None])[0], reference, atol=1e-6)
+    assert torch.allclose(normalize_for_method(pixels[None])[0], reference, atol=1e-6)
     # CosPlace's --resize_test_imgs: Resize(short side, antialias=True) on the PIL image
     resized = get_method("cosplace", {"short_side": "20"}, weights=path).image_loader(None)
     expected = T.Resize(20, antialias=True)(image)

@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from PIL import Image  # noqa: E402
-from released_layouts import mixvpr_shapes, random_values  # noqa: E402
+from released_layouts import meta_state, mixvpr_shapes, mixvpr_state  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
-from methods.imagenet import normalize_imagenet  # noqa: E402
+from methods.imagenet import normalize_for_method  # noqa: E402
 from methods.mixvpr import FeatureMixer, MixVPRAggregator, infer_shape  # noqa: E402
 from methods.registry import get_method  # noqa: E402
 from methods.torchvision_backbones import resnet_feature_size  # noqa: E402
@@ -28,7 +28,7 @@ SMALL = {"image_height": "64", "image_width": "64"}
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A ResNet-18 MixVPR (16 positions, 256 -> 32 channels x 2 rows), saved as a state dict."""
-    state = random_values(mixvpr_shapes("resnet18", 16, 32, 2, channels=256), seed=0)
+    state = mixvpr_state("resnet18", 16, 32, 2, channels=256, seed=0)
     path = tmp_path_factory.mktemp("mixvpr") / "resnet18_MixVPR_64_channels(32)_rows(2).ckpt"
     torch.save(state, path)
     return path, state
@@ -99,10 +99,7 @@ def test_feature_size_arithmetic():
 # -------------------------------------------------------------------------- released files
 @pytest.mark.parametrize("dim, channels, rows", [(4096, 1024, 4), (512, 256, 2), (128, 64, 2)])
 def test_released_configurations_are_read_from_shapes(dim, channels, rows):
-    state = {
-        key: torch.empty(shape, dtype=dtype, device="meta")
-        for key, (shape, dtype) in mixvpr_shapes("resnet50", 400, channels, rows, 1024).items()
-    }
+    state = meta_state(mixvpr_shapes("resnet50", 400, channels, rows, 1024))
     shape = infer_shape(state, "x.ckpt")
     assert (shape.resnet_depth, shape.last_layer, shape.mix_depth) == (50, 3, 4)
     assert (shape.positions, shape.hidden, shape.channels) == (400, 400, 1024)
@@ -110,7 +107,7 @@ def test_released_configurations_are_read_from_shapes(dim, channels, rows):
 
 
 def test_released_4096_file_at_320(tmp_path):
-    state = random_values(mixvpr_shapes("resnet50", 400, 1024, 4, 1024), seed=1)
+    state = mixvpr_state("resnet50", 400, 1024, 4, 1024, seed=1)
     path = tmp_path / "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"
     torch.save(state, path)
     method, model = _built(path, {})
@@ -171,7 +168,7 @@ def test_lightning_checkpoint_loads_like_the_state_dict(small, tmp_path, monkeyp
     monkeypatch.delitem(sys.modules, name)  # reading needs no Lightning
     images = _images(2, 2)
     with torch.no_grad():
-        expected = _built(path)[1](normalize_imagenet(images))
+        expected = _built(path)[1](normalize_for_method(images))
         method, model = _built(lightning)
         assert torch.equal(method.encode(model, images, None), expected)
 
@@ -181,10 +178,10 @@ class _Payload:
 
 
 def test_other_objects_in_a_checkpoint_are_refused(small, tmp_path):
-    path, state = small
+    _, state = small
     torch.save({"state_dict": state, "callback": _Payload()}, tmp_path / "evil.ckpt")
     with pytest.raises(HarnessError, match="refusing to load"):
-        get_method("mixvpr", SMALL, weights=tmp_path / "evil.ckpt").descriptor_dim
+        get_method("mixvpr", SMALL, weights=tmp_path / "evil.ckpt").state_dict()
 
 
 # ------------------------------------------------------------------------------ strictness
@@ -198,7 +195,7 @@ def _expect_error(path, *fragments, options=SMALL):
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(small, tmp_path):
-    path, state = small
+    _, state = small
     torch.save({k: v for k, v in state.items() if k != "aggregator.row_proj.bias"}, tmp_path / "m")
     _expect_error(tmp_path / "m", "missing keys: aggregator.row_proj.bias")
     torch.save(dict(state, **{"backbone.model.fc.weight": torch.zeros(2, 2)}), tmp_path / "u")
@@ -231,6 +228,6 @@ def test_loader_matches_the_authors_torchvision_transform(small, interpolation):
             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
         ]
     )(image)
-    got = normalize_imagenet(loader.transform(image)[None])[0]
+    got = normalize_for_method(loader.transform(image)[None])[0]
     assert got.shape == (3, 40, 48)
     assert torch.allclose(got, reference, atol=1e-6)

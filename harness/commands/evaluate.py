@@ -66,7 +66,8 @@ def format_scores(result) -> str:
     lines = [
         f"{result.method} on {result.split}: {result.counts.queries} queries, "
         f"{result.counts.database} database images, radius {protocol.radius_m:g} m"
-        + (", spatial NMS" if protocol.spatial_nms else ""),
+        + (", spatial NMS" if protocol.spatial_nms else "")
+        + (", ranking submission (re-ranking)" if protocol.metric == "ranking" else ""),
     ]
     if result.counts.queries_without_positive:
         lines.append(
@@ -114,20 +115,29 @@ def format_scores(result) -> str:
 @click.option("--no-checksums", is_flag=True,
               help="Do not record sha256 of the feature files (saves ~10% CPU at scale).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--ranking", "ranking_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="A ranking file (text 'query db1 db2 ...' lines, MSLS format included, or "
+                   "HDF5) instead of features: re-ranking methods.")
+@click.option("--predictions-out", "predictions_out",
+              type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the ranking by name: .csv (names, metres, first positive rank) "
+                   "or .txt (MSLS 'query_key db_key ...' lines).")
 def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
-                 method_options, features_dir, device, batch_size, no_checksums, progress) -> None:
+                 method_options, features_dir, device, batch_size, no_checksums, progress,
+                 ranking_path, predictions_out) -> None:
     """Evaluate features on a split exactly; print Recall@N and write a JSON record.
 
     Give --features (files or directories; one file holds the queries, the database may be
-    sharded), or --method to have the installed provider extract them first.
+    sharded), --method to have the installed provider extract them first, or --ranking.
     """
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
     from harness.splits import default_data_root, get_split
 
-    if bool(features) == bool(method):
-        raise click.UsageError("give either --features or --method")
+    if bool(features) + bool(method) + bool(ranking_path) != 1:
+        raise click.UsageError("give one of --features, --method or --ranking")
     if predictions_path and no_predictions:
         raise click.UsageError("--predictions and --no-predictions contradict each other")
     if (weights or method_options or features_dir or device or batch_size) and not method:
@@ -152,8 +162,19 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
             method=method, split=split, out_dir=Path(out_dir), weights=weights,
             options=options, device=device, batch_size=batch_size,
         ))
-    result = evaluate(features, split, config, method=method)
+    if ranking_path is not None:
+        from harness.sources.rankings import evaluate_ranking
+
+        result = evaluate_ranking(ranking_path, split, config)
+    else:
+        result = evaluate(features, split, config, method=method)
+    if predictions_out is not None:
+        from harness.sources.predictions import write_named_predictions
+
+        write_named_predictions(predictions_out, result, split)
     click.echo(format_scores(result))
+    if predictions_out is not None:
+        click.echo(f"wrote {predictions_out}")
     if json_path is not None:
         if no_predictions:
             import dataclasses
