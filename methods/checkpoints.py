@@ -11,6 +11,10 @@ Layouts read (all with ``torch.load(weights_only=True)``: a file is never unpick
   'state_dict', 'model_config', ...}``: the same key names without prefix, plus the model
   configuration (backbone, clusters, image size), so evaluation needs no extra flags.
 
+Lightning ``.ckpt`` files pickle their hyper-parameters as Lightning's ``AttributeDict``;
+:func:`torch_load` reads that one class as a plain ``dict`` (no Lightning code is imported or
+run), so such files load; any other Python object is still refused.
+
 Unlike OpenIBL's ``copy_state_dict``, which silently skips keys that do not match (a model
 with random layers then evaluates without complaint), loading is strict: missing, unexpected
 or mis-shaped keys are one error that lists them.
