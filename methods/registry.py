@@ -24,6 +24,8 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
     "methods.probe",
+    "methods.cosplace",
+    "methods.mixvpr",
     "methods.salad",
     "methods.megaloc",
     "methods.boq",
