@@ -114,7 +114,9 @@ def _recall_cell(row: Mapping, split: str) -> str:
     result = read_result(record)
     r1, r5 = result.scores["recall@1"], result.scores.get("recall@5")
     bounds = result.interval("recall@1")
-    text = f"{100 * r1:.1f}" + ("" if bounds is None else f" ± {100 * (bounds[1] - bounds[0]) / 2:.1f}")
+    text = f"{100 * r1:.1f}"
+    if bounds is not None:
+        text += f" ± {100 * (bounds[1] - bounds[0]) / 2:.1f}"
     return text + ("" if r5 is None else f" / {100 * r5:.1f}")
 
 
@@ -133,9 +135,10 @@ def seed_section(seed: int, study: Mapping, splits: Sequence[str]) -> list[str]:
     for row in rows:
         lines.append(f"| {row['method']} | " + " | ".join(_recall_cell(row, s) for s in splits)
                      + " |")
-    lines += ["", f"Against the baseline, Indoor-Ams 1 and 2 together (R@1, mean of the sets; "
-                  f"paired bootstrap 95 % interval; exact McNemar on the pooled queries):", "",
-              "| method | baseline | method | difference [95 % interval] | won | lost | p | verdict |",
+    lines += ["", "Against the baseline, Indoor-Ams 1 and 2 together (R@1, mean of the sets; "
+                  "paired bootstrap 95 % interval; exact McNemar on the pooled queries):", "",
+              "| method | baseline | method | difference [95 % interval] | won | lost | p "
+              "| verdict |",
               "|---|---:|---:|---|---:|---:|---:|---|"]
     for paired in paired_against_baseline(rows):
         verdict = ("better" if paired.won > paired.lost else "worse") \
