@@ -69,3 +69,14 @@ def test_seed_section_and_readme_markers(study_rows, tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(HarnessError, match="markers"):
         replace_readme_section(readme, text)
+
+
+def test_study_report_cli_rejects_bad_seeds(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    result = CliRunner().invoke(cli, ["iovpr", "study-report", "--city", str(tmp_path),
+                                      "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--seeds", "43,x"])
+    assert result.exit_code == 2 and "expected integers like 43,44" in result.output
