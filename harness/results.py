@@ -20,7 +20,10 @@ API for readers (the leaderboard)::
 
 Schema history (add a reader to ``_READERS`` for each new version; never drop one):
 
-* 1: this layout.
+* 1: the first layout.
+* 2: adds ``efficiency`` (:mod:`harness.efficiency`: bytes per descriptor, the search's
+  machine-independent cost, extraction ms/image as the harness measured it, search seconds and
+  the evaluation's own peak memory with the hardware). Version-1 records read as they are.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from harness.io import atomic_path, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAIN_SCORE = "recall@1"
 FLOAT_DECIMALS = 6
 PREDICTIONS_SUFFIX = ".predictions.npz"
@@ -181,14 +184,17 @@ class EvalResult:
     main_score: str = MAIN_SCORE
     predictions: FileDigest | None = None
     method_attrs: Mapping[str, Any] = field(default_factory=dict)
+    efficiency: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     prediction_data: Predictions | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.schema_version != SCHEMA_VERSION:
+        if self.schema_version not in _READERS:
             raise HarnessError(
-                f"EvalResult holds schema_version {SCHEMA_VERSION}, got {self.schema_version}"
+                f"EvalResult holds schema_version {sorted(_READERS)}, got {self.schema_version}"
             )
+        if self.schema_version < 2 and self.efficiency:
+            raise HarnessError("schema_version 1 records have no efficiency section")
         scores = {}
         for name, value in dict(self.scores).items():
             if not _SCORE_NAME.match(name):
@@ -218,7 +224,7 @@ class EvalResult:
         """JSON-ready dict (floats rounded to 6 decimals; ``prediction_data`` left out)."""
         data = {}
         for f in dataclasses.fields(self):
-            if f.name == "prediction_data":
+            if f.name == "prediction_data" or (f.name == "efficiency" and self.schema_version < 2):
                 continue
             data[f.name] = _plain(getattr(self, f.name))
         return _round_floats(data)
@@ -370,7 +376,16 @@ def _scores(value, where):
 
 
 def _read_v1(data: Mapping) -> EvalResult:
-    where = "record"
+    return _build(EvalResult, _v1_converters(), data, "record",
+                  skip=("prediction_data", "efficiency"))
+
+
+def _read_v2(data: Mapping) -> EvalResult:
+    converters = {**_v1_converters(), "efficiency": _json_object}
+    return _build(EvalResult, converters, data, "record")
+
+
+def _v1_converters() -> dict[str, Callable]:
     converters = {
         "split": _str,
         "split_sha256": _str,
@@ -405,11 +420,11 @@ def _read_v1(data: Mapping) -> EvalResult:
         "method_attrs": _json_object,
         "schema_version": _int,
     }
-    return _build(EvalResult, converters, data, where)
+    return converters
 
 
 #: One reader per schema version that ever existed.
-_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1}
+_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2}
 
 
 def read_result(path: str | os.PathLike) -> EvalResult:

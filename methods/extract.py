@@ -30,6 +30,9 @@ DEFAULT_GPU_BATCH = 32
 # exceed float16's 65504 and turn into Inf; tensor cores run both at the same speed.
 AMP_DTYPE_NAME = "bfloat16"
 DEFAULT_CPU_BATCH = 8
+#: ``--precision`` choices: the dtype the network runs in (descriptors are float32 either way).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,37 @@ class ExtractOptions:
     dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
     overwrite: bool = False
+    #: ``auto``: bf16 autocast on CUDA (unless ``amp=False``), fp32 elsewhere.
+    precision: str = "auto"
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise HarnessError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise HarnessError(f"batch size must be >= 1, got {self.batch_size}")
         if self.dtype not in ("float32", "float16"):
             raise HarnessError(f"descriptor dtype must be float32 or float16, got {self.dtype!r}")
+
+
+def resolve_precision(options: ExtractOptions, device) -> str:
+    """The precision extraction runs in on ``device``: ``fp32``, ``bf16`` or ``fp16``."""
+    if options.precision != "auto":
+        return options.precision
+    if device.type == "cuda" and options.amp is not False:
+        return "bf16"
+    return "fp32"
+
+
+def image_list_sha256(root: str | os.PathLike, names: Sequence[str]) -> str:
+    """Identity of an image set: its folder and its names in order (what extraction reads)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(root).encode())
+    for name in names:
+        digest.update(b"\n" + name.encode())
+    return digest.hexdigest()
 
 
 def resolve_device(device: str | None):
@@ -108,11 +136,13 @@ def encode_rows(
     progress: bool = True,
     description: str | None = None,
     to_numpy: bool = True,
+    precision: str | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(rows, descriptors float32)`` batches for ``context.names`` (or ``rows`` of it).
 
     Rows come in order. Batches hold one image when the method's loader keeps aspect ratios.
-    With ``to_numpy=False`` descriptors stay float32 tensors on the device.
+    With ``to_numpy=False`` descriptors stay float32 tensors on the device. ``precision``
+    (``fp32``/``bf16``/``fp16``) overrides ``amp`` (``amp``: bf16 autocast on CUDA).
     """
     import torch
     from tqdm.auto import tqdm
@@ -122,7 +152,9 @@ def encode_rows(
     loader = method.image_loader(context)
     dataset = ImageListDataset(context.image_root, context.names, loader)
     batch_size = context.batch_size if loader.fixed_size else 1
-    use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
+    if precision is None:
+        precision = resolve_precision(ExtractOptions(amp=amp), device)
+    autocast_dtype = _AUTOCAST_DTYPES.get(precision)
     total = len(dataset) if rows is None else len(rows)
     bar = tqdm(
         total=total, unit="img", desc=description or context.part, disable=not progress, leave=False
@@ -134,12 +166,16 @@ def encode_rows(
         rows=rows,
         pin_memory=device.type == "cuda",
     )
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # channels-last: oneDNN's and cuDNN's fast convolutions take NHWC (the model is converted
+    # to match in build_for_device).
+    memory_format = torch.channels_last
     try:
         with (
             torch.inference_mode(),
             torch.autocast(
-                device_type=device.type, dtype=getattr(torch, AMP_DTYPE_NAME), enabled=use_amp
+                device_type=device.type,
+                dtype=getattr(torch, autocast_dtype or AMP_DTYPE_NAME),
+                enabled=autocast_dtype is not None,
             ),
         ):
             for batch in batches:
@@ -161,6 +197,7 @@ def build_for_device(method, device):
     model = method.build_model(device)
     if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
+    if model is not None and hasattr(model, "to"):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -178,13 +215,16 @@ def feature_attrs(
     from harness import __version__
 
     fingerprint = method.fingerprint()
+    precision = resolve_precision(options, device)
     attrs = {
         "method_fingerprint": method.fingerprint_sha256(),
         "method_config": json.dumps(fingerprint, sort_keys=True, default=str),
         "descriptor_dtype": options.dtype,
         "harness_version": __version__,
         "extraction_device": str(device),
-        "extraction_amp": bool(device.type == "cuda" and options.amp is not False),
+        "extraction_amp": precision != "fp32",
+        "extraction_precision": precision,
+        "extraction_hardware": device_hardware(device),
     }
     weights = fingerprint.get("files", {}).get("weights")
     if weights:
@@ -195,10 +235,36 @@ def feature_attrs(
     return attrs
 
 
+def device_hardware(device) -> str:
+    """What ran the network: the GPU's name on CUDA, the CPU's model (and cores) otherwise."""
+    from harness.hardware import cpu_cores, cpu_model
+
+    if device.type == "cuda":
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError):
+            return "cuda"
+    return f"{cpu_model()} ({cpu_cores()} cores)"
+
+
 def is_complete(
-    path: Path, *, fingerprint: str, dtype: str, split_sha256: str | None, parts: Sequence[str]
+    path: Path,
+    *,
+    fingerprint: str,
+    dtype: str,
+    split_sha256: str | None,
+    parts: Sequence[str],
+    precision: str | None = None,
+    images_sha256: dict[str, str] | None = None,
 ) -> bool:
-    """Whether ``path`` is a finished feature file of the same method, weights, split and dtype."""
+    """Whether ``path`` is a finished feature file of the same method, weights, split and dtype.
+
+    With ``images_sha256`` (part -> :func:`image_list_sha256`) the images are compared instead
+    of the split (a database shared by several splits); with ``precision`` the precision the
+    network ran in must match too.
+    """
     if not path.is_file():
         return False
     try:
@@ -210,6 +276,11 @@ def is_complete(
         info.attrs.get("method_fingerprint") == fingerprint
         and info.attrs.get("descriptor_dtype") == dtype
         and (split_sha256 is None or info.attrs.get("split_sha256") == split_sha256)
+        and (precision is None or info.attrs.get("extraction_precision") == precision)
+        and all(
+            info.attrs.get(f"{part}_images_sha256") == sha
+            for part, sha in (images_sha256 or {}).items()
+        )
         and all(p in info.parts for p in parts)
     )
     return same
@@ -243,7 +314,13 @@ def _write_part(
 ) -> int:
     written = 0
     for batch_rows, descriptors in encode_rows(
-        method, model, context, device=device, rows=rows, amp=options.amp, progress=options.progress
+        method,
+        model,
+        context,
+        device=device,
+        rows=rows,
+        progress=options.progress,
+        precision=resolve_precision(options, device),
     ):
         if not np.all(np.isfinite(descriptors)):
             bad = context.names[
@@ -329,6 +406,10 @@ def extract(
                 part, names, root, split.name, device, batch_size, workers, cache_dir
             )
         extra = {"shard": f"{job_shard[0]}/{job_shard[1]}"} if job_shard else {}
+        for part in job_parts:
+            extra[f"{part}_images_sha256"] = image_list_sha256(
+                contexts[part].image_root, contexts[part].names
+            )
         attrs = feature_attrs(
             method,
             split_name=split.name,
@@ -359,6 +440,7 @@ def extract(
                     rows=rows[part],
                     options=options,
                 )
+            writer.set_attrs(extraction_timing(count, time.perf_counter() - started))
         seconds = time.perf_counter() - started
         logger.info(
             "%s: %d images in %.1f s (%.1f images/s) on %s",
@@ -369,6 +451,16 @@ def extract(
             device,
         )
     return result
+
+
+def extraction_timing(images: int, seconds: float) -> dict:
+    """Root attributes of a feature file: how long its images took to embed, as measured here
+    (reading, decoding, the network and writing; not building the model)."""
+    return {
+        "extraction_images": int(images),
+        "extraction_seconds": float(seconds),
+        "extraction_ms_per_image": 1000.0 * seconds / images if images else 0.0,
+    }
 
 
 def _context(part, names, root, split_name, device, batch_size, workers, cache_dir):
@@ -419,8 +511,9 @@ def extract_images(
         split_sha256=None,
         options=options,
         device=device,
-        extra={"image_root": str(root)},
+        extra={"image_root": str(root), f"{part}_images_sha256": image_list_sha256(root, names)},
     )
+    started = time.perf_counter()
     with FeatureWriter(
         out,
         split=split_name,
@@ -431,9 +524,10 @@ def extract_images(
         attrs=attrs,
     ) as writer:
         method.prepare(context)
-        _write_part(
+        count = _write_part(
             writer, method, model, context, device=device, rows=range(len(names)), options=options
         )
+        writer.set_attrs(extraction_timing(count, time.perf_counter() - started))
     return out
 
 

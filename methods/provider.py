@@ -1,14 +1,18 @@
 """The ``harness eval --method`` hook: produce the feature files of a method on a split.
 
-Files live under ``<out_dir>/<method>-<fingerprint[:12]>/<split>/``: ``query.h5`` and the
-database in shards of at most :data:`DATABASE_SHARD_ROWS` images, so that an interrupted
-extraction of a large database resumes at the first unfinished shard. A file is reused only
-when its recorded fingerprint (method config and the sha256 of every weight file), split
-checksum and dtype match; anything else is extracted.
+Files live under ``<out_dir>/<method>-<fingerprint[:12]>/``: the split's queries in
+``<split>/query.h5``, its database in ``database-<key[:16]>/`` in shards of at most
+:data:`DATABASE_SHARD_ROWS` images (an interrupted extraction of a large database resumes at
+the first unfinished shard). The database folder is keyed by the image set (folder and names),
+the descriptor dtype and the precision, so splits that share a database (Indoor-Ams 1 and 2
+and Outdoor-Ams) extract it once. A file is reused only when its recorded fingerprint (method
+config and the sha256 of every weight file), images, dtype and precision match; anything else
+is extracted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -21,7 +25,17 @@ DATABASE_SHARD_ROWS = 200_000
 
 
 def feature_folder(out_dir: str | os.PathLike, method, split_name: str) -> Path:
+    """Where the queries of ``split_name`` go."""
     return Path(out_dir) / f"{method.name}-{method.fingerprint_sha256()[:12]}" / split_name
+
+
+def database_folder(out_dir: str | os.PathLike, method, split, dtype: str, precision: str) -> Path:
+    """Where a split's database goes: one folder per image set, dtype and precision."""
+    from methods.extract import image_list_sha256
+
+    images = image_list_sha256(split.database_root, split.database_names)
+    key = hashlib.sha256(f"{images}|{dtype}|{precision}".encode()).hexdigest()
+    return Path(out_dir) / f"{method.name}-{method.fingerprint_sha256()[:12]}" / f"database-{key[:16]}"
 
 
 def provide_features(
@@ -33,6 +47,7 @@ def provide_features(
     options: Mapping[str, str],
     device: str | None,
     batch_size: int | None,
+    precision: str = "auto",
 ) -> list[Path]:
     """Extract whatever is missing for ``method`` on ``split``; return every feature file.
 
@@ -44,6 +59,7 @@ def provide_features(
         options: method options (``key -> value`` strings); unknown keys are an error.
         device: ``cuda``, ``cpu``, ... (``None``: CUDA when available).
         batch_size: images per batch (``None``: a default for the device).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :class:`ExtractOptions`).
 
     Returns:
         ``query.h5`` followed by the database shard files.
@@ -52,54 +68,66 @@ def provide_features(
         ExtractOptions,
         build_for_device,
         extract,
+        image_list_sha256,
         is_complete,
         resolve_device,
+        resolve_precision,
         shard_file,
     )
     from methods.registry import get_method
 
     instance = get_method(method, options, weights=weights)
-    folder = feature_folder(out_dir, instance, split.name)
-    shards = max(1, math.ceil(split.num_database / DATABASE_SHARD_ROWS))
-    # The folder is a cache keyed by the fingerprint: a stale file in it is replaced.
-    extract_options = ExtractOptions(device=device, batch_size=batch_size, overwrite=True)
+    # The folders are a cache keyed by the fingerprint: a stale file in them is replaced.
+    extract_options = ExtractOptions(
+        device=device, batch_size=batch_size, overwrite=True, precision=precision
+    )
+    device_obj = resolve_device(device)
+    resolved = resolve_precision(extract_options, device_obj)
     fingerprint = instance.fingerprint_sha256()
-    plan = []
-    for index in range(shards):
-        parts = ("query", "database") if index == 0 else ("database",)
-        plan.append(((index, shards), parts))
-    paths = [shard_file(folder, "query", None)] + [
-        shard_file(folder, "database", (i, shards)) for i in range(shards)
-    ]
-    missing = [
-        p
-        for p in paths
-        if not is_complete(
-            p,
+    query_path = shard_file(feature_folder(out_dir, instance, split.name), "query", None)
+    db_folder = database_folder(out_dir, instance, split, extract_options.dtype, resolved)
+    shards = max(1, math.ceil(split.num_database / DATABASE_SHARD_ROWS))
+    db_paths = [shard_file(db_folder, "database", (i, shards)) for i in range(shards)]
+    keys = {
+        "query": image_list_sha256(split.query_root, split.query_names),
+        "database": image_list_sha256(split.database_root, split.database_names),
+    }
+
+    def complete(path: Path, part: str) -> bool:
+        return is_complete(
+            path,
             fingerprint=fingerprint,
             dtype=extract_options.dtype,
-            split_sha256=split.sha256,
-            parts=("query",) if p.name == "query.h5" else ("database",),
+            split_sha256=None,
+            parts=(part,),
+            precision=resolved,
+            images_sha256={part: keys[part]},
         )
+
+    jobs = [] if complete(query_path, "query") else [(query_path, ("query",), None)]
+    jobs += [
+        (db_folder, ("database",), (i, shards))
+        for i, path in enumerate(db_paths)
+        if not complete(path, "database")
     ]
-    if not missing:
-        logger.info("reusing %d feature file(s) under %s", len(paths), folder)
+    paths = [query_path, *db_paths]
+    if not jobs:
+        logger.info("reusing %d feature file(s) of %s for %s", len(paths), method, split.name)
         return paths
     logger.info(
-        "extracting %d of %d feature file(s) of %s on %s into %s",
-        len(missing),
+        "extracting %d of %d feature file(s) of %s on %s (database in %s)",
+        len(jobs),
         len(paths),
         method,
         split.name,
-        folder,
+        db_folder,
     )
-    device_obj = resolve_device(device)
     model = build_for_device(instance, device_obj)
-    for shard, parts in plan:
+    for out, parts, shard in jobs:
         extract(
             instance,
             split=split,
-            out=folder,
+            out=out,
             parts=parts,
             shard=shard,
             options=extract_options,

@@ -83,7 +83,9 @@ def format_scores(result) -> str:
 @click.command("eval")
 @click.option("--features", "features", multiple=True, type=click.Path(path_type=Path),
               help="Feature file or directory of .h5 shards (repeatable).")
-@click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
+@click.option("--split", "split_names", required=True, multiple=True,
+              help="Split name (or a .split.npz path). Repeatable with --method: splits that "
+                   "share a database (Indoor-Ams 1/2, Outdoor-Ams) extract it once.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
 @click.option("--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's).")
@@ -111,16 +113,20 @@ def format_scores(result) -> str:
               help="Where --method writes/reuses features (default: <data-root>/features; the provider adds <method>-<fingerprint>/<split>/).")
 @click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="Precision --method's network runs in (auto: bf16 on CUDA, fp32 on CPU).")
 @click.option("--no-checksums", is_flag=True,
               help="Do not record sha256 of the feature files (saves ~10% CPU at scale).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
-def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
+def eval_command(features, split_names, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
-                 method_options, features_dir, device, batch_size, no_checksums, progress) -> None:
+                 method_options, features_dir, device, batch_size, precision, no_checksums,
+                 progress) -> None:
     """Evaluate features on a split exactly; print Recall@N and write a JSON record.
 
     Give --features (files or directories; one file holds the queries, the database may be
-    sharded), or --method to have the installed provider extract them first.
+    sharded), or --method to have the installed provider extract them first. With --method,
+    --split may be repeated; --json and --predictions then need a {split} placeholder.
     """
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
@@ -130,8 +136,20 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         raise click.UsageError("give either --features or --method")
     if predictions_path and no_predictions:
         raise click.UsageError("--predictions and --no-predictions contradict each other")
-    if (weights or method_options or features_dir or device or batch_size) and not method:
-        raise click.UsageError("--weights/--method-option/--features-dir/--device/--batch-size need --method")
+    if (weights or method_options or features_dir or device or batch_size or precision) \
+            and not method:
+        raise click.UsageError(
+            "--weights/--method-option/--features-dir/--device/--batch-size/--precision "
+            "need --method")
+    split_names = tuple(dict.fromkeys(split_names))
+    if len(split_names) > 1:
+        if not method:
+            raise click.UsageError(
+                "several --split need --method (feature files belong to one split)")
+        for value, flag in ((json_path, "--json"), (predictions_path, "--predictions")):
+            if value is not None and "{split}" not in str(value):
+                raise click.UsageError(
+                    f"with several --split, {flag} needs a {{split}} placeholder")
     options = _parse_options(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
@@ -143,17 +161,29 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         checksums=not no_checksums,
         progress=progress,
     )
-    split = get_split(split_name, data_root)
-    if method:
-        provide = feature_provider()
-        # the provider adds <method>-<fingerprint>/<split>/ below this folder
-        out_dir = features_dir or (data_root or default_data_root()) / "features"
-        features = tuple(provide(
-            method=method, split=split, out_dir=Path(out_dir), weights=weights,
-            options=options, device=device, batch_size=batch_size,
-        ))
-    result = evaluate(features, split, config, method=method)
-    click.echo(format_scores(result))
+    splits = [get_split(name, data_root) for name in split_names]
+    for split in splits:
+        paths = features
+        if method:
+            provide = feature_provider()
+            # the provider adds <method>-<fingerprint>/... below this folder
+            out_dir = features_dir or (data_root or default_data_root()) / "features"
+            extra = {} if precision is None else {"precision": precision}
+            paths = tuple(provide(
+                method=method, split=split, out_dir=Path(out_dir), weights=weights,
+                options=options, device=device, batch_size=batch_size, **extra,
+            ))
+        result = evaluate(paths, split, config, method=method)
+        click.echo(format_scores(result))
+        _write_outputs(result, _for_split(json_path, split.name),
+                       _for_split(predictions_path, split.name), no_predictions)
+
+
+def _for_split(path: Path | None, split_name: str) -> Path | None:
+    return None if path is None else Path(str(path).replace("{split}", split_name))
+
+
+def _write_outputs(result, json_path, predictions_path, no_predictions) -> None:
     if json_path is not None:
         if no_predictions:
             import dataclasses
