@@ -70,10 +70,10 @@ def time_model(
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def step():
-        with (
-            torch.inference_mode(),
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp),
-        ):
+        from methods.precision import precision_context
+
+        # the extraction's own precision: fp32 is strict (no TF32) on GPUs too
+        with torch.inference_mode(), precision_context(device, "bf16" if amp else "fp32"):
             return model(normalize_batch(images).contiguous(memory_format=memory_format))
 
     step()  # warm-up (cuDNN autotuning, allocator)
@@ -177,7 +177,7 @@ def compare_openibl(folder: Path, names: list[str], *, batch: int, workers: int,
 
 def time_end_to_end(
     device, folder: Path, names: list[str], *, batch: int, workers: int, amp: bool,
-    precision: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """images/s of ``extract()`` (workers decode and resize JPEGs, model, feature file).
 
@@ -203,11 +203,10 @@ def time_end_to_end(
         device=str(device),
         batch_size=batch,
         workers=workers,
-        amp=amp,
         progress=False,
         overwrite=True,
         dtype="float16",
-        precision=precision,
+        precision=precision or ("bf16" if amp else "fp32"),
     )
 
     def split_of(selected: list[str], name: str) -> Split:
@@ -222,8 +221,9 @@ def time_end_to_end(
             database_root=str(folder),
         )
 
-    warm_out = folder / f"warm-{device.type}-{int(amp)}-{precision}.h5"
-    out = folder / f"features-{device.type}-{int(amp)}-{precision}.h5"
+    label = options.precision
+    warm_out = folder / f"warm-{device.type}-{label}.h5"
+    out = folder / f"features-{device.type}-{label}.h5"
     warm = names[: min(len(names), 2 * batch)]
     extract(
         method,

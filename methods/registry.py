@@ -24,6 +24,9 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
     "methods.probe",
+    "methods.salad",
+    "methods.megaloc",
+    "methods.boq",
     "methods.iovpr.registered",
 )
 _OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}

@@ -182,7 +182,7 @@ def test_eval_cli_nan_descriptors_are_rejected(tmp_path, data_root):
 def test_eval_cli_usage_errors(data_root):
     runner = CliRunner()
     neither = runner.invoke(cli, ["eval", "--split", "tiny-eval", "--data-root", str(data_root)])
-    assert neither.exit_code == 2 and "either --features or --method" in neither.output
+    assert neither.exit_code == 2 and "one of --features, --method or --ranking" in neither.output
     stray = runner.invoke(cli, ["eval", "--features", "x.h5", "--weights", "w.pth", "--split", "tiny-eval"])
     assert stray.exit_code == 2 and "need --method" in stray.output
 
