@@ -403,7 +403,7 @@ def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path,
     assert again == provided[1] and [p.stat().st_mtime_ns for p in provided[0]] == stamps
     assert not [r for r in caplog.records if "images in" in r.getMessage()]
     bf16 = provide_features(split=splits[0], precision="bf16", **kwargs)
-    assert bf16[1] != provided[0][1] and bf16[0] == provided[0][0]
+    assert bf16[1] != provided[0][1] and bf16[0] != provided[0][0]
     info = read_info(bf16[1])
     assert info.attrs["extraction_precision"] == "bf16"
     assert read_info(provided[0][1]).attrs["extraction_precision"] == "fp32"
