@@ -114,18 +114,9 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models import resnet50
+        from methods.torchvision_backbones import resnet_children
 
-        resnet = resnet50(weights=None)
-        self.net = nn.Sequential(
-            resnet.conv1,
-            resnet.bn1,
-            resnet.relu,
-            resnet.maxpool,
-            resnet.layer1,
-            resnet.layer2,
-            resnet.layer3,
-        )
+        self.net = resnet_children(50, last_layer=3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -27,7 +27,8 @@ from methods.registry import MethodRegistry, register_method  # noqa: E402
 from methods.transforms import ResizeUint8  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "harness-randproj"
-BUILTINS = {"netvlad", "sfrs", "probe", "iovpr-real", "iovpr-gray", "salad", "megaloc", "boq"}
+BUILTINS = {"netvlad", "sfrs", "probe", "iovpr-real", "iovpr-gray", "salad", "megaloc", "boq",
+            "cosplace", "eigenplaces", "mixvpr"}
 
 
 @pytest.fixture(scope="module")
