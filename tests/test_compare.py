@@ -162,3 +162,26 @@ def test_show_by(records, capsys):
     assert main(["show", str(records["outdoor"]), "--by", "window"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no 'window_fraction' breakdown" in captured.err
+
+
+def test_msls_day_night_from_postprocessed_csv(tmp_path):
+    import csv
+
+    from formats_helpers import write_msls_city
+
+    from harness.breakdowns import msls_conditions
+    from harness.sources.msls import split_from_msls
+
+    city = {"query": [("qa", 0.0, 0.0, False, True), ("qb", 5.0, 0.0, False, True)],
+            "database": [("d0", 10.0, 0.0, False, True)]}
+    write_msls_city(tmp_path, "cph", city)
+    path = tmp_path / "train_val" / "cph" / "query" / "postprocessed.csv"
+    rows = list(csv.reader(path.open()))
+    rows[2][4] = "True"  # qb was taken at night
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    split = split_from_msls("msls-tiny", tmp_path, cities=("cph",))
+    labels, source = msls_conditions(split)
+    assert split.query_names == ("cph/query/images/qa.jpg", "cph/query/images/qb.jpg")
+    assert labels.tolist() == ["day", "night"] and "night column" in source
+    assert msls_conditions(_condition_split()) is None
