@@ -31,7 +31,8 @@ from harness import __version__
 from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
 from harness.features import expand_feature_paths, read_descriptors
-from harness.hardware import hardware_facts, peak_rss_bytes
+from harness.efficiency import efficiency_section, extraction_summary
+from harness.hardware import hardware_facts, machine_description, peak_rss_bytes, reset_peak_rss
 from harness.results import (
     Counts, EvalResult, FileDigest, Hardware, Predictions, Timings, harness_git_commit, utc_now,
 )
@@ -62,6 +63,7 @@ class SearchOutput:
     warnings: tuple[str, ...] = field(default=())
     database_rows: int = 0
     descriptor_dtypes: tuple[str, ...] = field(default=())
+    extraction: Mapping[str, object] = field(default_factory=dict)
 
 
 class _BlockInspector:
@@ -185,6 +187,9 @@ def search_features(
         attrs["extraction_precision"] = "mixed: " + ", ".join(precisions)
         warnings.append(
             f"feature files were extracted in different precisions ({', '.join(precisions)})")
+    searched = {Path(query_part.path)} | {Path(part.path) for part in database_parts}
+    extraction = extraction_summary(
+        (i.path, i.attrs) for i in report.infos if Path(i.path) in searched)
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
@@ -244,6 +249,7 @@ def search_features(
         warnings=tuple(warnings),
         database_rows=int(sum(part.count for part in database_parts)),
         descriptor_dtypes=tuple(sorted({part.dtype for part in database_parts})),
+        extraction=extraction,
     )
 
 
@@ -262,8 +268,17 @@ def evaluate_topk(
     checksum_s: float = 0.0,
     search_s: float = 0.0,
     started: float | None = None,
+    extraction: Mapping[str, object] | None = None,
+    peak_scope: str = "process",
+    peak_bytes: int = 0,
 ) -> EvalResult:
-    """Score a complete top-K (e.g. merged from shards) and build the record."""
+    """Score a complete top-K (e.g. merged from shards) and build the record.
+
+    ``extraction``: :func:`harness.efficiency.extraction_summary` of the feature files;
+    ``peak_scope`` says what the peak memory covers (``evaluation`` when :func:`evaluate`
+    could reset the process's high-water mark first, ``process`` otherwise, ``largest task``
+    for a sharded evaluation, whose tasks' peaks come in ``peak_bytes``).
+    """
     from harness.ground_truth import positives_within_radius
     from harness.metrics import compute_metrics, database_places
 
@@ -288,6 +303,15 @@ def evaluate_topk(
     intervals, bootstrap, breakdowns = _uncertainty(split, metrics, protocol, config)
     metrics_s = time.perf_counter() - metrics_started
     facts = hardware_facts()
+    peak = max(peak_rss_bytes(), int(peak_bytes))
+    efficiency = efficiency_section(
+        num_queries=split.num_queries, database_rows=split.num_database, dim=descriptor_dim,
+        dtype=descriptor_dtype, search_s=search_s, search_backend=search_backend,
+        search_hardware=machine_description(gpus="gpu" in search_backend
+                                            or "cuda" in search_backend),
+        extraction=extraction or {"ms_per_image": None, "unknown": "not given"},
+        peak_rss_bytes=peak, peak_scope=peak_scope,
+    )
     if metrics.queries_without_positive:
         logger.warning(
             "%d of %d queries have no positive within %.1f m (policy %r)",
@@ -314,7 +338,7 @@ def evaluate_topk(
             load_s=load_s, checksum_s=checksum_s, search_s=search_s, metrics_s=metrics_s,
             total_s=time.perf_counter() - started,
         ),
-        peak_rss_bytes=peak_rss_bytes(),
+        peak_rss_bytes=peak,
         hardware=Hardware(**{**facts, "gpus": tuple(facts["gpus"])}),
         harness_version=__version__,
         git_commit=harness_git_commit(),
@@ -323,6 +347,7 @@ def evaluate_topk(
         intervals=intervals,
         bootstrap=bootstrap,
         breakdowns=breakdowns,
+        efficiency=efficiency,
         prediction_data=Predictions(
             indices=topk.indices,
             scores=topk.scores,
@@ -544,6 +569,7 @@ def evaluate(
         HarnessError / ValidationError: bad files (nothing is written).
     """
     started = time.perf_counter()
+    scope = "evaluation" if reset_peak_rss() else "process"
     output, digests, checksum_s = search_and_hash(features, split, config)
     return evaluate_topk(
         split,
@@ -559,6 +585,8 @@ def evaluate(
         checksum_s=checksum_s,
         search_s=output.search_s,
         started=started,
+        extraction=output.extraction,
+        peak_scope=scope,
     )
 
 

@@ -40,7 +40,7 @@ def records(tiny_city, tmp_path_factory):
 
 def test_records_carry_intervals_breakdowns_and_per_query_ap(records, tiny_city):
     result = read_result(records["raw"])
-    assert result.schema_version == 2 and result.bootstrap["resamples"] == 300
+    assert result.schema_version == 3 and result.bootstrap["resamples"] == 300
     for name, value in result.scores.items():
         low, high = result.intervals[name]
         assert low <= value + 1e-6 and value - 1e-6 <= high
@@ -115,11 +115,12 @@ def test_conditions_csv(tmp_path):
 
 def test_schema_1_records_still_read(records):
     data = json.loads(records["raw"].read_text())
-    for key in ("intervals", "bootstrap", "breakdowns"):
+    for key in ("intervals", "bootstrap", "breakdowns", "efficiency"):
         data.pop(key)
     data["schema_version"] = 1
     result = EvalResult.from_dict(data)
-    assert result.schema_version == 2 and result.intervals == {} and result.bootstrap is None
+    assert result.schema_version == 3 and result.intervals == {} and result.bootstrap is None
+    assert result.efficiency == {}
     assert result.scores == read_result(records["raw"]).scores
 
 
