@@ -329,6 +329,12 @@ def _open(path: str | os.PathLike):
         raise HarnessError("feature file not found", path)
     if path.is_dir():
         raise HarnessError("is a directory, not a feature file", path)
+    if path.suffix.lower() in (".npy", ".npz"):
+        raise HarnessError(
+            "a numpy array is not a feature file (it has no image names); convert "
+            "VPR-methods-evaluation descriptors with `harness features import --split SPLIT "
+            "--vme-queries queries_descriptors.npy --vme-database database_descriptors.npy "
+            "--out features.h5 --method-name NAME`", path)
     try:
         return h5py.File(path, "r")
     except _HDF5_ERRORS as exc:
@@ -441,7 +447,9 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
                 dtype=str(descriptors.dtype),
             )
         if not parts:
-            raise HarnessError("holds neither /query nor /database", path)
+            raise HarnessError(
+                "holds neither /query nor /database (an hloc global-descriptor file? convert "
+                "it with `harness features import --hloc FILE --split SPLIT --out ...`)", path)
     version = attrs.pop("format_version", None)
     try:
         version = int(version)

@@ -19,7 +19,8 @@ model (``{'state_dict': ...}``) loads too.
 Test-time preprocessing, from serizba/salad ``eval.py`` (``input_transform``):
 ``T.Resize((322, 322), interpolation=BILINEAR)`` on the PIL image (PIL resampling, which
 antialiases), ``ToTensor``, ``Normalize(ImageNet mean, std)``. The authors evaluate under fp16
-autocast on GPU; here CUDA runs under the harness's autocast and the Sinkhorn step in float32.
+autocast on GPU; here the network runs in the precision chosen with ``--precision`` (fp32 by
+default, :mod:`methods.precision`) and the Sinkhorn step in float32.
 """
 
 from __future__ import annotations
