@@ -29,7 +29,8 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import ImageLoader, Method, PartContext
-from methods.registry import Registry, register_method
+from harness.registry import Registry
+from methods.registry import register_method
 from methods.transforms import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,

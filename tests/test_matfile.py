@@ -348,9 +348,9 @@ def test_empty_and_nul_names_survive(tmp_path, version):
 
 
 def test_bulk_reader_blocks_and_fallback_positions(tmp_path, monkeypatch):
-    import harness.matfile
+    from harness.matfile.v73 import CharCellReader
 
-    monkeypatch.setattr(harness.matfile._CharCellReader, "BLOCK", 8)  # 40 names: 5 blocks
+    monkeypatch.setattr(CharCellReader, "BLOCK", 8)  # 40 names: 5 blocks
     names = [f"name-{i:02d}-ø.jpg" for i in range(40)]
     _handmade_v73(tmp_path / "h.mat", names, libver="earliest", chunked_index=13, compact_index=30)
     assert read_dbstruct(tmp_path / "h.mat").db_images == tuple(names)

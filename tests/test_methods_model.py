@@ -28,7 +28,8 @@ from methods.netvlad import (  # noqa: E402
     model_from_checkpoint,
 )
 from methods.pca import fit_pca, load_pca, pca_conv_parameters, save_pca  # noqa: E402
-from methods.registry import Registry, get_method, list_methods  # noqa: E402
+from harness.registry import Registry  # noqa: E402
+from methods.registry import get_method, list_methods  # noqa: E402
 from methods.transforms import MEAN, STD, ResizeUint8, ShortSideUint8, normalize_batch  # noqa: E402
 
 torch.set_num_threads(1)  # two threads on a shared 2-core machine run ~4x slower
@@ -531,19 +532,18 @@ def test_weights_are_required_and_must_exist(tmp_path):
 
 
 def test_registry_tolerates_only_the_absent_iovpr_module(monkeypatch):
-    from methods import registry as registry_module
+    from harness import registry as registry_module
 
-    registry = Registry("thing", ("methods.iovpr.registered",))
-    monkeypatch.setitem(
-        registry_module._OPTIONAL_MODULES, "methods.iovpr.registered", ("methods.iovpr.registered",)
-    )
+    registry = Registry("thing", ("methods.iovpr.registered",),
+                        optional_modules=("methods.iovpr.registered",))
 
     def fake_import(name):
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
     monkeypatch.setattr(registry_module.importlib, "import_module", fake_import)
     assert registry.names() == []
-    broken = Registry("thing", ("methods.iovpr.registered",))
+    broken = Registry("thing", ("methods.iovpr.registered",),
+                      optional_modules=("methods.iovpr.registered",))
 
     def broken_import(name):
         raise ModuleNotFoundError("No module named 'scipy_missing'", name="scipy_missing")

@@ -166,7 +166,7 @@ def write_database(path, database, rows, dtype, split="s"):
 @pytest.mark.parametrize("dtype, reader_threads", [("float32", 1), ("float16", 1), ("float16", 3)])
 def test_streaming_from_shards_on_disk(tmp_path, dtype, reader_threads, monkeypatch):
     # Small pieces so that a block is read as several pieces (in parallel with reader_threads).
-    monkeypatch.setattr("harness.search.PIECE_BYTES", 16 * 4 * 10)
+    monkeypatch.setattr("harness.search.streaming.PIECE_BYTES", 16 * 4 * 10)
     rng = np.random.default_rng(6)
     queries, database = normalised(rng, 12, 16), normalised(rng, 700, 16)
     permutation = rng.permutation(len(database))
@@ -315,18 +315,18 @@ def test_float16_converters_are_exact(choice):
 def test_float16_converter_auto_takes_torch_only_at_scale(monkeypatch):
     import sys
 
-    from harness import search as search_module
+    from harness.search import widen as search_module
 
     monkeypatch.delenv(search_module.FP16_CONVERTER_ENV, raising=False)
-    monkeypatch.setattr(search_module, "_torch_installed", lambda: True)
+    monkeypatch.setattr(search_module, "torch_installed", lambda: True)
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # installed, not imported
     small = search_module.float16_converter("auto", stored_bytes=1 << 20)
-    assert small is search_module._widen_numpy and "torch" not in sys.modules
+    assert small is search_module.widen_numpy and "torch" not in sys.modules
     monkeypatch.setitem(sys.modules, "torch", None)  # "installed", but importing it fails
     large = search_module.float16_converter("auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES)
-    assert large is search_module._widen_numpy  # no torch after all: numpy, and no error
+    assert large is search_module.widen_numpy  # no torch after all: numpy, and no error
     monkeypatch.setenv(search_module.FP16_CONVERTER_ENV, "numpy")
-    assert search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module._widen_numpy
+    assert search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module.widen_numpy
 
 
 def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
@@ -390,9 +390,9 @@ class FakeDevices:
 
     @staticmethod
     def make(count: int, accepts_float16: bool = True):
-        from harness.search import _MultiGpuBackend
+        from harness.search import MultiGpuBackend
 
-        class Backend(_MultiGpuBackend):
+        class Backend(MultiGpuBackend):
             name = "fake-gpus"
             max_k = 1 << 20
 
@@ -434,10 +434,10 @@ def test_multi_device_split_and_merge_equals_cpu(tmp_path, devices):
 
 
 def test_gpus_asked_for_without_a_gpu_fall_back_to_the_cpu(caplog, monkeypatch):
-    from harness import search as search_module
+    from harness import hardware
 
-    monkeypatch.setattr(search_module, "faiss_gpu_count", lambda: 0)
-    monkeypatch.setattr(search_module, "torch_gpu_count", lambda: 0)
+    monkeypatch.setattr(hardware, "faiss_gpu_count", lambda: 0)
+    monkeypatch.setattr(hardware, "torch_gpu_count", lambda: 0)
     with caplog.at_level("WARNING", logger="harness.search"):
         backend = resolve_backend(ngpu=2)
     assert backend.name in ("numpy", "faiss-cpu") and "searching on the CPU" in caplog.text
