@@ -9,8 +9,8 @@ Pillow are used (no torch).
 
 from __future__ import annotations
 
-from harness.synth.dataset import CityInfo, make_city, mask_path
-from harness.synth.presets import CityConfig, get_preset, list_presets, register_preset
+from synth.dataset import CityInfo, make_city, mask_path
+from synth.presets import CityConfig, get_preset, list_presets, register_preset
 
 __all__ = [
     "CityConfig",

@@ -6,7 +6,7 @@
 
 Annotations are single-channel uint8 PNGs of class indices: 0 = other, 1..150 = the classes
 of ADE20k's objectInfo150 (window = 9, wall = 1, floor = 4, ceiling = 6, ...; see
-:data:`harness.synth.indoor.ADE_CLASSES`), the same size as their image.
+:data:`synth.indoor.ADE_CLASSES`), the same size as their image.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from harness.synth.presets import CityConfig
+from synth.presets import CityConfig
 
 # South-west corner of the synthetic city (UTM zone 31U, metres).
 ORIGIN_EASTING = 620_500.0

@@ -58,7 +58,7 @@ def city_command(
     data_root: Path | None,
 ) -> None:
     """Generate the synthetic city under OUT (skipped when already complete)."""
-    from harness.synth import make_city
+    from synth import make_city
 
     info = make_city(out_dir, preset, seed, workers=workers, force=force)
     counts = info.counts
@@ -87,7 +87,7 @@ def city_command(
 @synth_group.command("presets")
 def presets_command() -> None:
     """List the size presets."""
-    from harness.synth.presets import get_preset, list_presets
+    from synth.presets import get_preset, list_presets
 
     for name in list_presets():
         config = get_preset(name)
@@ -129,7 +129,7 @@ def probe_command(
     root: Path, out_dir: Path, kind: str, prefix: str, data_root: Path | None
 ) -> None:
     """Evaluate the training-free probe descriptor and print the Markdown table."""
-    from harness.synth.probe import format_table, probe_table
+    from synth.probe import format_table, probe_table
 
     rows = probe_table(root, data_root, out_dir, prefix=prefix, kind=kind)
     click.echo(format_table(rows, f"probe-{kind}"))

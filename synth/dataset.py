@@ -10,7 +10,7 @@ Written under ``<out>``::
         ams30k_train, ams30k_val, ams30k_test, outdoor, indoor1, indoor2
     raw/Amsterdam/query_masks/indoor{1,2}/<index:06d>.png         true window mask of each
         indoor query (uint8, 255 = window pixel, 0 = room), same size as the query
-    ADEChallengeData2016/...                ADE20k scene-parsing layout (see harness.synth.ade)
+    ADEChallengeData2016/...                ADE20k scene-parsing layout (see synth.ade)
     synth_queries.json                      per query: set, place, camera, window fraction
     synth_city.json                         written last: preset, seed, config, counts
 
@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from harness.errors import HarnessError
 from harness.io import write_json_atomic
-from harness.synth import ade as ade_writer
-from harness.synth.city import (
+from synth import ade as ade_writer
+from synth.city import (
     KEY_ADE,
     KEY_DB,
     KEY_INDOOR,
@@ -49,9 +49,9 @@ from harness.synth.city import (
     build_street_model,
     image_rng,
 )
-from harness.synth.indoor import ROOM_CATEGORIES, render_room
-from harness.synth.presets import GENERATOR_VERSION, CityConfig, get_preset
-from harness.synth.render import Camera, database_conditions, query_conditions, render_view
+from synth.indoor import ROOM_CATEGORIES, render_room
+from synth.presets import GENERATOR_VERSION, CityConfig, get_preset
+from synth.render import Camera, database_conditions, query_conditions, render_view
 
 logger = logging.getLogger(__name__)
 

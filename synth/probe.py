@@ -310,7 +310,7 @@ def probe_table(
     The splits must be registered (``harness splits prepare --root CITY --prefix synth-``).
     """
     from harness.splits import get_split
-    from harness.synth.dataset import CityInfo
+    from synth.dataset import CityInfo
 
     info = CityInfo.load(city_root)
     fractions = {

@@ -1,6 +1,6 @@
 """Outdoor street views: ray casting against the two facade planes, the ground and the sky.
 
-A view is a pinhole camera in street coordinates (see :class:`harness.synth.city.Street`).
+A view is a pinhole camera in street coordinates (see :class:`synth.city.Street`).
 Every pixel's ray is intersected, vectorised, with the left and right facade planes and the
 ground; facade hits above the building's roof line are sky. Static street objects (trees,
 lamps, bollards, bikes) and per-image occluders (cars, people, cyclists) are billboards in
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from harness.synth.city import MARGIN_M, StreetModel, StreetObject
+from synth.city import MARGIN_M, StreetModel, StreetObject
 
 
 @dataclass(frozen=True)

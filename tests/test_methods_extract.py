@@ -439,7 +439,7 @@ def test_pca_fit_needs_enough_descriptors(tiny_city, weights, tmp_path):
 
 
 def test_probe_method_needs_no_weights(tiny_city, tmp_path):
-    from harness.synth.probe import probe_descriptor
+    from synth.probe import probe_descriptor
 
     split = tiny_city.split("indoor-ams-1")
     method = get_method("probe", {"kind": "hist"})

@@ -1,4 +1,4 @@
-"""Tests of the synthetic inside-out city (harness.synth), on the session's tiny city."""
+"""Tests of the synthetic inside-out city (synth), on the session's tiny city."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.io import sha256_file
 from harness.matfile import read_dbstruct
-from harness.synth import CityConfig, get_preset, make_city
-from harness.synth.ade import read_scene_categories
-from harness.synth.dataset import MAT_FILES, window_view
-from harness.synth.indoor import ADE_CLASSES, ROOM_CATEGORIES, WINDOW_CLASS
-from harness.synth.probe import (
+from synth import CityConfig, get_preset, make_city
+from synth.ade import read_scene_categories
+from synth.dataset import MAT_FILES, window_view
+from synth.indoor import ADE_CLASSES, ROOM_CATEGORIES, WINDOW_CLASS
+from synth.probe import (
     PROBE_KINDS,
     evaluate_probe,
     gray_layout,
@@ -84,7 +84,7 @@ def test_interrupted_or_stale_city_is_regenerated(tmp_path, monkeypatch):
     assert (root / "synth_city.json").is_file() and not stale.exists()
     assert info.counts["database"] == 3 * 4 * 2
     # The same city made by other generator code is stale: regenerated, not reused.
-    monkeypatch.setattr("harness.synth.dataset.generator_digest", lambda: "edited-generator")
+    monkeypatch.setattr("synth.dataset.generator_digest", lambda: "edited-generator")
     assert make_city(root, config, seed=3).generator == "edited-generator"
     marker = json.loads((root / "synth_city.json").read_text())
     assert marker["generator_sha256"] == "edited-generator"
