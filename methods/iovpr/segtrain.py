@@ -29,6 +29,7 @@ from methods.iovpr.segmentation import (
     load_pretrained, read_checkpoint, segment_logits,
 )
 from methods.options import config_from_mapping, config_to_dict
+from methods.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -243,17 +244,6 @@ def _save(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available; training on the CPU")
-        return "cpu"
-    return device
-
-
 def train_window_segmenter(
     ade_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -270,7 +260,7 @@ def train_window_segmenter(
     last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
     if last_path.exists() and not resume:
         raise HarnessError("a training run exists here; pass --resume or choose another --out", out_dir)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     categories = config.categories or None
     train_samples = ade20k.list_samples(ade_root, subsets=("training",), categories=categories,
                                         all_scenes=config.all_scenes)
