@@ -33,7 +33,7 @@ from methods.registry import get_method, list_methods  # noqa: E402
 from methods.transforms import MEAN, STD, ResizeUint8, ShortSideUint8, normalize_batch  # noqa: E402
 
 torch.set_num_threads(1)  # two threads on a shared 2-core machine run ~4x slower
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = DATA / "golden_netvlad_vgg16.npz"
 SMALL = ModelConfig(backbone="small", num_clusters=4, image_height=32, image_width=32)
 

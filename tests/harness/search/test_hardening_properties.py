@@ -11,7 +11,8 @@
 
 Descriptors are small integers stored as float32, so every inner product is exact and ties
 are exact: the harness must match the reference bit for bit, tie order included.
-(``tests/test_search.py``, ``test_ground_truth.py`` and ``test_metrics.py`` hold the
+(``tests/harness/search/test_search.py``, ``tests/harness/test_ground_truth.py`` and
+``tests/harness/test_metrics.py`` hold the
 hand-made and seeded cases these generalise.)
 """
 
