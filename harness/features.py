@@ -202,7 +202,7 @@ class FeatureWriter:
 
 
 @contextlib.contextmanager
-def _reading(path, what: str = "") -> Iterator[None]:
+def reading_errors(path, what: str = "") -> Iterator[None]:
     """Turn the exceptions a damaged HDF5 file raises inside the block into a HarnessError."""
     try:
         yield
@@ -214,7 +214,9 @@ def _reading(path, what: str = "") -> Iterator[None]:
         raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
 
 
-def _check_heaps(handle, path) -> None:
+def check_heaps(handle, path) -> None:
+    """Refuse a feature file with malformed global heaps (:func:`harness.hdf5.check_global_heaps`),
+    skipping the descriptor values."""
     try:
         skip = dataset_extents(handle, [f"{part}/descriptors" for part in PARTS])
     except HDF5_ERRORS:
@@ -222,12 +224,19 @@ def _check_heaps(handle, path) -> None:
     check_global_heaps(path, int(handle.userblock_size), skip)
 
 
-def _open(path: str | os.PathLike):
+def open_hdf5(path: str | os.PathLike):
+    """Open a feature file read-only; a missing, directory or non-HDF5 path is a HarnessError."""
     path = Path(path)
     if not path.exists():
         raise HarnessError("feature file not found", path)
     if path.is_dir():
         raise HarnessError("is a directory, not a feature file", path)
+    if path.suffix.lower() in (".npy", ".npz"):
+        raise HarnessError(
+            "a numpy array is not a feature file (it has no image names); convert "
+            "VPR-methods-evaluation descriptors with `harness features import --split SPLIT "
+            "--vme-queries queries_descriptors.npy --vme-database database_descriptors.npy "
+            "--out features.h5 --method-name NAME`", path)
     try:
         return h5py.File(path, "r")
     except HDF5_ERRORS as exc:
@@ -272,8 +281,8 @@ def _read_attribute(handle, key: str, path):
 def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
     path = Path(path)
-    with _open(path) as handle, _reading(path, "its structure"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, "its structure"):
+        check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
             attrs[key] = _read_attribute(handle, key, path)
@@ -292,7 +301,9 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
                 dtype=str(descriptors.dtype),
             )
         if not parts:
-            raise HarnessError("holds neither /query nor /database", path)
+            raise HarnessError(
+                "holds neither /query nor /database (an hloc global-descriptor file? convert "
+                "it with `harness features import --hloc FILE --split SPLIT --out ...`)", path)
     version = attrs.pop("format_version", None)
     try:
         version = int(version)
@@ -315,8 +326,8 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
 
 def read_names(path: str | os.PathLike, part: str) -> list[str]:
     """Image names of ``part``, decoded as UTF-8."""
-    with _open(path) as handle, _reading(path, f"/{part}/names"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/names"):
+        check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
         is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
         one_dimensional = len(dataset.shape or ()) == 1
@@ -370,7 +381,7 @@ def read_descriptors(
     path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with _open(path) as handle, _reading(path, f"/{part}/descriptors"):
+    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/descriptors"):
         dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]
@@ -383,13 +394,13 @@ def iter_descriptor_blocks(
     """Yield ``(start_row, descriptors)`` blocks of at most ``block_rows`` rows, as stored."""
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
-    with _open(path) as handle:
-        with _reading(path, f"/{part}/descriptors"):
+    with open_hdf5(path) as handle:
+        with reading_errors(path, f"/{part}/descriptors"):
             dataset = _descriptors(handle, part, path)
             total = dataset.shape[0]
         for start in range(0, total, block_rows):
             stop = min(total, start + block_rows)
-            with _reading(path, f"/{part}/descriptors rows {start}:{stop}"):
+            with reading_errors(path, f"/{part}/descriptors rows {start}:{stop}"):
                 block = np.empty((stop - start, dataset.shape[1]), dtype=dataset.dtype)
                 dataset.read_direct(block, np.s_[start:stop])
             yield start, block

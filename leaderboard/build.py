@@ -70,14 +70,18 @@ def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None
     if record.predictions is not None and results_dir is not None:
         predictions = str(results_dir / record.split / record.method / record.predictions.file)
     extraction = record.metadata.extraction_ms_per_image
+    from leaderboard.markers import shown_method, shown_split
+
+    method = shown_method(record)
     return Entry(
-        method=record.method,
-        split=record.split,
+        method=method,
+        split=shown_split(record),
         record_id=record.id,
         submitted_at=record.submitted_at,
         scores=dict(result.scores),
-        descriptor_dim=int(result.descriptor_dim),
-        descriptor_dtype=result.descriptor_dtype,
+        # a ranking submission has no descriptor
+        descriptor_dim=int(result.descriptor_dim) if method == record.method else None,
+        descriptor_dtype=result.descriptor_dtype if method == record.method else None,
         extraction_ms_per_image=None if extraction is None else float(extraction),
         search_seconds=float(result.timings.search_s),
         peak_memory_bytes=int(result.peak_rss_bytes),

@@ -19,6 +19,9 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
     "methods.probe",
+    "methods.salad",
+    "methods.megaloc",
+    "methods.boq",
     "methods.iovpr.registered",
 )
 OPTIONAL_MODULES = ("methods.iovpr.registered",)

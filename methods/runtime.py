@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
+from harness.errors import HarnessError
+
 logger = logging.getLogger(__name__)
 
 
@@ -19,14 +21,32 @@ def set_torch_threads() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto``/empty -> ``cuda`` where available, else ``cpu``; CUDA asked for without a GPU
-    falls back to the CPU with a warning."""
+def resolve_device(device: str | None):
+    """``None``/``auto``: CUDA when available, else CPU.
+
+    An explicit ``cuda`` (or ``cuda:N``) that this machine cannot give is an error, never a
+    silent CPU run (hours instead of minutes, and a record naming the wrong hardware).
+    """
     import torch  # optional and heavy: only once a command runs a model
 
     if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available; training on the CPU")
-        return "cpu"
-    return device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise HarnessError(f"invalid device {device!r} ({exc})") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            version, build = torch.__version__, torch.version.cuda
+            why = (
+                f"no GPU visible to torch {version} (built with CUDA {build})"
+                if build
+                else f"torch {version} is built without CUDA"
+            )
+            raise HarnessError(
+                f"--device {device}: CUDA is not available ({why}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise HarnessError(f"--device {device}: only {count} CUDA device(s) are visible")
+    return resolved

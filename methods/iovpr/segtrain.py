@@ -260,7 +260,7 @@ def train_window_segmenter(
     last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
     if last_path.exists() and not resume:
         raise HarnessError("a training run exists here; pass --resume or choose another --out", out_dir)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     categories = config.categories or None
     train_samples = ade20k.list_samples(ade_root, subsets=("training",), categories=categories,
                                         all_scenes=config.all_scenes)
