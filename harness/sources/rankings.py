@@ -14,7 +14,7 @@ images, best first (K at least the deepest Recall@N / mAP@K of the protocol). Tw
 
 Validated like feature files: every split query exactly once, every name in the split, no
 database image twice in a row, rows deep enough; every problem is reported with the file.
-Scored with the same metrics as descriptors (:func:`harness.evaluate.evaluate_topk`); the
+Scored with the same metrics as descriptors (:func:`harness.record.evaluate_topk`); the
 record's ``protocol.metric`` is ``"ranking"``, which the leaderboard marks as re-ranking.
 """
 
@@ -196,7 +196,7 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
     """Score a ranking file on ``split`` with the usual metrics; the record's
     ``protocol.metric`` is ``"ranking"``. Returns an :class:`harness.results.EvalResult`."""
     from harness.config import EvalConfig
-    from harness.evaluate import evaluate_topk
+    from harness.record import evaluate_topk
     from harness.results import FileDigest
     from harness.search import TopK
 

@@ -23,7 +23,7 @@ from harness.splits import Split
 @pytest.fixture(scope="module")
 def records(tiny_city, tmp_path_factory):
     """Probe records: raw and oracle-gray on Indoor-Ams 1, raw on Outdoor-Ams."""
-    from harness.synth.probe import write_probe_features
+    from synth.probe import write_probe_features
 
     folder = tmp_path_factory.mktemp("compare")
     config = EvalConfig(ngpu=0, checksums=False, bootstrap_resamples=300)
