@@ -30,6 +30,8 @@ import numpy as np
 from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
 from harness.features import expand_feature_paths, read_descriptors
+from harness.efficiency import extraction_summary
+from harness.hardware import reset_peak_rss
 from harness.results import EvalResult, FileDigest
 from harness.search import (
     BlockSource, SearchStats, TopK, default_block_rows, float16_converter, iter_feature_blocks,
@@ -60,6 +62,7 @@ class SearchOutput:
     warnings: tuple[str, ...] = field(default=())
     database_rows: int = 0
     descriptor_dtypes: tuple[str, ...] = field(default=())
+    extraction: Mapping[str, object] = field(default_factory=dict)
 
 
 class _BlockInspector:
@@ -183,6 +186,9 @@ def search_features(
         attrs["extraction_precision"] = "mixed: " + ", ".join(precisions)
         warnings.append(
             f"feature files were extracted in different precisions ({', '.join(precisions)})")
+    searched = {Path(query_part.path)} | {Path(part.path) for part in database_parts}
+    extraction = extraction_summary(
+        (i.path, i.attrs) for i in report.infos if Path(i.path) in searched)
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
@@ -242,6 +248,7 @@ def search_features(
         warnings=tuple(warnings),
         database_rows=int(sum(part.count for part in database_parts)),
         descriptor_dtypes=tuple(sorted({part.dtype for part in database_parts})),
+        extraction=extraction,
     )
 
 
@@ -434,6 +441,7 @@ def evaluate(
         HarnessError / ValidationError: bad files (nothing is written).
     """
     started = time.perf_counter()
+    scope = "evaluation" if reset_peak_rss() else "process"
     output, digests, checksum_s = search_and_hash(features, split, config)
     return evaluate_topk(
         split,
@@ -449,6 +457,8 @@ def evaluate(
         checksum_s=checksum_s,
         search_s=output.search_s,
         started=started,
+        extraction=output.extraction,
+        peak_scope=scope,
     )
 
 

@@ -191,6 +191,11 @@ class FeatureWriter:
         self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
         self._written[part][start_row:stop] = True
 
+    def set_attrs(self, attrs: Mapping[str, object]) -> None:
+        """Add root attributes known only once the rows are written (e.g. timings)."""
+        for key, value in attrs.items():
+            self._handle.attrs[key] = _encode_attr(value)
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             missing = {p: int((~w).sum()) for p, w in self._written.items() if not w.all()}

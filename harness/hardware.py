@@ -202,6 +202,29 @@ def peak_rss_bytes() -> int:
         return int(getattr(info, "peak_wset", info.rss))
 
 
+def reset_peak_rss() -> bool:
+    """Restart the peak-memory high-water mark of this process (Linux ``clear_refs``).
+
+    ``evaluate`` calls it first, so that its record states the evaluation's own peak, not
+    whatever the process did before (a demo that trained models in the same process).
+    Returns whether it could: where not, :func:`peak_rss_bytes` stays the process's peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_description(gpus: bool = False) -> str:
+    """``CPU model (n cores)``, or the GPUs' names when ``gpus`` (a GPU search backend)."""
+    names = gpu_names() if gpus else ()
+    if names:
+        return ", ".join(names)
+    return f"{cpu_model()} ({cpu_cores()} cores)"
+
+
 def current_rss_bytes() -> int:
     """Resident memory of this process now (bytes)."""
     return int(psutil.Process().memory_info().rss)

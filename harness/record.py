@@ -17,7 +17,8 @@ from harness.breakdowns import compute_breakdowns
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.ground_truth import positives_within_radius
-from harness.hardware import hardware_facts, peak_rss_bytes
+from harness.efficiency import efficiency_section
+from harness.hardware import hardware_facts, machine_description, peak_rss_bytes
 from harness.metrics import compute_metrics, database_places
 from harness.provenance import harness_git_commit, utc_now
 from harness.results import (
@@ -50,8 +51,17 @@ def evaluate_topk(
     checksum_s: float = 0.0,
     search_s: float = 0.0,
     started: float | None = None,
+    extraction: Mapping[str, object] | None = None,
+    peak_scope: str = "process",
+    peak_bytes: int = 0,
 ) -> EvalResult:
-    """Score a complete top-K (e.g. merged from shards) and build the record."""
+    """Score a complete top-K (e.g. merged from shards) and build the record.
+
+    ``extraction``: :func:`harness.efficiency.extraction_summary` of the feature files;
+    ``peak_scope`` says what the peak memory covers (``evaluation`` when :func:`evaluate`
+    could reset the process's high-water mark first, ``process`` otherwise, ``largest task``
+    for a sharded evaluation, whose tasks' peaks come in ``peak_bytes``).
+    """
     started = time.perf_counter() if started is None else started
     protocol = config.protocol(split)
     if topk.num_queries != split.num_queries:
@@ -73,6 +83,15 @@ def evaluate_topk(
     intervals, bootstrap, breakdowns = _uncertainty(split, metrics, protocol, config)
     metrics_s = time.perf_counter() - metrics_started
     facts = hardware_facts()
+    peak = max(peak_rss_bytes(), int(peak_bytes))
+    efficiency = efficiency_section(
+        num_queries=split.num_queries, database_rows=split.num_database, dim=descriptor_dim,
+        dtype=descriptor_dtype, search_s=search_s, search_backend=search_backend,
+        search_hardware=machine_description(gpus="gpu" in search_backend
+                                            or "cuda" in search_backend),
+        extraction=extraction or {"ms_per_image": None, "unknown": "not given"},
+        peak_rss_bytes=peak, peak_scope=peak_scope,
+    )
     if metrics.queries_without_positive:
         logger.warning(
             "%d of %d queries have no positive within %.1f m (policy %r)",
@@ -99,7 +118,7 @@ def evaluate_topk(
             load_s=load_s, checksum_s=checksum_s, search_s=search_s, metrics_s=metrics_s,
             total_s=time.perf_counter() - started,
         ),
-        peak_rss_bytes=peak_rss_bytes(),
+        peak_rss_bytes=peak,
         hardware=Hardware(**{**facts, "gpus": tuple(facts["gpus"])}),
         harness_version=__version__,
         git_commit=harness_git_commit(),
@@ -108,6 +127,7 @@ def evaluate_topk(
         intervals=intervals,
         bootstrap=bootstrap,
         breakdowns=breakdowns,
+        efficiency=efficiency,
         prediction_data=Predictions(
             indices=topk.indices,
             scores=topk.scores,

@@ -255,13 +255,17 @@ def methods_group():
 
 @methods_group.command("list")
 def methods_list_command():
-    """List the registered methods and their options."""
-    from methods.registry import get_method_class, list_methods
+    """List the methods, where each comes from (package and module) and their options."""
+    from methods.registry import get_method_class, list_methods, method_failures, method_origin
 
     for name in list_methods():
         cls = get_method_class(name)
         click.echo(f"{name:16s} {cls.description}")
+        click.echo(f"{'':16s} from: {method_origin(name).describe()}")
         click.echo(f"{'':16s} options: {', '.join(cls.option_names())}")
+    for name, (origin, reason) in sorted(method_failures().items()):
+        click.echo(f"{name:16s} FAILED TO LOAD: {reason}")
+        click.echo(f"{'':16s} from: {origin.describe()}")
 
 
 @click.group("train")

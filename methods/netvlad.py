@@ -30,7 +30,6 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import ImageLoader, Method, PartContext
 from harness.registry import Registry
-from methods.registry import register_method
 from methods.transforms import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,
@@ -424,7 +423,6 @@ class NetVLADOptions:
                 raise ValueError(f"{key} must be >= 1, got {value}")
 
 
-@register_method("netvlad")
 class NetVLADMethod(Method):
     """VGG16 + NetVLAD (+ PCA-whitening), weights from an OpenIBL or harness checkpoint."""
 

@@ -14,7 +14,6 @@ from typing import Literal
 import numpy as np
 
 from methods.base import ImageLoader, Method, PartContext
-from methods.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,6 @@ class ProbeTransform:
         return torch.from_numpy(probe_descriptor(np.asarray(image, dtype=np.uint8), self.kind))
 
 
-@register_method("probe")
 class ProbeMethod(Method):
     """Training-free colour descriptor of the synthetic city (no weights)."""
 

@@ -40,7 +40,7 @@ def records(tiny_city, tmp_path_factory):
 
 def test_records_carry_intervals_breakdowns_and_per_query_ap(records, tiny_city):
     result = read_result(records["raw"])
-    assert result.schema_version == 2 and result.bootstrap["resamples"] == 300
+    assert result.schema_version == 3 and result.bootstrap["resamples"] == 300
     for name, value in result.scores.items():
         low, high = result.intervals[name]
         assert low <= value + 1e-6 and value - 1e-6 <= high
@@ -115,11 +115,12 @@ def test_conditions_csv(tmp_path):
 
 def test_schema_1_records_still_read(records):
     data = json.loads(records["raw"].read_text())
-    for key in ("intervals", "bootstrap", "breakdowns"):
+    for key in ("intervals", "bootstrap", "breakdowns", "efficiency"):
         data.pop(key)
     data["schema_version"] = 1
     result = EvalResult.from_dict(data)
-    assert result.schema_version == 2 and result.intervals == {} and result.bootstrap is None
+    assert result.schema_version == 3 and result.intervals == {} and result.bootstrap is None
+    assert result.efficiency == {}
     assert result.scores == read_result(records["raw"]).scores
 
 
@@ -161,3 +162,26 @@ def test_show_by(records, capsys):
     assert main(["show", str(records["outdoor"]), "--by", "window"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no 'window_fraction' breakdown" in captured.err
+
+
+def test_msls_day_night_from_postprocessed_csv(tmp_path):
+    import csv
+
+    from formats_helpers import write_msls_city
+
+    from harness.breakdowns import msls_conditions
+    from harness.sources.msls import split_from_msls
+
+    city = {"query": [("qa", 0.0, 0.0, False, True), ("qb", 5.0, 0.0, False, True)],
+            "database": [("d0", 10.0, 0.0, False, True)]}
+    write_msls_city(tmp_path, "cph", city)
+    path = tmp_path / "train_val" / "cph" / "query" / "postprocessed.csv"
+    rows = list(csv.reader(path.open()))
+    rows[2][4] = "True"  # qb was taken at night
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    split = split_from_msls("msls-tiny", tmp_path, cities=("cph",))
+    labels, source = msls_conditions(split)
+    assert split.query_names == ("cph/query/images/qa.jpg", "cph/query/images/qb.jpg")
+    assert labels.tolist() == ["day", "night"] and "night column" in source
+    assert msls_conditions(_condition_split()) is None

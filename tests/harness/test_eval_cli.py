@@ -118,7 +118,7 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     predictions = read_predictions(out)
     assert predictions.indices.shape == (NUM_QUERIES, 10)
     raw = json.loads(out.read_text())
-    assert raw["schema_version"] == 2 and raw["main_score"] == "recall@1"
+    assert raw["schema_version"] == 3 and raw["main_score"] == "recall@1"
 
 
 def test_eval_cli_recall_ns_and_predictions_path(tmp_path, data_root):

@@ -64,6 +64,16 @@ def test_round_trip_and_rounding():
     assert again.protocol.recall_ns == (1, 5) and again.hardware.gpus == ()
 
 
+def test_schema_2_records_read_as_the_current_schema_without_efficiency():
+    data = make_result(efficiency={"descriptor_bytes": 16}).to_dict()
+    assert data["efficiency"] == {"descriptor_bytes": 16}
+    del data["efficiency"]
+    data["schema_version"] = 2
+    old = EvalResult.from_dict(json.loads(json.dumps(data)))
+    assert old.schema_version == SCHEMA_VERSION and old.efficiency == {}
+    assert old.to_dict()["scores"] == data["scores"]
+
+
 def test_scores_are_ordered_recall_first():
     result = make_result(scores={"map@5": 0.1, "recall@5": 0.2, "recall@1": 0.1})
     assert list(result.scores) == ["recall@1", "recall@5", "map@5"]
@@ -76,6 +86,7 @@ def test_scores_are_ordered_recall_first():
         (lambda d: d["protocol"].update(radius=25), "record.protocol: unknown keys \\['radius'\\]"),
         (lambda d: d.pop("method"), "missing keys \\['method'\\]"),
         (lambda d: d.update(schema_version=99), "unsupported schema_version 99"),
+        (lambda d: d.update(schema_version=2), "unknown keys \\['efficiency'\\]"),
         (lambda d: d.pop("schema_version"), "unsupported schema_version None"),
         (lambda d: d["counts"].update(queries="4"), "record.counts.queries: expected an integer"),
         (lambda d: d["scores"].update({"recall@1": 1.5}), "outside \\[0, 1\\]"),

@@ -496,6 +496,55 @@ def test_indoor_table_ranks_by_mean_recall_at_1():
     assert frame.loc[0, "peak_memory_bytes"] == 3 << 30
 
 
+def test_efficiency_columns_show_measured_values_and_where(tiny_city, submitted, tmp_path):
+    """Harness-measured extraction times appear with their hardware; a value the harness did
+    not measure is "–" with the reason (the submitter's declared figure is named, not shown);
+    the search cost in GFLOP is 2 Q N D; a sub-10-ms search is not printed as 0.00."""
+    from leaderboard.records import load_records
+
+    split = tiny_city.split(OUTDOOR)
+    queries = pixel_descriptors(split.query_root, split.query_names, (8, 6), "L")
+    database = pixel_descriptors(split.database_root, split.database_names, (8, 6), "L")
+    timing = {"extraction_device": "cpu", "extraction_hardware": "Test CPU (2 cores)",
+              "extraction_precision": "bf16"}
+    query_file = write_features(tmp_path / "q.h5", split=split.name, method="timed",
+                                query=(split.query_names, queries),
+                                attrs={**timing, "extraction_seconds": 0.5,
+                                       "extraction_images": split.num_queries})
+    database_file = write_features(tmp_path / "d.h5", split=split.name, method="timed",
+                                   database=(split.database_names, database),
+                                   attrs={**timing, "extraction_seconds": 1.5,
+                                          "extraction_images": split.num_database})
+    results = tmp_path / "results"
+    shutil.copytree(submitted[1], results)
+    submit([query_file, database_file], split=OUTDOOR, method_name="timed", metadata=META,
+           results_dir=results, data_root=tiny_city.data_root)
+    record = next(r for r in load_records(results) if r.method == "timed")
+    measured = record.result.efficiency["extraction"]
+    images = split.num_queries + split.num_database
+    assert measured["ms_per_image"] == pytest.approx(2000.0 / images)
+    assert record.result.efficiency["search_cost"]["flop"] == (
+        2 * split.num_queries * split.num_database * queries.shape[1])
+    build_leaderboard(results, tmp_path / "out", data_root=tiny_city.data_root, grids=False)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    section = readme[readme.index("## Synthetic city: Outdoor-Ams"):]
+    section = section[:section.index("\n## ", 5)]
+    table = [line.split("|") for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0]]
+    rows = {row[2].strip().split("]")[0].lstrip("["): row for row in table[2:]}
+    extract_col, gflop_col, seconds_col = (header.index(label) for label in
+                                           ("Extract ms/img", "Search GFLOP", "Search s"))
+    assert rows["timed"][extract_col].strip() == f"{2000.0 / images:.1f}"
+    assert rows["pix-8x6-gray"][extract_col].strip() == "–"
+    gflop = 2 * split.num_queries * split.num_database * 48 / 1e9
+    assert rows["timed"][gflop_col].strip() == f"{gflop:.3g}"
+    assert len(rows) == 4 and all(float(row[seconds_col]) > 0 for row in rows.values())
+    assert "timed, extraction: " in section and "on Test CPU (2 cores) (cpu, bf16" in section
+    assert "pix-8x6-gray, extraction: – (" in section
+    assert "features.h5 was not extracted by the harness" in section
+    assert "declared 0.5 ms/img (not measured, not shown)" in section
+
+
 def test_single_split_table_and_newest_record_wins():
     entries = [
         _entry("a", "tokyo247", 0.7, submitted_at="2025-01-01T00:00:00Z", record_id="1" * 16),
@@ -817,7 +866,9 @@ def test_page_in_headless_chromium(tiny_city, submitted, tmp_path):
     )
     assert re.findall(r'<tr data-method="([^"]+)"', outdoor) == ranked  # as built: ranked by R@1
     first = records[(ranked[0], OUTDOOR)].main_score
-    assert f'data-value="{first!r}">{100 * first:.1f}</td>' in outdoor
+    low, high = records[(ranked[0], OUTDOOR)].result.intervals["recall@1"]
+    shown = f"{100 * first:.1f} ± {100 * (high - low) / 2:.1f}"  # R@1 with half its interval
+    assert f'data-value="{first!r}">{shown}</td>' in outdoor
 
     plot = dom[dom.index('id="plot-synth-indoor-ams"') :]
     plot = plot[: plot.index("</figure>")]

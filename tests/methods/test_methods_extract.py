@@ -371,6 +371,70 @@ def test_provider_extracts_once_and_reuses(tiny_city, weights, tmp_path):
     assert third[0].parent != first[0].parent
 
 
+def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path, caplog):
+    """Indoor-Ams 1, Indoor-Ams 2 and Outdoor-Ams share one database: extracted once, then
+    reused (same files, untouched); each split's queries are extracted; another precision or
+    dtype key is another database."""
+    import logging
+
+    path, _ = weights
+    kwargs = dict(method="netvlad", out_dir=tmp_path / "cache", weights=str(path), options={},
+                  device="cpu", batch_size=16)
+    splits = [tiny_city.split(name) for name in ("indoor-ams-1", "indoor-ams-2", "outdoor-ams")]
+    assert len({s.database_names for s in splits}) == 1
+    caplog.set_level(logging.INFO, logger="methods.extract")
+    provided = [provide_features(split=split, **kwargs) for split in splits]
+    extracted = [r.getMessage().split(":")[0] for r in caplog.records if "images in" in r.getMessage()]
+    databases = {tuple(p[1:]) for p in provided}
+    assert len(databases) == 1
+    assert sum("database-" in name for name in extracted) == 1
+    assert sorted(name for name in extracted if name.endswith("query.h5")) == sorted(
+        str(p[0]) for p in provided)
+    # the shared database file is a valid database of every split (eval accepts it)
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+
+    config = EvalConfig(ngpu=0, progress=False, checksums=False)
+    for split, paths in zip(splits, provided):
+        assert evaluate(paths, split, config).counts.database == split.num_database
+    stamps = [p.stat().st_mtime_ns for p in provided[0]]
+    caplog.clear()
+    again = provide_features(split=splits[1], **kwargs)
+    assert again == provided[1] and [p.stat().st_mtime_ns for p in provided[0]] == stamps
+    assert not [r for r in caplog.records if "images in" in r.getMessage()]
+    bf16 = provide_features(split=splits[0], precision="bf16", **kwargs)
+    assert bf16[1] != provided[0][1] and bf16[0] != provided[0][0]
+    info = read_info(bf16[1])
+    assert info.attrs["extraction_precision"] == "bf16"
+    assert read_info(provided[0][1]).attrs["extraction_precision"] == "fp32"
+
+
+def test_extraction_records_its_timing_device_and_precision(tiny_city, weights, tmp_path):
+    path, _ = weights
+    split = tiny_city.split("indoor-ams-1")
+    method = get_method("netvlad", {}, weights=path)
+    out = extract(method, split=split, out=tmp_path / "f.h5", options=OPTIONS)
+    attrs = read_info(out).attrs
+    images = split.num_queries + split.num_database
+    assert int(attrs["extraction_images"]) == images
+    seconds = float(attrs["extraction_seconds"])
+    assert seconds > 0
+    assert float(attrs["extraction_ms_per_image"]) == pytest.approx(1000 * seconds / images)
+    assert attrs["extraction_device"] == "cpu" and attrs["extraction_precision"] == "fp32"
+    from harness.config import EvalConfig
+    from harness.evaluate import evaluate
+    from harness.hardware import cpu_model
+
+    assert cpu_model() in attrs["extraction_hardware"]
+    record = evaluate([out], split, EvalConfig(ngpu=0, progress=False)).to_dict()
+    measured = record["efficiency"]["extraction"]
+    assert measured["images"] == images and measured["precision"] == "fp32"
+    assert measured["ms_per_image"] == pytest.approx(1000 * seconds / images, rel=1e-5)
+    assert record["efficiency"]["descriptor_bytes"] == 4 * method.descriptor_dim
+    assert record["efficiency"]["search_cost"]["flop"] == (
+        2 * split.num_queries * split.num_database * method.descriptor_dim)
+
+
 def test_eval_with_method_cli(tiny_city, weights, tmp_path):
     path, _ = weights
     record = tmp_path / "r.json"
@@ -487,3 +551,19 @@ def test_gpu_extraction_matches_cpu(tiny_city, weights, tmp_path):
         # bf16 autocast in the backbone: descriptors agree closely.
         assert np.min(np.sum(a * read_descriptors(bf16, part), axis=1)) > 0.99
     assert os.environ.get("CUDA_VISIBLE_DEVICES", "0") != ""
+
+
+def test_eval_with_method_over_several_splits_cli(tiny_city, weights, tmp_path):
+    path, _ = weights
+    base = ["eval", "--method", "netvlad", "--weights", str(path), "--data-root",
+            str(tiny_city.data_root), "--features-dir", str(tmp_path / "feats"), "--device", "cpu",
+            "--split", "synth-indoor-ams-1", "--split", "synth-indoor-ams-2", "--no-progress"]
+    result = CliRunner().invoke(cli, base + ["--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2 and "{split} placeholder" in result.output
+    result = CliRunner().invoke(cli, base + ["--json", str(tmp_path / "{split}.json")])
+    assert result.exit_code == 0, result.output
+    for name in ("synth-indoor-ams-1", "synth-indoor-ams-2"):
+        assert (tmp_path / f"{name}.json").is_file()
+    folders = sorted(p.name for p in next((tmp_path / "feats").iterdir()).iterdir())
+    assert [f for f in folders if f.startswith("database-")] == [folders[0]]
+    assert {"synth-indoor-ams-1", "synth-indoor-ams-2"} <= set(folders)
