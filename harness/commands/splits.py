@@ -267,6 +267,12 @@ def show_command(name: str, data_root: Path | None) -> None:
                 f"{distances.max():.1f} m from the nearest database image",
             )
         )
+    from harness.canonical import canonical_splits
+
+    pin = canonical_splits().get(split.name)
+    if pin is not None:
+        lines.append(("canonical", f"pinned ({pin.database:,} database / {pin.queries:,} "
+                                   f"queries, {pin.source})"))
     lines += [
         ("query root", split.query_root or "-"),
         ("database root", split.database_root or "-"),
