@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import click
+from methods.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ def segment_command(split_name, segmenter, part, cache_dir, short_side, device, 
     from harness.splits import get_split
     from methods.iovpr.segment import segment_split
     from methods.iovpr.segmentation import load_segmenter
-    from methods.iovpr.segtrain import _resolve_device
-
     split = get_split(split_name, data_root)
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     loaded = load_segmenter(segmenter, device, input_short_side=short_side)
     result = segment_split(split, loaded, part=part, cache_dir=cache_dir, device=device,
                            batch_size=batch_size)
@@ -183,7 +182,6 @@ def _train_iovpr_command():
         Example: harness train iovpr --layouts gray --threshold 20 --layouts-dir LAYOUTS
         --train-split ams30k-train --val-split ams30k-val --out-dir runs/iovpr-gray
         """
-        from methods.cli import _set_threads
         from methods.train.registry import run_training, training_config
 
         merged = collect_values(config_file, values)
@@ -192,7 +190,7 @@ def _train_iovpr_command():
             raise click.UsageError("harness train iovpr needs " + ", ".join(
                 "--" + name.replace("_", "-") for name in missing))
         config = training_config("iovpr", merged)
-        _set_threads()
+        set_torch_threads()
         click.echo(str(run_training("iovpr", config)))
 
     return command
@@ -218,7 +216,6 @@ def iovpr_group():
                    "(e.g. --train-option jitter=0.2,0.2,0.2,0.02).")
 def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
-    from methods.cli import _set_threads
     from methods.iovpr.study import make_study_config, run_study
     from methods.options import parse_option_pairs
 
@@ -227,7 +224,7 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
         parse_option_pairs(train_pairs)  # reject malformed pairs now, not after an hour
         values["extra_train_options"] = tuple(train_pairs)
     config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
-    _set_threads()
+    set_torch_threads()
     result = run_study(config)
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
 
