@@ -131,6 +131,17 @@ class MethodRegistry(Registry):
         if self._loaded:
             return
         super()._load()
+        try:
+            self._load_entry_points()
+        except BaseException:
+            # Not half-loaded: the next lookup tries again and reports the same problem.
+            self._loaded = False
+            self._entries.clear()
+            self.origins.clear()
+            self.failures.clear()
+            raise
+
+    def _load_entry_points(self) -> None:
         from importlib.metadata import entry_points
 
         _check_builtin_metadata()

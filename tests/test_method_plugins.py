@@ -143,10 +143,13 @@ def test_two_packages_with_one_name_is_an_error_naming_both(tmp_path, monkeypatc
         "from methods.probe import ProbeMethod\n\n\nclass OtherSFRS(ProbeMethod):\n    pass\n")
     _fake_distribution(tmp_path, "other-vpr", "sfrs = other_vpr:OtherSFRS")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registry = MethodRegistry()
     with pytest.raises(HarnessError, match="registered twice") as info:
-        MethodRegistry().names()
+        registry.names()
     message = info.value.one_line()
     assert "other-vpr 1.0" in message and "iovpr-harness" in message
+    with pytest.raises(HarnessError, match="registered twice"):  # not half-loaded afterwards
+        registry.get("netvlad")
 
 
 def test_register_method_in_process_and_its_origin(monkeypatch):
