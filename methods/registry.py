@@ -15,9 +15,11 @@ import difflib
 import importlib
 import logging
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from typing import Callable, Generic, Iterable, TypeVar
 
 from harness.errors import HarnessError
+from methods.base import Method
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +144,6 @@ class MethodRegistry(Registry):
             raise
 
     def _load_entry_points(self) -> None:
-        from importlib.metadata import entry_points
-
         _check_builtin_metadata()
         for point in entry_points(group=METHOD_ENTRY_POINT_GROUP):
             dist = getattr(point, "dist", None)
@@ -178,8 +178,6 @@ class MethodRegistry(Registry):
 
 def _class_problem(name: str, cls) -> str | None:
     """Why ``cls`` cannot be method ``name`` (``None``: it can)."""
-    from methods.base import Method
-
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         return f"{cls!r} is not a methods.base.Method subclass"
     own = cls.__dict__.get("name")
@@ -190,8 +188,6 @@ def _class_problem(name: str, cls) -> str | None:
 
 def _check_builtin_metadata() -> None:
     """An installation whose metadata predates the entry points would list no method."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
     try:
         dist = distribution(BUILTIN_DISTRIBUTION)
     except PackageNotFoundError:
