@@ -108,16 +108,11 @@ def benchmarks_for(split_names) -> list[Benchmark]:
     for name in split_names:
         if name in covered:
             continue
-        from leaderboard.markers import unofficial_base
+        from leaderboard.markers import marked_benchmark
 
-        base = unofficial_base(name)
-        if base is not None:
-            result.append(Benchmark(
-                key="unofficial-" + re.sub(r"[^a-z0-9._-]", "_", base.lower()),
-                title=f"Unofficial: {base}", splits=(name,), labels=(base,),
-                description=f"Records on a split registered as {base} that does not match its "
-                "canonical definition (counts, radius, spatial NMS or checksum): not comparable "
-                f"with the {base} table."))
+        marked = marked_benchmark(name)  # public benchmarks and unofficial listings
+        if marked is not None:
+            result.append(marked)
             continue
         synthetic = name.startswith(SYNTH_PREFIX)
         result.append(
