@@ -43,6 +43,20 @@ class _HarnessGroup(click.Group):
             raise
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not when the handler was
+    made: in-process runs (click's CliRunner, tests) swap stderr and close the old one, and a
+    handler holding a closed stream prints a logging traceback into the next run's output."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the live sys.stderr wins
+        pass
+
+
 @click.group(cls=_HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harness")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -52,7 +66,7 @@ def cli(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger()
     if not any(getattr(h, "_harness", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._harness = True  # type: ignore[attr-defined]
         root.addHandler(handler)
