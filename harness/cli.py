@@ -44,17 +44,15 @@ class _HarnessGroup(click.Group):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to ``sys.stderr`` as it is when a record is emitted, not when the handler was
-    made: in-process runs (click's CliRunner, tests) swap stderr and close the old one, and a
-    handler holding a closed stream prints a logging traceback into the next run's output."""
+    """A stderr handler that survives its stream being closed: an in-process run (a test
+    calling ``main``) may install it on a capture stream that is closed afterwards; logging
+    to it would print a logging traceback into a later run's output. It then falls back to
+    the process's own stderr."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):  # StreamHandler.__init__ assigns it; the live sys.stderr wins
-        pass
+    def emit(self, record):
+        if getattr(self.stream, "closed", False) and sys.__stderr__ is not None:
+            self.stream = sys.__stderr__  # not setStream(): it would flush the closed one
+        super().emit(record)
 
 
 @click.group(cls=_HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +64,7 @@ def cli(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger()
     if not any(getattr(h, "_harness", False) for h in root.handlers):
-        handler = _StderrHandler()
+        handler = _StderrHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._harness = True  # type: ignore[attr-defined]
         root.addHandler(handler)
