@@ -5,10 +5,11 @@ Stored in the record under ``breakdowns`` (``harness show RESULT --by ...`` prin
 * ``condition``: Recall@N per query condition (Tokyo 24/7 day / sunset / night, MSLS day /
   night). The labels come from the first *condition source* that knows the split: a CSV
   given with ``--query-conditions`` (``name,condition`` per line), then the sources in
-  :data:`CONDITION_SOURCES` (the query names, when a path component or a ``_``/``-``
-  separated token is ``day``, ``sunset`` or ``night``). Tokyo 24/7's released query names
+  :data:`CONDITION_SOURCES`: MSLS's ``night`` column (``postprocessed.csv`` of each city's
+  query folder), then the query names (a path component or a ``_``/``-`` separated token
+  that is ``day``, ``sunset`` or ``night``). Tokyo 24/7's released query names
   (``00001.jpg``...) do not carry the time of day, so Tokyo needs the CSV. Another dataset
-  adds its own rule with :func:`register_condition_source` (the hook for MSLS's day/night).
+  adds its own rule with :func:`register_condition_source`.
 * ``window_fraction``: Recall@N per bin of the share of window pixels in an indoor query
   (Indoor-Ams), from the true masks where the dataset has them (the synthetic city keeps
   them in ``query_masks/`` beside the query folder) or from masks given with
@@ -61,8 +62,35 @@ def conditions_from_names(split) -> tuple[np.ndarray, str] | None:
     return labels, "query names"
 
 
+def msls_conditions(split) -> tuple[np.ndarray, str] | None:
+    """MSLS day/night from the ``night`` column of each city's ``query/postprocessed.csv``
+    (query names ``<city>/query/images/<key>.jpg`` under ``train_val``); None otherwise."""
+    parts = [Path(name).parts for name in split.query_names]
+    if not parts or not split.query_root or any(
+            len(p) != 4 or p[1:3] != ("query", "images") for p in parts):
+        return None
+    night: dict[tuple[str, str], bool] = {}
+    for city in sorted({p[0] for p in parts}):
+        path = Path(split.query_root) / city / "query" / "postprocessed.csv"
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    flag = str(row.get("night", "")).strip().lower()
+                    night[(city, str(row.get("key", "")))] = flag in ("true", "1", "1.0")
+        except FileNotFoundError:
+            logger.info("no MSLS day/night labels: %s is missing", path)
+            return None
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise HarnessError(f"unreadable MSLS file ({exc})", path) from None
+    labels = []
+    for city, _, _, image in parts:
+        flag = night.get((city, Path(image).stem))
+        labels.append(UNKNOWN if flag is None else ("night" if flag else "day"))
+    return np.asarray(labels, dtype=object), "MSLS postprocessed.csv night column"
+
+
 #: Tried in order; :func:`register_condition_source` puts a new one first.
-CONDITION_SOURCES: list[ConditionSource] = [conditions_from_names]
+CONDITION_SOURCES: list[ConditionSource] = [msls_conditions, conditions_from_names]
 
 
 def register_condition_source(source: ConditionSource) -> ConditionSource:

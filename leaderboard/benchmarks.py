@@ -13,6 +13,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from leaderboard.markers import marked_table
+
 SYNTH_PREFIX = "synth-"
 RECALL_COLUMNS = (1, 5, 10, 20)
 
@@ -108,11 +110,11 @@ def benchmarks_for(split_names) -> list[Benchmark]:
     for name in split_names:
         if name in covered:
             continue
-        from leaderboard.markers import marked_benchmark
-
-        marked = marked_benchmark(name)  # public benchmarks and unofficial listings
+        marked = marked_table(name)  # pinned public benchmarks and unofficial listings
         if marked is not None:
-            result.append(marked)
+            result.append(Benchmark(key=marked["key"], title=marked["title"], splits=(name,),
+                                    labels=(marked["label"],),
+                                    description=marked["description"]))
             continue
         synthetic = name.startswith(SYNTH_PREFIX)
         result.append(

@@ -64,12 +64,13 @@ class BuildOutput:
 
 
 def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None) -> Entry:
-    """The numbers the tables show of one record."""
+    """The numbers the tables show of one record, with where each efficiency value was
+    measured (values the harness did not measure are left unknown, with the reason)."""
     result = record.result
     predictions = None
     if record.predictions is not None and results_dir is not None:
         predictions = str(results_dir / record.split / record.method / record.predictions.file)
-    extraction = record.metadata.extraction_ms_per_image
+    extraction, extraction_note = _extraction(record)
     from leaderboard.markers import shown_method, shown_split
 
     method = shown_method(record)
@@ -82,13 +83,46 @@ def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None
         # a ranking submission has no descriptor
         descriptor_dim=int(result.descriptor_dim) if method == record.method else None,
         descriptor_dtype=result.descriptor_dtype if method == record.method else None,
-        extraction_ms_per_image=None if extraction is None else float(extraction),
+        extraction_ms_per_image=extraction,
         search_seconds=float(result.timings.search_s),
         peak_memory_bytes=int(result.peak_rss_bytes),
+        search_gflop=2.0 * result.counts.queries * result.counts.database
+        * result.descriptor_dim / 1e9,
+        extraction_note=extraction_note,
+        search_note=_search_note(result),
         paper=record.metadata.paper,
         code_url=record.metadata.code_url,
         predictions_path=predictions,
+        intervals=dict(result.intervals),
+        no_positive=result.protocol.no_positive,
     )
+
+
+def _extraction(record: LeaderboardRecord) -> tuple[float | None, str]:
+    measured = dict(record.result.efficiency.get("extraction") or {})
+    value = measured.get("ms_per_image")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), (
+            f"{value:.1f} ms/img measured by the harness on {measured.get('hardware') or '?'} "
+            f"({measured.get('device') or '?'}, {measured.get('precision') or '?'}, "
+            f"{measured.get('images', '?')} images)")
+    reason = measured.get("unknown") or "the record predates measured extraction times"
+    declared = record.metadata.extraction_ms_per_image
+    if declared is not None:
+        reason += f"; the submitter declared {declared:g} ms/img (not measured, not shown)"
+    return None, f"– ({reason})"
+
+
+def _search_note(result) -> str:
+    search = dict(result.efficiency.get("search") or {})
+    peak = dict(result.efficiency.get("peak_rss") or {})
+    on_gpu = any(word in result.search_backend for word in ("gpu", "cuda"))
+    hardware = search.get("hardware") or (
+        ", ".join(result.hardware.gpus) if result.hardware.gpus and on_gpu
+        else f"{result.hardware.cpu_model} ({result.hardware.cpu_cores} cores)")
+    scope = peak.get("scope") or "whole process, record schema 1"
+    return (f"{result.timings.search_s:.3g} s with {result.search_backend or '?'} on {hardware}; "
+            f"peak memory of the {scope}")
 
 
 def shown_benchmarks(entries: Sequence[Entry]) -> list[Benchmark]:
@@ -125,7 +159,11 @@ def render_readme(
     records: int,
     methods: int,
     method_infos: Sequence[html_page.MethodInfo] = (),
+    reported: Sequence = (),
 ) -> str:
+    from leaderboard.reported import other_benchmarks, reported_markdown, rows_for
+    from leaderboard.tables import TIE_NOTE
+
     lines = [
         GENERATED_NOTICE,
         "",
@@ -136,10 +174,16 @@ def render_readme(
         "sets; a method without both sets is listed unranked). One record per method and split: "
         "the newest.",
         "",
+        TIE_NOTE + " Published numbers of other papers follow each table, marked "
+        "\"reported, not reproduced\"; they are never ranked.",
+        "",
         "Efficiency columns: descriptor dimension and bytes per image, feature extraction "
-        "milliseconds per image (when the submitter measured it), exact search seconds (summed "
-        "over the benchmark's splits) and peak memory of the evaluation in MiB (the maximum over "
-        "the splits).",
+        "milliseconds per image (only as the harness measured it when it extracted the "
+        "features), the exact search's machine-independent cost in GFLOP (2 x queries x "
+        "database x dimension), its measured seconds (summed over the benchmark's splits) and "
+        "the evaluation's peak memory in MiB (the maximum over the splits). Below each table: "
+        "the hardware and precision each value was measured with, and why a value is unknown "
+        "(–).",
         "",
         "Submit: `harness submit FEATURES... --split SPLIT --method-name NAME "
         "--meta-file META.json`; rebuild: `harness leaderboard build`; verify: "
@@ -153,6 +197,15 @@ def render_readme(
         if table.benchmark.description:
             lines += [table.benchmark.description, ""]
         lines += [to_markdown(table).rstrip("\n"), ""]
+        published = reported_markdown(rows_for(reported, table.benchmark.key))
+        if published:
+            lines += [published.rstrip("\n"), ""]
+    others = other_benchmarks(reported, {table.benchmark.key for table in tables})
+    if others:
+        lines += ["## Published numbers on benchmarks without a verified table", ""]
+        for key, title in others:
+            lines += [f"### {title}", "", reported_markdown(rows_for(reported, key)).rstrip("\n"),
+                      ""]
     if method_infos:
         lines += [
             "## Methods",
@@ -246,13 +299,17 @@ def build_from_entries(
     results_label: str = "leaderboard/results",
 ) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
-    from leaderboard.plots import inline_svg, recall_curves, recall_svg
+    from leaderboard.plots import inline_svg, recall_bands, recall_curves, recall_svg
+
+    from leaderboard.reported import load_reported, reported_csv
+    from leaderboard.significance import annotate_table
 
     entries = list(entries)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     latest = latest_entries(entries)
-    tables = [make_table(b, entries) for b in shown_benchmarks(entries)]
+    tables = [annotate_table(make_table(b, entries), latest) for b in shown_benchmarks(entries)]
+    reported = load_reported()
     staging = Path(tempfile.mkdtemp(prefix=".build.", dir=out_dir))
     try:
         tables_dir = staging / "tables"
@@ -269,7 +326,8 @@ def build_from_entries(
             if plots and table.rows:
                 curves = recall_curves(table, latest)
                 if any(curves.values()):
-                    svg = recall_svg(table.benchmark, curves, table.group_labels)
+                    svg = recall_svg(table.benchmark, curves, table.group_labels,
+                                     recall_bands(table, latest))
                     (site_dir / "plots").mkdir(exist_ok=True)
                     (site_dir / "plots" / f"{key}.svg").write_text(svg, encoding="utf-8")
                     plot_paths.append(out_dir / "site" / "plots" / f"{key}.svg")
@@ -277,7 +335,8 @@ def build_from_entries(
             grid_count += len(table_grids)
             sections.append(
                 html_page.Section(
-                    table, None if svg is None else inline_svg(svg), tuple(table_grids)
+                    table, None if svg is None else inline_svg(svg), tuple(table_grids),
+                    reported=tuple(reported),
                 )
             )
         methods = sorted({e.method for e in entries})
@@ -286,10 +345,14 @@ def build_from_entries(
             f"{len({e.split for e in entries})} splits. Ranked by Recall@1."
         )
         infos = _method_infos(records)
-        page = html_page.render_page(sections, infos, summary=summary, results_label=results_label)
+        (tables_dir / "reported.csv").write_text(reported_csv(reported), encoding="utf-8")
+        table_paths.append(out_dir / "tables" / "reported.csv")
+        page = html_page.render_page(sections, infos, summary=summary, results_label=results_label,
+                                     reported=reported)
         (site_dir / "index.html").write_text(page, encoding="utf-8")
         readme = render_readme(
-            tables, records=len(entries), methods=len(methods), method_infos=infos
+            tables, records=len(entries), methods=len(methods), method_infos=infos,
+            reported=reported,
         )
         for name in ("tables", "site"):
             _swap_in(staging / name, out_dir / name)

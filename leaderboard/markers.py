@@ -52,24 +52,21 @@ def _key(prefix: str, name: str) -> str:
     return prefix + re.sub(r"[^a-z0-9._-]", "_", name.lower())
 
 
-def marked_benchmark(split_name: str):
-    """The table of an unofficial listing or of a pinned public split, else None."""
+def marked_table(split_name: str) -> dict | None:
+    """``Benchmark`` fields (key, title, label, description) of the table of an unofficial
+    listing or of a pinned public split; None for any other split."""
     from harness.canonical import canonical_splits
-    from leaderboard.benchmarks import Benchmark
 
     base = unofficial_base(split_name)
     if base is not None:
-        return Benchmark(
-            key=_key("unofficial-", base), title=f"Unofficial: {base}", splits=(split_name,),
-            labels=(base,),
-            description=f"Records on a split registered as {base} that does not match its "
-            "canonical definition (counts, radius, spatial NMS or checksum): not comparable "
-            f"with the {base} table.")
+        return {"key": _key("unofficial-", base), "title": f"Unofficial: {base}", "label": base,
+                "description": f"Records on a split registered as {base} that does not match "
+                "its canonical definition (counts, radius, spatial NMS or checksum): not "
+                f"comparable with the {base} table."}
     pin = canonical_splits().get(split_name)
     if pin is None:
         return None
-    return Benchmark(
-        key=_key("", split_name), title=PUBLIC_TITLES.get(split_name, split_name),
-        splits=(split_name,), labels=(split_name,),
-        description=f"{pin.database:,} database images, {pin.queries:,} queries, "
-        f"{pin.radius_m:g} m ({pin.source}).")
+    return {"key": _key("", split_name), "title": PUBLIC_TITLES.get(split_name, split_name),
+            "label": split_name,
+            "description": f"{pin.database:,} database images, {pin.queries:,} queries, "
+            f"{pin.radius_m:g} m ({pin.source})."}

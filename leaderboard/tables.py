@@ -7,6 +7,7 @@ the CSV, percentages with one decimal in Markdown, LaTeX and HTML (as VPR papers
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -16,6 +17,12 @@ from leaderboard.benchmarks import RECALL_COLUMNS, Benchmark
 
 MISSING_TEXT = "–"
 MEAN_GROUP = "mean"
+TIE_MARK = "≈"
+TIE_NOTE = (
+    f"{TIE_MARK}: not significantly different from the best row at Recall@1 (exact McNemar "
+    "test on the paired queries, p >= 0.05; without committed rankings: overlapping 95 % "
+    "intervals). R@1 cells show the 95 % bootstrap interval as ± half its width."
+)
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,18 @@ class Entry:
     extraction_ms_per_image: float | None = None
     search_seconds: float | None = None
     peak_memory_bytes: int | None = None
+    #: machine-independent: 2 x queries x database rows x dimension / 1e9
+    search_gflop: float | None = None
+    #: where the extraction time was measured ("AMD EPYC ... (2 cores), cpu, fp32"), or why
+    #: it is unknown; the same for the search seconds and the peak memory
+    extraction_note: str = ""
+    search_note: str = ""
     paper: str = ""
     code_url: str = ""
     predictions_path: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    no_positive: str = "miss"
 
     @property
     def descriptor_bytes(self) -> int | None:
@@ -62,7 +77,7 @@ class Column:
     key: str
     group: str
     label: str
-    kind: str  # "recall" | "int" | "float1" | "float2" | "mib"
+    kind: str  # "recall" | "int" | "float1" | "float2" | "sig3" | "mib"
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,11 @@ class Row:
     paper: str = ""
     code_url: str = ""
     record_ids: tuple[str, ...] = ()
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    tie_with_best: str | None = None  # "paired" | "overlap" (see leaderboard.significance)
+    tie_p_value: float | None = None
+    #: where the efficiency values were measured (or why one is unknown), one line each
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,7 +139,8 @@ def _columns(benchmark: Benchmark) -> tuple[list[Column], dict[str, str]]:
         Column("descriptor_dim", "", "Dim", "int"),
         Column("descriptor_bytes", "", "Bytes/img", "int"),
         Column("extraction_ms_per_image", "", "Extract ms/img", "float1"),
-        Column("search_seconds", "", "Search s", "float2"),
+        Column("search_gflop", "", "Search GFLOP", "sig3"),
+        Column("search_seconds", "", "Search s", "sig3"),
         Column("peak_memory_bytes", "", "Peak mem MiB", "mib"),
     ]
     return columns, dict(groups)
@@ -166,6 +187,8 @@ def make_table(benchmark: Benchmark, entries: Iterable[Entry]) -> Table:
         values["search_seconds"] = math.fsum(searches) if searches else None
         peaks = [e.peak_memory_bytes for e in present if e.peak_memory_bytes is not None]
         values["peak_memory_bytes"] = max(peaks) if peaks else None
+        flops = [e.search_gflop for e in present if e.search_gflop is not None]
+        values["search_gflop"] = math.fsum(flops) if len(flops) == len(present) else None
         rows.append(
             Row(
                 rank=None,
@@ -174,11 +197,24 @@ def make_table(benchmark: Benchmark, entries: Iterable[Entry]) -> Table:
                 paper=_first(e.paper or None for e in present) or "",
                 code_url=_first(e.code_url or None for e in present) or "",
                 record_ids=tuple(e.record_id for e in present),
+                notes=_notes(present),
             )
         )
     rank_column = f"{MEAN_GROUP if benchmark.has_mean else benchmark.splits[0]}/recall@1"
     ranked = _rank(rows, rank_column)
     return Table(benchmark, tuple(columns), tuple(ranked), rank_column, group_labels)
+
+
+def _notes(entries: Sequence[Entry]) -> tuple[str, ...]:
+    """Where each efficiency value of a row comes from (distinct lines, in entry order)."""
+    notes: list[str] = []
+    for entry in entries:
+        for label, note in (("extraction", entry.extraction_note),
+                            ("search and peak memory", entry.search_note)):
+            line = f"{label}: {note}" if note else ""
+            if line and line not in notes:
+                notes.append(line)
+    return tuple(notes)
 
 
 def _rank(rows: Sequence[Row], rank_column: str) -> list[Row]:
@@ -198,7 +234,7 @@ def _rank(rows: Sequence[Row], rank_column: str) -> list[Row]:
             rounded = round(score, 6)
             rank = previous_rank if rounded == previous_score else position
             previous_score, previous_rank = rounded, rank
-        result.append(Row(rank, row.method, row.values, row.paper, row.code_url, row.record_ids))
+        result.append(dataclasses.replace(row, rank=rank))
     return result
 
 
@@ -228,9 +264,26 @@ def format_value(value, kind: str, missing: str = MISSING_TEXT) -> str:
         return f"{value:.1f}"
     if kind == "float2":
         return f"{value:.2f}"
+    if kind == "sig3":  # three significant digits: a 4 ms search is not "0.00"
+        return f"{value:.3g}"
     if kind == "mib":
         return f"{value / (1 << 20):.0f}"
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def rank_text(row: Row) -> str:
+    """The rank cell: ``2``, ``3 ≈`` (not significantly different from the best) or ``–``."""
+    if row.rank is None:
+        return MISSING_TEXT
+    return f"{row.rank} {TIE_MARK}" if row.tie_with_best else str(row.rank)
+
+
+def interval_text(row: Row, column: Column) -> str:
+    """`` ± 2.1`` after a Recall@1 cell that has an interval (half its width), else empty."""
+    bounds = row.intervals.get(column.key)
+    if column.kind != "recall" or bounds is None or not column.key.endswith("/recall@1"):
+        return ""
+    return f" ± {100 * (bounds[1] - bounds[0]) / 2:.1f}"
 
 
 def _header(table: Table, column: Column) -> str:
@@ -256,7 +309,7 @@ def to_markdown(table: Table) -> str:
         name = _md_escape(row.method)
         link = row.code_url or row.paper
         cells = [
-            MISSING_TEXT if row.rank is None else str(row.rank),
+            rank_text(row),
             f"[{name}]({link})" if link else name,
         ]
         for column in table.columns:
@@ -264,13 +317,18 @@ def to_markdown(table: Table) -> str:
             text = format_value(value, column.kind)
             if column.key in best and value is not None and round(value, 3) == best[column.key]:
                 text = f"**{text}**"
+            if value is not None:
+                text += interval_text(row, column)
             cells.append(text)
         body.append(cells)
     align = ["right", "left"] + ["right"] * len(table.columns)
-    return (
-        tabulate(body, headers=headers, tablefmt="github", colalign=align, disable_numparse=True)
-        + "\n"
-    )
+    text = tabulate(body, headers=headers, tablefmt="github", colalign=align,
+                    disable_numparse=True) + "\n"
+    notes = [(row.method, note) for row in table.rows for note in row.notes]
+    if notes:
+        text += "\nWhere the efficiency columns were measured (– : unknown, with the reason):\n\n"
+        text += "".join(f"- {_md_escape(method)}, {_md_escape(note)}\n" for method, note in notes)
+    return text
 
 
 _LATEX_SPECIALS = {
@@ -333,12 +391,14 @@ def to_latex(table: Table) -> str:
     if not table.rows:
         lines.append(rf"\multicolumn{{{len(columns) + 1}}}{{c}}{{No submissions yet.}} \\")
     for row in table.rows:
-        cells = [latex_escape(row.method)]
+        cells = [latex_escape(row.method) + (r"$^{\approx}$" if row.tie_with_best else "")]
         for column in columns:
             value = row.values.get(column.key)
             text = format_value(value, column.kind, missing="--")
             if column.key in best and value is not None and round(value, 3) == best[column.key]:
                 text = rf"\textbf{{{text}}}"
+            if value is not None and interval_text(row, column):
+                text += r"{\scriptsize${}\pm{}$" + interval_text(row, column)[3:] + "}"
             cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [
@@ -346,7 +406,8 @@ def to_latex(table: Table) -> str:
         r"\end{tabular}",
         rf"\caption{{{latex_escape(table.benchmark.title)}: Recall@N (\%), ranked by "
         + ("mean " if table.benchmark.has_mean else "")
-        + r"Recall@1.}",
+        + r"Recall@1; $\approx$: not significantly different from the best at Recall@1 "
+        + r"(exact McNemar test, $p \geq 0.05$); $\pm$: half the 95\,\% bootstrap interval.}",
         rf"\label{{tab:iovpr-{table.benchmark.key}}}",
         r"\end{table}",
     ]
@@ -375,7 +436,22 @@ def to_frame(table: Table):
     frame["paper"] = [row.paper for row in table.rows]
     frame["code_url"] = [row.code_url for row in table.rows]
     frame["records"] = [" ".join(row.record_ids) for row in table.rows]
+    _add_significance_columns(frame, table)
+    frame["measured_on"] = ["; ".join(row.notes) for row in table.rows]
     return frame
+
+
+def _add_significance_columns(frame, table: Table) -> None:
+    """Interval ends of every recall column (fractions) and the tie-with-best mark."""
+    for column in table.recall_columns:
+        for end, index in (("low", 0), ("high", 1)):
+            frame[f"{column.key}/{end}"] = [
+                row.intervals[column.key][index] if column.key in row.intervals else None
+                for row in table.rows]
+            frame[f"{column.key}/{end}"] = frame[f"{column.key}/{end}"].astype("float64")
+    frame["not_different_from_best"] = [row.tie_with_best or "" for row in table.rows]
+    frame["tie_p_value"] = [row.tie_p_value for row in table.rows]
+    frame["tie_p_value"] = frame["tie_p_value"].astype("float64")
 
 
 def to_csv(table: Table) -> str:

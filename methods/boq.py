@@ -42,7 +42,6 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.dinov2 import DinoVisionTransformer, vit_config_from_state
 from methods.imagenet import TensorResize
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.salad import PATCH
 
@@ -115,18 +114,9 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models import resnet50
+        from methods.torchvision_backbones import resnet_children
 
-        resnet = resnet50(weights=None)
-        self.net = nn.Sequential(
-            resnet.conv1,
-            resnet.bn1,
-            resnet.relu,
-            resnet.maxpool,
-            resnet.layer1,
-            resnet.layer2,
-            resnet.layer3,
-        )
+        self.net = resnet_children(50, last_layer=3)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -222,7 +212,6 @@ class BoQOptions:
                 raise ValueError(f"{key} must be >= 1, got {value}")
 
 
-@register_method("boq")
 class BoQMethod(ReleasedMethod):
     """Bag-of-Queries on ResNet-50 (16384-D) or DINOv2 ViT-B/14 (12288-D)."""
 

@@ -3,8 +3,10 @@
 The authors' test transforms are torchvision pipelines: ``ToTensor`` (divide by 255), an
 optional ``Resize``, ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``. Two kinds of resize occur:
 
-* on the PIL image, before ``ToTensor`` (SALAD's ``T.Resize((322, 322), BILINEAR)``): PIL's
-  own resampling on ``uint8`` -> :class:`methods.transforms.ResizeUint8`;
+* on the PIL image, before ``ToTensor`` (SALAD's ``T.Resize((322, 322), BILINEAR)``, MixVPR's
+  ``(320, 320)``, CosPlace's optional short side): torchvision calls PIL's own resampling on
+  ``uint8`` (antialiased when shrinking) -> :class:`methods.transforms.ResizeUint8` (bilinear),
+  :class:`PILResize` and :class:`PILShortSide` (any PIL filter, or the native size);
 * on the float tensor, after ``ToTensor`` (BoQ's bicubic ``antialias=True``, MegaLoc's rounding
   to a multiple of 14, VPR-methods-evaluation's ``--image_size``): ``F.interpolate`` on the
   0-1 image, which is what torchvision's tensor ``Resize`` calls -> :class:`TensorResize`,
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.transforms import pil_to_uint8
+from methods.transforms import pil_to_uint8, short_side_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,6 +67,64 @@ def resize_tensor(image, height: int, width: int, interpolation: str, antialias:
         antialias=antialias,
     )
     return resized.squeeze(0)
+
+
+def pil_filter(name: str):
+    """The PIL resampling filter that torchvision's ``InterpolationMode`` ``name`` selects."""
+    from PIL import Image
+
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+    try:
+        return filters[name]
+    except KeyError:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {name!r}") from None
+
+
+@dataclass(frozen=True)
+class PILResize:
+    """Worker transform: ``T.Resize((height, width), interpolation)`` on the PIL image -> uint8."""
+
+    height: int
+    width: int
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        pil_filter(self.interpolation)
+
+    def __call__(self, image):
+        if (image.width, image.height) != (self.width, self.height):
+            image = image.resize((self.width, self.height), pil_filter(self.interpolation))
+        return pil_to_uint8(image)
+
+    @property
+    def fixed_size(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class PILShortSide:
+    """Worker transform: ``T.Resize(short_side)`` on the PIL image (aspect kept) -> uint8.
+
+    ``short_side=None`` keeps the native resolution (no resize at all). Sizes differ between
+    images, so batches hold one image.
+    """
+
+    short_side: int | None = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        pil_filter(self.interpolation)
+
+    def __call__(self, image):
+        if self.short_side is not None:
+            size = short_side_size(image.width, image.height, self.short_side)
+            if size != (image.width, image.height):
+                image = image.resize(size, pil_filter(self.interpolation))
+        return pil_to_uint8(image)
+
+    @property
+    def fixed_size(self) -> bool:
+        return False
 
 
 def pil_to_unit_float(image):

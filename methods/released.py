@@ -68,8 +68,14 @@ def _is_tensor_dict(obj) -> bool:
     )
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """The state dict of a released checkpoint (PyTorch or safetensors), keys unchanged."""
+def read_state_dict(
+    path: str | os.PathLike, wrappers: tuple[str, ...] = ("state_dict",)
+) -> dict[str, Any]:
+    """The state dict of a released checkpoint (PyTorch or safetensors), keys unchanged.
+
+    A PyTorch file may hold the tensors directly or under one of ``wrappers`` (Lightning's
+    ``state_dict``; CosPlace's training checkpoint ``model_state_dict``).
+    """
     from methods.checkpoints import torch_load
 
     path = Path(path)
@@ -82,12 +88,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     obj = torch_load(path)
     if _is_tensor_dict(obj):
         return dict(obj)
-    if isinstance(obj, Mapping) and _is_tensor_dict(obj.get("state_dict")):
-        return dict(obj["state_dict"])
     if isinstance(obj, Mapping):
+        for wrapper in wrappers:
+            if _is_tensor_dict(obj.get(wrapper)):
+                return dict(obj[wrapper])
         keys = ", ".join(sorted(map(str, obj))[:_LISTED])
+        entries = " or ".join(repr(wrapper) for wrapper in wrappers)
         raise HarnessError(
-            "expected a state dict of tensors or a dict with a 'state_dict' of tensors; "
+            f"expected a state dict of tensors or a dict with a {entries} of tensors; "
             f"top-level keys: {keys}",
             path,
         )
@@ -125,6 +133,8 @@ class ReleasedMethod(Method):
     """
 
     description: ClassVar[str] = ""
+    # Entries of a PyTorch file that may hold the state dict (see read_state_dict).
+    wrappers: ClassVar[tuple[str, ...]] = ("state_dict",)
 
     def __init__(self, config, weights=None):
         super().__init__(config, weights)
@@ -133,7 +143,7 @@ class ReleasedMethod(Method):
     def state_dict(self) -> dict[str, Any]:
         """The weights file's tensors (read on first use)."""
         if self._state is None:
-            self._state = read_state_dict(self.weights)
+            self._state = read_state_dict(self.weights, self.wrappers)
         return self._state
 
     # -- to implement ---------------------------------------------------------------------

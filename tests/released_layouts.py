@@ -2,12 +2,15 @@
 
 The key lists are written out here from the authors' code (facebookresearch/dinov2's ViT as
 ``torch.hub`` builds it, serizba/salad's ``VPRModel``, gmberton/MegaLoc's ``MegaLoc``,
-amaralibey/Bag-of-Queries' ``VPRModel``), not taken from the models under test, so that a
+amaralibey/Bag-of-Queries' ``VPRModel``, gmberton/CosPlace's ``GeoLocalizationNet``,
+amaralibey/MixVPR's ``VPRModel``), not taken from the models under test, so that a
 renamed module in the harness fails these tests. Sizes are parameters: the tests use a
 2-block, 128-wide ViT (2 heads of 64, as DINOv2's head size) under the released key names.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -192,4 +195,92 @@ def boq_dino_state(seed: int = 0, proj: int = 64, row_dim: int = 4) -> dict:
     state.update(
         random_state(boq_shapes(TINY_VIT["dim"], proj, row_dim=row_dim), "aggregator.", seed + 1)
     )
+    return state
+
+
+@functools.cache
+def torchvision_shapes(name: str) -> dict:
+    """``key -> (shape, dtype)`` of torchvision's ``name`` (``resnet18``, ..), via meta tensors."""
+    import torchvision.models
+
+    with torch.device("meta"):
+        reference = getattr(torchvision.models, name)(weights=None).state_dict()
+    return {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in reference.items()}
+
+
+def cosplace_shapes(backbone: str, dim: int) -> dict:
+    """CosPlace / EigenPlaces ``GeoLocalizationNet``: ``backbone.{i}`` + ``aggregation``.
+
+    ``backbone`` is ``nn.Sequential(*list(resnet.children())[:-2])`` (0 conv1, 1 bn1, 4-7
+    layer1-4) or VGG16 ``features[:-2]`` (13 convolutions up to conv5_3 at index 28);
+    ``aggregation`` is ``Sequential(L2Norm, GeM, Flatten, Linear, L2Norm)``.
+    """
+    shapes = {}
+    if backbone == "VGG16":
+        widths = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+        indices = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+        previous = 3
+        for index, width in zip(indices, widths, strict=True):
+            shapes[f"backbone.{index}.weight"] = (width, previous, 3, 3)
+            shapes[f"backbone.{index}.bias"] = (width,)
+            previous = width
+        channels = 512
+    else:
+        index = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6"}
+        index["layer4"] = "7"
+        for key, spec in torchvision_shapes(backbone.lower()).items():
+            head, _, rest = key.partition(".")
+            if head in index:
+                shapes[f"backbone.{index[head]}.{rest}"] = spec
+        channels = 512 if backbone == "ResNet18" else 2048
+    shapes["aggregation.1.p"] = (1,)
+    shapes["aggregation.3.weight"] = (dim, channels)
+    shapes["aggregation.3.bias"] = (dim,)
+    return shapes
+
+
+def cosplace_state(backbone: str, dim: int, seed: int = 0) -> dict:
+    """``{backbone}_{dim}_cosplace.pth`` layout with seeded values (GeM's p near 3)."""
+    state = random_state(cosplace_shapes(backbone, dim), "", seed)
+    state["aggregation.1.p"] = torch.tensor([3.0 + 0.5 * np.random.default_rng(seed).random()])
+    return state
+
+
+def mixvpr_shapes(resnet: str, positions: int, out_channels: int, out_rows: int,
+                  channels: int, depth: int = 4) -> dict:
+    """MixVPR ``VPRModel``: ``backbone.model`` (torchvision ResNet, layer4/avgpool/fc set to
+    None) + ``aggregator`` (``mix.{i}.mix`` = LayerNorm, Linear, ReLU, Linear; projections)."""
+    shapes = {
+        f"backbone.model.{key}": spec
+        for key, spec in torchvision_shapes(resnet).items()
+        if not key.startswith(("layer4.", "fc."))
+    }
+    for block in range(depth):
+        prefix = f"aggregator.mix.{block}.mix."
+        shapes[prefix + "0.weight"] = (positions,)  # LayerNorm
+        shapes[prefix + "0.bias"] = (positions,)
+        for linear in (1, 3):
+            shapes[prefix + f"{linear}.weight"] = (positions, positions)
+            shapes[prefix + f"{linear}.bias"] = (positions,)
+    shapes["aggregator.channel_proj.weight"] = (out_channels, channels)
+    shapes["aggregator.channel_proj.bias"] = (out_channels,)
+    shapes["aggregator.row_proj.weight"] = (out_rows, positions)
+    shapes["aggregator.row_proj.bias"] = (out_rows,)
+    return shapes
+
+
+def mixvpr_state(resnet: str, positions: int, out_channels: int, out_rows: int,
+                 channels: int, seed: int = 0) -> dict:
+    """``resnet50_MixVPR_{dim}_channels({c})_rows({r}).ckpt`` layout with seeded values."""
+    shapes = mixvpr_shapes(resnet, positions, out_channels, out_rows, channels)
+    return random_state(shapes, "", seed)
+
+
+def meta_state(shapes) -> dict:
+    """Shape-only tensors (meta device) of a layout, for tests of shape inference."""
+    state = {}
+    for key, spec in shapes.items():
+        has_dtype = bool(spec) and isinstance(spec[0], tuple)
+        shape, dtype = spec if has_dtype else (spec, torch.float32)
+        state[key] = torch.empty(shape, dtype=dtype, device="meta")
     return state

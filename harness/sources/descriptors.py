@@ -145,12 +145,12 @@ def _match(name: str, split) -> tuple[str, int] | None:
 
 def import_hloc_descriptors(h5_path, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from an hloc global-descriptor HDF5 file."""
-    from harness.features import _check_heaps, _open, _reading
+    from harness.features import check_heaps, open_hdf5, reading_errors
 
     path = Path(h5_path)
     rows = {"query": {}, "database": {}}
-    with _open(path) as handle, _reading(path, "hloc descriptors"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, "hloc descriptors"):
+        check_heaps(handle, path)
         entries = _hloc_entries(handle, path)
         unmatched = 0
         dim = None
