@@ -158,7 +158,9 @@ def build_for_device(method, device):
     model = method.build_model(device)
     if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
-    if model is not None and hasattr(model, "to"):
+    # Only a Module: its .to() converts just the 4-D (conv) weights. A plain tensor model (a
+    # projection matrix, as in examples/harness-randproj) has no channels-last layout.
+    if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)
     return model
 
