@@ -93,7 +93,8 @@ def test_eval_and_extract_run_the_plugin(plugin_path, tiny_city, tmp_path):
     assert data["method"] == "randproj" and data["descriptor_dim"] == 32
 
     (query_file,) = (tmp_path / "feats").glob("randproj-*/synth-indoor-ams-1/query.h5")
-    (database_file,) = query_file.parent.glob("database-*.h5")
+    # the database sits in a folder of its own, keyed by its image set (methods/provider.py)
+    (database_file,) = query_file.parents[1].glob("database-*/database-*.h5")
     stored = {}
     for part, path, root in (("query", query_file, split.query_root),
                              ("database", database_file, split.database_root)):
