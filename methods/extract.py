@@ -158,8 +158,7 @@ def build_for_device(method, device):
     model = method.build_model(device)
     if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
-    # Only a Module: its .to() converts just the 4-D (conv) weights. A plain tensor model (a
-    # projection matrix, as in examples/harness-randproj) has no channels-last layout.
+    # A method's "model" is whatever its encode() takes (a plugin may hand over a tensor).
     if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)
     return model
