@@ -1,27 +1,32 @@
 """Evaluate feature files on a split: validate, stream the exact search, score, record.
 
+The path of one evaluation: ``harness eval`` (:mod:`harness.commands.evaluate`) ->
+:func:`evaluate` -> :func:`search_and_hash` (validation, the streamed exact search and the
+sha256 of the files in one pass: a :class:`~harness.record.SearchOutput`) ->
+:func:`harness.record.build_record` (metrics, then the :class:`~harness.results.EvalResult`).
+
 Entry points::
 
     evaluate(features, split, config=EvalConfig(), *, method=None) -> EvalResult
     search_features(features, split, config, *, partial_database=False) -> SearchOutput
-    search_and_hash(features, split, config, *, partial_database=False)
-        -> (SearchOutput, file digests, hashing seconds)
-    evaluate_topk(split, topk, config, *, method, features=(), descriptor_dim, ...) -> EvalResult
+    search_and_hash(features, split, config, *, partial_database=False) -> SearchOutput
+    build_record(split, output, config, *, method=None) -> EvalResult   (harness.record)
 
 A sharded (SLURM) evaluation runs :func:`search_and_hash` with ``partial_database=True`` on
 the query file plus a subset of the database shards in each job, merges the partial top-K with
-:func:`harness.search.merge_topk`, and passes the merged top-K to :func:`evaluate_topk`: the
-record is identical (scores, protocol, counts) to a single :func:`evaluate` run.
+:func:`harness.search.merge_topk` into one :class:`~harness.record.SearchOutput`, and passes
+it to :func:`~harness.record.build_record`: the record is identical (scores, protocol, counts)
+to a single :func:`evaluate` run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,35 +39,16 @@ from harness.efficiency import extraction_summary
 from harness.hardware import reset_peak_rss
 from harness.results import EvalResult, FileDigest
 from harness.search import (
-    BlockSource, SearchStats, TopK, default_block_rows, float16_converter, iter_feature_blocks,
+    BlockSource, SearchStats, default_block_rows, float16_converter, iter_feature_blocks,
     resolve_backend, search_blocks, streams_from_mapping,
 )
-from harness.record import evaluate_topk
+from harness.record import SearchOutput, build_record
 from harness.sources.rankings import evaluate_ranking
 from harness.splits import Split, get_split
 
 logger = logging.getLogger(__name__)
 
 _ATTR_TYPES = (str, int, float, bool)
-
-
-@dataclass(frozen=True, eq=False)
-class SearchOutput:
-    """What :func:`search_features` found, with what the record needs about the inputs."""
-
-    topk: TopK
-    paths: tuple[Path, ...]
-    method: str
-    method_attrs: Mapping[str, object]
-    descriptor_dim: int
-    descriptor_dtype: str
-    search_backend: str
-    load_s: float
-    search_s: float
-    warnings: tuple[str, ...] = field(default=())
-    database_rows: int = 0
-    descriptor_dtypes: tuple[str, ...] = field(default=())
-    extraction: Mapping[str, object] = field(default_factory=dict)
 
 
 class _BlockInspector:
@@ -389,9 +375,10 @@ def search_and_hash(
     *,
     partial_database: bool = False,
     database_files: Sequence[str | os.PathLike] | None = None,
-) -> tuple[SearchOutput, tuple[FileDigest, ...], float]:
+) -> SearchOutput:
     """:func:`search_features`, with the sha256 of every file (when ``config.checksums``)
-    computed beside the search from the bytes it streams: (output, digests, hashing seconds).
+    computed beside the search from the bytes it streams (``output.digests``,
+    ``output.checksum_s``).
 
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
@@ -415,7 +402,7 @@ def search_and_hash(
         logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
                     "own reads, %.2f GB read only to hash", len(paths), checksum_s,
                     hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
-    return output, digests, checksum_s
+    return dataclasses.replace(output, digests=digests, checksum_s=checksum_s)
 
 
 def evaluate(
@@ -442,24 +429,8 @@ def evaluate(
     """
     started = time.perf_counter()
     scope = "evaluation" if reset_peak_rss() else "process"
-    output, digests, checksum_s = search_and_hash(features, split, config)
-    return evaluate_topk(
-        split,
-        output.topk,
-        config,
-        method=method or output.method,
-        features=digests,
-        descriptor_dim=output.descriptor_dim,
-        descriptor_dtype=output.descriptor_dtype,
-        search_backend=output.search_backend,
-        method_attrs=output.method_attrs,
-        load_s=output.load_s,
-        checksum_s=checksum_s,
-        search_s=output.search_s,
-        started=started,
-        extraction=output.extraction,
-        peak_scope=scope,
-    )
+    output = search_and_hash(features, split, config)
+    return build_record(split, output, config, method=method, started=started, peak_scope=scope)
 
 
 def evaluate_files_or_ranking(features=None, split=None, config=None, *, ranking=None,

@@ -5,7 +5,7 @@ The launcher validates every feature file against the split first (names, dimens
 method), so a task can only fail on values or I/O. Task ``i`` writes
 ``partials/shard-<i>-of-<n>.npz`` (scores, split database indices, and what the record needs
 about its files) atomically; the merge (:func:`merge_eval`) combines the parts with
-:func:`harness.search.merge_topk` and scores them with :func:`harness.evaluate.evaluate_topk`,
+:func:`harness.search.merge_topk` and scores them with :func:`harness.record.build_record`,
 so the record (scores and per-query predictions) equals that of one ``harness eval`` run on the
 same files. Rerunning the same command reopens the same launch: shards whose partial exists
 are not searched again.
@@ -320,8 +320,8 @@ def run_shard(launch: Launch, index: int) -> dict:
     database_paths = [Path(p) for p in launch.task_params(index)["database"]]
     identities = _check_unchanged(launch, [query_path] + database_paths)
     files = list(dict.fromkeys([query_path, *database_paths]))  # the query file may hold a shard
-    output, digests, checksum_s = search_and_hash(files, split, config, partial_database=True,
-                                                  database_files=database_paths)
+    output = search_and_hash(files, split, config, partial_database=True,
+                             database_files=database_paths)
     # Every task hashes the (small) query file; task 0 reports it.
     keep = {str(p) for p in database_paths + ([query_path] if index == 0 else [])}
     topk = output.topk
@@ -331,14 +331,14 @@ def run_shard(launch: Launch, index: int) -> dict:
         "task": index,
         "k": protocol.k,
         "database_rows": output.database_rows,
-        "digests": {d.path: dataclasses.asdict(d) for d in digests if d.path in keep},
+        "digests": {d.path: dataclasses.asdict(d) for d in output.digests if d.path in keep},
         "files": identities,
         "descriptor_dim": output.descriptor_dim,
         "descriptor_dtypes": list(output.descriptor_dtypes),
         "search_backend": output.search_backend,
         "load_s": output.load_s,
         "search_s": output.search_s,
-        "checksum_s": checksum_s,
+        "checksum_s": output.checksum_s,
         "peak_rss_bytes": peak_rss_bytes(),
     }
     path = _partial_path(launch, index)
@@ -392,7 +392,7 @@ def _read_partial(path: Path, launch: Launch, index: int):
 
 def merge_eval(launch: Launch, _index: Any = None) -> dict:
     """Merge every task's partial top-K, score it and write the record; returns its path."""
-    from harness.evaluate import evaluate_topk
+    from harness.record import SearchOutput, build_record
     from harness.features import read_info
     from harness.search import merge_topk
 
@@ -431,24 +431,24 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     extraction = extraction_summary((path, read_info(path).attrs)
                                     for path in launch.params["features"])
-    result = evaluate_topk(
-        split,
-        merged,
-        config,
+    merged_output = SearchOutput(
+        topk=merged,
+        paths=tuple(Path(p) for p in launch.params["features"]),
         method=launch.params["method"],
-        features=features,
+        method_attrs=plain_attrs(read_info(query_path).attrs),
         descriptor_dim=metas[0]["descriptor_dim"],
         descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
         search_backend=metas[0]["search_backend"],
-        method_attrs=plain_attrs(read_info(query_path).attrs),
         load_s=max(m["load_s"] for m in metas),
-        checksum_s=sum(m["checksum_s"] for m in metas),
         search_s=max(m["search_s"] for m in metas),
-        started=started,
+        database_rows=covered,
         extraction=extraction,
-        peak_scope="largest task",
-        peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas),
+        digests=features,
+        checksum_s=sum(m["checksum_s"] for m in metas),
     )
+    result = build_record(split, merged_output, config, started=started,
+                          peak_scope="largest task",
+                          peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas))
     out = result_path(launch)
     predictions = launch.params.get("predictions")
     result.write(out, predictions_path=predictions)

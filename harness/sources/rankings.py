@@ -14,7 +14,7 @@ images, best first (K at least the deepest Recall@N / mAP@K of the protocol). Tw
 
 Validated like feature files: every split query exactly once, every name in the split, no
 database image twice in a row, rows deep enough; every problem is reported with the file.
-Scored with the same metrics as descriptors (:func:`harness.record.evaluate_topk`); the
+Scored with the same metrics as descriptors (:func:`harness.record.build_record`); the
 record's ``protocol.metric`` is ``"ranking"``, which the leaderboard marks as re-ranking.
 """
 
@@ -196,7 +196,7 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
     """Score a ranking file on ``split`` with the usual metrics; the record's
     ``protocol.metric`` is ``"ranking"``. Returns an :class:`harness.results.EvalResult`."""
     from harness.config import EvalConfig
-    from harness.record import evaluate_topk
+    from harness.record import SearchOutput, build_record
     from harness.results import FileDigest
     from harness.search import TopK
 
@@ -210,13 +210,14 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
         indices = np.concatenate([indices, pad], axis=1)
     scores = np.where(indices >= 0, -np.arange(indices.shape[1], dtype=np.float32), -np.inf)
     load_s = time.perf_counter() - started
-    result = evaluate_topk(
-        split, TopK(scores=scores, indices=indices), config,
-        method=method or stored_method or Path(path).stem,
-        features=(FileDigest.of(path),),  # ranking files are small: always hashed
-        descriptor_dim=0, search_backend=RANKING_METRIC,
-        method_attrs={"submission": RANKING_METRIC}, load_s=load_s, started=started,
+    output = SearchOutput(
+        topk=TopK(scores=scores, indices=indices), paths=(Path(path),),
+        method=stored_method or Path(path).stem, method_attrs={"submission": RANKING_METRIC},
+        descriptor_dim=0, descriptor_dtype="float32", search_backend=RANKING_METRIC,
+        load_s=load_s, search_s=0.0,
+        digests=(FileDigest.of(path),),  # ranking files are small: always hashed
     )
+    result = build_record(split, output, config, method=method, started=started)
     return dataclasses.replace(
         result, protocol=dataclasses.replace(result.protocol, metric=RANKING_METRIC))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,8 @@ from click.testing import CliRunner
 from harness.cli import cli
 from harness.config import EvalConfig
 from harness.errors import HarnessError
-from harness.evaluate import evaluate, evaluate_topk, search_features
+from harness.evaluate import evaluate, search_features
+from harness.record import build_record
 from harness.features import write_features
 from harness.ground_truth import positives_within_radius
 from harness.io import sha256_file
@@ -207,9 +209,8 @@ def test_sharded_evaluation_gives_the_identical_record(tmp_path):
     parts = [search_features([folder / "query.h5", folder / f"db-{i}.h5"], split, config,
                              partial_database=True) for i in range(3)]
     merged = merge_topk([p.topk for p in parts])
-    sharded = evaluate_topk(split, merged, config, method="toy", features=single.features,
-                            descriptor_dim=DIM, search_backend=parts[0].search_backend,
-                            method_attrs=single.method_attrs)
+    output = dataclasses.replace(parts[0], topk=merged, digests=single.features)
+    sharded = build_record(split, output, config, method="toy")
     assert sharded.scores == single.scores and sharded.counts == single.counts
     assert sharded.protocol == single.protocol and single.protocol.nms_pool == 120
     np.testing.assert_array_equal(sharded.prediction_data.indices, single.prediction_data.indices)
@@ -230,15 +231,14 @@ def test_sharded_search_of_a_query_file_that_holds_a_database_shard(tmp_path):
                           database=(list(split.database_names[half:]), database[half:]))
     config = EvalConfig(ngpu=0, block_rows=8)
     single = evaluate([both, rest], split, config)
-    first, digests_first, _ = search_and_hash([both], split, config, partial_database=True,
-                                              database_files=[both])
-    second, digests_second, _ = search_and_hash([both, rest], split, config,
-                                                partial_database=True, database_files=[rest])
+    first = search_and_hash([both], split, config, partial_database=True, database_files=[both])
+    second = search_and_hash([both, rest], split, config, partial_database=True,
+                             database_files=[rest])
     assert (first.database_rows, second.database_rows) == (half, NUM_DATABASE - half)
     assert np.isin(second.topk.indices[second.topk.indices >= 0], np.arange(half, NUM_DATABASE)).all()
     merged = merge_topk([first.topk, second.topk])
     np.testing.assert_array_equal(merged.indices, single.prediction_data.indices[:, :merged.k])
-    by_path = {d.path: d.sha256 for d in (*digests_first, *digests_second)}
+    by_path = {d.path: d.sha256 for d in (*first.digests, *second.digests)}
     assert by_path == {str(both): sha256_file(both), str(rest): sha256_file(rest)}
 
 
