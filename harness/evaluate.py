@@ -34,7 +34,7 @@ import numpy as np
 
 from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
-from harness.features import expand_feature_paths, read_descriptors
+from harness.features import OpenFiles, expand_feature_paths, read_descriptors
 from harness.efficiency import extraction_summary
 from harness.hardware import reset_peak_rss
 from harness.results import EvalResult, FileDigest
@@ -140,6 +140,7 @@ def search_features(
     partial_database: bool = False,
     database_files: Sequence[str | os.PathLike] | None = None,
     on_stored_block=None,
+    files: OpenFiles | None = None,
 ) -> SearchOutput:
     """Validate ``features`` against ``split`` and search every query's exact top-K.
 
@@ -149,8 +150,14 @@ def search_features(
     then names the files whose ``/database`` is searched (the query file may hold a database
     part that another job searches). ``on_stored_block``
     is handed to :func:`harness.search.iter_feature_blocks` (``evaluate`` hashes the files
-    with it while they stream).
+    with it while they stream). ``files``: the open handles to share (each file is then opened
+    once for validation, reading and streaming); without it they are opened here.
     """
+    if files is None:
+        with OpenFiles() as opened:
+            return search_features(features, split, config, partial_database=partial_database,
+                                   database_files=database_files,
+                                   on_stored_block=on_stored_block, files=opened)
     from harness.validate import check_features
 
     started = time.perf_counter()
@@ -158,7 +165,7 @@ def search_features(
     if not paths:
         raise HarnessError("no feature files given")
     report = check_features(paths, split, check_values=False,
-                            require_complete_database=not partial_database)
+                            require_complete_database=not partial_database, files=files)
     query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
     if database_files is not None:
         wanted = {Path(p).resolve() for p in database_files}
@@ -179,7 +186,7 @@ def search_features(
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
     queries = np.empty((split.num_queries, dim), dtype=np.float32)
-    stored = read_descriptors(query_part.path, "query")
+    stored = read_descriptors(query_part.path, "query", files=files)
     queries[query_part.rows] = stored
     del stored
     if inspector is not None:
@@ -191,7 +198,8 @@ def search_features(
                               database_rows=sum(part.count for part in database_parts),
                               num_queries=split.num_queries)
     block_rows = config.block_rows or default_block_rows(dim, backend.block_bytes)
-    sources = [BlockSource(part.path, part.rows, "database") for part in database_parts]
+    sources = [BlockSource(part.path, part.rows, "database", files.get(part.path))
+               for part in database_parts]
     dtypes = {part.dtype for part in database_parts}
     on_block = None
     if inspector is not None:
@@ -368,6 +376,14 @@ class _StreamedDigests:
                     break
 
 
+def _handle_or_none(files: OpenFiles, path: Path):
+    """The shared handle of ``path``, or None when it does not open (validation reports it)."""
+    try:
+        return files.get(path)
+    except HarnessError:
+        return None
+
+
 def search_and_hash(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -383,20 +399,24 @@ def search_and_hash(
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
     paths = expand_feature_paths(features)
-    hashing = None
-    if config.checksums:
-        searched = None if database_files is None else {Path(p).resolve() for p in database_files}
-        streamed = [path for path in paths if streams_from_mapping(path, "database")
-                    and (searched is None or path.resolve() in searched)]
-        hashing = _StreamedDigests(paths, streamed)
-    try:
-        output = search_features(paths, split, config, partial_database=partial_database,
-                                 database_files=database_files,
-                                 on_stored_block=hashing.on_stored_block if hashing else None)
-    except BaseException:
-        if hashing is not None:
-            hashing.cancel()
-        raise
+    with OpenFiles() as files:
+        hashing = None
+        if config.checksums:
+            searched = (None if database_files is None
+                        else {Path(p).resolve() for p in database_files})
+            streamed = [path for path in paths
+                        if (searched is None or path.resolve() in searched)
+                        and streams_from_mapping(path, "database", _handle_or_none(files, path))]
+            hashing = _StreamedDigests(paths, streamed)
+        try:
+            output = search_features(paths, split, config, partial_database=partial_database,
+                                     database_files=database_files,
+                                     on_stored_block=hashing.on_stored_block if hashing else None,
+                                     files=files)
+        except BaseException:
+            if hashing is not None:
+                hashing.cancel()
+            raise
     digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
     if hashing is not None:
         logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
