@@ -110,17 +110,3 @@ def config_to_dict(config) -> dict:
         value = getattr(config, f.name)
         result[f.name] = list(value) if isinstance(value, tuple) else value
     return result
-
-
-def parse_option_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a malformed pair is a HarnessError."""
-    result: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise HarnessError(f"option {pair!r} must look like key=value")
-        if key in result:
-            raise HarnessError(f"option {key!r} given twice")
-        result[key] = value.strip()
-    return result

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-_data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
+from harness.commands.common import data_root_option
+
 
 
 @click.group("features")
@@ -27,7 +26,7 @@ def features_group() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The feature file to write (.h5, atomically).")
 @click.option("--method-name", "method", required=True, help="Method name stored in the file.")
-@_data_root_option
+@data_root_option()
 def import_command(split_name, vme_queries, vme_database, hloc_path, out, method,
                    data_root) -> None:
     """Write a feature file from VPR-methods-evaluation .npy files or an hloc HDF5 file."""
@@ -59,7 +58,7 @@ def predictions_group() -> None:
 @predictions_group.command("show")
 @click.argument("record", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--query", required=True, help="Query image name (or its MSLS-style key).")
-@_data_root_option
+@data_root_option()
 def show_command(record, query, data_root) -> None:
     """Show the ranking of one query of RECORD (a `harness eval --json` record)."""
     from harness.sources.predictions import describe_query, load_result_predictions

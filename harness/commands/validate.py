@@ -6,16 +6,13 @@ from pathlib import Path
 
 import click
 
+from harness.commands.common import data_root_option
+
 
 @click.command("validate")
 @click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
-)
+@data_root_option()
 @click.option(
     "--no-values",
     is_flag=True,
