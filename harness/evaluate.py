@@ -33,16 +33,22 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from harness.config import EvalConfig
+from harness.efficiency import extraction_summary
 from harness.errors import HarnessError, ValidationError
 from harness.features import OpenFiles, expand_feature_paths, read_descriptors
-from harness.efficiency import extraction_summary
 from harness.hardware import reset_peak_rss
+from harness.record import SearchOutput, build_record
 from harness.results import EvalResult, FileDigest
 from harness.search import (
-    BlockSource, SearchStats, default_block_rows, float16_converter, iter_feature_blocks,
-    resolve_backend, search_blocks, streams_from_mapping,
+    BlockSource,
+    SearchStats,
+    default_block_rows,
+    float16_converter,
+    iter_feature_blocks,
+    resolve_backend,
+    search_blocks,
+    streams_from_mapping,
 )
-from harness.record import SearchOutput, build_record
 from harness.sources.rankings import evaluate_ranking
 from harness.splits import Split, get_split
 
@@ -58,8 +64,6 @@ class _BlockInspector:
     """
 
     def __init__(self, database_bytes: int = 0):
-        from harness.validate import NORM_TOLERANCE
-
         self._tolerance = NORM_TOLERANCE
         self._lock = threading.Lock()
         self._database_bytes = database_bytes
@@ -83,8 +87,6 @@ class _BlockInspector:
         return out
 
     def __call__(self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"):
-        from harness.validate import inspect_block
-
         check = inspect_block(self._as_float32(descriptors),
                               self._tolerance.get(dtype, self._tolerance["float32"]))
         notes = []
@@ -158,8 +160,6 @@ def search_features(
             return search_features(features, split, config, partial_database=partial_database,
                                    database_files=database_files,
                                    on_stored_block=on_stored_block, files=opened)
-    from harness.validate import check_features
-
     started = time.perf_counter()
     paths = tuple(expand_feature_paths(features))
     if not paths:
@@ -269,8 +269,6 @@ class _StreamedDigests:
     queued_blocks = 4
 
     def __init__(self, paths: Sequence[Path], streamed: Sequence[Path]):
-        import queue
-
         self._paths = list(paths)
         self._streamed = {Path(p) for p in streamed}
         self._queue: queue.Queue = queue.Queue(maxsize=self.queued_blocks)
@@ -493,6 +491,9 @@ class _CallableModule(type(os)):
         return evaluate_files_or_ranking(*args, **kwargs)
 
 
+import queue
 import sys as _sys  # noqa: E402
+
+from harness.validate import NORM_TOLERANCE, check_features, inspect_block
 
 _sys.modules[__name__].__class__ = _CallableModule

@@ -29,10 +29,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from harness.errors import HarnessError, ValidationError
-from harness.features import DESCRIPTOR_DTYPES, PARTS, FeatureFileInfo, iter_descriptor_blocks
-from harness.features import OpenFiles, read_info, read_names
+from harness.features import (
+    DESCRIPTOR_DTYPES,
+    PARTS,
+    FeatureFileInfo,
+    OpenFiles,
+    iter_descriptor_blocks,
+    read_info,
+    read_names,
+)
 from harness.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -398,8 +406,6 @@ def inspect_block(
 
 
 def _scan_values(part_rows: PartRows, collect: _Collector, block_bytes: int) -> None:
-    from tqdm import tqdm
-
     tolerance = NORM_TOLERANCE.get(part_rows.dtype, NORM_TOLERANCE["float32"])
     block_rows = max(1, block_bytes // max(1, part_rows.dim * 4))
     nonfinite: list[int] = []

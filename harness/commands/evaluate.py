@@ -1,4 +1,8 @@
-"""`harness eval`: exact evaluation of feature files (or a method's features) on a split."""
+"""`harness eval`: exact evaluation of feature files (or a method's features) on a split.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""`harness features import` and `harness predictions show`: other tools' formats."""
+"""`harness features import` and `harness predictions show`: other tools' formats.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 

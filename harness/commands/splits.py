@@ -1,4 +1,8 @@
-"""`harness splits ...`: prepare the built-ins, import others, list and show registered splits."""
+"""`harness splits ...`: prepare the built-ins, import others, list and show registered splits.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 

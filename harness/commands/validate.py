@@ -1,4 +1,8 @@
-"""`harness validate FEATURES... --split S`: check feature files against a split."""
+"""`harness validate FEATURES... --split S`: check feature files against a split.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 

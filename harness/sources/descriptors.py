@@ -20,9 +20,11 @@ import logging
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.features import FeatureWriter, check_heaps, open_hdf5, reading_errors
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ def load_npy(path: str | os.PathLike, rows: int, what: str) -> np.ndarray:
 
 
 def _write(out, split, method: str, parts: dict, attrs: dict) -> Path:
-    from harness.features import FeatureWriter
-
     dims = {array.shape[1] for _, array in parts.values()}
     if len(dims) != 1:
         raise HarnessError(f"query and database descriptors differ in dimension ({sorted(dims)})")
@@ -84,8 +84,6 @@ def import_vme_descriptors(queries_npy, database_npy, split, out, *, method: str
 
 def _hloc_entries(handle, path) -> dict[str, object]:
     """Image name -> its ``global_descriptor`` dataset, for every image in an hloc file."""
-    import h5py
-
     found: dict[str, object] = {}
 
     def visit(name, item):
@@ -120,8 +118,6 @@ def _match(name: str, split) -> tuple[str, int] | None:
 
 def import_hloc_descriptors(h5_path, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from an hloc global-descriptor HDF5 file."""
-    from harness.features import check_heaps, open_hdf5, reading_errors
-
     path = Path(h5_path)
     rows = {"query": {}, "database": {}}
     with open_hdf5(path) as handle, reading_errors(path, "hloc descriptors"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.splits import DEFAULT_RECALL_NS, Split, register_split
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ def split_from_folder(
         database_folder, queries_folder: explicit sub-folders instead.
         radius_m: positive radius in metres (25, as VPR-methods-evaluation).
     """
-    from harness.splits import DEFAULT_RECALL_NS, Split
-
     database_dir, queries_dir = resolve_subfolders(folder, database_folder, queries_folder)
     parts = {}
     for label, path in (("database", database_dir), ("queries", queries_dir)):
@@ -163,6 +162,4 @@ def split_from_folder(
 
 def import_folder_split(name: str, folder=None, *, data_root=None, **options) -> Path:
     """Build a split from a downloader-layout folder and register it; returns its path."""
-    from harness.splits import register_split
-
     return register_split(split_from_folder(name, folder, **options), data_root)
