@@ -231,6 +231,40 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
 
 
+@iovpr_group.command("study-report")
+@click.option("--city", "city_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset root with raw/ and ADEChallengeData2016/ (e.g. data/demo/city).")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False),
+              help="Where the dataset's splits are registered (e.g. data/demo/harness).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Report folder: one cached study per seed, and report.md.")
+@click.option("--seeds", default="43,44", show_default=True, help="Study seeds, comma separated.")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Override a study setting of the report (default: the demo's settings).")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also replace the README's iovpr-study section with the report.")
+def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
+    """The study per seed with intervals and paired tests against the baseline (report.md)."""
+    from methods.cli import _set_threads
+    from methods.iovpr.study_report import run_study_report
+    from methods.options import parse_option_pairs
+
+    try:
+        seed_list = tuple(int(part) for part in seeds.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 43,44, got {seeds!r}",
+                                 param_hint="--seeds") from None
+    if not seed_list:
+        raise click.BadParameter("give at least one seed", param_hint="--seeds")
+    overrides = parse_option_pairs(option_pairs)
+    command = "harness iovpr study-report --seeds " + ",".join(str(s) for s in seed_list) + "".join(
+        f" --option {pair}" for pair in option_pairs)
+    _set_threads()
+    path = run_study_report(city_root, data_root, out_dir, seeds=seed_list, overrides=overrides,
+                            readme=readme, command=command)
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
 commands = [layouts_group, segment_command, segmenter_group, iovpr_group]
 train_commands = [train_window_seg_command]
 

@@ -723,6 +723,21 @@ def test_check_catches_a_forged_record_with_a_valid_checksum(tiny_city, submitte
     assert all(str(forged) in line for line in lines)
 
 
+def test_check_catches_a_forged_interval(tiny_city, submitted, tmp_path):
+    """A narrowed interval with its checksum recomputed: the fixed-seed bootstrap of the saved
+    predictions gives the true one back."""
+    _, results, _, paths = submitted
+    results = _copy_results(results, tmp_path / "results")
+    forged = results / paths[("pix-16x12-rgb", INDOOR_1)].relative_to(submitted[1])
+    score = read_record(forged).scores["recall@1"]
+    _rewrite(forged, lambda d: d["result"]["intervals"].update({"recall@1": [score, score]}),
+             fix_checksum=True)
+    report = check_results(results, data_root=tiny_city.data_root, git=False)
+    lines = [p.line() for p in report.problems]
+    assert len(lines) == 1 and "stored interval of recall@1" in lines[0], lines
+    assert str(forged) in lines[0]
+
+
 def test_check_catches_protocol_and_split_changes(tiny_city, submitted, tmp_path):
     _, results, _, _ = submitted
     data_root = tmp_path / "data"

@@ -78,3 +78,14 @@ def test_a_split_that_is_not_the_canonical_one_is_listed_as_unofficial(tmp_path)
     unofficial = readme.split("## Unofficial: tokyo247", 1)[1].split("\n## ", 1)[0]
     assert "| toy" not in official and "| toy" in unofficial
     assert (tmp_path / "out" / "tables" / "unofficial-tokyo247.csv").is_file()
+
+
+def test_pinned_public_splits_get_their_own_titled_table():
+    from leaderboard.benchmarks import benchmarks_for
+
+    tables = {b.splits[0]: b for b in benchmarks_for(["msls-val", "pitts30k-test (unofficial)",
+                                                      "my-split"]) if len(b.splits) == 1}
+    assert tables["msls-val"].title == "MSLS val (740 queries)"
+    assert "18,871 database images, 740 queries" in tables["msls-val"].description
+    assert tables["pitts30k-test (unofficial)"].key == "unofficial-pitts30k-test"
+    assert tables["my-split"].title == "Split my-split"

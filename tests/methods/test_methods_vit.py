@@ -339,13 +339,13 @@ def test_tensor_resize_is_torchvisions_bicubic_antialias():
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def _extract(weights, folder, out, *extra):
+def _extract(weights, folder, out, *extra, method="salad"):
     return CliRunner().invoke(
         cli,
         [
             "extract",
             "--method",
-            "salad",
+            method,
             "--weights",
             str(weights),
             "--images",
@@ -400,3 +400,26 @@ def test_salad_extract_cli_strict_error(tmp_path):
         result.output.startswith(f"error: {path}: ") and "aggregator.score.3.bias" in result.output
     )
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_megaloc_extract_cli_images_of_their_own_sizes(megaloc_file, tmp_path):
+    """Without an image size each image keeps its own, rounded to multiples of 14."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(10)
+    for name, (width, height) in (("a.jpg", (150, 130)), ("b.jpg", (126, 200))):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    out = tmp_path / "megaloc.h5"
+    result = _extract(megaloc_file, folder, out, method="megaloc")
+    assert result.exit_code == 0, result.output
+    descriptors = read_descriptors(out, "database")
+    assert descriptors.shape == (2, 64)
+    method = _method("megaloc", megaloc_file)
+    model = method.build_model(torch.device("cpu"))
+    loader = method.image_loader(CONTEXT)
+    for row, name in enumerate(["a.jpg", "b.jpg"]):
+        image = loader(folder / name, name)
+        assert image.shape[-2] % 14 == 0 and image.shape[-1] % 14 == 0
+        expected = _encode(method, model, image.unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(descriptors[row], expected, atol=1e-5)

@@ -103,6 +103,11 @@ def test_npy_errors(street, tmp_path):
         import_vme_descriptors(tmp_path / "objects.npy", tmp_path / "db.npy", split,
                                tmp_path / "out.h5", method="toy")
     assert not (tmp_path / "out.h5").exists()
+    renamed = split.replace(name="from-mat", query_names=tuple(
+        f"{i:03d}/{i:06d}_pitch1_yaw1.jpg" for i in range(split.num_queries)))
+    with pytest.raises(HarnessError, match="not built from a downloader-layout folder"):
+        import_vme_descriptors(tmp_path / "db.npy", tmp_path / "db.npy", renamed,
+                               tmp_path / "out.h5", method="toy")
     store = tmp_path / "store"
     register_split(split, store)
     result = CliRunner().invoke(cli, ["eval", "--features", str(tmp_path / "db.npy"), "--split",

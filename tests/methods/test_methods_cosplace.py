@@ -103,6 +103,18 @@ def test_released_file_gives_unit_descriptors(released):
     assert int(model.backbone[1].num_batches_tracked) == int(state[counter])
 
 
+def test_eigenplaces_is_the_same_network(released, tmp_path):
+    path, state = released
+    eigen = tmp_path / "ResNet18_32_eigenplaces.pth"
+    torch.save(state, eigen)
+    images = _images(3, 2)
+    with torch.no_grad():
+        cosplace = _model(path)[1](normalize_for_method(images))
+        method, model = _model(eigen, name="eigenplaces")
+        assert method.name == "eigenplaces" and method.descriptor_dim == DIM
+        assert torch.equal(method.encode(model, images, None), cosplace)
+
+
 def test_batch_size_does_not_change_descriptors(released):
     path, _ = released
     method, model = _model(path)
