@@ -26,7 +26,7 @@ from harness.features import read_descriptors, read_names  # noqa: E402
 from methods.registry import MethodRegistry, register_method  # noqa: E402
 from methods.transforms import ResizeUint8  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "harness-randproj"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "harness-randproj"
 BUILTINS = {"netvlad", "sfrs", "probe", "iovpr-real", "iovpr-gray", "salad", "megaloc", "boq",
             "cosplace", "eigenplaces", "mixvpr"}
 
