@@ -179,7 +179,7 @@ def check_command(results_dir, data_root, feature_dirs, git):
 @click.option("--device", default="cpu", show_default=True, help="Device for training/extraction.")
 @click.option("--study-option", "study_options", multiple=True, metavar="KEY=VALUE",
               help="Override a setting of the IOVPR study (see `harness iovpr study --help`); "
-                   "repeatable. The demo's own settings are leaderboard.demo.DEMO_STUDY.")
+                   "repeatable. The demo's own settings are methods.iovpr.study.DEMO_STUDY.")
 def demo_command(out_dir, preset, seed, train, device, study_options):
     """Run the whole benchmark on the embedded synthetic city and print its leaderboard."""
     from leaderboard.demo import DemoConfig, run_demo, synthetic_tables

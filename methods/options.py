@@ -14,6 +14,7 @@ import typing
 from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError
+from harness.options import parse_option_pairs  # noqa: F401  (the one parser; imported here too)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -32,6 +32,17 @@ from methods.options import config_from_mapping, config_to_dict
 
 logger = logging.getLogger(__name__)
 
+# The study's settings for the demo: every stage short enough that the whole demo (city,
+# probe, segmenter, three trainings, evaluation, leaderboard) takes under 10 minutes on two
+# CPU cores. `harness iovpr study` keeps the study's own (longer) defaults.
+DEMO_STUDY: dict[str, object] = {
+    "seg_epochs": 18, "image_height": 96, "image_width": 128, "generations": 1,
+    "epochs": 3,
+    "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
+}
+#: The evaluation splits of the demo and of the study report (with the ``synth-`` prefix).
+DEMO_EVAL_SPLITS = ("indoor-ams-1", "indoor-ams-2", "outdoor-ams", "ams30k-test")
+
 TRAININGS = {"baseline": None, "real": "real", "gray": "gray"}
 
 

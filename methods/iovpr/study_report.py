@@ -41,11 +41,11 @@ ALPHA = 0.05
 
 
 def report_settings() -> dict:
-    """The study settings of the README report: the demo's (``leaderboard.demo.DEMO_STUDY``),
+    """The study settings of the README report: the demo's (:data:`methods.iovpr.study.DEMO_STUDY`),
     short enough for two seeds on two CPU cores, with the demo's evaluation splits."""
-    from leaderboard.demo import DEMO_STUDY, EVAL_SPLITS
+    from methods.iovpr.study import DEMO_EVAL_SPLITS, DEMO_STUDY
 
-    return {**DEMO_STUDY, "eval_splits": tuple(EVAL_SPLITS)}
+    return {**DEMO_STUDY, "eval_splits": tuple(DEMO_EVAL_SPLITS)}
 
 
 @dataclass(frozen=True)

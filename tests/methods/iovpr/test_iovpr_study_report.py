@@ -20,7 +20,7 @@ SETS = ("indoor-ams-1", "indoor-ams-2")
 @pytest.fixture(scope="module")
 def study_rows(tiny_city, tmp_path_factory):
     """Study-like rows: the probe on raw queries as the baseline, on gray queries as a method."""
-    from harness.synth.probe import write_probe_features
+    from synth.probe import write_probe_features
 
     folder = tmp_path_factory.mktemp("study")
     config = EvalConfig(ngpu=0, checksums=False, bootstrap_resamples=200)
