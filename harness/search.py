@@ -1313,12 +1313,15 @@ def prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
 class BlockSource:
     """One feature file's ``part`` and the split row of each of its rows.
 
-    ``rows`` (n,) int64: file row i holds split database row ``rows[i]``.
+    ``rows`` (n,) int64: file row ``first_row + i`` holds split database row ``rows[i]``; the
+    file holds ``stored_rows`` rows in all (``None``: exactly ``n``, the whole file is read).
     """
 
     path: Path
     rows: np.ndarray
     part: str = "database"
+    first_row: int = 0
+    stored_rows: int | None = None
 
 
 class _DatasetReader:
@@ -1593,10 +1596,14 @@ def iter_feature_blocks(
                 reader = _DatasetReader(source.path, source.part)
                 try:
                     total, dim = reader.shape
-                    if source.rows.shape != (total,):
+                    expected = total if source.stored_rows is None else source.stored_rows
+                    # (not "first": the piece loop below uses that name)
+                    begin, end = source.first_row, source.first_row + int(source.rows.size)
+                    if expected != total or not 0 <= begin <= end <= total or (
+                            source.stored_rows is None and source.rows.shape != (total,)):
                         raise HarnessError(
-                            f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
-                            "indices were given", source.path,
+                            f"/{source.part} has {total} rows but rows {begin}:{end} of "
+                            f"{expected} were asked for", source.path,
                         )
                     stored_dtype = reader.dtype
                     out_dtype = stored_dtype if as_stored else np.dtype(np.float32)
@@ -1631,8 +1638,8 @@ def iter_feature_blocks(
                         elif mapped is out:
                             _touch_pages(target)
 
-                    for start in range(0, total, block_rows):
-                        stop = min(total, start + block_rows)
+                    for start in range(begin, end, block_rows):
+                        stop = min(end, start + block_rows)
                         n = stop - start
                         mapped = reader.map_rows(start, stop, writable=writable_maps)
                         if mapped is not None and mapped.dtype == out_dtype:
@@ -1657,7 +1664,7 @@ def iter_feature_blocks(
                             on_stored_block(source, reader.data_offset + start * reader.row_bytes, mapped)
                         del mapped
                         turn += 1
-                        yield source.rows[start:stop], out
+                        yield source.rows[start - begin:stop - begin], out
                         del out
                 finally:
                     reader.close()

@@ -142,6 +142,12 @@ def _single(toy: Toy):
     return evaluate([toy.features], toy.split, EvalConfig(ngpu=0))
 
 
+def evaluate_features(paths, split):
+    from harness.evaluate import evaluate
+
+    return evaluate(paths, split, EvalConfig(ngpu=0))
+
+
 def _assert_same_evaluation(record_path: Path, expected) -> None:
     """Scores and per-query predictions equal to a single-process evaluation's."""
     from harness.results import read_predictions, read_result
@@ -298,11 +304,58 @@ def test_balanced_groups(counts, shards, expected):
     assert _balanced_groups(counts, shards) == expected
 
 
-def test_more_shards_than_database_files_is_an_error(toy):
+@pytest.mark.parametrize("counts, shards, expected", [
+    ([10], 3, [[(0, 0, 3)], [(0, 3, 6)], [(0, 6, 10)]]),
+    ([4, 6], 3, [[(0, 0, 3)], [(0, 3, 4), (1, 0, 2)], [(1, 2, 6)]]),
+    ([2, 2], 4, [[(0, 0, 1)], [(0, 1, 2)], [(1, 0, 1)], [(1, 1, 2)]]),
+    ([5, 0, 5], 5, [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5), (2, 0, 1)], [(2, 1, 3)], [(2, 3, 5)]]),
+])
+def test_row_ranges(counts, shards, expected):
+    from slurm.evaluate import _row_ranges
+
+    assert _row_ranges(counts, shards) == expected
+
+
+def test_more_shards_than_database_rows_is_an_error(toy):
     from slurm.evaluate import plan_eval
 
-    with pytest.raises(HarnessError, match="database is in 4 file"):
-        plan_eval([toy.features], toy.split, shards=5)
+    with pytest.raises(HarnessError, match="the database has only 400 rows"):
+        plan_eval([toy.features], toy.split, shards=401)
+
+
+def test_more_shards_than_files_cut_files_by_rows(toy):
+    from slurm.evaluate import plan_eval
+
+    plan = plan_eval([toy.features], toy.split, shards=6)
+    assert plan.database_rows == (66, 67, 67, 66, 67, 67)
+    pieces = [piece for group in plan.groups for piece in group]
+    # every row of every file exactly once, in file order
+    for index in range(4):
+        spans = [(start, stop) for path, start, stop in pieces if path == toy.shard_path(index)]
+        assert spans[0][0] == 0 and spans[-1][1] == len(toy.shards[index])
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT_S)
+def test_one_database_file_sharded_by_row_ranges_equals_harness_eval(cluster, toy, tmp_path):
+    """A database in one file, evaluated by 3 tasks of row ranges: the merged record equals a
+    single-process evaluation (scores, rankings, exact ties, sha256 of every file)."""
+    from slurm.evaluate import launch_eval
+
+    single_file = tmp_path / "one" / "features.h5"
+    order = np.random.default_rng(1).permutation(toy.split.num_database)
+    write_features(single_file, split="toy", method="toy",
+                   query=(toy.query_names, toy.queries),
+                   database=([toy.database_names[r] for r in order], toy.database[order]))
+    expected = evaluate_features([single_file], toy.split)
+    launch = launch_eval([single_file], toy.split, EvalConfig(ngpu=0), shards=3,
+                         cluster=cluster, resources=_resources(cluster),
+                         log_dir=tmp_path / "logs", out=tmp_path / "sharded.json")
+    _assert_same_evaluation(tmp_path / "sharded.json", expected)
+    assert [t["params"]["database"] for t in launch.tasks] == [
+        [[str(single_file.resolve()), 0, 133]], [[str(single_file.resolve()), 133, 266]],
+        [[str(single_file.resolve()), 266, 400]]]
+    assert launch.status().all_completed
 
 
 def test_open_rejects_what_is_not_a_launch(tmp_path):
