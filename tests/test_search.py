@@ -658,7 +658,7 @@ def _rates(float32=200.0, faiss=None, bf16=440.0):
     (999_999, 1000, _rates(), True, False, "does not pay"),
     (6_400_000, 99, _rates(), True, False, "does not pay"),
     (6_400_000, 1000, _rates(bf16=300.0), True, False, "below 1.6x"),  # emulated or slow
-    (6_400_000, 1000, _rates(faiss=300.0, bf16=440.0), True, False, "vs float32 300"),
+    (6_400_000, 1000, _rates(faiss=900.0, bf16=440.0), True, True, "vs float32 200"),
     (6_400_000, 1000, _rates(bf16=None), True, False, "no bfloat16 GEMM"),
     (6_400_000, 1000, _rates(), False, False, "torch"),
     (None, 1000, _rates(), True, False, "not known"),
@@ -672,19 +672,17 @@ def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, rates, 
 
 
 def test_auto_follows_the_measured_rates():
-    """Measured rates decide: faiss where its flat search is faster, the shortlist where the
-    bfloat16 GEMM is; numpy otherwise (unless numpy's BLAS is generic)."""
+    """Measured rates decide the shortlist; faiss is never taken for being measured faster
+    (its last bits depend on how the database is cut, so shards would not merge exactly)."""
     base = cpu_backend_choice(rates=_rates(bf16=None)).backend
     if base != "numpy":
         pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss regardless")
-    assert cpu_backend_choice(rates=_rates(faiss=300.0, bf16=None)).backend == "faiss-cpu"
-    assert cpu_backend_choice(rates=_rates(faiss=210.0, bf16=None)).backend == "numpy"
+    assert cpu_backend_choice(rates=_rates(faiss=900.0, bf16=None)).backend == "numpy"
     big = dict(database_rows=6_400_000, num_queries=1000)
     if importlib.util.find_spec("torch") is not None:
-        assert cpu_backend_choice(rates=_rates(), **big).backend == "bf16"
+        chosen = cpu_backend_choice(rates=_rates(), **big)
+        assert chosen.backend == "bf16" and "measured" in chosen.reason
     assert cpu_backend_choice(rates=_rates(bf16=250.0), **big).backend == "numpy"
-    chosen = cpu_backend_choice(rates=_rates(faiss=300.0, bf16=250.0), **big)
-    assert chosen.backend == "faiss-cpu" and "measured" in chosen.reason
 
 
 def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_identically():
