@@ -41,13 +41,11 @@ Prediction sidecar formats: 1 (indices, scores, first_positive_rank, has_positiv
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import logging
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -56,6 +54,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import atomic_path, sha256_file, write_json_atomic
+from harness.provenance import harness_git_commit, utc_now  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -596,29 +595,3 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
             )
     except NPZ_ERRORS + (AssertionError, RecursionError) as exc:
         raise HarnessError(f"not a readable predictions file ({exc})", path) from None
-
-
-# --------------------------------------------------------------------------------------------
-# Provenance helpers
-
-
-def utc_now() -> str:
-    """Current UTC time, ISO 8601 with a Z (seconds)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def harness_git_commit() -> str | None:
-    """The commit of the harness source tree (``+dirty`` when modified), None outside git."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else (commit or None)

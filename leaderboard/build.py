@@ -299,7 +299,7 @@ def build_from_entries(
     results_label: str = "leaderboard/results",
 ) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
-    from leaderboard.plots import inline_svg, recall_curves, recall_svg
+    from leaderboard.plots import inline_svg, recall_bands, recall_curves, recall_svg
 
     from leaderboard.reported import load_reported, reported_csv
     from leaderboard.significance import annotate_table
@@ -326,7 +326,8 @@ def build_from_entries(
             if plots and table.rows:
                 curves = recall_curves(table, latest)
                 if any(curves.values()):
-                    svg = recall_svg(table.benchmark, curves, table.group_labels)
+                    svg = recall_svg(table.benchmark, curves, table.group_labels,
+                                     recall_bands(table, latest))
                     (site_dir / "plots").mkdir(exist_ok=True)
                     (site_dir / "plots" / f"{key}.svg").write_text(svg, encoding="utf-8")
                     plot_paths.append(out_dir / "site" / "plots" / f"{key}.svg")

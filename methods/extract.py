@@ -23,6 +23,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, read_info, read_names
+from methods.runtime import resolve_device
 from methods.precision import (
     DEFAULT_PRECISION,
     check_precision,
@@ -64,37 +65,6 @@ def image_list_sha256(root: str | os.PathLike, names: Sequence[str]) -> str:
     for name in names:
         digest.update(b"\n" + name.encode())
     return digest.hexdigest()
-
-
-def resolve_device(device: str | None):
-    """``None``/``auto``: CUDA when available, else CPU.
-
-    An explicit ``cuda`` (or ``cuda:N``) that this machine cannot give is an error, never a
-    silent CPU run (hours instead of minutes, and a record naming the wrong hardware).
-    """
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise HarnessError(f"invalid device {device!r} ({exc})") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            version, build = torch.__version__, torch.version.cuda
-            why = (
-                f"no GPU visible to torch {version} (built with CUDA {build})"
-                if build
-                else f"torch {version} is built without CUDA"
-            )
-            raise HarnessError(
-                f"--device {device}: CUDA is not available ({why}); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise HarnessError(f"--device {device}: only {count} CUDA device(s) are visible")
-    return resolved
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import ImageLoader, Method, PartContext
-from methods.registry import Registry
+from harness.registry import Registry
 from methods.transforms import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,

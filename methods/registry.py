@@ -11,82 +11,18 @@ to import is recorded (and listed by ``harness methods list``) without hiding th
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import logging
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterable, TypeVar
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
 
 from harness.errors import HarnessError
+from harness.registry import Registry
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 METHOD_ENTRY_POINT_GROUP = "harness.methods"
 #: The distribution that ships the built-in methods (its metadata must list the group).
 BUILTIN_DISTRIBUTION = "iovpr-harness"
-
-# Registration modules that may be absent from a checkout (the trainings' registry lists it).
-_OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}
-
-
-class Registry(Generic[T]):
-    """Named entries of one kind (``kind`` is used in error messages)."""
-
-    def __init__(self, kind: str, modules: Iterable[str] = ()):
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-        self._modules = tuple(modules)
-        self._loaded = False
-
-    def register(self, name: str, entry: T) -> T:
-        if not name or name != name.strip() or " " in name:
-            raise ValueError(f"invalid {self.kind} name {name!r}")
-        if name in self._entries:
-            raise ValueError(
-                f"{self.kind} {name!r} is already registered ({self._entries[name]!r})"
-            )
-        self._entries[name] = entry
-        return entry
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        def wrap(entry: T) -> T:
-            return self.register(name, entry)
-
-        return wrap
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        for module_name in self._modules:
-            try:
-                importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name in _OPTIONAL_MODULES.get(module_name, ()):
-                    logger.debug("optional registration module %s is absent", module_name)
-                    continue
-                raise
-
-    def get(self, name: str) -> T:
-        self._load()
-        try:
-            return self._entries[name]
-        except KeyError:
-            pass
-        known = sorted(self._entries)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise HarnessError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})")
-
-    def names(self) -> list[str]:
-        self._load()
-        return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        self._load()
-        return name in self._entries
 
 
 @dataclass(frozen=True)
@@ -105,7 +41,10 @@ class MethodOrigin:
 
 class MethodRegistry(Registry):
     """The methods: entry points of :data:`METHOD_ENTRY_POINT_GROUP`, plus in-process
-    registrations (:func:`register_method`), each with its :class:`MethodOrigin`."""
+    registrations (:func:`register_method`), each with its :class:`MethodOrigin`.
+
+    :class:`harness.registry.Registry` with its own entry-point loading: each method keeps its
+    origin, and a plugin that fails to load is recorded instead of raising."""
 
     def __init__(self):
         super().__init__("method")
@@ -131,8 +70,6 @@ class MethodRegistry(Registry):
         if self._loaded:
             return
         super()._load()
-        from importlib.metadata import entry_points
-
         _check_builtin_metadata()
         for point in entry_points(group=METHOD_ENTRY_POINT_GROUP):
             dist = getattr(point, "dist", None)
@@ -167,7 +104,7 @@ class MethodRegistry(Registry):
 
 def _class_problem(name: str, cls) -> str | None:
     """Why ``cls`` cannot be method ``name`` (``None``: it can)."""
-    from methods.base import Method
+    from methods.base import Method  # methods.base imports torch: only once a plugin loads
 
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         return f"{cls!r} is not a methods.base.Method subclass"
@@ -179,8 +116,6 @@ def _class_problem(name: str, cls) -> str | None:
 
 def _check_builtin_metadata() -> None:
     """An installation whose metadata predates the entry points would list no method."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
     try:
         dist = distribution(BUILTIN_DISTRIBUTION)
     except PackageNotFoundError:
