@@ -61,13 +61,15 @@ class EvalPlan:
 
 
 def plan_eval(features: Sequence[str | os.PathLike], split: Split,
-              shards: int | None = None) -> EvalPlan:
+              shards: int | None = None, block_rows: int | None = None) -> EvalPlan:
     """Validate ``features`` against ``split`` and cut the database into ``shards`` tasks.
 
     Default: one task per database file. Up to the number of files, tasks search groups of
-    whole files; beyond it, contiguous row ranges (at most one per database row).
+    whole files; beyond it, contiguous row ranges cut at the search's blocks (``block_rows``,
+    default the CPU search's), so the merged scores are the single search's bit for bit.
     """
     from harness.features import expand_feature_paths
+    from harness.search import default_block_rows
     from harness.validate import check_features
 
     paths = tuple(Path(p).resolve() for p in expand_feature_paths(features))
@@ -89,7 +91,7 @@ def plan_eval(features: Sequence[str | os.PathLike], split: Split,
         groups = [[(i, 0, counts[i]) for i in group]
                   for group in _balanced_groups(counts, shards)]
     else:
-        groups = _row_ranges(counts, shards)
+        groups = _row_ranges(counts, shards, align=block_rows or default_block_rows(report.dim))
     return EvalPlan(
         paths=paths,
         query=Path(report.query.path),
@@ -100,19 +102,40 @@ def plan_eval(features: Sequence[str | os.PathLike], split: Split,
     )
 
 
-def _row_ranges(counts: Sequence[int], shards: int) -> list[list[tuple[int, int, int]]]:
-    """Cut the rows of files ``counts`` (in order) into ``shards`` contiguous ranges of equal
-    size (within one row): per task, ``(file index, first row, end row)`` pieces."""
+def _row_ranges(counts: Sequence[int], shards: int,
+                align: int = 1) -> list[list[tuple[int, int, int]]]:
+    """Cut the rows of files ``counts`` (in order) into ``shards`` contiguous ranges of similar
+    size: per task, ``(file index, first row, end row)`` pieces.
+
+    Cuts fall on multiples of ``align`` rows within a file (or on file ends): with ``align``
+    the search's block size, every block a task searches is a block of the single-process
+    search, so the scores carry the same bits.
+    """
     total = sum(counts)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    candidates = np.unique(np.concatenate(
+        [np.arange(offsets[i], offsets[i + 1], max(1, align)) for i in range(len(counts))]
+        + [offsets]))
+    candidates = candidates[(candidates > 0) & (candidates < total)]
+    if len(candidates) < shards - 1:
+        raise HarnessError(f"{shards} shards asked for, but cut at blocks of {align} rows the "
+                           f"database gives at most {len(candidates) + 1}")
+    bounds, previous = [0], 0
+    for task in range(1, shards):
+        # the candidate nearest to the ideal cut that leaves one for every later task
+        allowed = candidates[np.searchsorted(candidates, previous, side="right"):
+                             len(candidates) - (shards - 1 - task)]
+        ideal = task * total / shards
+        previous = int(allowed[np.argmin(np.abs(allowed - ideal))])
+        bounds.append(previous)
+    bounds.append(total)
     groups = []
-    for task in range(shards):
-        begin, end = task * total // shards, (task + 1) * total // shards
+    for begin, end in zip(bounds, bounds[1:]):
         pieces = []
         for index, count in enumerate(counts):
             low, high = max(begin, offsets[index]), min(end, offsets[index] + count)
             if low < high:
-                pieces.append((index, low - offsets[index], high - offsets[index]))
+                pieces.append((index, int(low - offsets[index]), int(high - offsets[index])))
         groups.append(pieces)
     return groups
 
@@ -178,7 +201,7 @@ def prepare_eval(
     Raises:
         HarnessError: invalid files (checked here, before any task runs).
     """
-    plan = plan_eval(features, split, shards)
+    plan = plan_eval(features, split, shards, config.block_rows)
     config = dataclasses.replace(config, progress=False)
     params = {
         "split": split.name,

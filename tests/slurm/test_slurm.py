@@ -142,10 +142,10 @@ def _single(toy: Toy):
     return evaluate([toy.features], toy.split, EvalConfig(ngpu=0))
 
 
-def evaluate_features(paths, split):
+def evaluate_features(paths, split, config):
     from harness.evaluate import evaluate
 
-    return evaluate(paths, split, EvalConfig(ngpu=0))
+    return evaluate(paths, split, config)
 
 
 def _assert_same_evaluation(record_path: Path, expected) -> None:
@@ -304,16 +304,28 @@ def test_balanced_groups(counts, shards, expected):
     assert _balanced_groups(counts, shards) == expected
 
 
-@pytest.mark.parametrize("counts, shards, expected", [
-    ([10], 3, [[(0, 0, 3)], [(0, 3, 6)], [(0, 6, 10)]]),
-    ([4, 6], 3, [[(0, 0, 3)], [(0, 3, 4), (1, 0, 2)], [(1, 2, 6)]]),
-    ([2, 2], 4, [[(0, 0, 1)], [(0, 1, 2)], [(1, 0, 1)], [(1, 1, 2)]]),
-    ([5, 0, 5], 5, [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5), (2, 0, 1)], [(2, 1, 3)], [(2, 3, 5)]]),
+@pytest.mark.parametrize("counts, shards, align, expected", [
+    # cuts at the rows nearest to 10/3 and 20/3
+    ([10], 3, 1, [[(0, 0, 3)], [(0, 3, 7)], [(0, 7, 10)]]),
+    ([4, 6], 3, 1, [[(0, 0, 3)], [(0, 3, 4), (1, 0, 3)], [(1, 3, 6)]]),
+    ([2, 2], 4, 1, [[(0, 0, 1)], [(0, 1, 2)], [(1, 0, 1)], [(1, 1, 2)]]),
+    ([5, 0, 5], 5, 1, [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5), (2, 0, 1)], [(2, 1, 3)],
+                       [(2, 3, 5)]]),
+    # blocks of 4 rows from each file's start: cuts only at 4, 8, 10, 14, 18
+    ([10, 10], 3, 4, [[(0, 0, 8)], [(0, 8, 10), (1, 0, 4)], [(1, 4, 10)]]),
+    ([10], 3, 4, [[(0, 0, 4)], [(0, 4, 8)], [(0, 8, 10)]]),
 ])
-def test_row_ranges(counts, shards, expected):
+def test_row_ranges(counts, shards, align, expected):
     from slurm.evaluate import _row_ranges
 
-    assert _row_ranges(counts, shards) == expected
+    assert _row_ranges(counts, shards, align) == expected
+
+
+def test_row_ranges_need_enough_block_boundaries():
+    from slurm.evaluate import _row_ranges
+
+    with pytest.raises(HarnessError, match="gives at most 3"):
+        _row_ranges([10], 4, align=4)
 
 
 def test_more_shards_than_database_rows_is_an_error(toy):
@@ -326,8 +338,8 @@ def test_more_shards_than_database_rows_is_an_error(toy):
 def test_more_shards_than_files_cut_files_by_rows(toy):
     from slurm.evaluate import plan_eval
 
-    plan = plan_eval([toy.features], toy.split, shards=6)
-    assert plan.database_rows == (66, 67, 67, 66, 67, 67)
+    plan = plan_eval([toy.features], toy.split, shards=6, block_rows=10)
+    assert plan.database_rows == (70, 60, 70, 70, 60, 70)
     pieces = [piece for group in plan.groups for piece in group]
     # every row of every file exactly once, in file order
     for index in range(4):
@@ -347,14 +359,15 @@ def test_one_database_file_sharded_by_row_ranges_equals_harness_eval(cluster, to
     write_features(single_file, split="toy", method="toy",
                    query=(toy.query_names, toy.queries),
                    database=([toy.database_names[r] for r in order], toy.database[order]))
-    expected = evaluate_features([single_file], toy.split)
-    launch = launch_eval([single_file], toy.split, EvalConfig(ngpu=0), shards=3,
+    config = EvalConfig(ngpu=0, block_rows=50)  # tasks cut at the search's blocks of 50 rows
+    expected = evaluate_features([single_file], toy.split, config)
+    launch = launch_eval([single_file], toy.split, config, shards=3,
                          cluster=cluster, resources=_resources(cluster),
                          log_dir=tmp_path / "logs", out=tmp_path / "sharded.json")
     _assert_same_evaluation(tmp_path / "sharded.json", expected)
     assert [t["params"]["database"] for t in launch.tasks] == [
-        [[str(single_file.resolve()), 0, 133]], [[str(single_file.resolve()), 133, 266]],
-        [[str(single_file.resolve()), 266, 400]]]
+        [[str(single_file.resolve()), 0, 150]], [[str(single_file.resolve()), 150, 250]],
+        [[str(single_file.resolve()), 250, 400]]]
     assert launch.status().all_completed
 
 
