@@ -243,7 +243,6 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
               help="Also replace the README's iovpr-study section with the report.")
 def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
     """The study per seed with intervals and paired tests against the baseline (report.md)."""
-    from methods.cli import _set_threads
     from methods.iovpr.study_report import run_study_report
     from methods.options import parse_option_pairs
 
@@ -257,7 +256,7 @@ def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, rea
     overrides = parse_option_pairs(option_pairs)
     command = "harness iovpr study-report --seeds " + ",".join(str(s) for s in seed_list) + "".join(
         f" --option {pair}" for pair in option_pairs)
-    _set_threads()
+    set_torch_threads()
     path = run_study_report(city_root, data_root, out_dir, seeds=seed_list, overrides=overrides,
                             readme=readme, command=command)
     click.echo(path.read_text(encoding="utf-8"), nl=False)
