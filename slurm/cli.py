@@ -153,7 +153,8 @@ def extract_command(method_name, split_name, data_root, out, shards, weights, me
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where splits are registered.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
-              help="Tasks, each searching a group of database files (default: one per file).")
+              help="Tasks (default: one per database file); more tasks than files cut the "
+                   "files into row ranges (one 6.4M-row file can be split too).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the merged record here (default: <launch>/result.json).")
 @click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False, path_type=Path),
