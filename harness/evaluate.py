@@ -140,7 +140,7 @@ def search_features(
     config: EvalConfig = EvalConfig(),
     *,
     partial_database: bool = False,
-    database_files: Sequence[str | os.PathLike] | None = None,
+    database_ranges: Mapping[str | os.PathLike, tuple[int, int] | None] | None = None,
     on_stored_block=None,
     files: OpenFiles | None = None,
 ) -> SearchOutput:
@@ -148,9 +148,10 @@ def search_features(
 
     ``features`` are files or directories: exactly one file holds ``/query``; ``/database``
     rows come from one or more files. With ``partial_database`` the database files may cover
-    only part of the split's database (one job of a sharded evaluation); ``database_files``
-    then names the files whose ``/database`` is searched (the query file may hold a database
-    part that another job searches). ``on_stored_block``
+    only part of the split's database (one job of a sharded evaluation); ``database_ranges``
+    then maps each file whose ``/database`` is searched to the stored rows ``(first, end)``
+    searched in it (``None``: all of them); other files' database parts are not searched (the
+    query file may hold a database part that another job searches). ``on_stored_block``
     is handed to :func:`harness.search.iter_feature_blocks` (``evaluate`` hashes the files
     with it while they stream). ``files``: the open handles to share (each file is then opened
     once for validation, reading and streaming); without it they are opened here.
@@ -158,7 +159,7 @@ def search_features(
     if files is None:
         with OpenFiles() as opened:
             return search_features(features, split, config, partial_database=partial_database,
-                                   database_files=database_files,
+                                   database_ranges=database_ranges,
                                    on_stored_block=on_stored_block, files=opened)
     started = time.perf_counter()
     paths = tuple(expand_feature_paths(features))
@@ -167,9 +168,19 @@ def search_features(
     report = check_features(paths, split, check_values=False,
                             require_complete_database=not partial_database, files=files)
     query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
-    if database_files is not None:
-        wanted = {Path(p).resolve() for p in database_files}
+    ranges: dict[Path, tuple[int, int] | None] = {}
+    if database_ranges is not None:
+        wanted = {Path(p).resolve(): span for p, span in database_ranges.items()}
         database_parts = [part for part in database_parts if Path(part.path).resolve() in wanted]
+        for part in database_parts:
+            span = wanted[Path(part.path).resolve()]
+            if span is not None and not 0 <= span[0] < span[1] <= part.count:
+                raise HarnessError(f"rows {span[0]}:{span[1]} are not within the file's "
+                                   f"{part.count} database rows", part.path)
+            ranges[Path(part.path)] = span
+    spans = {Path(part.path): ranges.get(Path(part.path)) or (0, part.count)
+             for part in database_parts}
+    database_rows = sum(stop - start for start, stop in spans.values())
     warnings = list(report.warnings)
     info = next(i for i in report.infos if i.path == query_part.path)
     attrs = plain_attrs(info.attrs)
@@ -195,11 +206,13 @@ def search_features(
 
     protocol = config.protocol(split)
     backend = resolve_backend(config.ngpu, config.cpu_backend, config.query_batch_rows,
-                              database_rows=sum(part.count for part in database_parts),
-                              num_queries=split.num_queries)
+                              database_rows=database_rows, num_queries=split.num_queries)
     block_rows = config.block_rows or default_block_rows(dim, backend.block_bytes)
-    sources = [BlockSource(part.path, part.rows, "database", files.get(part.path))
-               for part in database_parts]
+    sources = []
+    for part in database_parts:
+        start, stop = spans[Path(part.path)]
+        sources.append(BlockSource(part.path, part.rows[start:stop], "database", first_row=start,
+                                   stored_rows=part.count, handle=files.get(part.path)))
     dtypes = {part.dtype for part in database_parts}
     on_block = None
     if inspector is not None:
@@ -215,7 +228,7 @@ def search_features(
         blocks,
         protocol.k,
         backend=backend,
-        total_rows=sum(part.count for part in database_parts),
+        total_rows=database_rows,
         progress=config.progress,
         stats=stats,
     )
@@ -240,7 +253,7 @@ def search_features(
         load_s=load_s,
         search_s=stats.total_s,
         warnings=tuple(warnings),
-        database_rows=int(sum(part.count for part in database_parts)),
+        database_rows=int(database_rows),
         descriptor_dtypes=tuple(sorted({part.dtype for part in database_parts})),
         extraction=extraction,
     )
@@ -388,11 +401,13 @@ def search_and_hash(
     config: EvalConfig = EvalConfig(),
     *,
     partial_database: bool = False,
-    database_files: Sequence[str | os.PathLike] | None = None,
+    database_ranges: Mapping[str | os.PathLike, tuple[int, int] | None] | None = None,
+    hashed: Sequence[str | os.PathLike] | None = None,
 ) -> SearchOutput:
     """:func:`search_features`, with the sha256 of every file (when ``config.checksums``)
     computed beside the search from the bytes it streams (``output.digests``,
-    ``output.checksum_s``).
+    ``output.checksum_s``). ``hashed``: only these files (default: every file); a file searched
+    in part is hashed from the rows streamed, the rest read from the file.
 
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
@@ -400,15 +415,18 @@ def search_and_hash(
     with OpenFiles() as files:
         hashing = None
         if config.checksums:
-            searched = (None if database_files is None
-                        else {Path(p).resolve() for p in database_files})
+            searched = None if database_ranges is None else {Path(p).resolve()
+                                                             for p in database_ranges}
+            if hashed is not None:
+                wanted = {Path(p).resolve() for p in hashed}
+                paths = [path for path in paths if path.resolve() in wanted]
             streamed = [path for path in paths
                         if (searched is None or path.resolve() in searched)
                         and streams_from_mapping(path, "database", _handle_or_none(files, path))]
             hashing = _StreamedDigests(paths, streamed)
         try:
-            output = search_features(paths, split, config, partial_database=partial_database,
-                                     database_files=database_files,
+            output = search_features(features, split, config, partial_database=partial_database,
+                                     database_ranges=database_ranges,
                                      on_stored_block=hashing.on_stored_block if hashing else None,
                                      files=files)
         except BaseException:

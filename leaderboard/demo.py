@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from methods.iovpr.study import DEMO_EVAL_SPLITS, DEMO_STUDY
+# The demo's study settings live with the study (the README's study report runs them too).
+from methods.iovpr.study import DEMO_EVAL_SPLITS as EVAL_SPLITS
+from methods.iovpr.study import DEMO_STUDY
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "synth-"
-EVAL_SPLITS = DEMO_EVAL_SPLITS
 # study row label -> leaderboard method name; oracle rows (true masks) are not methods.
 STUDY_METHODS = {
     "sfrs (baseline)": "sfrs-small",

@@ -158,7 +158,8 @@ def build_for_device(method, device):
     model = method.build_model(device)
     if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
-    if model is not None and hasattr(model, "to"):
+    # A method's "model" is whatever its encode() takes (a plugin may hand over a tensor).
+    if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)
     return model
 

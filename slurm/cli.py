@@ -143,7 +143,8 @@ def extract_command(method_name, split_name, data_root, out, shards, weights, me
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
 @data_root_option()
 @click.option("--shards", type=click.IntRange(min=1), default=None,
-              help="Tasks, each searching a group of database files (default: one per file).")
+              help="Tasks (default: one per database file); more tasks than files cut the "
+                   "files into row ranges (one 6.4M-row file can be split too).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the merged record here (default: <launch>/result.json).")
 @click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -271,8 +271,7 @@ def show_command(name: str, data_root: Path | None) -> None:
 
     pin = canonical_splits().get(split.name)
     if pin is not None:
-        lines.append(("canonical", f"pinned ({pin.database:,} database / {pin.queries:,} "
-                                   f"queries, {pin.source})"))
+        lines.append(("canonical", f"pinned ({pin.counts_text}, {pin.source})"))
     lines += [
         ("query root", split.query_root or "-"),
         ("database root", split.database_root or "-"),

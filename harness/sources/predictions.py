@@ -68,6 +68,8 @@ def named_predictions(result, split) -> NamedPredictions:
     protocol = result.protocol
     depth = max(max(protocol.recall_ns), protocol.map_k)
     indices, scores = np.asarray(data.indices), np.asarray(data.scores)
+    if protocol.metric == "ranking":
+        scores = None  # a ranking submission has ranks, not scores
     if protocol.spatial_nms:
         kept = spatial_nms(indices, database_places(split.database_utm), protocol.nms_pool)
         scores = None  # NMS drops ranks; the scores of the survivors are not kept aligned
