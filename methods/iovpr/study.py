@@ -35,6 +35,18 @@ logger = logging.getLogger(__name__)
 TRAININGS = {"baseline": None, "real": "real", "gray": "gray"}
 
 
+# The study's settings for the demo (`harness demo`, leaderboard.demo) and for the README's
+# study report (methods.iovpr.study_report): every stage short enough that the whole demo
+# (city, probe, segmenter, three trainings, evaluation, leaderboard) takes under 10 minutes on
+# two CPU cores. `harness iovpr study` keeps the study's own (longer) defaults.
+DEMO_STUDY: dict[str, object] = {
+    "seg_epochs": 18, "image_height": 96, "image_width": 128, "generations": 1,
+    "epochs": 3,
+    "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
+}
+DEMO_EVAL_SPLITS = ("indoor-ams-1", "indoor-ams-2", "outdoor-ams", "ams30k-test")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Settings of the study; every VPR training shares ``vpr`` settings."""
@@ -87,7 +99,7 @@ class StudyResult:
 
 
 def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Path) -> Path:
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
     from methods.train.registry import run_training, training_config
 
     values = {
@@ -298,4 +310,4 @@ def make_study_config(**values) -> StudyConfig:
     return config_from_mapping(StudyConfig, values, what="iovpr study")
 
 
-__all__ = ["StudyConfig", "StudyResult", "make_study_config", "query_mask_iou", "run_study", "study_markdown"]
+__all__ = ["DEMO_EVAL_SPLITS", "DEMO_STUDY", "StudyConfig", "StudyResult", "make_study_config", "query_mask_iou", "run_study", "study_markdown"]
