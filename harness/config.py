@@ -12,6 +12,7 @@ from typing import Mapping
 
 from harness.errors import HarnessError
 from harness.results import Protocol
+from harness.stats import BootstrapSettings
 
 CPU_BACKENDS = ("auto", "numpy", "faiss", "bf16")
 #: OpenIBL's spatial NMS looks at the first max(N) x 12 predictions.
@@ -126,8 +127,6 @@ class EvalConfig:
 
     def bootstrap_settings(self):
         """The :class:`harness.stats.BootstrapSettings` of this config (None: no intervals)."""
-        from harness.stats import BootstrapSettings
-
         if not self.bootstrap_resamples:
             return None
         return BootstrapSettings(resamples=int(self.bootstrap_resamples),

@@ -249,6 +249,44 @@ def open_hdf5(path: str | os.PathLike):
         raise HarnessError(f"not a readable HDF5 file ({detail})", path) from None
 
 
+class OpenFiles:
+    """Feature files opened once and shared: validation, reading the queries and streaming
+    the database all use the same handle per file (``with OpenFiles() as files``).
+
+    A file is opened on the first :meth:`get`, so a bad file raises where it did before.
+    """
+
+    def __init__(self):
+        self._handles: dict[Path, h5py.File] = {}
+
+    def get(self, path: str | os.PathLike) -> h5py.File:
+        key = Path(path).resolve()
+        if key not in self._handles:
+            self._handles[key] = open_hdf5(path)
+        return self._handles[key]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "OpenFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _opened(path, files: OpenFiles | None) -> Iterator[h5py.File]:
+    """The handle of ``path`` from ``files`` (left open), or a fresh one (closed after)."""
+    if files is not None:
+        yield files.get(path)
+        return
+    with open_hdf5(path) as handle:
+        yield handle
+
+
 def _dataset(handle, part: str, name: str, path):
     """``/part/name`` as an h5py Dataset; a missing or odd object is a HarnessError."""
     group = handle.get(part)
@@ -283,10 +321,13 @@ def _read_attribute(handle, key: str, path):
     return value
 
 
-def read_info(path: str | os.PathLike) -> FeatureFileInfo:
-    """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
+def read_info(path: str | os.PathLike, files: OpenFiles | None = None) -> FeatureFileInfo:
+    """Read attributes and part shapes; structural problems raise :class:`HarnessError`.
+
+    ``files``: share the open handle (:class:`OpenFiles`).
+    """
     path = Path(path)
-    with open_hdf5(path) as handle, reading_errors(path, "its structure"):
+    with _opened(path, files) as handle, reading_errors(path, "its structure"):
         check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
@@ -329,9 +370,9 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     )
 
 
-def read_names(path: str | os.PathLike, part: str) -> list[str]:
-    """Image names of ``part``, decoded as UTF-8."""
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/names"):
+def read_names(path: str | os.PathLike, part: str, files: OpenFiles | None = None) -> list[str]:
+    """Image names of ``part``, decoded as UTF-8 (``files``: share the open handle)."""
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/names"):
         check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
         is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
@@ -383,10 +424,11 @@ def _descriptors(handle, part: str, path):
 
 
 def read_descriptors(
-    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
+    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None,
+    files: OpenFiles | None = None,
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/descriptors"):
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/descriptors"):
         dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]

@@ -53,8 +53,15 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import atomic_path, sha256_file, write_json_atomic
+from harness.io import (
+    NPZ_ERRORS,
+    atomic_path,
+    npz_member,
+    sha256_file,
+    write_json_atomic,
+)
 from harness.provenance import harness_git_commit, utc_now  # noqa: F401  (re-exported)
+from harness.stats import BootstrapSettings
 
 logger = logging.getLogger(__name__)
 
@@ -426,8 +433,6 @@ def _interval_map(value, where):
 def _bootstrap_settings(value, where):
     if value is None:
         return None
-    from harness.stats import BootstrapSettings
-
     try:
         return BootstrapSettings.from_dict(_json_object(value, where)).to_dict()
     except (HarnessError, TypeError) as exc:
@@ -575,8 +580,6 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
         raise HarnessError("predictions file named by the record is missing", path)
     if sha256_file(path) != result.predictions.sha256:
         raise HarnessError("predictions file does not match the sha256 in its record", path)
-    from harness.io import NPZ_ERRORS, npz_member
-
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))

@@ -1,4 +1,8 @@
-"""`harness eval`: exact evaluation of feature files (or a method's features) on a split."""
+"""`harness eval`: exact evaluation of feature files (or a method's features) on a split.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import logging
 from pathlib import Path
 
 import click
+
+from harness.commands.common import data_root_option
+
+from harness.options import parse_option_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +30,6 @@ def _parse_ints(value: str | None, what: str):
     if not numbers or min(numbers) < 1:
         raise click.BadParameter("must be positive integers", param_hint=what)
     return numbers
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--method-option")
-        if key.strip() in options:
-            raise click.BadParameter(f"{key.strip()!r} given twice", param_hint="--method-option")
-        options[key.strip()] = value
-    return options
 
 
 def feature_provider():
@@ -93,8 +89,7 @@ def format_scores(result) -> str:
 @click.option("--split", "split_names", required=True, multiple=True,
               help="Split name (or a .split.npz path). Repeatable with --method: splits that "
                    "share a database (Indoor-Ams 1/2, Outdoor-Ams) extract it once.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
+@data_root_option()
 @click.option("--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's).")
 @click.option("--map-k", type=click.IntRange(min=1), default=None, help="mAP@K depth (default: max N).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -183,7 +178,7 @@ def eval_command(features, split_names, data_root, recall_ns, map_k, json_path, 
             if value is not None and "{split}" not in str(value):
                 raise click.UsageError(
                     f"with several --split, {flag} needs a {{split}} placeholder")
-    options = _parse_options(method_options)
+    options = parse_option_pairs(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
         map_k=map_k,

@@ -1,4 +1,8 @@
-"""`harness show` and `harness compare`: read result records, print scores and paired tests."""
+"""`harness show` and `harness compare`: read result records, print scores and paired tests.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def bf16_margins(queries: np.ndarray) -> np.ndarray:
     output). The output's rounding to bfloat16 costs no margin: rounding is monotone, so cuts
     are rounded down to the bfloat16 grid instead (:class:`Bf16ShortlistBackend`).
     """
-    import torch
+    import torch  # optional (the methods extra) and heavy: only when this path runs
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     assert queries.ndim == 2, queries.shape
@@ -74,7 +74,7 @@ def bf16_floor(values: np.ndarray) -> np.ndarray:
 
 
 def _bf16_from_bits(bits: np.ndarray):
-    import torch
+    import torch  # optional (the methods extra) and heavy: only when this path runs
 
     return torch.from_numpy(np.ascontiguousarray(bits, dtype=np.int16)).view(torch.bfloat16)
 
@@ -167,7 +167,7 @@ class Bf16ShortlistBackend(SearchBackend):
         return "bf16 shortlist + float32 re-scoring" + (" (fell back to float32)" if self.fallback else "")
 
     def prepare(self, queries, k):
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         self._queries_bf16 = torch.from_numpy(np.ascontiguousarray(queries)).to(torch.bfloat16)
         self._margins = bf16_margins(queries)
@@ -203,7 +203,7 @@ class Bf16ShortlistBackend(SearchBackend):
     @staticmethod
     def _max_norm(block: np.ndarray) -> float:
         """An upper bound of the largest row norm of ``block``."""
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         norms = torch.linalg.vector_norm(torch.from_numpy(block), dim=1)
         # float32 sums of squares and the square root: a relative error well below 1e-3.
@@ -247,7 +247,7 @@ class Bf16ShortlistBackend(SearchBackend):
             self.exact_blocks += 1
             self._exact.add_block(state, queries, block, rows)
             return
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         self.shortlisted_blocks += 1
         k = state.k

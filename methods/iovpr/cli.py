@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 
 import click
+
+from harness.commands.common import data_root_option
 from methods.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def layouts_build_command(ade, out, thresholds, categories, categories_file, all
 @click.option("--short-side", type=int, help="Inference short side (default: the segmenter's).")
 @click.option("--device", help="cuda, cpu (default: CUDA when available).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False), help="Where imported splits live.")
+@data_root_option()
 def segment_command(split_name, segmenter, part, cache_dir, short_side, device, batch_size, data_root):
     """Predict and cache the window mask of every image of a split part."""
     from harness.splits import get_split
@@ -150,7 +152,7 @@ def train_window_seg_command(ade, out, arch, pretrained, epochs, max_steps, batc
                              categories, categories_file, all_scenes):
     """Train the 2-class window segmenter on ADE20k window masks (validation IoU each epoch)."""
     from methods.iovpr.segtrain import make_config, train_window_segmenter
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
 
     values = dict(arch=arch, pretrained=tuple(pretrained), epochs=epochs, max_steps=max_steps,
                   batch_size=batch_size, crop_size=crop_size, optimizer=optimizer, lr=lr,
@@ -204,8 +206,7 @@ def iovpr_group():
 @iovpr_group.command("study")
 @click.option("--city", "city_root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Dataset root with raw/ and ADEChallengeData2016/ (e.g. a synthetic city).")
-@click.option("--data-root", required=True, type=click.Path(file_okay=False),
-              help="Where the dataset's splits are registered.")
+@data_root_option(required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Study folder (every stage is cached; a rerun resumes).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
@@ -217,13 +218,14 @@ def iovpr_group():
 def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
     from methods.iovpr.study import make_study_config, run_study
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
 
     values = parse_option_pairs(option_pairs)
     if train_pairs:
         parse_option_pairs(train_pairs)  # reject malformed pairs now, not after an hour
         values["extra_train_options"] = tuple(train_pairs)
-    config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
+    config = make_study_config(city_root=city_root, data_root=str(data_root), out_dir=out_dir,
+                               **values)
     set_torch_threads()
     result = run_study(config)
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
@@ -244,7 +246,7 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
 def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
     """The study per seed with intervals and paired tests against the baseline (report.md)."""
     from methods.iovpr.study_report import run_study_report
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
 
     try:
         seed_list = tuple(int(part) for part in seeds.split(",") if part.strip())

@@ -99,7 +99,7 @@ class StudyResult:
 
 
 def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Path) -> Path:
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
     from methods.train.registry import run_training, training_config
 
     values = {

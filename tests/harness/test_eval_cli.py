@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import cli
+from harness.cli import cli, main
 from harness.config import EvalConfig
 from harness.errors import HarnessError
-from harness.evaluate import evaluate, evaluate_topk, search_features
+from harness.evaluate import evaluate, search_features
+from harness.record import build_record
 from harness.features import write_features
 from harness.ground_truth import positives_within_radius
 from harness.io import sha256_file
@@ -121,6 +124,20 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     assert raw["schema_version"] == 3 and raw["main_score"] == "recall@1"
 
 
+def test_the_cli_logs_while_it_runs_and_leaves_no_handler_behind(tmp_path, data_root, capsys):
+    # Only the CLI configures logging, and only for the command's duration: a handler left on
+    # the root logger would write to this test's stderr after pytest has closed it.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    split = make_split()
+    folder = write_sharded(tmp_path, split, *make_descriptors(split))
+    assert main(["eval", "--features", str(folder), "--split", split.name, "--data-root",
+                 str(data_root), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING harness.record: 1 of" in err and "queries have no positive within" in err
+    assert root.handlers == handlers and root.level == level
+
+
 def test_eval_cli_recall_ns_and_predictions_path(tmp_path, data_root):
     split = make_split()
     queries, database = make_descriptors(split)
@@ -207,9 +224,8 @@ def test_sharded_evaluation_gives_the_identical_record(tmp_path):
     parts = [search_features([folder / "query.h5", folder / f"db-{i}.h5"], split, config,
                              partial_database=True) for i in range(3)]
     merged = merge_topk([p.topk for p in parts])
-    sharded = evaluate_topk(split, merged, config, method="toy", features=single.features,
-                            descriptor_dim=DIM, search_backend=parts[0].search_backend,
-                            method_attrs=single.method_attrs)
+    output = dataclasses.replace(parts[0], topk=merged, digests=single.features)
+    sharded = build_record(split, output, config, method="toy")
     assert sharded.scores == single.scores and sharded.counts == single.counts
     assert sharded.protocol == single.protocol and single.protocol.nms_pool == 120
     np.testing.assert_array_equal(sharded.prediction_data.indices, single.prediction_data.indices)
@@ -230,16 +246,52 @@ def test_sharded_search_of_a_query_file_that_holds_a_database_shard(tmp_path):
                           database=(list(split.database_names[half:]), database[half:]))
     config = EvalConfig(ngpu=0, block_rows=8)
     single = evaluate([both, rest], split, config)
-    first, digests_first, _ = search_and_hash([both], split, config, partial_database=True,
-                                              database_files=[both])
-    second, digests_second, _ = search_and_hash([both, rest], split, config,
-                                                partial_database=True, database_files=[rest])
+    first = search_and_hash([both], split, config, partial_database=True,
+                            database_ranges={both: None})
+    second = search_and_hash([both, rest], split, config, partial_database=True,
+                             database_ranges={rest: None})
     assert (first.database_rows, second.database_rows) == (half, NUM_DATABASE - half)
     assert np.isin(second.topk.indices[second.topk.indices >= 0], np.arange(half, NUM_DATABASE)).all()
     merged = merge_topk([first.topk, second.topk])
     np.testing.assert_array_equal(merged.indices, single.prediction_data.indices[:, :merged.k])
-    by_path = {d.path: d.sha256 for d in (*digests_first, *digests_second)}
+    by_path = {d.path: d.sha256 for d in (*first.digests, *second.digests)}
     assert by_path == {str(both): sha256_file(both), str(rest): sha256_file(rest)}
+
+
+def test_row_ranges_of_one_file_merge_into_the_single_search(tmp_path):
+    """Tasks searching row ranges of one file (a SLURM eval with more tasks than files): the
+    merged top-K is the single search's; the task holding row 0 hashes the whole file, the
+    others hash nothing; a range outside the file is an error."""
+    from harness.evaluate import search_and_hash
+
+    split = make_split()
+    queries, database = make_descriptors(split)
+    one = write_features(tmp_path / "one.h5", split=split.name, method="toy",
+                         query=(list(split.query_names), queries),
+                         database=(list(split.database_names), database))
+    config = EvalConfig(ngpu=0, block_rows=7)
+    single = evaluate([one], split, config)
+    cuts = [0, 9, 31, NUM_DATABASE]
+    parts, digests = [], []
+    for index, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+        output = search_and_hash([one], split, config, partial_database=True,
+                                 database_ranges={one: (start, stop)},
+                                 hashed=[one] if start == 0 else [])
+        found = output.digests
+        assert output.database_rows == stop - start
+        assert np.isin(output.topk.indices[output.topk.indices >= 0],
+                       np.arange(start, stop)).all()  # names map stored rows 1:1 here
+        parts.append(output.topk)
+        digests.append(found)
+    merged = merge_topk(parts)
+    np.testing.assert_array_equal(merged.indices, single.prediction_data.indices[:, :merged.k])
+    # tiny blocks (a 9-row range) need not give the GEMM's bits of larger ones
+    np.testing.assert_allclose(merged.scores, single.prediction_data.scores[:, :merged.k],
+                               rtol=1e-6)
+    assert [[d.sha256 for d in found] for found in digests] == [[sha256_file(one)], [], []]
+    with pytest.raises(HarnessError, match="not within the file's"):
+        search_and_hash([one], split, config, partial_database=True,
+                        database_ranges={one: (5, NUM_DATABASE + 1)})
 
 
 def test_partial_database_rejects_overlapping_shards(tmp_path):

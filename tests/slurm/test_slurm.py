@@ -142,6 +142,12 @@ def _single(toy: Toy):
     return evaluate([toy.features], toy.split, EvalConfig(ngpu=0))
 
 
+def evaluate_features(paths, split, config):
+    from harness.evaluate import evaluate
+
+    return evaluate(paths, split, config)
+
+
 def _assert_same_evaluation(record_path: Path, expected) -> None:
     """Scores and per-query predictions equal to a single-process evaluation's."""
     from harness.results import read_predictions, read_result
@@ -298,11 +304,71 @@ def test_balanced_groups(counts, shards, expected):
     assert _balanced_groups(counts, shards) == expected
 
 
-def test_more_shards_than_database_files_is_an_error(toy):
+@pytest.mark.parametrize("counts, shards, align, expected", [
+    # cuts at the rows nearest to 10/3 and 20/3
+    ([10], 3, 1, [[(0, 0, 3)], [(0, 3, 7)], [(0, 7, 10)]]),
+    ([4, 6], 3, 1, [[(0, 0, 3)], [(0, 3, 4), (1, 0, 3)], [(1, 3, 6)]]),
+    ([2, 2], 4, 1, [[(0, 0, 1)], [(0, 1, 2)], [(1, 0, 1)], [(1, 1, 2)]]),
+    ([5, 0, 5], 5, 1, [[(0, 0, 2)], [(0, 2, 4)], [(0, 4, 5), (2, 0, 1)], [(2, 1, 3)],
+                       [(2, 3, 5)]]),
+    # blocks of 4 rows from each file's start: cuts only at 4, 8, 10, 14, 18
+    ([10, 10], 3, 4, [[(0, 0, 8)], [(0, 8, 10), (1, 0, 4)], [(1, 4, 10)]]),
+    ([10], 3, 4, [[(0, 0, 4)], [(0, 4, 8)], [(0, 8, 10)]]),
+])
+def test_row_ranges(counts, shards, align, expected):
+    from slurm.evaluate import _row_ranges
+
+    assert _row_ranges(counts, shards, align) == expected
+
+
+def test_row_ranges_need_enough_block_boundaries():
+    from slurm.evaluate import _row_ranges
+
+    with pytest.raises(HarnessError, match="gives at most 3"):
+        _row_ranges([10], 4, align=4)
+
+
+def test_more_shards_than_database_rows_is_an_error(toy):
     from slurm.evaluate import plan_eval
 
-    with pytest.raises(HarnessError, match="database is in 4 file"):
-        plan_eval([toy.features], toy.split, shards=5)
+    with pytest.raises(HarnessError, match="the database has only 400 rows"):
+        plan_eval([toy.features], toy.split, shards=401)
+
+
+def test_more_shards_than_files_cut_files_by_rows(toy):
+    from slurm.evaluate import plan_eval
+
+    plan = plan_eval([toy.features], toy.split, shards=6, block_rows=10)
+    assert plan.database_rows == (70, 60, 70, 70, 60, 70)
+    pieces = [piece for group in plan.groups for piece in group]
+    # every row of every file exactly once, in file order
+    for index in range(4):
+        spans = [(start, stop) for path, start, stop in pieces if path == toy.shard_path(index)]
+        assert spans[0][0] == 0 and spans[-1][1] == len(toy.shards[index])
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT_S)
+def test_one_database_file_sharded_by_row_ranges_equals_harness_eval(cluster, toy, tmp_path):
+    """A database in one file, evaluated by 3 tasks of row ranges: the merged record equals a
+    single-process evaluation (scores, rankings, exact ties, sha256 of every file)."""
+    from slurm.evaluate import launch_eval
+
+    single_file = tmp_path / "one" / "features.h5"
+    order = np.random.default_rng(1).permutation(toy.split.num_database)
+    write_features(single_file, split="toy", method="toy",
+                   query=(toy.query_names, toy.queries),
+                   database=([toy.database_names[r] for r in order], toy.database[order]))
+    config = EvalConfig(ngpu=0, block_rows=50)  # tasks cut at the search's blocks of 50 rows
+    expected = evaluate_features([single_file], toy.split, config)
+    launch = launch_eval([single_file], toy.split, config, shards=3,
+                         cluster=cluster, resources=_resources(cluster),
+                         log_dir=tmp_path / "logs", out=tmp_path / "sharded.json")
+    _assert_same_evaluation(tmp_path / "sharded.json", expected)
+    assert [t["params"]["database"] for t in launch.tasks] == [
+        [[str(single_file.resolve()), 0, 150]], [[str(single_file.resolve()), 150, 250]],
+        [[str(single_file.resolve()), 250, 400]]]
+    assert launch.status().all_completed
 
 
 def test_open_rejects_what_is_not_a_launch(tmp_path):

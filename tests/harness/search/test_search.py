@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -643,45 +645,50 @@ def test_bf16_backend_by_name_and_auto_on_small_searches():
     assert cpu_backend_choice(database_rows=5000, num_queries=5000).backend != "bf16"
 
 
-AMX = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+def _rates(float32=200.0, faiss=None, bf16=440.0):
+    from harness.gemm_rates import KernelRates
+
+    return KernelRates(float32, faiss, bf16, "0" * 16, "2026-01-01T00:00:00Z")
 
 
-@pytest.mark.parametrize("rows, queries, flags, torch_available, pays, why", [
-    (6_400_000, 1000, AMX, True, True, "AMX"),
-    (1_000_000, 100, AMX, True, True, "AMX"),  # both thresholds inclusive
-    (999_999, 1000, AMX, True, False, "does not pay"),
-    (6_400_000, 99, AMX, True, False, "does not pay"),
-    (6_400_000, 1000, AMX - {"amx_bf16"}, True, False, "no AMX"),
-    (6_400_000, 1000, AMX, False, False, "torch"),
-    (None, 1000, AMX, True, False, "not known"),
+@pytest.mark.parametrize("rows, queries, rates, torch_available, pays, why", [
+    (6_400_000, 1000, _rates(), True, True, "exact bfloat16 shortlist"),  # AVX-512 BF16 (AMD)
+    (6_400_000, 1000, _rates(bf16=870.0, float32=244.0), True, True, "870 GFLOP/s"),  # AMX
+    (1_000_000, 100, _rates(), True, True, "shortlist"),  # both thresholds inclusive
+    (999_999, 1000, _rates(), True, False, "does not pay"),
+    (6_400_000, 99, _rates(), True, False, "does not pay"),
+    (6_400_000, 1000, _rates(bf16=300.0), True, False, "below 1.6x"),  # emulated or slow
+    (6_400_000, 1000, _rates(faiss=900.0, bf16=440.0), True, True, "vs float32 200"),
+    (6_400_000, 1000, _rates(bf16=None), True, False, "no bfloat16 GEMM"),
+    (6_400_000, 1000, _rates(), False, False, "torch"),
+    (None, 1000, _rates(), True, False, "not known"),
 ])
-def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, flags, torch_available, pays, why):
+def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, rates, torch_available,
+                                                          pays, why):
     from harness.search import bf16_shortlist_pays
 
-    decision, reason = bf16_shortlist_pays(rows, queries, flags, torch_available)
+    decision, reason = bf16_shortlist_pays(rows, queries, rates, torch_available)
     assert decision is pays and why in reason
 
 
-def test_auto_keeps_numpy_where_torch_has_no_onednn(monkeypatch):
-    """A torch built without oneDNN (cannot run here: mocked) would not reach AMX."""
-    torch = pytest.importorskip("torch")
-    import harness.hardware
-
-    if cpu_backend_choice(database_rows=10, num_queries=10).backend != "numpy":
-        pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss, never the shortlist")
-    monkeypatch.setattr(harness.hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
-    assert cpu_backend_choice(database_rows=6_400_000, num_queries=1000).backend == "bf16"
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    choice = cpu_backend_choice(database_rows=6_400_000, num_queries=1000)
-    assert choice.backend == "numpy" and "oneDNN" in choice.reason
+def test_auto_follows_the_measured_rates():
+    """Measured rates decide the shortlist; faiss is never taken for being measured faster
+    (its last bits depend on how the database is cut, so shards would not merge exactly)."""
+    base = cpu_backend_choice(rates=_rates(bf16=None)).backend
+    if base != "numpy":
+        pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss regardless")
+    assert cpu_backend_choice(rates=_rates(faiss=900.0, bf16=None)).backend == "numpy"
+    big = dict(database_rows=6_400_000, num_queries=1000)
+    if importlib.util.find_spec("torch") is not None:
+        chosen = cpu_backend_choice(rates=_rates(), **big)
+        assert chosen.backend == "bf16" and "measured" in chosen.reason
+    assert cpu_backend_choice(rates=_rates(bf16=250.0), **big).backend == "numpy"
 
 
 def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_identically():
     """1M x 16-D rows, 100 queries: ``auto`` follows the rule for this machine, and the
     ranking is the numpy backend's (bit for bit where the backend's check allows it)."""
-    import importlib.util
-
-    from harness.hardware import cpu_flags
+    from harness.gemm_rates import kernel_rates
     from harness.search import SearchStats, bf16_shortlist_pays
 
     rng = np.random.default_rng(24)
@@ -689,6 +696,7 @@ def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_iden
     stats = SearchStats()
     found = search(queries, database, 20, block_rows=1 << 16, ngpu=0, stats=stats)
     expected = search(queries, database, 20, block_rows=1 << 16, ngpu=0, cpu_backend="numpy")
-    pays, _ = bf16_shortlist_pays(1_000_000, 100, cpu_flags(), importlib.util.find_spec("torch") is not None)
+    pays, _ = bf16_shortlist_pays(1_000_000, 100, kernel_rates(),
+                                  importlib.util.find_spec("torch") is not None)
     assert stats.backend.startswith("bf16") is pays
     assert_same(found, expected)
