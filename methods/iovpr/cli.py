@@ -151,8 +151,8 @@ def train_window_seg_command(ade, out, arch, pretrained, epochs, max_steps, batc
                              optimizer, lr, workers, device, seed, resume, option_pairs,
                              categories, categories_file, all_scenes):
     """Train the 2-class window segmenter on ADE20k window masks (validation IoU each epoch)."""
-    from methods.iovpr.segtrain import make_config, train_window_segmenter
     from harness.options import parse_option_pairs
+    from methods.iovpr.segtrain import make_config, train_window_segmenter
 
     values = dict(arch=arch, pretrained=tuple(pretrained), epochs=epochs, max_steps=max_steps,
                   batch_size=batch_size, crop_size=crop_size, optimizer=optimizer, lr=lr,
@@ -217,8 +217,8 @@ def iovpr_group():
                    "(e.g. --train-option jitter=0.2,0.2,0.2,0.02).")
 def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
-    from methods.iovpr.study import make_study_config, run_study
     from harness.options import parse_option_pairs
+    from methods.iovpr.study import make_study_config, run_study
 
     values = parse_option_pairs(option_pairs)
     if train_pairs:
@@ -245,8 +245,8 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
               help="Also replace the README's iovpr-study section with the report.")
 def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
     """The study per seed with intervals and paired tests against the baseline (report.md)."""
-    from methods.iovpr.study_report import run_study_report
     from harness.options import parse_option_pairs
+    from methods.iovpr.study_report import run_study_report
 
     try:
         seed_list = tuple(int(part) for part in seeds.split(",") if part.strip())

@@ -310,4 +310,5 @@ def make_study_config(**values) -> StudyConfig:
     return config_from_mapping(StudyConfig, values, what="iovpr study")
 
 
-__all__ = ["DEMO_EVAL_SPLITS", "DEMO_STUDY", "StudyConfig", "StudyResult", "make_study_config", "query_mask_iou", "run_study", "study_markdown"]
+__all__ = ["DEMO_EVAL_SPLITS", "DEMO_STUDY", "StudyConfig", "StudyResult", "make_study_config",
+           "query_mask_iou", "run_study", "study_markdown"]
