@@ -39,7 +39,9 @@ class _HarnessGroup(click.Group):
         except click.UsageError as exc:
             if self.failed_plugins and args and args[0] not in self.commands:
                 detail = "; ".join(f"{k}: {v}" for k, v in self.failed_plugins.items())
-                raise click.UsageError(f"{exc.message} (plugins not loaded: {detail})", ctx) from None
+                raise click.UsageError(
+                    f"{exc.message} (plugins not loaded: {detail})", ctx
+                ) from None
             raise
 
 
@@ -65,7 +67,9 @@ def cli(verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     if not any(getattr(h, "_harness", False) for h in root.handlers):
         handler = _StderrHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
         handler._harness = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)

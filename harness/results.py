@@ -112,8 +112,14 @@ class Protocol:
 
     def __post_init__(self):
         object.__setattr__(self, "recall_ns", tuple(int(n) for n in self.recall_ns))
-        if not self.recall_ns or list(self.recall_ns) != sorted(set(self.recall_ns)) or self.recall_ns[0] < 1:
-            raise HarnessError(f"recall_ns must be increasing positive integers, got {self.recall_ns}")
+        if (
+            not self.recall_ns
+            or list(self.recall_ns) != sorted(set(self.recall_ns))
+            or self.recall_ns[0] < 1
+        ):
+            raise HarnessError(
+                f"recall_ns must be increasing positive integers, got {self.recall_ns}"
+            )
         if self.no_positive not in ("miss", "exclude"):
             raise HarnessError(f"no_positive must be 'miss' or 'exclude', got {self.no_positive!r}")
         if not self.radius_m > 0 or self.map_k < 1 or self.k < 1:
@@ -230,7 +236,9 @@ class EvalResult:
             scores[name] = value
         object.__setattr__(self, "scores", dict(sorted(scores.items(), key=_score_order)))
         if self.main_score not in self.scores:
-            raise HarnessError(f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}")
+            raise HarnessError(
+                f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}"
+            )
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "method_attrs", dict(self.method_attrs))
         intervals = {}
@@ -249,7 +257,9 @@ class EvalResult:
                 "a record with intervals must say how they were computed (bootstrap)")
         object.__setattr__(self, "breakdowns", dict(self.breakdowns))
         if self.descriptor_dtype not in ("float32", "float16"):
-            raise HarnessError(f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}")
+            raise HarnessError(
+                f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}"
+            )
 
     @property
     def main_score_value(self) -> float:
@@ -287,7 +297,9 @@ class EvalResult:
             )
         return reader(data)
 
-    def write(self, path: str | os.PathLike, predictions_path: str | os.PathLike | None = None) -> Path:
+    def write(
+        self, path: str | os.PathLike, predictions_path: str | os.PathLike | None = None
+    ) -> Path:
         """Write the record atomically; with ``prediction_data``, the sidecar first.
 
         The sidecar goes to ``predictions_path`` or ``<path minus .json>.predictions.npz``; the
@@ -299,8 +311,11 @@ class EvalResult:
         if self.prediction_data is not None:
             sidecar = Path(predictions_path) if predictions_path else default_predictions_path(path)
             write_predictions(sidecar, self.prediction_data, result=self)
-            shown = os.path.relpath(sidecar, path.parent) if sidecar.parent.resolve() == path.parent.resolve() \
+            shown = (
+                os.path.relpath(sidecar, path.parent)
+                if sidecar.parent.resolve() == path.parent.resolve()
                 else str(sidecar.resolve())
+            )
             record = dataclasses.replace(self, predictions=FileDigest.of(sidecar, shown))
         write_json_atomic(path, record.to_dict())
         logger.info("wrote %s", path)
@@ -510,7 +525,8 @@ _READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2
 
 
 def read_result(path: str | os.PathLike) -> EvalResult:
-    """Read and validate a record; any problem is a one-line :class:`HarnessError` naming ``path``."""
+    """Read and validate a record; any problem is a one-line :class:`HarnessError` naming
+    ``path``."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -539,7 +555,11 @@ def iter_results(folder: str | os.PathLike) -> Iterator[tuple[Path, EvalResult]]
 
 def default_predictions_path(record_path: str | os.PathLike) -> Path:
     record_path = Path(record_path)
-    stem = record_path.name[: -len(".json")] if record_path.name.endswith(".json") else record_path.name
+    stem = (
+        record_path.name[: -len(".json")]
+        if record_path.name.endswith(".json")
+        else record_path.name
+    )
     return record_path.with_name(stem + PREDICTIONS_SUFFIX)
 
 
@@ -558,16 +578,26 @@ def write_predictions(path: str | os.PathLike, predictions: Predictions,
                 meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
                 indices=np.ascontiguousarray(predictions.indices, dtype=np.int64),
                 scores=np.ascontiguousarray(predictions.scores, dtype=np.float32),
-                first_positive_rank=np.ascontiguousarray(predictions.first_positive_rank, dtype=np.int32),
+                first_positive_rank=np.ascontiguousarray(
+                    predictions.first_positive_rank, dtype=np.int32
+                ),
                 has_positive=np.ascontiguousarray(predictions.has_positive, dtype=bool),
-                **({} if predictions.average_precision is None else {
-                    "average_precision": np.ascontiguousarray(predictions.average_precision,
-                                                              dtype=np.float32)}),
+                **(
+                    {}
+                    if predictions.average_precision is None
+                    else {
+                        "average_precision": np.ascontiguousarray(
+                            predictions.average_precision, dtype=np.float32
+                        )
+                    }
+                ),
             )
     return path
 
 
-def read_predictions(record_path: str | os.PathLike, result: EvalResult | None = None) -> Predictions:
+def read_predictions(
+    record_path: str | os.PathLike, result: EvalResult | None = None
+) -> Predictions:
     """The sidecar a record names, after checking its sha256 against the record."""
     record_path = Path(record_path)
     result = result if result is not None else read_result(record_path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import click
 
 from harness.commands.common import data_root_option
-
 from harness.errors import HarnessError
 from methods.runtime import set_torch_threads
 from methods.train.cli import commands as train_commands
@@ -22,7 +21,8 @@ _precision_help = (
     "bf16/fp16 autocast (faster on GPUs; descriptors move). Recorded in the feature file."
 )
 _option_help = (
-    "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 --option image_height=240."
+    "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 "
+    "--option image_height=240."
 )
 
 

@@ -23,13 +23,13 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, read_info, read_names
-from methods.runtime import resolve_device
 from methods.precision import (
     DEFAULT_PRECISION,
     check_precision,
     precision_context,
     recorded_precision,
 )
+from methods.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 

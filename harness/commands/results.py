@@ -85,7 +85,11 @@ def compare_command(result_paths, resamples, seed, confidence, alpha, plot_path,
     different splits or protocols are refused (exit 2).
     """
     from harness.compare import (
-        compare_all, comparison_latex, comparison_markdown, comparison_text, load_results,
+        compare_all,
+        comparison_latex,
+        comparison_markdown,
+        comparison_text,
+        load_results,
         plot_comparison,
     )
     from harness.errors import HarnessError
