@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import cli
+from harness.cli import cli, main
 from harness.config import EvalConfig
 from harness.errors import HarnessError
 from harness.evaluate import evaluate, search_features
@@ -132,6 +133,20 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     assert predictions.indices.shape == (NUM_QUERIES, 10)
     raw = json.loads(out.read_text())
     assert raw["schema_version"] == 3 and raw["main_score"] == "recall@1"
+
+
+def test_the_cli_logs_while_it_runs_and_leaves_no_handler_behind(tmp_path, data_root, capsys):
+    # Only the CLI configures logging, and only for the command's duration: a handler left on
+    # the root logger would write to this test's stderr after pytest has closed it.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    split = make_split()
+    folder = write_sharded(tmp_path, split, *make_descriptors(split))
+    assert main(["eval", "--features", str(folder), "--split", split.name, "--data-root",
+                 str(data_root), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING harness.record: 1 of" in err and "queries have no positive within" in err
+    assert root.handlers == handlers and root.level == level
 
 
 def test_eval_cli_recall_ns_and_predictions_path(tmp_path, data_root):
