@@ -39,7 +39,8 @@ class _HarnessGroup(click.Group):
         except click.UsageError as exc:
             if self.failed_plugins and args and args[0] not in self.commands:
                 detail = "; ".join(f"{k}: {v}" for k, v in self.failed_plugins.items())
-                raise click.UsageError(f"{exc.message} (plugins not loaded: {detail})", ctx) from None
+                message = f"{exc.message} (plugins not loaded: {detail})"
+                raise click.UsageError(message, ctx) from None
             raise
 
 

@@ -86,7 +86,9 @@ class _BlockInspector:
         self._widen(np.ascontiguousarray(descriptors), out)
         return out
 
-    def __call__(self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"):
+    def __call__(
+        self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"
+    ):
         check = inspect_block(self._as_float32(descriptors),
                               self._tolerance.get(dtype, self._tolerance["float32"]))
         notes = []
@@ -100,7 +102,9 @@ class _BlockInspector:
             if notes:
                 self.problems.setdefault(source.path, []).extend(notes)
             if check.unnormalised_rows:
-                self.unnormalised[source.path] = self.unnormalised.get(source.path, 0) + check.unnormalised_rows
+                self.unnormalised[source.path] = (
+                    self.unnormalised.get(source.path, 0) + check.unnormalised_rows
+                )
 
     def raise_problems(self) -> None:
         problems = [f"{path}: {note}" for path, notes in self.problems.items() for note in notes]
@@ -108,8 +112,11 @@ class _BlockInspector:
             raise ValidationError(problems)
 
     def warnings(self) -> list[str]:
-        return [f"{path}: {count} rows are not L2-normalised (inner product then differs from L2 ranking)"
-                for path, count in self.unnormalised.items()]
+        return [
+            f"{path}: {count} rows are not L2-normalised (inner product then differs from L2 "
+            "ranking)"
+            for path, count in self.unnormalised.items()
+        ]
 
 
 def plain_attrs(attrs: Mapping[str, object]) -> dict:
@@ -167,7 +174,12 @@ def search_features(
         raise HarnessError("no feature files given")
     report = check_features(paths, split, check_values=False,
                             require_complete_database=not partial_database, files=files)
-    query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
+    query_part, database_parts, dim, method = (
+        report.query,
+        list(report.database),
+        report.dim,
+        report.method,
+    )
     ranges: dict[Path, tuple[int, int] | None] = {}
     if database_ranges is not None:
         wanted = {Path(p).resolve(): span for p, span in database_ranges.items()}
@@ -194,14 +206,18 @@ def search_features(
     extraction = extraction_summary(
         (i.path, i.attrs) for i in report.infos if Path(i.path) in searched)
 
-    database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
+    database_bytes = sum(
+        part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts
+    )
     inspector = _BlockInspector(database_bytes) if config.validate else None
     queries = np.empty((split.num_queries, dim), dtype=np.float32)
     stored = read_descriptors(query_part.path, "query", files=files)
     queries[query_part.rows] = stored
     del stored
     if inspector is not None:
-        inspector(BlockSource(query_part.path, query_part.rows, "query"), 0, queries, query_part.dtype)
+        inspector(
+            BlockSource(query_part.path, query_part.rows, "query"), 0, queries, query_part.dtype
+        )
     load_s = time.perf_counter() - started
 
     protocol = config.protocol(split)
@@ -217,7 +233,9 @@ def search_features(
     on_block = None
     if inspector is not None:
         dtype_of = {part.path: part.dtype for part in database_parts}
-        on_block = lambda source, start, block: inspector(source, start, block, dtype_of[source.path])  # noqa: E731
+        on_block = lambda source, start, block: inspector(
+            source, start, block, dtype_of[source.path]
+        )  # noqa: E731
     stats = SearchStats()
     blocks = iter_feature_blocks(
         sources, block_rows, prefetch_blocks=config.prefetch, on_block=on_block,

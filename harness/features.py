@@ -169,9 +169,13 @@ class FeatureWriter:
         if self.dim is None:
             self.dim = int(descriptors.shape[1])
         if self.dtype is None:
-            self.dtype = descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            self.dtype = (
+                descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            )
         if self.dtype not in DESCRIPTOR_DTYPES:
-            raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}")
+            raise ValueError(
+                f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}"
+            )
         for part, names in self.names.items():
             group = self._handle[part]
             if "descriptors" not in group:
@@ -188,7 +192,9 @@ class FeatureWriter:
         stop = start_row + descriptors.shape[0]
         if start_row < 0 or stop > len(self.names[part]):
             raise ValueError(f"rows {start_row}:{stop} out of range for {part}")
-        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
+        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(
+            self.dtype, copy=False
+        )
         self._written[part][start_row:stop] = True
 
     def set_attrs(self, attrs: Mapping[str, object]) -> None:
@@ -354,10 +360,13 @@ def read_info(path: str | os.PathLike, files: OpenFiles | None = None) -> Featur
     try:
         version = int(version)
     except (TypeError, ValueError, OverflowError):
-        raise HarnessError(f"root attribute format_version is missing or invalid ({version!r})", path) from None
+        raise HarnessError(
+            f"root attribute format_version is missing or invalid ({version!r})", path
+        ) from None
     if version != FEATURE_FORMAT_VERSION:
         raise HarnessError(
-            f"format_version {version} is not supported (this harness reads {FEATURE_FORMAT_VERSION})",
+            f"format_version {version} is not supported "
+            f"(this harness reads {FEATURE_FORMAT_VERSION})",
             path,
         )
     return FeatureFileInfo(
@@ -459,7 +468,9 @@ def expand_feature_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     for item in paths:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+            found = sorted(
+                p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file()
+            )
             if not found:
                 raise HarnessError("directory holds no .h5 feature files", item)
             result.extend(found)

@@ -442,7 +442,9 @@ class ObjectHeaderScanner:
         data_at = type_at + sizes[:, 1] + sizes[:, 2]
         name_size = head.view("<u2")[:, 1]
         marker, skip, value = self._marker_name, self._skip_name, self._marker_value
-        is_marker = (name_size == marker.size) & (self._bytes(name_at, marker.size) == marker).all(axis=1)
+        is_marker = (name_size == marker.size) & (self._bytes(name_at, marker.size) == marker).all(
+            axis=1
+        )
         is_skip = (name_size == skip.size) & (self._bytes(name_at, skip.size) == skip).all(axis=1)
         datatype = self._bytes(type_at, 8)
         string_of_value = ((datatype[:, 0] & 0x0F) == 3) & (

@@ -17,9 +17,9 @@ import numpy as np
 from harness import __version__
 from harness.breakdowns import compute_breakdowns
 from harness.config import EvalConfig
+from harness.efficiency import efficiency_section
 from harness.errors import HarnessError
 from harness.ground_truth import positives_within_radius
-from harness.efficiency import efficiency_section
 from harness.hardware import hardware_facts, machine_description, peak_rss_bytes
 from harness.metrics import compute_metrics, database_places
 from harness.provenance import harness_git_commit, utc_now
@@ -79,15 +79,18 @@ def build_record(
     """Score ``output``'s top-K on ``split`` (the metrics) and build the record.
 
     ``method`` overrides the files' method name; ``started`` is when the evaluation began
-    (for ``timings.total_s``); ``peak_scope`` says what the peak memory covers (``evaluation`` when :func:`evaluate`
-    could reset the process's high-water mark first, ``process`` otherwise, ``largest task``
-    for a sharded evaluation, whose tasks' peaks come in ``peak_bytes``).
+    (for ``timings.total_s``); ``peak_scope`` says what the peak memory covers
+    (``evaluation`` when :func:`harness.evaluate.evaluate` could reset the process's
+    high-water mark first, ``process`` otherwise, ``largest task`` for a sharded evaluation,
+    whose tasks' peaks come in ``peak_bytes``).
     """
     started = time.perf_counter() if started is None else started
     topk, descriptor_dim, search_s = output.topk, output.descriptor_dim, output.search_s
     protocol = config.protocol(split)
     if topk.num_queries != split.num_queries:
-        raise HarnessError(f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}")
+        raise HarnessError(
+            f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}"
+        )
     if topk.k < protocol.k:
         raise HarnessError(f"top-K holds {topk.k} ranks; this protocol needs {protocol.k}")
     metrics_started = time.perf_counter()
@@ -117,7 +120,10 @@ def build_record(
     if metrics.queries_without_positive:
         logger.warning(
             "%d of %d queries have no positive within %.1f m (policy %r)",
-            metrics.queries_without_positive, split.num_queries, protocol.radius_m, protocol.no_positive,
+            metrics.queries_without_positive,
+            split.num_queries,
+            protocol.radius_m,
+            protocol.no_positive,
         )
     return EvalResult(
         split=split.name,

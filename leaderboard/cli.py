@@ -182,8 +182,8 @@ def check_command(results_dir, data_root, feature_dirs, git):
                    "repeatable. The demo's own settings are methods.iovpr.study.DEMO_STUDY.")
 def demo_command(out_dir, preset, seed, train, device, study_options):
     """Run the whole benchmark on the embedded synthetic city and print its leaderboard."""
-    from leaderboard.demo import DemoConfig, run_demo, synthetic_tables
     from harness.options import parse_option_pairs
+    from leaderboard.demo import DemoConfig, run_demo, synthetic_tables
 
     overrides = tuple(parse_option_pairs(study_options).items())
     result = run_demo(DemoConfig(out_dir=str(out_dir), preset=preset, seed=seed, train=train,

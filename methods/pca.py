@@ -190,10 +190,10 @@ def fit_method_pca(
     from methods.data import sample_split_images
     from methods.extract import (
         ExtractOptions,
-        part_context,
         batching_for,
         build_for_device,
         encode_rows,
+        part_context,
         resolve_device,
     )
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import click
 
 from harness.commands.common import data_root_option
-
 from harness.options import parse_option_pairs
 
 logger = logging.getLogger(__name__)

@@ -437,9 +437,8 @@ def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[in
 
 
 def _read_partial(path: Path, launch: Launch, index: int):
-    from harness.search import TopK
-
     from harness.io import NPZ_ERRORS, npz_member
+    from harness.search import TopK
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -465,8 +464,8 @@ def _read_partial(path: Path, launch: Launch, index: int):
 
 def merge_eval(launch: Launch, _index: Any = None) -> dict:
     """Merge every task's partial top-K, score it and write the record; returns its path."""
-    from harness.record import SearchOutput, build_record
     from harness.features import read_info
+    from harness.record import SearchOutput, build_record
     from harness.search import merge_topk
 
     started = time.perf_counter()
@@ -497,9 +496,8 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     features = tuple(FileDigest(**digests[path]) for path in launch.params["features"]
                      if path in digests) if config.checksums else ()
     query_path = Path(launch.params["query"])
-    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
-
     from harness.efficiency import extraction_summary
+    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
 
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     extraction = extraction_summary((path, read_info(path).attrs)

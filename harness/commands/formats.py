@@ -13,7 +13,6 @@ import click
 from harness.commands.common import data_root_option
 
 
-
 @click.group("features")
 def features_group() -> None:
     """Convert descriptors written by other tools into a feature file."""

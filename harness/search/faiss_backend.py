@@ -1,4 +1,4 @@
-"""The faiss backends: ``faiss-cpu`` (``faiss.knn`` per block) and ``faiss-gpu`` (``faiss.knn_gpu``).
+"""The faiss backends: ``faiss-cpu`` (``faiss.knn`` per block), ``faiss-gpu`` (``faiss.knn_gpu``).
 
 faiss is imported inside the backends: it comes through the optional ``cpu``/``gpu`` extras.
 """

@@ -44,7 +44,9 @@ class TorchCudaBackend(MultiGpuBackend):
     def finish(self):
         import torch  # optional (the methods extra) and heavy: only when this path runs
 
-        torch.backends.cuda.matmul.allow_tf32 = getattr(self, "_tf32", torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = getattr(
+            self, "_tf32", torch.backends.cuda.matmul.allow_tf32
+        )
         self._queries = []
 
     def _search_device(self, slot, sub_block, depth):

@@ -26,6 +26,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, check_heaps, open_hdf5, reading_errors
+from harness.sources.downloader import read_paths_file, utm_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def check_downloader_split(split) -> None:
     when the split was built from the same downloader-layout folder (a split from NetVLAD
     ``.mat`` files names the same images differently and orders them differently).
     """
-    from harness.sources.downloader import utm_from_name
-
     for part, names, utm in (("query", split.query_names, split.query_utm),
                              ("database", split.database_names, split.database_utm)):
         for row, name in enumerate(names):
@@ -100,8 +99,6 @@ def check_downloader_split(split) -> None:
 def _vme_order(root: str, names) -> tuple[str, ...]:
     """The image order of VPR-methods-evaluation's rows: the sorted names, or the order of
     ``<root>_images_paths.txt`` when that file exists (VME reads it as it is)."""
-    from harness.sources.downloader import read_paths_file
-
     listed = read_paths_file(root) if root else None
     if listed is None:
         return tuple(names)

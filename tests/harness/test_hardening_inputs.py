@@ -30,7 +30,6 @@ from typing import Callable
 import h5py
 import numpy as np
 import pytest
-
 from badinputs import (
     DIM,
     directories,
@@ -41,6 +40,7 @@ from badinputs import (
     unit_rows,
     write_valid_features,
 )
+
 from harness.features import write_features
 
 SPLIT = "synth-outdoor-ams"  # 12 queries, 96 database images
