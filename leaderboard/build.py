@@ -29,6 +29,7 @@ from harness.errors import HarnessError
 from harness.io import write_bytes_atomic
 from leaderboard import html as html_page
 from leaderboard.benchmarks import REAL_BENCHMARKS, Benchmark, benchmarks_for
+from leaderboard.escape import markdown_link, markdown_text, safe_url
 from leaderboard.records import LeaderboardRecord, load_records, read_topk
 from leaderboard.tables import (
     Entry,
@@ -102,14 +103,17 @@ def render_methods_markdown(infos: Sequence[html_page.MethodInfo]) -> str:
 
     rows = []
     for info in infos:
-        row = [info.name]
+        row = [markdown_text(info.name)]
         for key, _ in html_page.METHOD_FIELDS:
             value = str(info.fields.get(key) or "")
-            if key == "checkpoint_sha256" and value:
-                value = f"`{value[:12]}`"
-            elif key in ("paper", "code_url") and value.startswith(("http://", "https://")):
-                value = f"[link]({value})"
-            row.append(value.replace("|", "\\|") or MISSING_TEXT)
+            if not value:
+                row.append(MISSING_TEXT)
+            elif key == "checkpoint_sha256" and value.isalnum() and value.isascii():
+                row.append(f"`{value[:12]}`")  # hex: nothing to escape in a code span
+            elif key in ("paper", "code_url") and safe_url(value):
+                row.append(markdown_link("link", value))
+            else:
+                row.append(markdown_text(value))
         rows.append(row)
     headers = ["Method"] + [label for _, label in html_page.METHOD_FIELDS]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n"

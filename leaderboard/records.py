@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError, ValidationError
+from leaderboard.escape import unsafe_characters, url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,16 @@ class MethodMetadata:
                 found.append(f"{name} must be a string, got {type(value).__name__}")
             elif len(value) > 2000 or "\n" in value:
                 found.append(f"{name} must be one line of at most 2000 characters")
-        if (
-            isinstance(self.code_url, str)
-            and self.code_url
-            and not self.code_url.startswith(("https://", "http://"))
-        ):
-            found.append(f"code_url must be an http(s) URL, got {self.code_url!r}")
+            elif unsafe_characters(value):
+                found.append(
+                    f"{name} holds control or text-direction characters "
+                    f"({', '.join(unsafe_characters(value)[:5])})"
+                )
+        if isinstance(self.code_url, str) and self.code_url and url_problem(self.code_url):
+            found.append(
+                f"code_url must be an http(s) URL: {url_problem(self.code_url)} "
+                f"(got {self.code_url[:200]!r})"
+            )
         if (
             isinstance(self.checkpoint_sha256, str)
             and self.checkpoint_sha256

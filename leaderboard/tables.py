@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from leaderboard.benchmarks import RECALL_COLUMNS, Benchmark
+from leaderboard.escape import csv_cell, latex_text, markdown_link, safe_url
 
 MISSING_TEXT = "–"
 MEAN_GROUP = "mean"
@@ -239,8 +240,6 @@ def _header(table: Table, column: Column) -> str:
     return column.label
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def to_markdown(table: Table) -> str:
@@ -253,11 +252,9 @@ def to_markdown(table: Table) -> str:
     headers = ["#", "Method"] + [_header(table, c) for c in table.columns]
     body = []
     for row in table.rows:
-        name = _md_escape(row.method)
-        link = row.code_url or row.paper
         cells = [
             MISSING_TEXT if row.rank is None else str(row.rank),
-            f"[{name}]({link})" if link else name,
+            markdown_link(row.method, safe_url(row.code_url) or safe_url(row.paper)),
         ]
         for column in table.columns:
             value = row.values.get(column.key)
@@ -273,23 +270,9 @@ def to_markdown(table: Table) -> str:
     )
 
 
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "–": "--",
-}
-
-
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    """LaTeX text (:func:`leaderboard.escape.latex_text`)."""
+    return latex_text(text)
 
 
 def to_latex(table: Table) -> str:
@@ -378,8 +361,20 @@ def to_frame(table: Table):
     return frame
 
 
+def _csv_safe(frame):
+    """The frame with every text cell through :func:`leaderboard.escape.csv_cell`."""
+    frame = frame.copy()
+    for column in ("method", "paper", "code_url", "records"):
+        frame[column] = [csv_cell(value) for value in frame[column]]
+    return frame
+
+
 def to_csv(table: Table) -> str:
-    """CSV (pandas): recalls as fractions with 6 decimals, peak memory in bytes."""
+    """CSV (pandas): recalls as fractions with 6 decimals, peak memory in bytes.
+
+    Text cells that a spreadsheet would run as a formula are neutralised
+    (:func:`leaderboard.escape.csv_cell`).
+    """
     buffer = io.StringIO()
-    to_frame(table).to_csv(buffer, index=False, lineterminator="\n", float_format="%.6f")
+    _csv_safe(to_frame(table)).to_csv(buffer, index=False, lineterminator="\n", float_format="%.6f")
     return buffer.getvalue()
