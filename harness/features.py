@@ -27,7 +27,9 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import atomic_path
+from harness.hdf5_policy import check_hdf5_contents
+from harness.io import atomic_path, require_regular_file
+from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
 
@@ -324,16 +326,19 @@ def _check_heaps(handle, path) -> None:
 def _open(path: str | os.PathLike):
     import h5py
 
-    path = Path(path)
-    if not path.exists():
-        raise HarnessError("feature file not found", path)
-    if path.is_dir():
-        raise HarnessError("is a directory, not a feature file", path)
+    path = require_regular_file(path, "feature file")
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except _HDF5_ERRORS as exc:
         detail = " ".join(str(exc).split())
         raise HarnessError(f"not a readable HDF5 file ({detail})", path) from None
+    try:
+        with _reading(path, "its links"):
+            check_hdf5_contents(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def _dataset(handle, part: str, name: str, path):
@@ -443,13 +448,14 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
         if not parts:
             raise HarnessError("holds neither /query nor /database", path)
     version = attrs.pop("format_version", None)
-    try:
-        version = int(version)
-    except (TypeError, ValueError, OverflowError):
-        raise HarnessError(f"root attribute format_version is missing or invalid ({version!r})", path) from None
-    if version != FEATURE_FORMAT_VERSION:
+    if version is None:
+        raise HarnessError("root attribute format_version is missing or invalid (None)", path)
+    if not is_version(version, FEATURE_FORMAT_VERSION):
+        integer = isinstance(version, int) and not isinstance(version, bool)
         raise HarnessError(
-            f"format_version {version} is not supported (this harness reads {FEATURE_FORMAT_VERSION})",
+            f"format_version {version!r} is "
+            + ("not supported" if integer else f"a {type(version).__name__}, not an integer")
+            + f" (this harness reads {FEATURE_FORMAT_VERSION})",
             path,
         )
     return FeatureFileInfo(
@@ -462,12 +468,23 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     )
 
 
-def read_names(path: str | os.PathLike, part: str) -> list[str]:
-    """Image names of ``part``, decoded as UTF-8."""
+def read_names(path: str | os.PathLike, part: str, count: int | None = None) -> list[str]:
+    """Image names of ``part``, decoded as UTF-8.
+
+    ``count``: the number of names expected (the part's descriptor rows); a names dataset of
+    another length is refused from its shape, before anything is read or allocated.
+    """
     with _open(path) as handle, _reading(path, f"/{part}/names"):
         _check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
         import h5py
+
+        shape = dataset.shape or ()
+        if count is not None and shape and shape[0] != count:
+            raise HarnessError(
+                f"/{part}/names has {shape[0]} entries but /{part}/descriptors has {count} rows",
+                path,
+            )
 
         is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
         one_dimensional = len(dataset.shape or ()) == 1

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -21,6 +22,31 @@ _CHUNK_BYTES = 8 << 20
 #: missing member (``KeyError``). Readers of submitted files turn these into HarnessErrors.
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, MemoryError,
               zipfile.BadZipFile, zlib.error)
+
+
+def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` if it is a regular file (symlinks followed); a HarnessError naming it if not.
+
+    Called before a file is opened: opening a FIFO blocks until a writer appears, and a
+    device or ``/dev/zero`` reads forever, so neither may reach ``open``. The error says what
+    the path is instead (missing, a directory, a FIFO, a device, a socket).
+    """
+    from harness.errors import HarnessError
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise HarnessError(f"{what} not found", path) from None
+    except OSError as exc:
+        raise HarnessError(f"cannot read {what} ({exc.strerror or exc})", path) from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
+    raise HarnessError(f"is {kind}, not a {what}" if kind != "not a plain file" else
+                       f"is not a regular file, not a {what}", path)
 
 
 def _current_umask() -> int:
@@ -91,7 +117,98 @@ def npz_member(archive, name: str):
     return value
 
 
+#: Deflate expands at most ~1032x; a zip member declaring more is lying (a decompression bomb).
+MAX_INFLATE_RATIO = 1100
+
+
+def read_text_bounded(path: str | os.PathLike, max_bytes: int, what: str = "file") -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` (checked before reading)."""
+    from harness.errors import HarnessError
+
+    path = require_regular_file(path, what)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise HarnessError(f"{what} is {size} bytes, larger than the {max_bytes} allowed", path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+        return data[: max_bytes + 1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HarnessError(f"{what} is not UTF-8 text ({exc})", path) from None
+    except OSError as exc:
+        raise HarnessError(f"cannot read {what} ({exc.strerror or exc})", path) from None
+
+
+def parse_json(text: str, path, what: str = "JSON file", invalid: str = "not valid JSON"):
+    """``json.loads`` whose every failure is a one-line HarnessError naming ``path``.
+
+    Covers malformed JSON, nesting too deep for the parser, and integers longer than
+    Python's 4300-digit limit (a ``ValueError`` that is not a ``JSONDecodeError``).
+    """
+    from harness.errors import HarnessError
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise HarnessError(f"not a {what}: JSON nested too deeply", path) from None
+    except ValueError as exc:  # JSONDecodeError, and the int digit limit
+        detail = " ".join(str(exc).split())[:200]
+        raise HarnessError(f"{invalid} ({detail})", path) from None
+
+
+def npz_shapes(path: str | os.PathLike, max_member_bytes: int) -> dict[str, tuple]:
+    """``{member: (shape, dtype)}`` of an ``.npz`` read from its headers, nothing allocated.
+
+    Every member must declare at most ``max_member_bytes`` uncompressed (the zip header),
+    be a ``.npy`` array without objects, and its array header must account for exactly the
+    declared bytes: then ``np.load`` allocates no more than the file's members hold, and a
+    caller can compare the shapes with what it expects before loading anything.
+    Raises ``ValueError`` (one of :data:`NPZ_ERRORS`) naming the member otherwise.
+    """
+    import numpy as np
+
+    require_regular_file(path)
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > 64:
+            raise ValueError(f"holds {len(members)} members (at most 64)")
+        for info in members:
+            if info.file_size > max_member_bytes:
+                raise ValueError(f"member {info.filename!r} declares {info.file_size} bytes "
+                                 f"(at most {max_member_bytes})")
+            if info.file_size > MAX_INFLATE_RATIO * info.compress_size + (1 << 16):
+                raise ValueError(
+                    f"member {info.filename!r} declares {info.file_size} bytes from "
+                    f"{info.compress_size} compressed (more than deflate can give: a bomb)")
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not a .npy array")
+            readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    shape, _, dtype = readers[version](member, max_header_size=10_000)
+                except (ValueError, KeyError, EOFError, SyntaxError):
+                    raise ValueError(f"member {info.filename[:-4]!r} is not a .npy array") \
+                        from None
+                header = member.tell() if member.seekable() else None
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename!r} holds Python objects")
+            count = 1
+            for extent in shape:
+                count *= int(extent)
+            if header is not None and count * dtype.itemsize + header != info.file_size:
+                raise ValueError(
+                    f"member {info.filename!r}: header says {shape} {dtype} "
+                    f"({count * dtype.itemsize} bytes), the member holds "
+                    f"{info.file_size - header}")
+            shapes[info.filename[:-4]] = (tuple(int(e) for e in shape), dtype)
+    return shapes
+
+
 def sha256_file(path: str | os.PathLike) -> str:
+    require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):

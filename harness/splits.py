@@ -30,6 +30,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 from harness.errors import HarnessError
 from harness.io import atomic_path
+from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +212,9 @@ def load_split(path: str | os.PathLike) -> Split:
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
-            if meta.get("format_version") != SPLIT_FORMAT_VERSION:
-                raise ValueError(f"unsupported split format {meta.get('format_version')!r}")
+            if not is_version(meta.get("format_version"), SPLIT_FORMAT_VERSION):
+                raise ValueError(version_problem(
+                    "split format_version", meta.get("format_version"), SPLIT_FORMAT_VERSION))
             kwargs = {k: meta[k] for k in _META_KEYS if k in meta}
             kwargs["recall_ns"] = tuple(kwargs.get("recall_ns", DEFAULT_RECALL_NS))
             kwargs["source"] = tuple(kwargs.get("source", ()))
@@ -248,7 +250,8 @@ def read_split_metadata(path: str | os.PathLike) -> dict:
         raise HarnessError(
             f"not a readable split file ({type(exc).__name__}: {exc})", path
         ) from None
-    if not isinstance(meta, dict) or meta.get("format_version") != SPLIT_FORMAT_VERSION:
+    if not isinstance(meta, dict) or not is_version(meta.get("format_version"),
+                                                    SPLIT_FORMAT_VERSION):
         raise HarnessError("not a split file of a supported format version", path)
     return meta
 
@@ -394,7 +397,7 @@ def parse_split_definitions(text: str, source: str = "<string>") -> dict[str, Sp
         raise HarnessError(
             f"unknown top-level keys {unknown}; valid keys are ['format_version', 'splits']", source
         )
-    if document.get("format_version") != DEFINITIONS_FORMAT_VERSION:
+    if not is_version(document.get("format_version"), DEFINITIONS_FORMAT_VERSION):
         raise HarnessError(
             f"format_version must be {DEFINITIONS_FORMAT_VERSION}, "
             f"got {document.get('format_version')!r}",

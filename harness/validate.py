@@ -308,12 +308,20 @@ def _map_part(infos, part, split_names, index, collect: _Collector,
     owner = np.full(total, -1, dtype=np.int32)
     mapped: list[PartRows] = []
     for number, info in enumerate(infos):
+        part_info = info.parts[part]
+        if part_info.count > total:
+            # Refused from the declared shape: nothing of a part larger than the split is read.
+            collect.problem(
+                info.path,
+                f"/{part}/descriptors has {part_info.count} rows but the split has only "
+                f"{total} {part} images",
+            )
+            continue
         try:
-            names = read_names(info.path, part)
+            names = read_names(info.path, part, part_info.count)
         except HarnessError as exc:
             collect.problem(info.path, _bare(exc))
             continue
-        part_info = info.parts[part]
         if len(names) != part_info.count:
             collect.problem(
                 info.path,

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError, ValidationError
+from harness.versions import is_version
 from leaderboard.escape import unsafe_characters, url_problem
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ RECORD_SUFFIX = ".json"
 PREDICTIONS_SUFFIX = ".topk.npz"
 PREDICTIONS_TOP_K = 20
 PREDICTIONS_MAX_BYTES = 8 << 20
+#: A record is a few KB and a meta file less; anything far larger is refused unread.
+RECORD_MAX_BYTES = 4 << 20
+METADATA_MAX_BYTES = 1 << 20
 TOPK_FORMAT = "iovpr-leaderboard-topk"
 TOPK_FORMAT_VERSION = 1
 ID_LENGTH = 16
@@ -167,15 +171,11 @@ class MethodMetadata:
 
 def read_method_metadata(path: str | os.PathLike) -> MethodMetadata:
     """Read a ``--meta-file`` (JSON object); every problem names the file."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HarnessError("metadata file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"not a readable JSON file ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a metadata file: JSON nested too deeply", path) from None
+    text = read_text_bounded(path, METADATA_MAX_BYTES, "metadata file")
+    data = parse_json(text, path, "metadata file", invalid="not a readable JSON file")
     return MethodMetadata.from_dict(data, path)
 
 
@@ -426,11 +426,7 @@ def record_from_dict(
     if not isinstance(data, dict):
         raise ValidationError(["a record must be a JSON object"], path)
     version = data.get("record_schema_version")
-    reader = (
-        _READERS.get(version)
-        if isinstance(version, int) and not isinstance(version, bool)
-        else None
-    )
+    reader = _READERS.get(version) if is_version(version, _READERS) else None
     if reader is None:
         raise ValidationError(
             [
@@ -459,19 +455,11 @@ def record_from_dict(
 
 def read_record(path: str | os.PathLike, *, verify_checksum: bool = True) -> LeaderboardRecord:
     """Read and validate one record file."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HarnessError("record not found", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"unreadable record ({exc})", path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"not valid JSON ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a record: JSON nested too deeply", path) from None
+    text = read_text_bounded(path, RECORD_MAX_BYTES, "record")
+    data = parse_json(text, path, "record")
     return record_from_dict(data, path, verify_checksum=verify_checksum)
 
 
@@ -542,17 +530,17 @@ def topk_bytes(topk: TopK) -> bytes:
 
 def read_topk(path: str | os.PathLike) -> TopK:
     """Read a top-k sidecar (no pickle); any other file is a :class:`HarnessError` naming it."""
-    from harness.io import NPZ_ERRORS, npz_member
+    from harness.io import NPZ_ERRORS, npz_member, npz_shapes, require_regular_file
 
-    path = Path(path)
+    path = require_regular_file(path, "predictions file")
     try:
+        npz_shapes(path, PREDICTIONS_MAX_BYTES + 4096)  # no member may inflate past the cap
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
-            if (
-                meta.get("format") != TOPK_FORMAT
-                or meta.get("format_version") != TOPK_FORMAT_VERSION
+            if meta.get("format") != TOPK_FORMAT or not is_version(
+                meta.get("format_version"), TOPK_FORMAT_VERSION
             ):
                 raise ValueError(f"not a {TOPK_FORMAT} v{TOPK_FORMAT_VERSION} file: {meta}")
             topk = TopK(

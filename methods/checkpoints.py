@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 from harness.errors import HarnessError
 from harness.io import atomic_path
+from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise HarnessError(f"checkpoint holds a {type(obj).__name__}, expected a dict", path)
     if obj.get("format") == CHECKPOINT_FORMAT:
         version = obj.get("format_version")
-        if version != CHECKPOINT_FORMAT_VERSION:
+        if not is_version(version, CHECKPOINT_FORMAT_VERSION):
             raise HarnessError(
                 f"checkpoint format_version {version!r} is not supported (this code reads "
                 f"{CHECKPOINT_FORMAT_VERSION})",
