@@ -63,10 +63,10 @@ def time_model(
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def step():
-        with (
-            torch.inference_mode(),
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp),
-        ):
+        from methods.precision import precision_context
+
+        # the extraction's own precision: fp32 is strict (no TF32) on GPUs too
+        with torch.inference_mode(), precision_context(device, "bf16" if amp else "fp32"):
             return model(normalize_batch(images).contiguous(memory_format=memory_format))
 
     step()  # warm-up (cuDNN autotuning, allocator)
@@ -133,7 +133,7 @@ def time_end_to_end(
         device=str(device),
         batch_size=batch,
         workers=workers,
-        amp=amp,
+        precision="bf16" if amp else "fp32",
         progress=False,
         overwrite=True,
         dtype="float16",

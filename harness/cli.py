@@ -22,6 +22,8 @@ _CORE_COMMAND_MODULES = (
     "harness.commands.splits",
     "harness.commands.validate",
     "harness.commands.evaluate",
+    "harness.commands.results",
+    "harness.commands.formats",
 )
 _PLUGIN_GROUP = "harness.commands"
 

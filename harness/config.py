@@ -39,6 +39,15 @@ class EvalConfig:
         checksums: record the sha256 of every feature file (hashed in a thread from the bytes
             the search streams, so the database is read once; ~1.3 GB/s of one core).
         progress: show progress bars.
+        bootstrap_resamples: query resamples of the bootstrap intervals (0: no intervals).
+        bootstrap_confidence: confidence of the intervals (0.95).
+        bootstrap_seed: seed of the resampling (the same seed gives the same intervals).
+        query_conditions: CSV ``name,condition`` of the queries' conditions (default: from
+            the query names where they carry one; see :mod:`harness.breakdowns`).
+        window_masks: folder of window masks ``<query name>.png`` (default: the true masks
+            beside the query folder, ``query_masks/``, where the dataset has them).
+        window_masks_kind: ``true`` or ``predicted`` (what the record says the masks are).
+        breakdowns: compute the per-condition, per-window-fraction and per-radius scores.
     """
 
     recall_ns: tuple[int, ...] | None = None
@@ -54,6 +63,13 @@ class EvalConfig:
     validate: bool = True
     checksums: bool = True
     progress: bool = False
+    bootstrap_resamples: int = 1000
+    bootstrap_confidence: float = 0.95
+    bootstrap_seed: int = 0
+    query_conditions: str | None = None
+    window_masks: str | None = None
+    window_masks_kind: str = "predicted"
+    breakdowns: bool = True
 
     def __post_init__(self):
         if self.recall_ns is not None:
@@ -71,6 +87,14 @@ class EvalConfig:
             raise HarnessError(f"cpu_backend must be one of {CPU_BACKENDS}, got {self.cpu_backend!r}")
         if int(self.ngpu) < -1:
             raise HarnessError(f"ngpu must be -1 (all), 0 (CPU) or a GPU count, got {self.ngpu}")
+        if int(self.bootstrap_resamples) < 0 or int(self.bootstrap_seed) < 0:
+            raise HarnessError("bootstrap_resamples and bootstrap_seed must be >= 0")
+        if not 0.0 < float(self.bootstrap_confidence) < 1.0:
+            raise HarnessError(
+                f"bootstrap_confidence must be in (0, 1), got {self.bootstrap_confidence}")
+        if self.window_masks_kind not in ("true", "predicted"):
+            raise HarnessError("window_masks_kind must be 'true' or 'predicted', "
+                               f"got {self.window_masks_kind!r}")
         for name in ("block_rows", "query_batch_rows"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -99,6 +123,16 @@ class EvalConfig:
         if unknown:
             raise HarnessError(f"unknown EvalConfig keys {unknown}")
         return dataclasses.replace(self, **changes)
+
+    def bootstrap_settings(self):
+        """The :class:`harness.stats.BootstrapSettings` of this config (None: no intervals)."""
+        from harness.stats import BootstrapSettings
+
+        if not self.bootstrap_resamples:
+            return None
+        return BootstrapSettings(resamples=int(self.bootstrap_resamples),
+                                 confidence=float(self.bootstrap_confidence),
+                                 seed=int(self.bootstrap_seed))
 
     def protocol(self, split) -> Protocol:
         """This config's protocol for ``split`` (the split fills every ``None``)."""

@@ -133,6 +133,18 @@ def plain_attrs(attrs: Mapping[str, object]) -> dict:
     return out
 
 
+def mixed_precisions(infos) -> list[str]:
+    """``["bf16: q.h5", "fp32: db.h5"]`` when files record different precisions, else ``[]``."""
+    recorded = {}
+    for info in infos:
+        value = info.attrs.get("extraction_precision")
+        if value is not None:
+            recorded[Path(info.path).name] = str(value)
+    if len(set(recorded.values())) < 2:
+        return []
+    return [f"{value}: {name}" for name, value in sorted(recorded.items())]
+
+
 def search_features(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -167,6 +179,12 @@ def search_features(
     warnings = list(report.warnings)
     info = next(i for i in report.infos if i.path == query_part.path)
     attrs = plain_attrs(info.attrs)
+    precisions = mixed_precisions(report.infos)
+    if precisions:
+        # The record takes the query file's attributes: say that the database differs.
+        attrs["extraction_precision"] = "mixed: " + ", ".join(precisions)
+        warnings.append(
+            f"feature files were extracted in different precisions ({', '.join(precisions)})")
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
@@ -267,6 +285,7 @@ def evaluate_topk(
         places=places,
         nms_pool=protocol.nms_pool,
     )
+    intervals, bootstrap, breakdowns = _uncertainty(split, metrics, protocol, config)
     metrics_s = time.perf_counter() - metrics_started
     facts = hardware_facts()
     if metrics.queries_without_positive:
@@ -301,13 +320,39 @@ def evaluate_topk(
         git_commit=harness_git_commit(),
         date=utc_now(),
         method_attrs=dict(method_attrs or {}),
+        intervals=intervals,
+        bootstrap=bootstrap,
+        breakdowns=breakdowns,
         prediction_data=Predictions(
             indices=topk.indices,
             scores=topk.scores,
             first_positive_rank=metrics.first_positive_rank.astype(np.int32),
             has_positive=metrics.has_positive,
+            average_precision=metrics.average_precision.astype(np.float32),
         ),
     )
+
+
+def _uncertainty(split: Split, metrics, protocol, config: EvalConfig):
+    """Bootstrap intervals of every score and the breakdowns (see harness.stats and
+    harness.breakdowns): (intervals, bootstrap settings as a dict or None, breakdowns)."""
+    from harness.breakdowns import compute_breakdowns
+    from harness.stats import per_query_scores, score_intervals
+
+    settings = config.bootstrap_settings()
+    intervals: dict = {}
+    if settings is not None:
+        per_query = per_query_scores(
+            metrics.first_positive_rank, metrics.has_positive, protocol.recall_ns,
+            protocol.no_positive, metrics.average_precision, protocol.map_k)
+        intervals = score_intervals(per_query, settings)
+    breakdowns = {}
+    if config.breakdowns:
+        breakdowns = compute_breakdowns(
+            split, metrics, protocol, settings=settings,
+            conditions_file=config.query_conditions, masks_dir=config.window_masks,
+            masks_kind=config.window_masks_kind)
+    return intervals, None if settings is None else settings.to_dict(), breakdowns
 
 
 def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
@@ -515,3 +560,18 @@ def evaluate(
         search_s=output.search_s,
         started=started,
     )
+
+
+class _CallableModule(type(os)):
+    """``harness.evaluate`` is this module once imported (Python sets submodules as package
+    attributes); calling it runs the public :func:`harness.api.evaluate`."""
+
+    def __call__(self, *args, **kwargs):
+        from harness.api import evaluate as public_evaluate
+
+        return public_evaluate(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

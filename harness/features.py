@@ -326,6 +326,13 @@ def _check_heaps(handle, path) -> None:
 def _open(path: str | os.PathLike):
     import h5py
 
+    path = Path(path)
+    if path.suffix.lower() in (".npy", ".npz") and path.is_file():
+        raise HarnessError(
+            "a numpy array is not a feature file (it has no image names); convert "
+            "VPR-methods-evaluation descriptors with `harness features import --split SPLIT "
+            "--vme-queries queries_descriptors.npy --vme-database database_descriptors.npy "
+            "--out features.h5 --method-name NAME`", path)
     path = require_regular_file(path, "feature file")
     try:
         handle = h5py.File(path, "r")
@@ -446,7 +453,9 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
                 dtype=str(descriptors.dtype),
             )
         if not parts:
-            raise HarnessError("holds neither /query nor /database", path)
+            raise HarnessError(
+                "holds neither /query nor /database (an hloc global-descriptor file? convert "
+                "it with `harness features import --hloc FILE --split SPLIT --out ...`)", path)
     version = attrs.pop("format_version", None)
     if version is None:
         raise HarnessError("root attribute format_version is missing or invalid (None)", path)

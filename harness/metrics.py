@@ -136,6 +136,7 @@ class MetricsResult:
     has_positive: np.ndarray  # (Q,) bool
     evaluated: np.ndarray  # (Q,) bool: counted in the denominators
     ranking: np.ndarray  # (Q, depth) the evaluated ranking (after NMS when on)
+    average_precision: np.ndarray | None = None  # (Q,) AP@K per query (0 without positives)
 
     @property
     def queries_without_positive(self) -> int:
@@ -196,4 +197,4 @@ def compute_metrics(
     scores = {f"recall@{n}": value for n, value in recall_at_n(first_rank, recall_ns, evaluated).items()}
     ap = average_precision_at_k(is_positive, num_positive, map_k)
     scores[f"map@{map_k}"] = float(ap[evaluated].mean())
-    return MetricsResult(scores, first_rank, has_positive, evaluated, ranking)
+    return MetricsResult(scores, first_rank, has_positive, evaluated, ranking, ap)

@@ -16,11 +16,21 @@ API for readers (the leaderboard)::
     result.counts      queries, database, queries_without_positive, evaluated_queries
     result.features    tuple of FileDigest(path, sha256, bytes)
     result.predictions FileDigest of the sidecar (path relative to the record) or None
+    result.intervals   {"recall@1": (low, high), ...}  bootstrap intervals (empty: schema 1)
+    result.bootstrap   how they were computed (harness.stats.BootstrapSettings) or None
+    result.breakdowns  {"condition": ..., "window_fraction": ..., "radius": ...} (see
+                       harness.breakdowns)
     read_predictions(record_path, result=None) -> Predictions   # checks the sidecar's sha256
 
 Schema history (add a reader to ``_READERS`` for each new version; never drop one):
 
-* 1: this layout.
+* 1: the original layout.
+* 2: adds ``intervals`` (score name -> [low, high], fractions), ``bootstrap`` (resamples,
+  confidence, seed, method, unit) and ``breakdowns``. A schema-1 record reads as schema 2
+  with no intervals and no breakdowns.
+
+Prediction sidecar formats: 1 (indices, scores, first_positive_rank, has_positive); 2 adds
+``average_precision`` (per-query AP@K, so that mAP can be compared query by query).
 """
 
 from __future__ import annotations
@@ -45,11 +55,12 @@ from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAIN_SCORE = "recall@1"
 FLOAT_DECIMALS = 6
 PREDICTIONS_SUFFIX = ".predictions.npz"
-PREDICTIONS_FORMAT_VERSION = 1
+PREDICTIONS_FORMAT_VERSION = 2
+_PREDICTIONS_FORMATS = (1, 2)
 #: A result record is a few KB; anything far larger is refused unread.
 RESULT_MAX_BYTES = 16 << 20
 _SCORE_NAME = re.compile(r"^(recall|map)@([1-9][0-9]*)$")
@@ -138,18 +149,21 @@ class Predictions:
     ``indices``/``scores`` (Q, K) are the searched top-K (before spatial NMS, so every metric
     can be recomputed); ``first_positive_rank`` (Q,) int32 is the 0-based rank of the first
     positive in the evaluated ranking (after NMS when on), -1 when none was found;
-    ``has_positive`` (Q,) bool says whether the query has any positive in the database.
+    ``has_positive`` (Q,) bool says whether the query has any positive in the database;
+    ``average_precision`` (Q,) float32 is each query's AP@K (None in format-1 sidecars).
     """
 
     indices: np.ndarray
     scores: np.ndarray
     first_positive_rank: np.ndarray
     has_positive: np.ndarray
+    average_precision: np.ndarray | None = None
 
     def __post_init__(self):
         q = self.indices.shape[0]
         assert self.indices.ndim == 2 and self.scores.shape == self.indices.shape
         assert self.first_positive_rank.shape == (q,) and self.has_positive.shape == (q,)
+        assert self.average_precision is None or self.average_precision.shape == (q,)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,8 +175,10 @@ class EvalResult:
     """One evaluation of one method on one split (schema version :data:`SCHEMA_VERSION`).
 
     ``scores`` are fractions in [0, 1] named ``recall@N`` and ``map@K``; ``main_score`` names the
-    headline one. ``prediction_data`` (not serialised) carries the rankings until
-    :meth:`write` stores them in the sidecar.
+    headline one. ``intervals`` hold the bootstrap interval of each score (``bootstrap`` says
+    how), ``breakdowns`` the scores per query condition and per radius
+    (:mod:`harness.breakdowns`). ``prediction_data`` (not serialised) carries the rankings
+    until :meth:`write` stores them in the sidecar.
     """
 
     split: str
@@ -184,6 +200,9 @@ class EvalResult:
     main_score: str = MAIN_SCORE
     predictions: FileDigest | None = None
     method_attrs: Mapping[str, Any] = field(default_factory=dict)
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    bootstrap: Mapping[str, Any] | None = None
+    breakdowns: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     prediction_data: Predictions | None = field(default=None, compare=False, repr=False)
 
@@ -205,6 +224,21 @@ class EvalResult:
             raise HarnessError(f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}")
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "method_attrs", dict(self.method_attrs))
+        intervals = {}
+        for name, bounds in dict(self.intervals).items():
+            if name not in self.scores:
+                raise HarnessError(f"interval for {name!r}, which is not among the scores")
+            low, high = (float(v) for v in bounds)
+            # Rounded to the record's precision, so a written and re-read record is equal.
+            low, high = round(low, FLOAT_DECIMALS), round(high, FLOAT_DECIMALS)
+            if not (0.0 <= low <= high <= 1.0):
+                raise HarnessError(f"interval of {name} [{low}, {high}] is not within [0, 1]")
+            intervals[name] = (low, high)
+        object.__setattr__(self, "intervals", dict(sorted(intervals.items(), key=_score_order)))
+        if intervals and self.bootstrap is None:
+            raise HarnessError(
+                "a record with intervals must say how they were computed (bootstrap)")
+        object.__setattr__(self, "breakdowns", dict(self.breakdowns))
         if self.descriptor_dtype not in ("float32", "float16"):
             raise HarnessError(f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}")
 
@@ -214,6 +248,10 @@ class EvalResult:
 
     def recall(self, n: int) -> float:
         return self.scores[f"recall@{n}"]
+
+    def interval(self, name: str) -> tuple[float, float] | None:
+        """The bootstrap interval of a score, None when the record has none (schema 1)."""
+        return self.intervals.get(name)
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -372,9 +410,30 @@ def _scores(value, where):
     return {_str(k, where): _float(v, f"{where}.{k}") for k, v in value.items()}
 
 
-def _read_v1(data: Mapping) -> EvalResult:
-    where = "record"
-    converters = {
+def _interval_map(value, where):
+    value = _json_object(value, where)
+    out = {}
+    for name, bounds in value.items():
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            _fail(f"{where}.{name}", f"expected [low, high], got {bounds!r}")
+        out[_str(name, where)] = (_float(bounds[0], f"{where}.{name}[0]"),
+                                  _float(bounds[1], f"{where}.{name}[1]"))
+    return out
+
+
+def _bootstrap_settings(value, where):
+    if value is None:
+        return None
+    from harness.stats import BootstrapSettings
+
+    try:
+        return BootstrapSettings.from_dict(_json_object(value, where)).to_dict()
+    except (HarnessError, TypeError) as exc:
+        _fail(where, str(getattr(exc, "message", exc)))
+
+
+def _v1_converters() -> dict[str, Callable]:
+    return {
         "split": _str,
         "split_sha256": _str,
         "method": _str,
@@ -408,11 +467,25 @@ def _read_v1(data: Mapping) -> EvalResult:
         "method_attrs": _json_object,
         "schema_version": _int,
     }
-    return _build(EvalResult, converters, data, where)
+
+
+def _read_v1(data: Mapping) -> EvalResult:
+    """Schema 1: no intervals, no breakdowns; read as the current schema."""
+    converters = _v1_converters()
+    converters["schema_version"] = lambda value, where: SCHEMA_VERSION
+    skip = ("prediction_data", "intervals", "bootstrap", "breakdowns")
+    return _build(EvalResult, converters, data, "record", skip=skip)
+
+
+def _read_v2(data: Mapping) -> EvalResult:
+    converters = _v1_converters()
+    converters.update(intervals=_interval_map, bootstrap=_bootstrap_settings,
+                      breakdowns=_json_object)
+    return _build(EvalResult, converters, data, "record")
 
 
 #: One reader per schema version that ever existed.
-_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1}
+_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2}
 
 
 def read_result(path: str | os.PathLike) -> EvalResult:
@@ -461,6 +534,9 @@ def write_predictions(path: str | os.PathLike, predictions: Predictions,
                 scores=np.ascontiguousarray(predictions.scores, dtype=np.float32),
                 first_positive_rank=np.ascontiguousarray(predictions.first_positive_rank, dtype=np.int32),
                 has_positive=np.ascontiguousarray(predictions.has_positive, dtype=bool),
+                **({} if predictions.average_precision is None else {
+                    "average_precision": np.ascontiguousarray(predictions.average_precision,
+                                                              dtype=np.float32)}),
             )
     return path
 
@@ -488,9 +564,8 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
-            problem = version_problem(
-                "predictions format_version", meta.get("format_version"),
-                PREDICTIONS_FORMAT_VERSION)
+            version = meta.get("format_version")
+            problem = version_problem("predictions format_version", version, _PREDICTIONS_FORMATS)
             if problem:
                 raise ValueError(problem)
             return Predictions(
@@ -498,6 +573,8 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
                 scores=npz_member(archive, "scores"),
                 first_positive_rank=npz_member(archive, "first_positive_rank"),
                 has_positive=npz_member(archive, "has_positive"),
+                average_precision=npz_member(archive, "average_precision")
+                if version >= 2 and "average_precision" in archive.files else None,
             )
     except NPZ_ERRORS + (AssertionError, RecursionError) as exc:
         raise HarnessError(f"not a readable predictions file ({exc})", path) from None

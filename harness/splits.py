@@ -289,7 +289,13 @@ def get_split(name_or_path: str | os.PathLike, data_root: str | os.PathLike | No
 
 
 def register_split(split: Split, data_root: str | os.PathLike | None = None) -> Path:
-    """Save ``split`` under the data root so :func:`get_split` finds it by name."""
+    """Save ``split`` under the data root so :func:`get_split` finds it by name.
+
+    A canonical benchmark name (``splits/canonical.toml``) only takes a matching split.
+    """
+    from harness.canonical import check_canonical
+
+    check_canonical(split)
     path = save_split(split, split_path(split.name, data_root))
     logger.info(
         "registered split %s: %d queries, %d database images, radius %.1f m -> %s",

@@ -108,6 +108,17 @@ def benchmarks_for(split_names) -> list[Benchmark]:
     for name in split_names:
         if name in covered:
             continue
+        from leaderboard.markers import unofficial_base
+
+        base = unofficial_base(name)
+        if base is not None:
+            result.append(Benchmark(
+                key="unofficial-" + re.sub(r"[^a-z0-9._-]", "_", base.lower()),
+                title=f"Unofficial: {base}", splits=(name,), labels=(base,),
+                description=f"Records on a split registered as {base} that does not match its "
+                "canonical definition (counts, radius, spatial NMS or checksum): not comparable "
+                f"with the {base} table."))
+            continue
         synthetic = name.startswith(SYNTH_PREFIX)
         result.append(
             Benchmark(

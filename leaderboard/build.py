@@ -71,20 +71,26 @@ def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None
     if record.predictions is not None and results_dir is not None:
         predictions = str(results_dir / record.split / record.method / record.predictions.file)
     extraction = record.metadata.extraction_ms_per_image
+    from leaderboard.markers import shown_method, shown_split
+
+    method = shown_method(record)
     return Entry(
-        method=record.method,
-        split=record.split,
+        method=method,
+        split=shown_split(record),
         record_id=record.id,
         submitted_at=record.submitted_at,
         scores=dict(result.scores),
-        descriptor_dim=int(result.descriptor_dim),
-        descriptor_dtype=result.descriptor_dtype,
+        # a ranking submission has no descriptor
+        descriptor_dim=int(result.descriptor_dim) if method == record.method else None,
+        descriptor_dtype=result.descriptor_dtype if method == record.method else None,
         extraction_ms_per_image=None if extraction is None else float(extraction),
         search_seconds=float(result.timings.search_s),
         peak_memory_bytes=int(result.peak_rss_bytes),
         paper=record.metadata.paper,
         code_url=record.metadata.code_url,
         predictions_path=predictions,
+        intervals=dict(result.intervals),
+        no_positive=result.protocol.no_positive,
     )
 
 
@@ -125,7 +131,11 @@ def render_readme(
     records: int,
     methods: int,
     method_infos: Sequence[html_page.MethodInfo] = (),
+    reported: Sequence = (),
 ) -> str:
+    from leaderboard.reported import other_benchmarks, reported_markdown, rows_for
+    from leaderboard.tables import TIE_NOTE
+
     lines = [
         GENERATED_NOTICE,
         "",
@@ -135,6 +145,9 @@ def render_readme(
         "bold); each table is ranked by Recall@1 (Indoor-Ams: the mean Recall@1 of its two query "
         "sets; a method without both sets is listed unranked). One record per method and split: "
         "the newest.",
+        "",
+        TIE_NOTE + " Published numbers of other papers follow each table, marked "
+        "\"reported, not reproduced\"; they are never ranked.",
         "",
         "Efficiency columns: descriptor dimension and bytes per image, feature extraction "
         "milliseconds per image (when the submitter measured it), exact search seconds (summed "
@@ -153,6 +166,15 @@ def render_readme(
         if table.benchmark.description:
             lines += [table.benchmark.description, ""]
         lines += [to_markdown(table).rstrip("\n"), ""]
+        published = reported_markdown(rows_for(reported, table.benchmark.key))
+        if published:
+            lines += [published.rstrip("\n"), ""]
+    others = other_benchmarks(reported, {table.benchmark.key for table in tables})
+    if others:
+        lines += ["## Published numbers on benchmarks without a verified table", ""]
+        for key, title in others:
+            lines += [f"### {title}", "", reported_markdown(rows_for(reported, key)).rstrip("\n"),
+                      ""]
     if method_infos:
         lines += [
             "## Methods",
@@ -248,11 +270,15 @@ def build_from_entries(
     """Write every output for ``entries`` (see the module docstring)."""
     from leaderboard.plots import inline_svg, recall_curves, recall_svg
 
+    from leaderboard.reported import load_reported, reported_csv
+    from leaderboard.significance import annotate_table
+
     entries = list(entries)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     latest = latest_entries(entries)
-    tables = [make_table(b, entries) for b in shown_benchmarks(entries)]
+    tables = [annotate_table(make_table(b, entries), latest) for b in shown_benchmarks(entries)]
+    reported = load_reported()
     staging = Path(tempfile.mkdtemp(prefix=".build.", dir=out_dir))
     try:
         tables_dir = staging / "tables"
@@ -277,7 +303,8 @@ def build_from_entries(
             grid_count += len(table_grids)
             sections.append(
                 html_page.Section(
-                    table, None if svg is None else inline_svg(svg), tuple(table_grids)
+                    table, None if svg is None else inline_svg(svg), tuple(table_grids),
+                    reported=tuple(reported),
                 )
             )
         methods = sorted({e.method for e in entries})
@@ -286,10 +313,14 @@ def build_from_entries(
             f"{len({e.split for e in entries})} splits. Ranked by Recall@1."
         )
         infos = _method_infos(records)
-        page = html_page.render_page(sections, infos, summary=summary, results_label=results_label)
+        (tables_dir / "reported.csv").write_text(reported_csv(reported), encoding="utf-8")
+        table_paths.append(out_dir / "tables" / "reported.csv")
+        page = html_page.render_page(sections, infos, summary=summary, results_label=results_label,
+                                     reported=reported)
         (site_dir / "index.html").write_text(page, encoding="utf-8")
         readme = render_readme(
-            tables, records=len(entries), methods=len(methods), method_infos=infos
+            tables, records=len(entries), methods=len(methods), method_infos=infos,
+            reported=reported,
         )
         for name in ("tables", "site"):
             _swap_in(staging / name, out_dir / name)

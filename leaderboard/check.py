@@ -217,8 +217,13 @@ def _check_record(
                 map_k=protocol.map_k,
                 checksums=False,
             )
+            from harness.sources.rankings import evaluate_ranking, is_ranking_result
+
             try:
-                again = evaluate(features, split, config)
+                if is_ranking_result(record.result):  # a ranking submission: its one file
+                    again = evaluate_ranking(features[0], split, config)
+                else:
+                    again = evaluate(features, split, config)
             except HarnessError as exc:
                 report.add(path, f"its feature files no longer evaluate: {exc.one_line()}")
             else:

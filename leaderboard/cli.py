@@ -31,7 +31,7 @@ _results_option = click.option(
 
 
 @click.command("submit")
-@click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("features", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
 @click.option(
     "--method-name",
@@ -48,12 +48,18 @@ _results_option = click.option(
 @_results_option
 @_data_root_option
 @click.option("--ngpu", type=int, default=-1, show_default=True, help="-1 all GPUs, 0 CPU only.")
-def submit_command(features, split_name, method_name, meta_file, results_dir, data_root, ngpu):
+@click.option("--ranking", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Submit a ranking file (ranked database names per query; text or HDF5) "
+              "instead of FEATURES: shown with a re-ranking marker.")
+def submit_command(features, split_name, method_name, meta_file, results_dir, data_root, ngpu,
+                   ranking):
     """Evaluate FEATURES (files or folders) on a split and add the record to the leaderboard.
 
     The record is immutable: submitting the same feature files again returns the existing
     record. Nothing is written when the files, the split or the metadata are invalid.
     """
+    if bool(features) == bool(ranking):
+        raise click.UsageError("give FEATURES or --ranking FILE")
     from harness.config import EvalConfig
     from leaderboard.records import read_method_metadata
     from leaderboard.submit import check_method_name, submit
@@ -68,6 +74,7 @@ def submit_command(features, split_name, method_name, meta_file, results_dir, da
         results_dir=results_dir,
         data_root=data_root,
         config=EvalConfig(ngpu=ngpu, progress=True),
+        ranking=ranking,
     )
     scores = outcome.record.scores
     shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items() if k.startswith("recall@"))

@@ -177,6 +177,7 @@ def submit(
     data_root: str | os.PathLike | None = None,
     config=None,
     submitted_at: str | None = None,
+    ranking: str | os.PathLike | None = None,
 ) -> Submission:
     """Evaluate ``features`` on ``split`` and publish the record (or return the existing one).
 
@@ -188,6 +189,8 @@ def submit(
         results_dir: the leaderboard's results folder.
         config: a :class:`harness.config.EvalConfig`; default: the split's own protocol.
         submitted_at: UTC time stamp to record (default: now).
+        ranking: a ranking file (:mod:`harness.sources.rankings`) instead of ``features``:
+            a re-ranking method's ranked database names per query.
 
     Raises:
         HarnessError: bad name, metadata, split or feature files; nothing is written then.
@@ -207,11 +210,13 @@ def submit(
             raise ValidationError(problems)
     split = split if isinstance(split, Split) else get_split(split, data_root)
     results_dir = Path(results_dir)
-    paths = expand_feature_paths(features)
+    if ranking is not None and features:
+        raise HarnessError("give feature files or a ranking file, not both")
+    paths = [Path(ranking)] if ranking is not None else expand_feature_paths(features)
     if not paths:
         raise HarnessError("no feature files given")
     hashing_started = time.perf_counter()
-    digests = _digests(paths)
+    digests = _ranking_digest(paths[0]) if ranking is not None else _digests(paths)
     checksum_s = time.perf_counter() - hashing_started
     key = submission_key(split.sha256, [d.sha256 for d in digests])
     existing = _existing_submission(results_dir, split.name, key, method_name)
@@ -220,6 +225,9 @@ def submit(
         return existing
 
     config = EvalConfig() if config is None else config
+    if ranking is not None:
+        return _submit_ranking(paths[0], split, metadata, config, key, results_dir, method_name,
+                               digests, time.perf_counter() - hashing_started, submitted_at)
     # The files were hashed above (the submission key); the evaluator need not hash them again.
     result = evaluate(paths, split, config.replace(checksums=False))
     for key_name, value in (
@@ -246,6 +254,34 @@ def submit(
     if problems:
         raise ValidationError(problems)
 
+    return _publish_locked(result, split, metadata, key, results_dir, method_name, digests,
+                           checksum_s, submitted_at)
+
+
+def _ranking_digest(path: Path):
+    from harness.results import FileDigest
+
+    if not path.is_file():
+        raise HarnessError("ranking file not found", path)
+    return [FileDigest(path.name, sha256_file(path), path.stat().st_size)]
+
+
+def _submit_ranking(path, split, metadata, config, key, results_dir, method_name, digests,
+                    checksum_s, submitted_at) -> Submission:
+    """A ranking submission: scored like descriptors; the record has no descriptor facts and
+    its ``protocol.metric`` is ``ranking`` (shown as re-ranking)."""
+    from harness.sources.rankings import evaluate_ranking
+
+    if metadata.descriptor_dim is not None or metadata.descriptor_dtype is not None:
+        raise HarnessError("a ranking submission has no descriptors: leave descriptor_dim and "
+                           "descriptor_dtype out of the metadata")
+    result = evaluate_ranking(path, split, config, method=method_name)
+    return _publish_locked(result, split, metadata, key, results_dir, method_name, digests,
+                           checksum_s, submitted_at)
+
+
+def _publish_locked(result, split, metadata, key, results_dir, method_name, digests, checksum_s,
+                    submitted_at) -> Submission:
     record_id = key[:ID_LENGTH]
     folder = results_dir / split.name / method_name
     topk = make_topk(result, split)

@@ -7,6 +7,7 @@ the CSV, percentages with one decimal in Markdown, LaTeX and HTML (as VPR papers
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ from leaderboard.escape import csv_cell, latex_text, markdown_link, safe_url
 
 MISSING_TEXT = "–"
 MEAN_GROUP = "mean"
+TIE_MARK = "≈"
+TIE_NOTE = (
+    f"{TIE_MARK}: not significantly different from the best row at Recall@1 (exact McNemar "
+    "test on the paired queries, p >= 0.05; without committed rankings: overlapping 95 % "
+    "intervals). R@1 cells show the 95 % bootstrap interval as ± half its width."
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class Entry:
     code_url: str = ""
     predictions_path: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    no_positive: str = "miss"
 
     @property
     def descriptor_bytes(self) -> int | None:
@@ -74,6 +83,9 @@ class Row:
     paper: str = ""
     code_url: str = ""
     record_ids: tuple[str, ...] = ()
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    tie_with_best: str | None = None  # "paired" | "overlap" (see leaderboard.significance)
+    tie_p_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +211,7 @@ def _rank(rows: Sequence[Row], rank_column: str) -> list[Row]:
             rounded = round(score, 6)
             rank = previous_rank if rounded == previous_score else position
             previous_score, previous_rank = rounded, rank
-        result.append(Row(rank, row.method, row.values, row.paper, row.code_url, row.record_ids))
+        result.append(dataclasses.replace(row, rank=rank))
     return result
 
 
@@ -234,6 +246,21 @@ def format_value(value, kind: str, missing: str = MISSING_TEXT) -> str:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
+def rank_text(row: Row) -> str:
+    """The rank cell: ``2``, ``3 ≈`` (not significantly different from the best) or ``–``."""
+    if row.rank is None:
+        return MISSING_TEXT
+    return f"{row.rank} {TIE_MARK}" if row.tie_with_best else str(row.rank)
+
+
+def interval_text(row: Row, column: Column) -> str:
+    """`` ± 2.1`` after a Recall@1 cell that has an interval (half its width), else empty."""
+    bounds = row.intervals.get(column.key)
+    if column.kind != "recall" or bounds is None or not column.key.endswith("/recall@1"):
+        return ""
+    return f" ± {100 * (bounds[1] - bounds[0]) / 2:.1f}"
+
+
 def _header(table: Table, column: Column) -> str:
     if column.group:
         return f"{table.group_labels[column.group]} {column.label}"
@@ -253,7 +280,7 @@ def to_markdown(table: Table) -> str:
     body = []
     for row in table.rows:
         cells = [
-            MISSING_TEXT if row.rank is None else str(row.rank),
+            rank_text(row),
             markdown_link(row.method, safe_url(row.code_url) or safe_url(row.paper)),
         ]
         for column in table.columns:
@@ -261,6 +288,8 @@ def to_markdown(table: Table) -> str:
             text = format_value(value, column.kind)
             if column.key in best and value is not None and round(value, 3) == best[column.key]:
                 text = f"**{text}**"
+            if value is not None:
+                text += interval_text(row, column)
             cells.append(text)
         body.append(cells)
     align = ["right", "left"] + ["right"] * len(table.columns)
@@ -316,12 +345,14 @@ def to_latex(table: Table) -> str:
     if not table.rows:
         lines.append(rf"\multicolumn{{{len(columns) + 1}}}{{c}}{{No submissions yet.}} \\")
     for row in table.rows:
-        cells = [latex_escape(row.method)]
+        cells = [latex_escape(row.method) + (r"$^{\approx}$" if row.tie_with_best else "")]
         for column in columns:
             value = row.values.get(column.key)
             text = format_value(value, column.kind, missing="--")
             if column.key in best and value is not None and round(value, 3) == best[column.key]:
                 text = rf"\textbf{{{text}}}"
+            if value is not None and interval_text(row, column):
+                text += r"{\scriptsize${}\pm{}$" + interval_text(row, column)[3:] + "}"
             cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [
@@ -329,7 +360,8 @@ def to_latex(table: Table) -> str:
         r"\end{tabular}",
         rf"\caption{{{latex_escape(table.benchmark.title)}: Recall@N (\%), ranked by "
         + ("mean " if table.benchmark.has_mean else "")
-        + r"Recall@1.}",
+        + r"Recall@1; $\approx$: not significantly different from the best at Recall@1 "
+        + r"(exact McNemar test, $p \geq 0.05$); $\pm$: half the 95\,\% bootstrap interval.}",
         rf"\label{{tab:iovpr-{table.benchmark.key}}}",
         r"\end{table}",
     ]
@@ -358,15 +390,29 @@ def to_frame(table: Table):
     frame["paper"] = [row.paper for row in table.rows]
     frame["code_url"] = [row.code_url for row in table.rows]
     frame["records"] = [" ".join(row.record_ids) for row in table.rows]
+    _add_significance_columns(frame, table)
     return frame
 
 
 def _csv_safe(frame):
     """The frame with every text cell through :func:`leaderboard.escape.csv_cell`."""
     frame = frame.copy()
-    for column in ("method", "paper", "code_url", "records"):
+    for column in ("method", "paper", "code_url", "records", "not_different_from_best"):
         frame[column] = [csv_cell(value) for value in frame[column]]
     return frame
+
+
+def _add_significance_columns(frame, table: Table) -> None:
+    """Interval ends of every recall column (fractions) and the tie-with-best mark."""
+    for column in table.recall_columns:
+        for end, index in (("low", 0), ("high", 1)):
+            frame[f"{column.key}/{end}"] = [
+                row.intervals[column.key][index] if column.key in row.intervals else None
+                for row in table.rows]
+            frame[f"{column.key}/{end}"] = frame[f"{column.key}/{end}"].astype("float64")
+    frame["not_different_from_best"] = [row.tie_with_best or "" for row in table.rows]
+    frame["tie_p_value"] = [row.tie_p_value for row in table.rows]
+    frame["tie_p_value"] = frame["tie_p_value"].astype("float64")
 
 
 def to_csv(table: Table) -> str:

@@ -11,6 +11,10 @@ Layouts read (all with ``torch.load(weights_only=True)``: a file is never unpick
   'state_dict', 'model_config', ...}``: the same key names without prefix, plus the model
   configuration (backbone, clusters, image size), so evaluation needs no extra flags.
 
+Lightning ``.ckpt`` files pickle their hyper-parameters as Lightning's ``AttributeDict``;
+:func:`torch_load` reads that one class as a plain ``dict`` (no Lightning code is imported or
+run), so such files load; any other Python object is still refused.
+
 Unlike OpenIBL's ``copy_state_dict``, which silently skips keys that do not match (a model
 with random layers then evaluates without complaint), loading is strict: missing, unexpected
 or mis-shaped keys are one error that lists them.
@@ -54,6 +58,29 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
+# Lightning stores a module's hyper-parameters as its ``AttributeDict`` (a dict subclass, whose
+# module moved between releases). These names are read as a plain ``dict``: nothing of
+# Lightning's is imported or run, and a MixVPR/SALAD/BoQ ``.ckpt`` of one's own training loads.
+LIGHTNING_DICT_CLASSES = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_lite.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+)
+
+
+def _plain_dict_aliases():
+    """``torch.serialization.safe_globals`` reading Lightning's dict class as ``dict``."""
+    import contextlib
+
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):  # no (class, name) aliases before 2.6: such files are refused
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals([(dict, name) for name in LIGHTNING_DICT_CLASSES])
+
+
 def torch_load(path: str | os.PathLike):
     """``torch.load`` of a user file with ``weights_only=True``; failures are HarnessErrors."""
     import pickle
@@ -66,7 +93,8 @@ def torch_load(path: str | os.PathLike):
     if path.stat().st_size == 0:
         raise HarnessError("checkpoint file is empty", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _plain_dict_aliases():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch < 2.6 words it "Unsupported global: GLOBAL x.y", later ones "Trying to load
         # unsupported GLOBAL x.y whose module ...".

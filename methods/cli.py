@@ -11,6 +11,12 @@ import click
 
 from harness.errors import HarnessError
 
+# The choices are methods.precision.PRECISIONS, spelled out so that --help imports no torch.
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+_precision_help = (
+    "Network precision: fp32 (strict float32, also on CUDA: machine-independent results), or "
+    "bf16/fp16 autocast (faster on GPUs; descriptors move). Recorded in the feature file."
+)
 _option_help = (
     "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 --option image_height=240."
 )
@@ -74,9 +80,20 @@ def _set_threads() -> None:
     "--shard",
     help="Database shard i/n (0-based): writes OUT/database-i-of-n.h5; shard 0 also OUT/query.h5.",
 )
-@click.option("--device", help="cuda, cuda:1, cpu (default: CUDA when available).")
+@click.option(
+    "--device",
+    help="cuda, cuda:1, cpu (default: CUDA when available; an explicit cuda without one is an "
+    "error).",
+)
 @click.option("--batch-size", type=int, help="Images per batch (default 32 on GPU, 8 on CPU).")
 @click.option("--workers", type=int, help="Data-loader worker processes.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default="fp32",
+    show_default=True,
+    help=_precision_help,
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "float16"]),
@@ -109,6 +126,7 @@ def extract_command(
     device,
     batch_size,
     workers,
+    precision,
     dtype,
     option_pairs,
     hloc_out,
@@ -128,6 +146,7 @@ def extract_command(
         device=device,
         batch_size=batch_size,
         workers=workers,
+        precision=precision,
         dtype=dtype,
         progress=not no_progress,
         overwrite=overwrite,
@@ -188,6 +207,13 @@ def pca_group():
 @click.option("--device")
 @click.option("--batch-size", type=int)
 @click.option("--workers", type=int)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default="fp32",
+    show_default=True,
+    help=_precision_help,
+)
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help=_option_help)
 @click.option("--data-root", type=click.Path(file_okay=False))
 @click.option("--no-progress", is_flag=True)
@@ -202,6 +228,7 @@ def pca_fit_command(
     device,
     batch_size,
     workers,
+    precision,
     option_pairs,
     data_root,
     no_progress,
@@ -216,7 +243,11 @@ def pca_fit_command(
     method = _method(method_name, weights, option_pairs)
     split = _load_split(split_name, data_root)
     options = ExtractOptions(
-        device=device, batch_size=batch_size, workers=workers, progress=not no_progress
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        progress=not no_progress,
     )
     path = fit_method_pca(
         method, split, out, num_components=dim, max_images=max_images, seed=seed, options=options

@@ -1,7 +1,8 @@
 """Extraction: run a method over a split (or any image folder) into feature files.
 
 ``extract()`` writes the harness feature-file layout (:mod:`harness.features`): batched
-loading with workers, a progress bar, mixed precision on GPU, atomic files. With
+loading with workers, a progress bar, the chosen precision (:mod:`methods.precision`: fp32
+unless the user asks for bf16 or fp16), atomic files. With
 ``shard=(i, n)`` the database is cut into ``n`` contiguous row ranges and only range ``i`` is
 written (``<out>/database-<i>-of-<n>.h5``; shard 0 also writes ``<out>/query.h5``): a finished
 shard whose fingerprint matches is skipped, so an interrupted job array resumes where it
@@ -22,24 +23,27 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, read_info, read_names
+from methods.precision import (
+    DEFAULT_PRECISION,
+    check_precision,
+    precision_context,
+    recorded_precision,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_GPU_BATCH = 32
-# bfloat16 keeps float32's range: the lineage feeds VGG16 0-255 pixels, whose activations can
-# exceed float16's 65504 and turn into Inf; tensor cores run both at the same speed.
-AMP_DTYPE_NAME = "bfloat16"
 DEFAULT_CPU_BATCH = 8
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How to run extraction (none of it changes which descriptors come out, except dtype)."""
+    """How to run extraction (only ``precision`` and ``dtype`` change the descriptors)."""
 
     device: str | None = None
     batch_size: int | None = None
     workers: int | None = None
-    amp: bool | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = DEFAULT_PRECISION
     dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
     overwrite: bool = False
@@ -49,10 +53,15 @@ class ExtractOptions:
             raise HarnessError(f"batch size must be >= 1, got {self.batch_size}")
         if self.dtype not in ("float32", "float16"):
             raise HarnessError(f"descriptor dtype must be float32 or float16, got {self.dtype!r}")
+        check_precision(self.precision)
 
 
 def resolve_device(device: str | None):
-    """``None``/``auto``: CUDA when available, else CPU; an absent GPU falls back (warning)."""
+    """``None``/``auto``: CUDA when available, else CPU.
+
+    An explicit ``cuda`` (or ``cuda:N``) that this machine cannot give is an error, never a
+    silent CPU run (hours instead of minutes, and a record naming the wrong hardware).
+    """
     import torch
 
     if device in (None, "", "auto"):
@@ -61,9 +70,20 @@ def resolve_device(device: str | None):
         resolved = torch.device(device)
     except RuntimeError as exc:
         raise HarnessError(f"invalid device {device!r} ({exc})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("device %s requested but CUDA is not available: using the CPU", device)
-        return torch.device("cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            version, build = torch.__version__, torch.version.cuda
+            why = (
+                f"no GPU visible to torch {version} (built with CUDA {build})"
+                if build
+                else f"torch {version} is built without CUDA"
+            )
+            raise HarnessError(
+                f"--device {device}: CUDA is not available ({why}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise HarnessError(f"--device {device}: only {count} CUDA device(s) are visible")
     return resolved
 
 
@@ -104,7 +124,7 @@ def encode_rows(
     *,
     device,
     rows: Sequence[int] | None = None,
-    amp: bool | None = None,
+    precision: str = DEFAULT_PRECISION,
     progress: bool = True,
     description: str | None = None,
     to_numpy: bool = True,
@@ -112,7 +132,8 @@ def encode_rows(
     """Yield ``(rows, descriptors float32)`` batches for ``context.names`` (or ``rows`` of it).
 
     Rows come in order. Batches hold one image when the method's loader keeps aspect ratios.
-    With ``to_numpy=False`` descriptors stay float32 tensors on the device.
+    The network runs in ``precision`` (:mod:`methods.precision`); descriptors come out as
+    float32. With ``to_numpy=False`` they stay tensors on the device.
     """
     import torch
     from tqdm.auto import tqdm
@@ -122,7 +143,6 @@ def encode_rows(
     loader = method.image_loader(context)
     dataset = ImageListDataset(context.image_root, context.names, loader)
     batch_size = context.batch_size if loader.fixed_size else 1
-    use_amp = (device.type == "cuda") if amp is None else bool(amp and device.type == "cuda")
     total = len(dataset) if rows is None else len(rows)
     bar = tqdm(
         total=total, unit="img", desc=description or context.part, disable=not progress, leave=False
@@ -136,12 +156,7 @@ def encode_rows(
     )
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     try:
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=device.type, dtype=getattr(torch, AMP_DTYPE_NAME), enabled=use_amp
-            ),
-        ):
+        with torch.inference_mode(), precision_context(device, precision):
             for batch in batches:
                 images = batch.images.to(device, non_blocking=True)
                 if images.ndim == 4:
@@ -184,7 +199,7 @@ def feature_attrs(
         "descriptor_dtype": options.dtype,
         "harness_version": __version__,
         "extraction_device": str(device),
-        "extraction_amp": bool(device.type == "cuda" and options.amp is not False),
+        "extraction_precision": options.precision,
     }
     weights = fingerprint.get("files", {}).get("weights")
     if weights:
@@ -196,44 +211,78 @@ def feature_attrs(
 
 
 def is_complete(
-    path: Path, *, fingerprint: str, dtype: str, split_sha256: str | None, parts: Sequence[str]
+    path: Path,
+    *,
+    fingerprint: str,
+    dtype: str,
+    split_sha256: str | None,
+    parts: Sequence[str],
+    precision: str = DEFAULT_PRECISION,
 ) -> bool:
-    """Whether ``path`` is a finished feature file of the same method, weights, split and dtype."""
-    if not path.is_file():
-        return False
+    """Whether ``path`` is a finished feature file of the same method, weights, split, dtype
+    and precision."""
+    return path.is_file() and not differences(
+        path,
+        fingerprint=fingerprint,
+        dtype=dtype,
+        split_sha256=split_sha256,
+        parts=parts,
+        precision=precision,
+    )
+
+
+def differences(
+    path: Path,
+    *,
+    fingerprint: str,
+    dtype: str,
+    split_sha256: str | None,
+    parts: Sequence[str],
+    precision: str = DEFAULT_PRECISION,
+) -> list[str]:
+    """What makes the existing feature file ``path`` other than the one asked for (empty: same)."""
     try:
         info = read_info(path)
     except HarnessError as exc:
-        logger.warning("%s exists but is unreadable (%s): extracting again", path, exc.message)
-        return False
-    same = (
-        info.attrs.get("method_fingerprint") == fingerprint
-        and info.attrs.get("descriptor_dtype") == dtype
-        and (split_sha256 is None or info.attrs.get("split_sha256") == split_sha256)
-        and all(p in info.parts for p in parts)
-    )
-    return same
+        return [f"unreadable: {exc.message}"]
+    found = []
+    if info.attrs.get("method_fingerprint") != fingerprint:
+        found.append("another method, options or weights")
+    if split_sha256 is not None and info.attrs.get("split_sha256") != split_sha256:
+        found.append("another split")
+    if info.attrs.get("descriptor_dtype") != dtype:
+        found.append(f"dtype {info.attrs.get('descriptor_dtype')} (this run: {dtype})")
+    recorded = recorded_precision(info.attrs)
+    if recorded != precision:
+        found.append(f"precision {recorded or 'unrecorded'} (this run: {precision})")
+    missing = [p for p in parts if p not in info.parts]
+    if missing:
+        found.append(f"no {'/'.join(missing)} part")
+    return found
 
 
 def _check_existing(path: Path, method, options: ExtractOptions, split_sha256, parts) -> bool:
     """True to skip (finished, same fingerprint); raises if a different file is in the way."""
     if not path.exists():
         return False
-    if is_complete(
+    found = differences(
         path,
         fingerprint=method.fingerprint_sha256(),
         dtype=options.dtype,
         split_sha256=split_sha256,
         parts=parts,
-    ):
-        logger.info("%s is complete with the same method, weights and split: skipped", path)
+        precision=options.precision,
+    )
+    if not found:
+        logger.info("%s is complete with the same method, weights, split and precision: skipped",
+                    path)
         return True
     if options.overwrite:
-        logger.warning("%s holds other features: overwriting it", path)
+        logger.warning("%s holds other features (%s): overwriting it", path, "; ".join(found))
         return False
     raise HarnessError(
-        "exists with features of another method, weights, split or dtype; remove it, choose "
-        "another --out or pass --overwrite",
+        f"exists with other features ({'; '.join(found)}); remove it, choose another --out or "
+        "pass --overwrite",
         path,
     )
 
@@ -243,14 +292,25 @@ def _write_part(
 ) -> int:
     written = 0
     for batch_rows, descriptors in encode_rows(
-        method, model, context, device=device, rows=rows, amp=options.amp, progress=options.progress
+        method,
+        model,
+        context,
+        device=device,
+        rows=rows,
+        precision=options.precision,
+        progress=options.progress,
     ):
         if not np.all(np.isfinite(descriptors)):
             bad = context.names[
                 int(batch_rows[np.flatnonzero(~np.isfinite(descriptors).all(axis=1))[0]])
             ]
+            hint = (
+                f" (in {options.precision}: try --precision bf16 or fp32)"
+                if options.precision == "fp16"
+                else ""
+            )
             raise HarnessError(
-                f"the model produced NaN/Inf descriptors for {bad}", context.image_root / bad
+                f"the model produced NaN/Inf descriptors for {bad}{hint}", context.image_root / bad
             )
         start = int(batch_rows[0]) - rows.start
         assert np.array_equal(batch_rows, np.arange(batch_rows[0], batch_rows[0] + len(batch_rows)))

@@ -226,7 +226,7 @@ def fit_method_pca(
             context,
             device=device,
             rows=rows.tolist(),
-            amp=options.amp,
+            precision=options.precision,
             progress=options.progress,
             description=f"pca {part}",
         ):
@@ -240,6 +240,7 @@ def fit_method_pca(
         "num_descriptors": int(descriptors.shape[0]),
         "seed": int(seed),
         "method": method.name,
+        "extraction_precision": options.precision,
     }
     if method.weights is not None:
         from harness.io import sha256_file

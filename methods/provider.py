@@ -1,10 +1,11 @@
 """The ``harness eval --method`` hook: produce the feature files of a method on a split.
 
-Files live under ``<out_dir>/<method>-<fingerprint[:12]>/<split>/``: ``query.h5`` and the
+Files live under ``<out_dir>/<method>-<fingerprint[:12]>[-<precision>]/<split>/`` (no suffix
+for fp32, so features of different precisions sit side by side): ``query.h5`` and the
 database in shards of at most :data:`DATABASE_SHARD_ROWS` images, so that an interrupted
 extraction of a large database resumes at the first unfinished shard. A file is reused only
 when its recorded fingerprint (method config and the sha256 of every weight file), split
-checksum and dtype match; anything else is extracted.
+checksum, dtype and precision match; anything else is extracted again (the log says why).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ logger = logging.getLogger(__name__)
 DATABASE_SHARD_ROWS = 200_000
 
 
-def feature_folder(out_dir: str | os.PathLike, method, split_name: str) -> Path:
-    return Path(out_dir) / f"{method.name}-{method.fingerprint_sha256()[:12]}" / split_name
+def feature_folder(
+    out_dir: str | os.PathLike, method, split_name: str, precision: str = "fp32"
+) -> Path:
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return Path(out_dir) / f"{method.name}-{method.fingerprint_sha256()[:12]}{suffix}" / split_name
 
 
 def provide_features(
@@ -33,6 +37,7 @@ def provide_features(
     options: Mapping[str, str],
     device: str | None,
     batch_size: int | None,
+    precision: str | None = None,
 ) -> list[Path]:
     """Extract whatever is missing for ``method`` on ``split``; return every feature file.
 
@@ -44,6 +49,8 @@ def provide_features(
         options: method options (``key -> value`` strings); unknown keys are an error.
         device: ``cuda``, ``cpu``, ... (``None``: CUDA when available).
         batch_size: images per batch (``None``: a default for the device).
+        precision: ``fp32`` (``None``: the default), ``bf16`` or ``fp16``
+            (:mod:`methods.precision`).
 
     Returns:
         ``query.h5`` followed by the database shard files.
@@ -51,18 +58,23 @@ def provide_features(
     from methods.extract import (
         ExtractOptions,
         build_for_device,
+        differences,
         extract,
-        is_complete,
         resolve_device,
         shard_file,
     )
+    from methods.precision import check_precision
     from methods.registry import get_method
 
+    precision = check_precision(precision)
+    device_obj = resolve_device(device)  # before anything else: a missing GPU is an error
     instance = get_method(method, options, weights=weights)
-    folder = feature_folder(out_dir, instance, split.name)
+    folder = feature_folder(out_dir, instance, split.name, precision)
     shards = max(1, math.ceil(split.num_database / DATABASE_SHARD_ROWS))
     # The folder is a cache keyed by the fingerprint: a stale file in it is replaced.
-    extract_options = ExtractOptions(device=device, batch_size=batch_size, overwrite=True)
+    extract_options = ExtractOptions(
+        device=device, batch_size=batch_size, overwrite=True, precision=precision
+    )
     fingerprint = instance.fingerprint_sha256()
     plan = []
     for index in range(shards):
@@ -71,17 +83,22 @@ def provide_features(
     paths = [shard_file(folder, "query", None)] + [
         shard_file(folder, "database", (i, shards)) for i in range(shards)
     ]
-    missing = [
-        p
-        for p in paths
-        if not is_complete(
-            p,
+    missing = []
+    for path in paths:
+        if not path.is_file():
+            missing.append(path)
+            continue
+        found = differences(
+            path,
             fingerprint=fingerprint,
             dtype=extract_options.dtype,
             split_sha256=split.sha256,
-            parts=("query",) if p.name == "query.h5" else ("database",),
+            parts=("query",) if path.name == "query.h5" else ("database",),
+            precision=precision,
         )
-    ]
+        if found:
+            logger.info("%s holds other features (%s): extracting again", path, "; ".join(found))
+            missing.append(path)
     if not missing:
         logger.info("reusing %d feature file(s) under %s", len(paths), folder)
         return paths
@@ -93,7 +110,6 @@ def provide_features(
         split.name,
         folder,
     )
-    device_obj = resolve_device(device)
     model = build_for_device(instance, device_obj)
     for shard, parts in plan:
         extract(

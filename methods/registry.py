@@ -24,6 +24,11 @@ REGISTRATION_MODULES: tuple[str, ...] = (
     "methods.netvlad",
     "methods.sfrs",
     "methods.probe",
+    "methods.cosplace",
+    "methods.mixvpr",
+    "methods.salad",
+    "methods.megaloc",
+    "methods.boq",
     "methods.iovpr.registered",
 )
 _OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}

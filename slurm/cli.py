@@ -118,9 +118,11 @@ def slurm_group():
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Data-loader workers.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True, help="Network precision (fp32 strict; bf16/fp16 autocast).")
 @_resource_options
 def extract_command(method_name, split_name, data_root, out, shards, weights, method_options,
-                    device, batch_size, workers, dtype, **common):
+                    device, batch_size, workers, dtype, precision, **common):
     """Extract a method's features of a split as a job array, one database shard per task.
 
     Shards already complete in --out are skipped, so the same command resumes an extraction
@@ -134,7 +136,8 @@ def extract_command(method_name, split_name, data_root, out, shards, weights, me
     launch = launch_extract(
         method_name, split, out, shards=shards, cluster=cluster, log_dir=log_dir,
         resources=resources, weights=weights, options=_parse_pairs(method_options),
-        device=device, batch_size=batch_size, workers=workers, dtype=dtype, wait=wait,
+        device=device, batch_size=batch_size, workers=workers, dtype=dtype,
+        precision=precision, wait=wait,
         progress=True,
     )
     _echo_launch(launch, "launch")

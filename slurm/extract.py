@@ -47,7 +47,7 @@ def _extract_options(params: Mapping):
 
     return ExtractOptions(
         device=params["device"], batch_size=params["batch_size"], workers=params["workers"],
-        dtype=params["dtype"], progress=False,
+        dtype=params["dtype"], precision=params.get("precision", "fp32"), progress=False,
     )
 
 
@@ -74,6 +74,7 @@ def finished_shards(launch: Launch) -> list[int]:
         if all(
             is_complete(path, fingerprint=fingerprint, dtype=params["dtype"],
                         split_sha256=params["split_sha256"],
+                        precision=params.get("precision", "fp32"),
                         parts=("query",) if path.name.startswith("query") else ("database",))
             for path in files
         ):
@@ -96,6 +97,7 @@ def launch_extract(
     batch_size: int | None = None,
     workers: int | None = None,
     dtype: str = "float32",
+    precision: str = "fp32",
     wait: bool = True,
     progress: bool = False,
 ) -> Launch:
@@ -107,7 +109,8 @@ def launch_extract(
         out: output folder (shared with the nodes).
         shards: database shards, one task each.
         cluster, log_dir, resources: see :mod:`slurm.executor`.
-        device, batch_size, workers, dtype: extraction settings (``dtype`` float32/float16).
+        device, batch_size, workers, dtype, precision: extraction settings (``dtype``
+            float32/float16 storage; ``precision`` fp32/bf16/fp16 of the network).
         wait: wait for the tasks (local runs always wait).
 
     Returns:
@@ -136,6 +139,7 @@ def launch_extract(
         "out": str(out_dir),
         "shards": int(shards),
         "dtype": dtype,
+        "precision": precision,
         "device": device,
         "batch_size": batch_size,
         "workers": workers,
@@ -143,6 +147,9 @@ def launch_extract(
     instance = _method(params)  # unknown method, options or missing weights fail here
     if params["dtype"] not in ("float32", "float16"):
         raise HarnessError(f"dtype must be float32 or float16, got {dtype!r}")
+    from methods.precision import check_precision
+
+    check_precision(precision)
     from methods.extract import shard_rows
 
     identity = {k: v for k, v in params.items() if k not in ("device", "batch_size", "workers")}

@@ -118,7 +118,7 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     predictions = read_predictions(out)
     assert predictions.indices.shape == (NUM_QUERIES, 10)
     raw = json.loads(out.read_text())
-    assert raw["schema_version"] == 1 and raw["main_score"] == "recall@1"
+    assert raw["schema_version"] == 2 and raw["main_score"] == "recall@1"
 
 
 def test_eval_cli_recall_ns_and_predictions_path(tmp_path, data_root):
@@ -182,7 +182,7 @@ def test_eval_cli_nan_descriptors_are_rejected(tmp_path, data_root):
 def test_eval_cli_usage_errors(data_root):
     runner = CliRunner()
     neither = runner.invoke(cli, ["eval", "--split", "tiny-eval", "--data-root", str(data_root)])
-    assert neither.exit_code == 2 and "either --features or --method" in neither.output
+    assert neither.exit_code == 2 and "one of --features, --method or --ranking" in neither.output
     stray = runner.invoke(cli, ["eval", "--features", "x.h5", "--weights", "w.pth", "--split", "tiny-eval"])
     assert stray.exit_code == 2 and "need --method" in stray.output
 

@@ -1062,7 +1062,7 @@ def _(ctx):
 @case("cli", "eval without --features or --method")
 def _(ctx):
     return Expect(["eval", "--split", SPLIT, "--data-root", str(ctx.data_root)],
-                  "give either --features or --method", usage=True)
+                  "give one of --features, --method or --ranking", usage=True)
 
 
 @case("cli", "a misspelt split")

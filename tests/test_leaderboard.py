@@ -817,7 +817,9 @@ def test_page_in_headless_chromium(tiny_city, submitted, tmp_path):
     )
     assert re.findall(r'<tr data-method="([^"]+)"', outdoor) == ranked  # as built: ranked by R@1
     first = records[(ranked[0], OUTDOOR)].main_score
-    assert f'data-value="{first!r}">{100 * first:.1f}</td>' in outdoor
+    low, high = records[(ranked[0], OUTDOOR)].result.intervals["recall@1"]
+    shown = f"{100 * first:.1f} ± {100 * (high - low) / 2:.1f}"  # R@1 with half its interval
+    assert f'data-value="{first!r}">{shown}</td>' in outdoor
 
     plot = dom[dom.index('id="plot-synth-indoor-ams"') :]
     plot = plot[: plot.index("</figure>")]

@@ -34,6 +34,7 @@ BUILTINS = {
     "pitts30k-test",
     "pitts250k-test",
     "tokyo247",
+    "tokyo247-nonms",
 }
 
 
@@ -41,6 +42,7 @@ def test_builtin_definitions():
     definitions = builtin_definitions()
     assert set(definitions) == BUILTINS
     assert definitions["tokyo247"].spatial_nms is True
+    assert definitions["tokyo247-nonms"].mat_files == definitions["tokyo247"].mat_files
     assert not any(d.spatial_nms for n, d in definitions.items() if n != "tokyo247")
     for name in (
         "ams30k-train",

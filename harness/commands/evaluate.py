@@ -66,7 +66,8 @@ def format_scores(result) -> str:
     lines = [
         f"{result.method} on {result.split}: {result.counts.queries} queries, "
         f"{result.counts.database} database images, radius {protocol.radius_m:g} m"
-        + (", spatial NMS" if protocol.spatial_nms else ""),
+        + (", spatial NMS" if protocol.spatial_nms else "")
+        + (", ranking submission (re-ranking)" if protocol.metric == "ranking" else ""),
     ]
     if result.counts.queries_without_positive:
         lines.append(
@@ -76,7 +77,13 @@ def format_scores(result) -> str:
     width = max(len(name) for name in result.scores)
     lines.append(f"{'metric':<{width}}  {'value':>7}")
     for name, value in result.scores.items():
-        lines.append(f"{name:<{width}}  {100 * value:6.2f}%")
+        bounds = result.interval(name)
+        shown = "" if bounds is None else f"  [{100 * bounds[0]:6.2f}, {100 * bounds[1]:6.2f}]"
+        lines.append(f"{name:<{width}}  {100 * value:6.2f}%{shown}")
+    if result.bootstrap:
+        lines.append(f"[low, high]: {100 * result.bootstrap['confidence']:g} % bootstrap interval "
+                     f"over queries ({result.bootstrap['resamples']} resamples, "
+                     f"seed {result.bootstrap['seed']})")
     return "\n".join(lines)
 
 
@@ -111,27 +118,57 @@ def format_scores(result) -> str:
               help="Where --method writes/reuses features (default: <data-root>/features; the provider adds <method>-<fingerprint>/<split>/).")
 @click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Network precision of --method extraction (default fp32, strict also on CUDA; "
+                   "bf16/fp16 autocast is faster). Features of another precision are extracted "
+                   "anew, and the record states it.")
 @click.option("--no-checksums", is_flag=True,
               help="Do not record sha256 of the feature files (saves ~10% CPU at scale).")
 @click.option("--progress/--no-progress", default=True, help="Progress bars.")
+@click.option("--bootstrap-resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Query resamples of the confidence intervals (0: none).")
+@click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the resampling (same seed, same intervals).")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.95, show_default=True, help="Confidence of the intervals.")
+@click.option("--query-conditions", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV name,condition of the queries (e.g. Tokyo 24/7 day/sunset/night).")
+@click.option("--window-masks", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of window masks <query name>.png (default: the true masks beside the "
+                   "query folder, query_masks/, when the dataset has them).")
+@click.option("--window-masks-kind", type=click.Choice(["true", "predicted"]), default="predicted",
+              show_default=True, help="What --window-masks holds (recorded with the breakdown).")
+@click.option("--ranking", "ranking_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="A ranking file (text 'query db1 db2 ...' lines, MSLS format included, or "
+                   "HDF5) instead of features: re-ranking methods.")
+@click.option("--predictions-out", "predictions_out",
+              type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the ranking by name: .csv (names, metres, first positive rank) "
+                   "or .txt (MSLS 'query_key db_key ...' lines).")
 def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
-                 method_options, features_dir, device, batch_size, no_checksums, progress) -> None:
+                 method_options, features_dir, device, batch_size, precision, no_checksums,
+                 progress, bootstrap_resamples, bootstrap_seed, confidence, query_conditions,
+                 window_masks, window_masks_kind, ranking_path, predictions_out) -> None:
     """Evaluate features on a split exactly; print Recall@N and write a JSON record.
 
     Give --features (files or directories; one file holds the queries, the database may be
-    sharded), or --method to have the installed provider extract them first.
+    sharded), --method to have the installed provider extract them first, or --ranking.
     """
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
     from harness.splits import default_data_root, get_split
 
-    if bool(features) == bool(method):
-        raise click.UsageError("give either --features or --method")
+    if bool(features) + bool(method) + bool(ranking_path) != 1:
+        raise click.UsageError("give one of --features, --method or --ranking")
     if predictions_path and no_predictions:
         raise click.UsageError("--predictions and --no-predictions contradict each other")
-    if (weights or method_options or features_dir or device or batch_size) and not method:
-        raise click.UsageError("--weights/--method-option/--features-dir/--device/--batch-size need --method")
+    method_only = (weights, method_options, features_dir, device, batch_size, precision)
+    if any(method_only) and not method:
+        raise click.UsageError(
+            "--weights/--method-option/--features-dir/--device/--batch-size/--precision "
+            "need --method")
     options = _parse_options(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
@@ -142,18 +179,37 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         validate=not no_value_checks,
         checksums=not no_checksums,
         progress=progress,
+        bootstrap_resamples=bootstrap_resamples,
+        bootstrap_seed=bootstrap_seed,
+        bootstrap_confidence=confidence,
+        query_conditions=None if query_conditions is None else str(query_conditions),
+        window_masks=None if window_masks is None else str(window_masks),
+        window_masks_kind=window_masks_kind,
     )
     split = get_split(split_name, data_root)
     if method:
         provide = feature_provider()
         # the provider adds <method>-<fingerprint>/<split>/ below this folder
         out_dir = features_dir or (data_root or default_data_root()) / "features"
+        # precision only when asked for: a provider of another package may not know it
+        extra = {} if precision is None else {"precision": precision}
         features = tuple(provide(
             method=method, split=split, out_dir=Path(out_dir), weights=weights,
-            options=options, device=device, batch_size=batch_size,
+            options=options, device=device, batch_size=batch_size, **extra,
         ))
-    result = evaluate(features, split, config, method=method)
+    if ranking_path is not None:
+        from harness.sources.rankings import evaluate_ranking
+
+        result = evaluate_ranking(ranking_path, split, config)
+    else:
+        result = evaluate(features, split, config, method=method)
+    if predictions_out is not None:
+        from harness.sources.predictions import write_named_predictions
+
+        write_named_predictions(predictions_out, result, split)
     click.echo(format_scores(result))
+    if predictions_out is not None:
+        click.echo(f"wrote {predictions_out}")
     if json_path is not None:
         if no_predictions:
             import dataclasses

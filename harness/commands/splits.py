@@ -39,16 +39,17 @@ def splits_group() -> None:
     "--root",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Dataset root holding raw/*.mat (Amsterdam-XXXL, Pitts or Tokyo layout).",
+    help="Dataset root: raw/*.mat (Amsterdam-XXXL, Pitts, Tokyo), the downloader's datasets/ "
+    "folder, or the folder holding MSLS's train_val/.",
 )
 @click.option("--prefix", default="", help="Prefix for the registered names, e.g. 'synth-'.")
 @click.option("--only", "only", multiple=True, help="Only this built-in (repeatable).")
 @_data_root_option
 def prepare_command(root: Path, prefix: str, only: tuple[str, ...], data_root: Path | None) -> None:
-    """Register every built-in split whose .mat files exist under ROOT."""
-    from harness.splits import prepare_builtin_splits
+    """Register every built-in split whose .mat files or dataset folders exist under ROOT."""
+    from harness.sources.builtin_folders import prepare_all
 
-    outcomes = prepare_builtin_splits(root, prefix=prefix, data_root=data_root, names=only or None)
+    outcomes = prepare_all(root, prefix=prefix, data_root=data_root, names=only or None)
     for outcome in outcomes:
         if outcome.registered:
             click.echo(f"registered {outcome.name} -> {outcome.path}")
@@ -76,10 +77,31 @@ def prepare_command(root: Path, prefix: str, only: tuple[str, ...], data_root: P
     help="The .mat whose dbImage/utmDb are the database.",
 )
 @click.option(
+    "--folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A VPR-datasets-downloader folder holding database/ and queries/ (e.g. images/test).",
+)
+@click.option(
+    "--database-folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --queries-folder: downloader-style image folders given one by one.",
+)
+@click.option(
+    "--queries-folder",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --database-folder (e.g. SF-XL's queries_v1).",
+)
+@click.option(
+    "--msls",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An MSLS root holding train_val/ (official layout and protocol).",
+)
+@click.option("--cities", default="cph,sf", show_default=True, help="MSLS cities (with --msls).")
+@click.option(
     "--radius-m",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Positive radius in metres (default: the files' posDistThr).",
+    help="Positive radius in metres (default: the .mat files' posDistThr; 25 for folders).",
 )
 @click.option("--recall-ns", default=None, help="Default Recall@N cut-offs, e.g. 1,5,10,20.")
 @click.option(
@@ -113,6 +135,11 @@ def import_command(
     mat,
     queries_mat,
     database_mat,
+    folder,
+    database_folder,
+    queries_folder,
+    msls,
+    cities,
     radius_m,
     recall_ns,
     spatial_nms,
@@ -122,9 +149,36 @@ def import_command(
     description,
     data_root,
 ) -> None:
-    """Register a split from NetVLAD dbStruct .mat file(s)."""
+    """Register a split from NetVLAD .mat file(s), a downloader-layout folder or MSLS."""
     from harness.splits import DEFAULT_RECALL_NS, import_split
 
+    sources = [bool(mat or queries_mat or database_mat), bool(folder or database_folder
+                                                              or queries_folder), bool(msls)]
+    if sum(sources) != 1:
+        raise click.UsageError("give one source: --mat/--queries-mat/--database-mat, "
+                               "--folder/--database-folder/--queries-folder, or --msls")
+    if sources[1] or sources[2]:
+        from harness.sources.downloader import import_folder_split
+        from harness.sources.msls import import_msls_split
+
+        if query_root or database_root:
+            raise click.UsageError("--query-root/--database-root are the folders themselves here")
+        if sources[2]:
+            if spatial_nms or no_positive != "miss":
+                raise click.UsageError("MSLS has its own protocol (no NMS; queries without a "
+                                       "positive are left out)")
+            path = import_msls_split(
+                name, msls, cities=[c for c in cities.replace(",", " ").split()],
+                threshold_m=radius_m or 25.0, recall_ns=_parse_recall_ns(recall_ns),
+                description=description, data_root=data_root)
+        else:
+            path = import_folder_split(
+                name, folder, database_folder=database_folder, queries_folder=queries_folder,
+                radius_m=radius_m or 25.0, recall_ns=_parse_recall_ns(recall_ns),
+                spatial_nms=spatial_nms, no_positive=no_positive, description=description,
+                data_root=data_root)
+        click.echo(f"registered {name} -> {path}")
+        return
     path = import_split(
         name,
         mat=mat,
@@ -213,6 +267,12 @@ def show_command(name: str, data_root: Path | None) -> None:
                 f"{distances.max():.1f} m from the nearest database image",
             )
         )
+    from harness.canonical import canonical_splits
+
+    pin = canonical_splits().get(split.name)
+    if pin is not None:
+        lines.append(("canonical", f"pinned ({pin.database:,} database / {pin.queries:,} "
+                                   f"queries, {pin.source})"))
     lines += [
         ("query root", split.query_root or "-"),
         ("database root", split.database_root or "-"),

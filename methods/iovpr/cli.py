@@ -99,6 +99,30 @@ def segment_command(split_name, segmenter, part, cache_dir, short_side, device, 
     click.echo(str(result.folder))
 
 
+@click.group("segmenter")
+def segmenter_group():
+    """Window segmenters: import released models."""
+
+
+@segmenter_group.command("import")
+@click.option("--encoder", required=True, type=click.Path(dir_okay=False),
+              help="CSAIL's encoder_epoch_N.pth (e.g. ade20k-resnet50-upernet).")
+@click.option("--decoder", required=True, type=click.Path(dir_okay=False),
+              help="CSAIL's decoder_epoch_N.pth (the 150-class ADE20k head is kept).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Segmenter checkpoint to write (for `harness segment --segmenter`).")
+@click.option("--arch", default="upernet50", show_default=True,
+              help="upernet50 (ade20k-resnet50-upernet) or upernet101 (ade20k-resnet101-upernet).")
+@click.option("--short-side", type=int, default=480, show_default=True,
+              help="Inference short side recorded in the checkpoint.")
+def segmenter_import_command(encoder, decoder, out, arch, short_side):
+    """Make a segmenter checkpoint from released encoder/decoder files, without training."""
+    from methods.iovpr.segimport import import_segmenter
+
+    click.echo(str(import_segmenter(encoder, decoder, out, arch=arch,
+                                    input_short_side=short_side)))
+
+
 @click.command("window-seg")
 @click.option("--ade", required=True, type=click.Path(exists=True, file_okay=False),
               help="ADEChallengeData2016 folder (or its parent).")
@@ -208,7 +232,7 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
 
 
-commands = [layouts_group, segment_command, iovpr_group]
+commands = [layouts_group, segment_command, segmenter_group, iovpr_group]
 train_commands = [train_window_seg_command]
 
 

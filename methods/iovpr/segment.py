@@ -61,6 +61,23 @@ class MaskCache:
         return write_mask(self.path(name), mask)
 
 
+ADE_CLASSES = 150  # CSAIL's ADE20k heads: logit i is class i + 1 (0 = unlabelled)
+
+
+def window_from_logits(logits):
+    """Boolean window mask ``(N, H, W)`` of logits ``(N, C, H, W)``.
+
+    Two classes (our segmenters): class 1 wins. 150 ADE20k classes (a CSAIL model imported
+    with ``harness segmenter import``): the window class wins the argmax, as CSAIL predicts.
+    """
+    classes = logits.shape[1]
+    if classes == 2:
+        return logits.argmax(1) == 1
+    if classes == ADE_CLASSES:
+        return logits.argmax(1) == ade20k.WINDOW_CLASS - 1
+    raise HarnessError(f"a segmenter with {classes} classes has no window class (need 2 or 150)")
+
+
 def predict_masks(segmenter: LoadedSegmenter, images: Sequence[np.ndarray],
                   device: str = "cpu") -> list[np.ndarray]:
     """Boolean window masks of ``images`` (uint8 RGB arrays), each at its image's size.
@@ -83,7 +100,7 @@ def predict_masks(segmenter: LoadedSegmenter, images: Sequence[np.ndarray],
                                  for i in indices]).to(device)
             with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
                 logits = segment_logits(model, batch, size=size)
-            predicted = (logits.argmax(1) == 1).cpu().numpy()
+            predicted = window_from_logits(logits).cpu().numpy()
             for row, index in enumerate(indices):
                 masks[index] = predicted[row]
     return masks  # type: ignore[return-value]

@@ -16,7 +16,9 @@ Architectures (``SEGMENTER_ARCHS`` registry):
 Pretrained files are read with ``torch.load(weights_only=True)`` and matched key by key: a
 key of the file that has no place in the model, or a parameter of the loaded part that the
 file lacks, is an error listing them. The only tolerated differences are BatchNorm
-``num_batches_tracked`` counters, the ImageNet classifier of a backbone file, and a
+``num_batches_tracked`` counters, the BatchNorm bookkeeping buffers of CSAIL's synchronized
+BatchNorm (``_tmp_running_mean``, ``_tmp_running_var``, ``_running_iter``: exactly these, in a
+BatchNorm layer, of its shape), the ImageNet classifier of a backbone file, and a
 classification head with another class count (re-initialised; a 150-class ADE20k head is
 adapted: the window row gives the window logit, the mean of the other rows the other).
 
@@ -401,6 +403,22 @@ def _shorten(keys, limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+#: Buffers that CSAIL's synchronized BatchNorm (its ``lib/nn``) registers beside torch's own and
+#: saves in every BatchNorm layer of its released files: moving-average bookkeeping of
+#: multi-GPU training, unused at inference and by torch's BatchNorm.
+SYNC_BN_BOOKKEEPING = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
+
+
+def is_bn_bookkeeping(key: str, value, target: Mapping) -> bool:
+    """Whether ``key`` is one of :data:`SYNC_BN_BOOKKEEPING` of a BatchNorm of ``target``."""
+    module, _, name = key.rpartition(".")
+    running = target.get(f"{module}.running_mean")
+    if name not in SYNC_BN_BOOKKEEPING or running is None:
+        return False
+    expected = (1,) if name == "_running_iter" else tuple(running.shape)
+    return tuple(value.shape) == expected
+
+
 def _map_source_keys(source: dict, arch: SegmenterArch, target: dict) -> tuple[dict, list[str]]:
     """Rename the file's keys into the model's namespace; return (mapped, ignored keys).
 
@@ -437,6 +455,10 @@ def load_pretrained(model, path: str | os.PathLike) -> LoadReport:
     source = read_state_dict(path)
     target = model.state_dict()
     mapped, ignored = _map_source_keys(source, arch, target)
+    bookkeeping = [k for k, v in mapped.items() if is_bn_bookkeeping(k, v, target)]
+    for key in bookkeeping:
+        del mapped[key]
+    ignored = list(ignored) + bookkeeping
 
     covered = [name for name, spec in arch.parts.items()
                if any(k.startswith(spec.prefix) for k in mapped)]
@@ -515,12 +537,13 @@ class LoadedSegmenter:
 
 
 def checkpoint_payload(model, *, config: dict, epoch: int, val_iou: float | None,
-                       input_short_side: int, optimizer_state=None, history=None) -> dict:
+                       input_short_side: int, optimizer_state=None, history=None,
+                       num_classes: int = NUM_CLASSES) -> dict:
     """A checkpoint dict that ``torch.load(weights_only=True)`` can read back."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": model.arch_name,
-        "num_classes": NUM_CLASSES,
+        "num_classes": int(num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": dict(config),
         "epoch": int(epoch),

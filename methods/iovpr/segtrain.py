@@ -244,14 +244,10 @@ def _save(path: Path, payload: dict) -> None:
 
 
 def _resolve_device(device: str | None) -> str:
-    import torch
+    """As :func:`methods.extract.resolve_device` (an explicit cuda without CUDA is an error)."""
+    from methods.extract import resolve_device
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available; training on the CPU")
-        return "cpu"
-    return device
+    return str(resolve_device(device))
 
 
 def train_window_segmenter(

@@ -40,8 +40,10 @@ class TrainConfig:
     )
     init: str | None = _f(
         None,
-        "Cluster init h5 from `harness train cluster` (default: clustered into "
-        "OUT_DIR/cluster.h5).",
+        "Where the run starts: a cluster init h5 (`harness train cluster`; default: clustered "
+        "into OUT_DIR/cluster.h5), or a complete NetVLAD/SFRS model to fine-tune (OpenIBL's "
+        "released vgg16_netvlad.pth, an OpenIBL training checkpoint or a harness checkpoint; "
+        "its PCA layer is left out).",
     )
     backbone: str = _f("vgg16", "Backbone: vgg16 (lineage) or small (CPU-scale).")
     backbone_weights: str | None = _f(
@@ -101,7 +103,11 @@ class TrainConfig:
     device: str | None = _f(
         None, "cuda, cpu (default: CUDA when available; torchrun sets the GPU per rank)."
     )
-    amp: bool = _f(False, "Mixed precision (bfloat16 autocast) for training steps on GPU.")
+    amp: bool = _f(
+        False,
+        "Mixed precision (bfloat16 autocast) on GPU, for training steps and for the feature "
+        "extraction of mining and validation (else strict float32).",
+    )
     eval_every: int = _f(1, "Validate every this many epochs (and after the last).")
     keep_epoch_checkpoints: bool = _f(
         True, "Keep a checkpoint of every epoch (else only last and best)."

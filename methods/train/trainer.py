@@ -4,7 +4,8 @@ Layout of a run folder (``config.out_dir``)::
 
     config.json          the TrainConfig
     cluster.h5           centroid init (when no --init was given)
-    init.pt              the initial model (backbone + cluster-initialised NetVLAD)
+    init.pt              the initial model (backbone + cluster-initialised NetVLAD, or the
+                         complete model given as --init: :mod:`methods.train.initial`)
     checkpoints/gen<g>_epoch<e>.pt   the model after each epoch (harness checkpoint layout)
     best.pt              the best model by validation recall@5 (the last one without validation)
     last.pt              the full state for resuming (model, optimiser, scheduler, SFRS teacher,
@@ -38,10 +39,10 @@ from harness.errors import HarnessError
 from harness.io import write_json_atomic
 from methods.base import ImageLoader, PartContext, open_rgb
 from methods.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
-from methods.netvlad import ModelConfig, NetVLADModel, build_model, load_backbone_weights
+from methods.netvlad import ModelConfig, NetVLADModel, build_model
 from methods.sfrs import region_similarities, region_vlads
 from methods.train import losses
-from methods.train.config import RESUMABLE_CHANGES, ClusterConfig, TrainConfig
+from methods.train.config import RESUMABLE_CHANGES, TrainConfig
 from methods.train.distributed import (
     agree,
     all_reduce_mean,
@@ -246,55 +247,25 @@ class Trainer:
             )
 
     def _initial_model(self) -> NetVLADModel:
-        """Backbone (pretrained file or seeded random) + NetVLAD initialised from clusters."""
-        from methods.train.cluster import cluster_attrs, cluster_init, read_clusters
+        """The start of the run (:mod:`methods.train.initial`): clusters or a complete model."""
+        from methods.train.initial import initial_model
 
-        c = self.config
-        model = build_model(self._model_config(), seed=c.seed)
-        if c.backbone_weights:
-            load_backbone_weights(model.base_model, c.backbone_weights)
-        cluster_path = Path(c.init) if c.init else self.out_dir / "cluster.h5"
-        if not c.init and not agree(self.env, cluster_path.exists(), self.device):
-            if self.env.is_main:
-                cluster_init(
-                    ClusterConfig(
-                        split=c.train_split,
-                        out=str(cluster_path),
-                        data_root=c.data_root,
-                        backbone=c.backbone,
-                        backbone_weights=c.backbone_weights,
-                        num_clusters=c.num_clusters,
-                        image_height=c.image_height,
-                        image_width=c.image_width,
-                        seed=c.seed,
-                        batch_size=c.batch_size,
-                        workers=self.workers,
-                        device=str(self.device),
-                        progress=c.progress,
-                    )
-                )
-            barrier(self.env)
-        centroids, descriptors, attrs = read_clusters(cluster_path)
-        expected = cluster_attrs(c.backbone, c.backbone_weights, c.seed, c.num_clusters)
-        different = {
-            k: (attrs.get(k), v) for k, v in expected.items() if k in attrs and attrs.get(k) != v
-        }
-        if different:
-            detail = "; ".join(f"{k}: file {a!r}, run {b!r}" for k, (a, b) in different.items())
-            raise HarnessError(
-                f"cluster init was made with another backbone ({detail})", cluster_path
-            )
-        if centroids.shape != (c.num_clusters, model.net_vlad.dim):
-            raise HarnessError(
-                f"cluster init has centroids {centroids.shape}, the model needs "
-                f"({c.num_clusters}, {model.net_vlad.dim})",
-                cluster_path,
-            )
-        alpha = model.net_vlad.init_from_clusters(centroids, descriptors)
-        logger.info("NetVLAD initialised from %s (alpha %.2f)", cluster_path, alpha)
+        model, self.init_provenance = initial_model(
+            self.config,
+            self._model_config(),
+            env=self.env,
+            device=self.device,
+            workers=self.workers,
+            out_dir=self.out_dir,
+        )
         return model
 
     # -- encoding and validation -----------------------------------------------------------
+    @property
+    def _amp(self) -> bool:
+        """bfloat16 autocast: asked for (``amp``) and on a GPU."""
+        return bool(self.config.amp and self.device.type == "cuda")
+
     def _encode_part(self, model: NetVLADModel, split, part: str, description: str) -> torch.Tensor:
         from methods.extract import encode_rows, shard_rows
 
@@ -318,6 +289,7 @@ class Trainer:
                 context,
                 device=self.device,
                 rows=list(rows),
+                precision="bf16" if self._amp else "fp32",
                 progress=self.config.progress and self.env.is_main,
                 description=description,
                 to_numpy=False,
@@ -544,9 +516,7 @@ class Trainer:
             flat = normalize_batch(images.view(b * s, *images.shape[2:]))
             # bfloat16: no loss scaling needed (fp16 gradients of the sharp SARE softmax underflow).
             with torch.autocast(
-                device_type=self.device.type,
-                dtype=torch.bfloat16,
-                enabled=c.amp and self.device.type == "cuda",
+                device_type=self.device.type, dtype=torch.bfloat16, enabled=self._amp
             ):
                 outputs = forward(flat)
             outputs = outputs.float().view(b, s, *outputs.shape[1:])
@@ -630,7 +600,8 @@ class Trainer:
         else:
             model = self._initial_model()
             if self.env.is_main:
-                self._save_model(self.init_path, model, self._model_meta(-1, -1, None, -1.0))
+                meta = {**self._model_meta(-1, -1, None, -1.0), **self.init_provenance}
+                self._save_model(self.init_path, model, meta)
             barrier(self.env)
         initial_state = copy.deepcopy(model.state_dict())
         model.base_model.freeze(c.train_layers)
