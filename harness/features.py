@@ -17,6 +17,7 @@ temporary name and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -214,6 +215,8 @@ def _reading(path, what: str = "") -> Iterator[None]:
     except HarnessError:
         raise
     except _HDF5_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            raise MemoryError(str(exc)) from None  # not the file's fault: the caller's limit
         detail = " ".join(str(exc).split()) or type(exc).__name__
         where = f" reading {what}" if what else ""
         raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
@@ -583,5 +586,7 @@ def expand_feature_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
                 raise HarnessError("directory holds no .h5 feature files", item)
             result.extend(found)
         else:
-            result.append(item)
+            # Checked here, before any reader sees it: a FIFO or device given as a feature
+            # file is refused at once instead of blocking (or streaming forever) in open().
+            result.append(require_regular_file(item, "feature file"))
     return result

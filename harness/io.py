@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import errno
 import os
+import re
+import socket
 import stat
 import tempfile
 import zipfile
@@ -70,23 +73,119 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = make_temp_file(path)
     try:
         yield tmp
         with contextlib.suppress(FileNotFoundError):
             if tmp.stat().st_mode & 0o777 == 0o600:  # still mkstemp's mode
                 os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         for folder in created:  # a failed write leaves no empty folders behind either
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        reason = write_failure(exc)
+        if reason:
+            from harness.errors import HarnessError
+
+            raise HarnessError(f"cannot write it: {reason} (nothing was written)", path) \
+                from None
         raise
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+#: errno values and HDF5 message fragments that mean "the disk (or quota, or RLIMIT_FSIZE) is
+#: full" or "this place is not writable": a one-line error, never a traceback.
+_WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large "
+                 "(file size limit)", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system"}
+_WRITE_TEXTS = {"errno = 28": errno.ENOSPC, "No space left on device": errno.ENOSPC,
+                "errno = 27": errno.EFBIG, "File too large": errno.EFBIG,
+                "errno = 122": errno.EDQUOT, "errno = 30": errno.EROFS}
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """What a failed write ran into when it is the disk's fault (full, quota, size limit,
+    read-only), as words; None for any other exception. HDF5 reports these as an
+    ``OSError`` without errno whose text holds the C errno."""
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno
+    if code not in _WRITE_ERRNOS:
+        text = str(exc)
+        code = next((value for key, value in _WRITE_TEXTS.items() if key in text), None)
+    return _WRITE_ERRNOS.get(code)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Remove temporary files left in ``folder`` by killed writers (of ``name``, or any).
+
+    Temporary names carry the host and process id of their writer
+    (:func:`make_temp_file`); one whose writer is no longer running on this host is a
+    leftover of an interrupted run. Writers on other hosts (a shared file system) and
+    running ones are left alone.
+    """
+    removed = []
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if match["host"] != _HOST or _process_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                import shutil
+
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def make_temp_file(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """A new temporary file (or folder) beside ``path``, named after it, this host and pid.
+
+    Leftovers of killed writers of the same ``path`` are removed first. A parent that
+    cannot be created or written is a one-line HarnessError naming ``path``.
+    """
+    from harness.errors import HarnessError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, path.name)
+        prefix = f".{path.name}.{_HOST}.{os.getpid()}."
+        if directory:
+            return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            reason = f"{parent} is not a folder"
+        else:
+            reason = write_failure(exc) or exc.strerror or str(exc)
+        raise HarnessError(f"cannot write here: {reason}", path) from None
+    os.close(fd)
+    return Path(tmp_name)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

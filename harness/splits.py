@@ -206,10 +206,26 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     return path
 
 
+#: The largest member a split file may declare (Outdoor-Ams's 6.4M names take ~0.5 GB).
+SPLIT_MEMBER_MAX_BYTES = 4 << 30
+
+
+def _check_split_members(path: Path) -> None:
+    """Refuse, from the zip and .npy headers, members larger than their bytes or the cap."""
+    from harness.io import npz_shapes, require_regular_file
+
+    require_regular_file(path, "split file")
+    shapes = npz_shapes(path, SPLIT_MEMBER_MAX_BYTES)
+    meta = shapes.get("meta")
+    if meta is None or len(meta[0]) != 1 or meta[0][0] > 1 << 20:
+        raise ValueError("member 'meta' is missing or larger than 1 MiB")
+
+
 def load_split(path: str | os.PathLike) -> Split:
     """Read a ``.split.npz`` file; a corrupt or foreign file is a :class:`HarnessError`."""
     path = Path(path)
     try:
+        _check_split_members(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
             if not is_version(meta.get("format_version"), SPLIT_FORMAT_VERSION):
@@ -242,8 +258,11 @@ def read_split_metadata(path: str | os.PathLike) -> dict:
     """The metadata stored in a ``.split.npz`` (counts, radius, sha256...) without its arrays."""
     path = Path(path)
     try:
+        _check_split_members(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+    except HarnessError:
+        raise
     except FileNotFoundError:
         raise HarnessError("split file not found", path) from None
     except Exception as exc:

@@ -158,6 +158,10 @@ def _check_record(
         sidecar = path.parent / record.predictions.file
         if not sidecar.is_file():
             report.add(sidecar, "predictions file named by the record is missing")
+        elif sidecar.stat().st_size != record.predictions.bytes:
+            # Compared before hashing: a huge (or sparse) file is never read.
+            report.add(sidecar, f"predictions file is {sidecar.stat().st_size} bytes, its record "
+                                f"says {record.predictions.bytes}")
         elif sha256_file(sidecar) != record.predictions.sha256:
             report.add(sidecar, "predictions file does not match the sha256 in its record")
         else:
@@ -256,7 +260,13 @@ def check_results(
     data_root = default_data_root() if data_root is None else Path(data_root)
     report = CheckReport()
     feature_dirs = [Path(d) for d in feature_dirs]
-    for path in sorted(p for p in results_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in results_dir.rglob("*") if not p.is_dir()):
+        if not path.is_file() or path.is_symlink():
+            # Never opened: a FIFO would block the check, a device read forever, a link
+            # point outside the folder.
+            report.add(path, "not a regular file (FIFO, device, socket or symlink); records "
+                             "and sidecars are plain files")
+            continue
         relative = path.relative_to(results_dir)
         if len(relative.parts) == 1 and relative.name in _ALLOWED_EXTRA:
             continue

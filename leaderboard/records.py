@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError, ValidationError
+from harness.features import MAX_DESCRIPTOR_DIM
 from harness.versions import is_version
 from leaderboard.escape import unsafe_characters, url_problem
 
@@ -59,6 +60,8 @@ PREDICTIONS_MAX_BYTES = 8 << 20
 #: A record is a few KB and a meta file less; anything far larger is refused unread.
 RECORD_MAX_BYTES = 4 << 20
 METADATA_MAX_BYTES = 1 << 20
+#: An hour per image: anything larger is a typo or a hostile number, not a measurement.
+MAX_EXTRACTION_MS = 3.6e6
 TOPK_FORMAT = "iovpr-leaderboard-topk"
 TOPK_FORMAT_VERSION = 1
 ID_LENGTH = 16
@@ -124,9 +127,12 @@ class MethodMetadata:
         if self.descriptor_dim is not None and (
             isinstance(self.descriptor_dim, bool)
             or not isinstance(self.descriptor_dim, int)
-            or self.descriptor_dim < 1
+            or not 1 <= self.descriptor_dim <= MAX_DESCRIPTOR_DIM
         ):
-            found.append(f"descriptor_dim must be a positive integer, got {self.descriptor_dim!r}")
+            shown = repr(self.descriptor_dim)
+            shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+            found.append(
+                f"descriptor_dim must be an integer from 1 to {MAX_DESCRIPTOR_DIM}, got {shown}")
         if self.descriptor_dtype is not None and self.descriptor_dtype not in (
             "float32",
             "float16",
@@ -139,9 +145,12 @@ class MethodMetadata:
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
-            or value < 0
+            or not 0 <= value <= MAX_EXTRACTION_MS
         ):
-            found.append(f"extraction_ms_per_image must be a non-negative number, got {value!r}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+            found.append(f"extraction_ms_per_image must be a non-negative number of at most "
+                         f"{MAX_EXTRACTION_MS:g}, got {shown}")
         return found
 
     def to_dict(self) -> dict:
