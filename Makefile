@@ -16,7 +16,7 @@ SLURM_CLUSTER ?= 1
 # installing it (the browser test then skips with its reason).
 BROWSER ?= 1
 
-.PHONY: setup test test-slurm demo clean
+.PHONY: setup test test-slurm demo study-report clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ test-slurm: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/harness demo
+
+# The IOVPR study section of README.md: the study at the demo's settings, seeds 43 and 44, with
+# intervals and paired tests (methods/iovpr/study_report.py).
+study-report: $(STAMP)
+	$(VENV)/bin/harness synth city --out data/demo/city --preset demo --seed 0 --register \
+		--prefix synth- --data-root data/demo/harness
+	$(VENV)/bin/harness iovpr study-report --city data/demo/city --data-root data/demo/harness \
+		--out data/study-report --seeds 43,44 --readme README.md
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

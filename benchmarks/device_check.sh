@@ -18,7 +18,7 @@ mkdir -p "$OUT_DIR"
 status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpus.txt"
 df -h "${TMPDIR:-/tmp}" | tee -a "$OUT_DIR/gpus.txt"
-$PY -m pytest -q -m gpu -p no:cacheprovider tests/test_search.py tests/test_hardening_properties.py \
+$PY -m pytest -q -m gpu -p no:cacheprovider tests/harness/search/ \
     2>&1 | tee "$OUT_DIR/gpu-tests.log" || status=1
 $PY benchmarks/scale.py --rows "$ROWS" --ngpu -1 2>&1 | tr '\r' '\n' | grep -v 'rows/s]' \
     | tee "$OUT_DIR/scale-gpu.log" || status=1

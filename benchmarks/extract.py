@@ -1,5 +1,12 @@
 """Extraction throughput of VGG16-NetVLAD (+ PCA 4096) at 480x640: CPU and GPU side by side.
 
+``--compare-openibl`` (CPU): OpenIBL's own extraction loop, written as OpenIBL runs it (a
+plain ``DataLoader`` over PIL images with ``Resize((480, 640))``, ``ToTensor``, ``Normalize``
+in its workers, the model in eval mode under ``torch.no_grad``, contiguous NCHW fp32), against
+``methods.extract.extract`` (uint8 decoding and resizing in worker processes, channels-last,
+``inference_mode``, fp32 and bf16 autocast), the same images, model and threads, interleaved
+``--repeats`` times; prints the median images/s and the ratio to OpenIBL's loop.
+
 Two measurements per device, printed in one table:
 
 * **model**: random ``uint8`` batches already on the device -> normalise -> descriptors
@@ -106,8 +113,71 @@ def make_images(folder: Path, count: int, distinct: int = 64) -> list[str]:
     return names
 
 
+def time_openibl_loop(model, folder: Path, names: list[str], *, batch: int, workers: int) -> dict:
+    """images/s of OpenIBL's extraction loop (its test transform, DataLoader and eval loop),
+    model already built; data-loader start-up is inside the timing, as in ``extract``."""
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from methods.transforms import MEAN, STD
+
+    transform = transforms.Compose([transforms.Resize((480, 640)), transforms.ToTensor(),
+                                    transforms.Normalize(mean=MEAN, std=STD)])
+
+    class Preprocessor(Dataset):  # OpenIBL's: open, convert to RGB, transform
+        def __len__(self):
+            return len(names)
+
+        def __getitem__(self, index):
+            with Image.open(folder / names[index]) as image:
+                return transform(image.convert("RGB")), names[index]
+
+    loader = DataLoader(Preprocessor(), batch_size=batch, num_workers=workers, shuffle=False,
+                        pin_memory=False)
+    model.eval()
+    started = time.perf_counter()
+    count = 0
+    with torch.no_grad():
+        for images, _ in loader:
+            outputs = model(images).data.cpu()
+            count += outputs.shape[0]
+    seconds = time.perf_counter() - started
+    assert count == len(names) and outputs.shape[1] == 4096
+    return {"images": count, "seconds": seconds, "images_per_s": count / seconds}
+
+
+def compare_openibl(folder: Path, names: list[str], *, batch: int, workers: int,
+                    repeats: int, precisions: tuple[str, ...]) -> list[dict]:
+    """OpenIBL's loop and ``extract`` at each precision, interleaved ``repeats`` times."""
+    import statistics
+
+    import torch
+
+    cpu = torch.device("cpu")
+    model = build(cpu)
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        label = "OpenIBL loop fp32"
+        runs.setdefault(label, []).append(
+            time_openibl_loop(model, folder, names, batch=batch, workers=workers)["images_per_s"])
+        for precision in precisions:
+            result = time_end_to_end(cpu, folder, names, batch=batch, workers=workers,
+                                     amp=False, precision=precision)
+            runs.setdefault(f"harness extract {precision}", []).append(result["images_per_s"])
+    baseline = statistics.median(runs["OpenIBL loop fp32"])
+    rows = []
+    for label, values in runs.items():
+        median = statistics.median(values)
+        rows.append({"label": label, "runs": values, "median_images_per_s": median,
+                     "x_openibl": median / baseline})
+    return rows
+
+
 def time_end_to_end(
-    device, folder: Path, names: list[str], *, batch: int, workers: int, amp: bool
+    device, folder: Path, names: list[str], *, batch: int, workers: int, amp: bool,
+    precision: str | None = None,
 ) -> dict:
     """images/s of ``extract()`` (workers decode and resize JPEGs, model, feature file).
 
@@ -133,10 +203,10 @@ def time_end_to_end(
         device=str(device),
         batch_size=batch,
         workers=workers,
-        precision="bf16" if amp else "fp32",
         progress=False,
         overwrite=True,
         dtype="float16",
+        precision=precision or ("bf16" if amp else "fp32"),
     )
 
     def split_of(selected: list[str], name: str) -> Split:
@@ -151,8 +221,9 @@ def time_end_to_end(
             database_root=str(folder),
         )
 
-    warm_out = folder / f"warm-{device.type}-{int(amp)}.h5"
-    out = folder / f"features-{device.type}-{int(amp)}.h5"
+    label = options.precision
+    warm_out = folder / f"warm-{device.type}-{label}.h5"
+    out = folder / f"features-{device.type}-{label}.h5"
     warm = names[: min(len(names), 2 * batch)]
     extract(
         method,
@@ -200,7 +271,15 @@ def main(argv=None) -> int:
         "--no-cpu", action="store_true", help="skip the CPU rows (slow: seconds per image)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--compare-openibl", action="store_true",
+                        help="CPU only: OpenIBL's extraction loop vs extract() (fp32, bf16)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved runs (--compare-openibl)")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="extract() precisions to compare (--compare-openibl)")
     args = parser.parse_args(argv)
+    if args.compare_openibl:
+        return _compare_main(args)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -300,6 +379,33 @@ def main(argv=None) -> int:
             f"{row['device'][:28]:28s} {row['precision']:10s} {row['kind']:11s} {row['batch']:5d} "
             f"{row['images']:7d} {row['images_per_s']:10.2f} {ratio}"
         )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _compare_main(args) -> int:
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    from harness.hardware import cpu_model
+
+    torch.set_num_threads(args.threads)
+    workers = 1 if args.workers is None else args.workers
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
+        folder = Path(tmp)
+        names = make_images(folder, args.cpu_images)
+        rows = compare_openibl(folder, names, batch=args.cpu_batch, workers=workers,
+                               repeats=args.repeats,
+                               precisions=tuple(p for p in args.precisions.split(",") if p))
+    print(f"\nVGG16-NetVLAD-PCA4096 at 480x640 on {cpu_model()}, {args.threads} threads, "
+          f"{workers} workers, batch {args.cpu_batch}, {args.cpu_images} images, "
+          f"{args.repeats} interleaved runs (median)")
+    print(f"{'pipeline':24s} {'images/s':>9s} {'x OpenIBL':>10s}  runs")
+    for row in rows:
+        runs = " ".join(f"{v:.3f}" for v in row["runs"])
+        print(f"{row['label']:24s} {row['median_images_per_s']:9.3f} "
+              f"{row['x_openibl']:10.2f}  {runs}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -3,7 +3,7 @@
 The harness computes in float32 whatever the storage dtype; storing descriptors as float16
 halves the disk (Outdoor-Ams at 4096-D: 52 GB instead of 105 GB) and the bytes read. This
 script measures what the rounding to float16 costs on the synthetic city's real descriptors:
-the training-free probe descriptors (``harness.synth.probe``: thumbnail, colour histogram,
+the training-free probe descriptors (``synth.probe``: thumbnail, colour histogram,
 both) of every evaluation split (outdoor queries, indoor queries raw and as oracle gray
 layouts, Ams30k test). Each descriptor set is written twice, float32 and float16 (queries and
 database alike, as an extraction would), and both files are evaluated by ``harness.evaluate``.
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     from harness.evaluate import evaluate
     from harness.features import write_features
     from harness.splits import get_split, prepare_builtin_splits
-    from harness.synth import make_city
-    from harness.synth.dataset import CityInfo
-    from harness.synth.probe import PROBE_SETS, describe_images, probe_dim
+    from synth import make_city
+    from synth.dataset import CityInfo
+    from synth.probe import PROBE_SETS, describe_images, probe_dim
 
     ns = tuple(int(n) for n in args.recall_ns.split(","))
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

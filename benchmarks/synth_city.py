@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from harness.splits import prepare_builtin_splits
-    from harness.synth import make_city
-    from harness.synth.probe import format_table, probe_table
+    from synth import make_city
+    from synth.probe import format_table, probe_table
 
     with tempfile.TemporaryDirectory(prefix="synth-city-bench-") as scratch:
         city_dir = args.out or Path(scratch) / "city"

@@ -27,40 +27,12 @@ def load_split(name_or_path, data_root: str | os.PathLike | None = None):
 
 def evaluate(features=None, split=None, config=None, *, ranking=None, method: str | None = None,
              data_root: str | os.PathLike | None = None, **options):
-    """Evaluate feature files (or a ranking file) on a split; returns the record.
+    """Evaluate feature files (or a ranking file) on a split; returns the record
+    (:func:`harness.evaluate.evaluate_files_or_ranking`, which documents the arguments)."""
+    from harness.evaluate import evaluate_files_or_ranking
 
-    Args:
-        features: a feature file, a folder of shards, or a list of them.
-        split: a split name, a ``.split.npz`` path or a :class:`harness.splits.Split`.
-        config: a :class:`harness.config.EvalConfig`; or give its fields as keywords
-            (``recall_ns=(1, 5, 10)``, ``ngpu=0``...).
-        ranking: a ranking file instead of ``features`` (re-ranking methods).
-        method: the method name to record.
-
-    Returns:
-        :class:`harness.results.EvalResult`: ``result.scores["recall@1"]``, ``result.recall(5)``,
-        ``result.write("r.json")``.
-    """
-    from harness.config import EvalConfig
-    from harness.errors import HarnessError
-
-    if split is None:
-        raise HarnessError("evaluate needs a split (a name, a path or a Split)")
-    if (features is None) == (ranking is None):
-        raise HarnessError("give either features or ranking")
-    split = load_split(split, data_root)
-    if config is None:
-        config = EvalConfig.from_dict(options)
-    elif options:
-        config = config.replace(**options)
-    if ranking is not None:
-        from harness.sources.rankings import evaluate_ranking
-
-        return evaluate_ranking(ranking, split, config, method=method)
-    from harness.evaluate import evaluate as evaluate_features
-
-    paths = [features] if isinstance(features, (str, os.PathLike)) else list(features)
-    return evaluate_features(paths, split, config, method=method)
+    return evaluate_files_or_ranking(features, split, config, ranking=ranking, method=method,
+                                     data_root=data_root, **options)
 
 
 @dataclass(frozen=True, eq=False)

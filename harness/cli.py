@@ -43,6 +43,18 @@ class _HarnessGroup(click.Group):
             raise
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stderr handler that survives its stream being closed: an in-process run (a test
+    calling ``main``) may install it on a capture stream that is closed afterwards; logging
+    to it would print a logging traceback into a later run's output. It then falls back to
+    the process's own stderr."""
+
+    def emit(self, record):
+        if getattr(self.stream, "closed", False) and sys.__stderr__ is not None:
+            self.stream = sys.__stderr__  # not setStream(): it would flush the closed one
+        super().emit(record)
+
+
 @click.group(cls=_HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harness")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -52,7 +64,7 @@ def cli(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger()
     if not any(getattr(h, "_harness", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._harness = True  # type: ignore[attr-defined]
         root.addHandler(handler)

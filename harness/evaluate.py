@@ -27,19 +27,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from harness import __version__
 from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
 from harness.features import expand_feature_paths, read_descriptors
-from harness.hardware import hardware_facts, peak_rss_bytes
-from harness.results import (
-    Counts, EvalResult, FileDigest, Hardware, Predictions, Timings, harness_git_commit, utc_now,
-)
+from harness.efficiency import extraction_summary
+from harness.hardware import reset_peak_rss
+from harness.results import EvalResult, FileDigest
 from harness.search import (
     BlockSource, SearchStats, TopK, default_block_rows, float16_converter, iter_feature_blocks,
     resolve_backend, search_blocks, streams_from_mapping,
 )
-from harness.splits import Split
+from harness.record import evaluate_topk
+from harness.sources.rankings import evaluate_ranking
+from harness.splits import Split, get_split
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class SearchOutput:
     warnings: tuple[str, ...] = field(default=())
     database_rows: int = 0
     descriptor_dtypes: tuple[str, ...] = field(default=())
+    extraction: Mapping[str, object] = field(default_factory=dict)
 
 
 class _BlockInspector:
@@ -185,6 +186,9 @@ def search_features(
         attrs["extraction_precision"] = "mixed: " + ", ".join(precisions)
         warnings.append(
             f"feature files were extracted in different precisions ({', '.join(precisions)})")
+    searched = {Path(query_part.path)} | {Path(part.path) for part in database_parts}
+    extraction = extraction_summary(
+        (i.path, i.attrs) for i in report.infos if Path(i.path) in searched)
 
     database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
     inspector = _BlockInspector(database_bytes) if config.validate else None
@@ -244,115 +248,8 @@ def search_features(
         warnings=tuple(warnings),
         database_rows=int(sum(part.count for part in database_parts)),
         descriptor_dtypes=tuple(sorted({part.dtype for part in database_parts})),
+        extraction=extraction,
     )
-
-
-def evaluate_topk(
-    split: Split,
-    topk: TopK,
-    config: EvalConfig = EvalConfig(),
-    *,
-    method: str,
-    features: Sequence[FileDigest] = (),
-    descriptor_dim: int,
-    descriptor_dtype: str = "float32",
-    search_backend: str = "",
-    method_attrs: Mapping[str, object] | None = None,
-    load_s: float = 0.0,
-    checksum_s: float = 0.0,
-    search_s: float = 0.0,
-    started: float | None = None,
-) -> EvalResult:
-    """Score a complete top-K (e.g. merged from shards) and build the record."""
-    from harness.ground_truth import positives_within_radius
-    from harness.metrics import compute_metrics, database_places
-
-    started = time.perf_counter() if started is None else started
-    protocol = config.protocol(split)
-    if topk.num_queries != split.num_queries:
-        raise HarnessError(f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}")
-    if topk.k < protocol.k:
-        raise HarnessError(f"top-K holds {topk.k} ranks; this protocol needs {protocol.k}")
-    metrics_started = time.perf_counter()
-    positives = positives_within_radius(split.database_utm, split.query_utm, protocol.radius_m)
-    places = database_places(split.database_utm) if protocol.spatial_nms else None
-    metrics = compute_metrics(
-        topk.indices[:, : protocol.k],
-        positives,
-        recall_ns=protocol.recall_ns,
-        map_k=protocol.map_k,
-        no_positive=protocol.no_positive,
-        places=places,
-        nms_pool=protocol.nms_pool,
-    )
-    intervals, bootstrap, breakdowns = _uncertainty(split, metrics, protocol, config)
-    metrics_s = time.perf_counter() - metrics_started
-    facts = hardware_facts()
-    if metrics.queries_without_positive:
-        logger.warning(
-            "%d of %d queries have no positive within %.1f m (policy %r)",
-            metrics.queries_without_positive, split.num_queries, protocol.radius_m, protocol.no_positive,
-        )
-    return EvalResult(
-        split=split.name,
-        split_sha256=split.sha256,
-        method=method or "unknown",
-        scores=metrics.scores,
-        main_score=f"recall@{min(protocol.recall_ns)}",  # recall@1 unless N=1 was left out
-        protocol=protocol,
-        counts=Counts(
-            queries=split.num_queries,
-            database=split.num_database,
-            queries_without_positive=metrics.queries_without_positive,
-            evaluated_queries=metrics.evaluated_queries,
-        ),
-        features=tuple(features),
-        descriptor_dim=int(descriptor_dim),
-        descriptor_dtype=descriptor_dtype,
-        search_backend=search_backend,
-        timings=Timings(
-            load_s=load_s, checksum_s=checksum_s, search_s=search_s, metrics_s=metrics_s,
-            total_s=time.perf_counter() - started,
-        ),
-        peak_rss_bytes=peak_rss_bytes(),
-        hardware=Hardware(**{**facts, "gpus": tuple(facts["gpus"])}),
-        harness_version=__version__,
-        git_commit=harness_git_commit(),
-        date=utc_now(),
-        method_attrs=dict(method_attrs or {}),
-        intervals=intervals,
-        bootstrap=bootstrap,
-        breakdowns=breakdowns,
-        prediction_data=Predictions(
-            indices=topk.indices,
-            scores=topk.scores,
-            first_positive_rank=metrics.first_positive_rank.astype(np.int32),
-            has_positive=metrics.has_positive,
-            average_precision=metrics.average_precision.astype(np.float32),
-        ),
-    )
-
-
-def _uncertainty(split: Split, metrics, protocol, config: EvalConfig):
-    """Bootstrap intervals of every score and the breakdowns (see harness.stats and
-    harness.breakdowns): (intervals, bootstrap settings as a dict or None, breakdowns)."""
-    from harness.breakdowns import compute_breakdowns
-    from harness.stats import per_query_scores, score_intervals
-
-    settings = config.bootstrap_settings()
-    intervals: dict = {}
-    if settings is not None:
-        per_query = per_query_scores(
-            metrics.first_positive_rank, metrics.has_positive, protocol.recall_ns,
-            protocol.no_positive, metrics.average_precision, protocol.map_k)
-        intervals = score_intervals(per_query, settings)
-    breakdowns = {}
-    if config.breakdowns:
-        breakdowns = compute_breakdowns(
-            split, metrics, protocol, settings=settings,
-            conditions_file=config.query_conditions, masks_dir=config.window_masks,
-            masks_kind=config.window_masks_kind)
-    return intervals, None if settings is None else settings.to_dict(), breakdowns
 
 
 def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
@@ -556,6 +453,7 @@ def evaluate(
         HarnessError / ValidationError: bad files (nothing is written).
     """
     started = time.perf_counter()
+    scope = "evaluation" if reset_peak_rss() else "process"
     output, digests, checksum_s = search_and_hash(features, split, config)
     return evaluate_topk(
         split,
@@ -571,17 +469,49 @@ def evaluate(
         checksum_s=checksum_s,
         search_s=output.search_s,
         started=started,
+        extraction=output.extraction,
+        peak_scope=scope,
     )
+
+
+def evaluate_files_or_ranking(features=None, split=None, config=None, *, ranking=None,
+                              method: str | None = None,
+                              data_root: str | os.PathLike | None = None, **options):
+    """Evaluate feature files (or a ranking file) on a split; returns the record.
+
+    Args:
+        features: a feature file, a folder of shards, or a list of them.
+        split: a split name, a ``.split.npz`` path or a :class:`harness.splits.Split`.
+        config: a :class:`harness.config.EvalConfig`; or give its fields as keywords
+            (``recall_ns=(1, 5, 10)``, ``ngpu=0``...).
+        ranking: a ranking file instead of ``features`` (re-ranking methods).
+        method: the method name to record.
+
+    Returns:
+        :class:`harness.results.EvalResult`: ``result.scores["recall@1"]``, ``result.recall(5)``,
+        ``result.write("r.json")``.
+    """
+    if split is None:
+        raise HarnessError("evaluate needs a split (a name, a path or a Split)")
+    if (features is None) == (ranking is None):
+        raise HarnessError("give either features or ranking")
+    split = split if isinstance(split, Split) else get_split(split, data_root)
+    if config is None:
+        config = EvalConfig.from_dict(options)
+    elif options:
+        config = config.replace(**options)
+    if ranking is not None:
+        return evaluate_ranking(ranking, split, config, method=method)
+    paths = [features] if isinstance(features, (str, os.PathLike)) else list(features)
+    return evaluate(paths, split, config, method=method)
 
 
 class _CallableModule(type(os)):
     """``harness.evaluate`` is this module once imported (Python sets submodules as package
-    attributes); calling it runs the public :func:`harness.api.evaluate`."""
+    attributes); calling it runs :func:`evaluate_files_or_ranking` (``harness.evaluate(...)``)."""
 
     def __call__(self, *args, **kwargs):
-        from harness.api import evaluate as public_evaluate
-
-        return public_evaluate(*args, **kwargs)
+        return evaluate_files_or_ranking(*args, **kwargs)
 
 
 import sys as _sys  # noqa: E402

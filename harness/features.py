@@ -25,9 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.hdf5 import (
+    ATTR_MAX_BYTES,
+    HDF5_ERRORS,
+    check_global_heaps,
+    dataset_extents,
+    read_plain_attribute,
+)
 from harness.hdf5_policy import check_hdf5_contents
 from harness.io import atomic_path, require_regular_file
 from harness.versions import is_version
@@ -64,8 +72,6 @@ class FeatureFileInfo:
 
 
 def _string_dtype():
-    import h5py
-
     return h5py.string_dtype("utf-8")
 
 
@@ -149,8 +155,6 @@ class FeatureWriter:
         self._handle = None
 
     def __enter__(self) -> "FeatureWriter":
-        import h5py
-
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._handle = self._stack.enter_context(h5py.File(self._tmp, "w", libver="latest"))
         handle = self._handle
@@ -190,6 +194,11 @@ class FeatureWriter:
         self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
         self._written[part][start_row:stop] = True
 
+    def set_attrs(self, attrs: Mapping[str, object]) -> None:
+        """Add root attributes known only once the rows are written (e.g. timings)."""
+        for key, value in attrs.items():
+            self._handle.attrs[key] = _encode_attr(value)
+
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             missing = {p: int((~w).sum()) for p, w in self._written.items() if not w.all()}
@@ -200,21 +209,14 @@ class FeatureWriter:
         return self._stack.__exit__(exc_type, exc, tb)
 
 
-# h5py turns the HDF5 error stack of a damaged file into these (KeyError for a bad object
-# header, OSError for unreadable data, ValueError/TypeError for odd types...): every one of
-# them, met while reading a submitted file, means "corrupt", never a harness bug.
-_HDF5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
-_ATTR_MAX_BYTES = 1 << 16
-
-
 @contextlib.contextmanager
-def _reading(path, what: str = "") -> Iterator[None]:
+def reading_errors(path, what: str = "") -> Iterator[None]:
     """Turn the exceptions a damaged HDF5 file raises inside the block into a HarnessError."""
     try:
         yield
     except HarnessError:
         raise
-    except _HDF5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
             raise MemoryError(str(exc)) from None  # not the file's fault: the caller's limit
         detail = " ".join(str(exc).split()) or type(exc).__name__
@@ -222,113 +224,18 @@ def _reading(path, what: str = "") -> Iterator[None]:
         raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
 
 
-_GCOL = b"GCOL\x01"
-_SUPERBLOCK = b"\x89HDF\r\n\x1a\n"
-_HEAP_SCAN_MAX_RANGES = 1 << 16
-_HEAPS_CHECKED: set = set()  # files (path, inode, size, mtime) already found sound
-
-
-def _descriptor_extents(handle) -> list[tuple[int, int]]:
-    """File byte ranges holding descriptor values (skipped by the heap scan); [] if unknown."""
-    import h5py
-
-    extents = []
-    for part in PARTS:
-        dataset = handle.get(f"{part}/descriptors") if isinstance(handle.get(part), h5py.Group) \
-            else None
-        if not isinstance(dataset, h5py.Dataset):
-            continue
-        offset = dataset.id.get_offset()
-        if offset is not None:
-            extents.append((int(offset), int(offset) + int(dataset.id.get_storage_size())))
-        elif dataset.chunks is not None:
-            chunks = dataset.id.get_num_chunks()
-            if chunks > _HEAP_SCAN_MAX_RANGES:
-                return []
-            for index in range(chunks):
-                info = dataset.id.get_chunk_info(index)
-                if info.byte_offset is not None:
-                    extents.append((int(info.byte_offset), int(info.byte_offset) + int(info.size)))
-    return sorted(extents)
-
-
-def check_global_heaps(path, base: int = 0, skip: Sequence[tuple[int, int]] = ()) -> None:
-    """Refuse a file whose HDF5 global heap collections are malformed.
-
-    Variable-length data (every string attribute and name h5py writes) lives in global heap
-    collections. The HDF5 library walks a collection object by object and, when an object
-    says it is 0 bytes long, never advances: reading any string of such a file hangs the
-    process in C, where no timeout can reach it. Every collection in the file (found by its
-    ``GCOL`` signature, outside the ``skip`` byte ranges of descriptor values) is walked here
-    first; objects must tile it exactly. ``base`` is the superblock's offset (the userblock).
-    """
-    import mmap
-    import struct
-
-    path = Path(path)
-    stat = path.stat()
-    size = stat.st_size
-    key = (str(path.resolve()), stat.st_ino, size, stat.st_mtime_ns, base, tuple(skip))
-    if size < base + 16 or key in _HEAPS_CHECKED:
-        return
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[base:base + 8] != _SUPERBLOCK:
-            return  # HDF5 will refuse it on its own
-        version = data[base + 8]
-        length_bytes = data[base + 14] if version in (0, 1) else data[base + 10]
-        if length_bytes not in (2, 4, 8):
-            return
-        length = struct.Struct("<" + {2: "H", 4: "I", 8: "Q"}[length_bytes])
-        header = 8 + length_bytes  # GCOL, version, reserved, collection size
-        entry = struct.Struct("<HHI")  # object index, reference count, reserved; then its size
-        start = 0
-        for stop, resume in [*skip, (size, size)]:
-            # Extents come from the file's own (possibly corrupt) metadata: clamp them.
-            stop, resume = min(max(stop, 0), size), min(max(resume, 0), size)
-            position = data.find(_GCOL, start, max(start, stop))
-            while position >= 0:
-                problem = _heap_problem(data, position, size, length, header, entry)
-                if problem:
-                    raise HarnessError(
-                        f"corrupt HDF5 file: the global heap at byte {position} {problem} (the "
-                        "HDF5 library would loop forever reading its strings)", path)
-                position = data.find(_GCOL, position + 1, max(start, stop))
-            start = max(start, resume)
-    if len(_HEAPS_CHECKED) > 4096:
-        _HEAPS_CHECKED.clear()
-    _HEAPS_CHECKED.add(key)
-
-
-def _heap_problem(data, position: int, size: int, length, header: int, entry) -> str | None:
-    collection = length.unpack_from(data, position + 8)[0] if position + header <= size else 0
-    end = position + collection
-    if collection <= header or end > size:
-        return None  # nothing to walk, or past the end of the file: HDF5 reports an error
-    cursor = position + header
-    object_header = 8 + length.size
-    while cursor + object_header <= end:
-        index = entry.unpack_from(data, cursor)[0]
-        object_size = length.unpack_from(data, cursor + 8)[0]
-        need = object_size if index == 0 else object_header + (object_size + 7) // 8 * 8
-        if need == 0:
-            return f"holds an empty free-space object at byte {cursor}"
-        if cursor + need > end:
-            return f"holds object {index} of {object_size} bytes past the collection's end"
-        cursor += need
-    return None
-
-
-def _check_heaps(handle, path) -> None:
+def check_heaps(handle, path) -> None:
+    """Refuse a feature file with malformed global heaps (:func:`harness.hdf5.check_global_heaps`),
+    skipping the descriptor values."""
     try:
-        skip = _descriptor_extents(handle)
-    except _HDF5_ERRORS:
+        skip = dataset_extents(handle, [f"{part}/descriptors" for part in PARTS])
+    except HDF5_ERRORS:
         skip = []
     check_global_heaps(path, int(handle.userblock_size), skip)
 
 
-def _open(path: str | os.PathLike):
-    import h5py
-
+def open_hdf5(path: str | os.PathLike):
+    """Open a feature file read-only; a missing, directory or non-HDF5 path is a HarnessError."""
     path = Path(path)
     if path.suffix.lower() in (".npy", ".npz") and path.is_file():
         raise HarnessError(
@@ -339,11 +246,11 @@ def _open(path: str | os.PathLike):
     path = require_regular_file(path, "feature file")
     try:
         handle = h5py.File(path, "r")
-    except _HDF5_ERRORS as exc:
+    except HDF5_ERRORS as exc:
         detail = " ".join(str(exc).split())
         raise HarnessError(f"not a readable HDF5 file ({detail})", path) from None
     try:
-        with _reading(path, "its links"):
+        with reading_errors(path, "its links"):
             check_hdf5_contents(handle, path)
     except BaseException:
         handle.close()
@@ -353,8 +260,6 @@ def _open(path: str | os.PathLike):
 
 def _dataset(handle, part: str, name: str, path):
     """``/part/name`` as an h5py Dataset; a missing or odd object is a HarnessError."""
-    import h5py
-
     group = handle.get(part)
     if group is None:
         raise HarnessError(f"/{part} is missing", path)
@@ -376,68 +281,22 @@ def _decode(value):
     return value
 
 
-def check_plain_type(type_id, what: str, path, *, text_sequences: bool = False) -> None:
-    """Refuse an HDF5 datatype other than numbers, strings and booleans before it is read.
-
-    Reading a value converts it from its file type; HDF5 and h5py crash the process
-    (segmentation fault) converting some malformed variable-length or compound types, so a
-    submitted file may only hold the plain types the harness writes. ``text_sequences``
-    also admits a variable-length sequence of 1-byte characters (MATLAB's field lists).
-    """
-    import h5py
-
-    kind = type_id.get_class()
-    if kind in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING):
-        return
-    if kind == h5py.h5t.ENUM and type_id.get_super().get_class() == h5py.h5t.INTEGER:
-        return  # h5py's booleans
-    if text_sequences and kind == h5py.h5t.VLEN:
-        base = type_id.get_super()
-        if base.get_class() in (h5py.h5t.STRING, h5py.h5t.INTEGER) and base.get_size() == 1:
-            return
-    names = {h5py.h5t.TIME: "time", h5py.h5t.BITFIELD: "bitfield", h5py.h5t.OPAQUE: "opaque",
-             h5py.h5t.COMPOUND: "compound", h5py.h5t.REFERENCE: "reference",
-             h5py.h5t.ENUM: "enum", h5py.h5t.VLEN: "variable-length sequence",
-             h5py.h5t.ARRAY: "array"}
-    raise HarnessError(f"{what} has an unsupported HDF5 type ({names.get(kind, kind)}); only "
-                       "numbers and strings are read", path)
-
-
-def read_plain_attribute(owner, key: str, path, *, text_sequences: bool = False):
-    """``owner.attrs[key]`` after :func:`check_plain_type`; any failure is a HarnessError."""
-    import h5py
-
-    try:
-        attribute = h5py.h5a.open(owner.id, key.encode("utf-8"))
-        check_plain_type(attribute.get_type(), f"attribute {key!r}", path,
-                         text_sequences=text_sequences)
-        if attribute.get_storage_size() > _ATTR_MAX_BYTES:
-            raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
-        return attribute, owner.attrs[key]
-    except HarnessError:
-        raise
-    except Exception as exc:  # h5py raises on attribute types it cannot map
-        raise HarnessError(f"attribute {key!r} is unreadable ({exc})", path) from None
-
-
 def _read_attribute(handle, key: str, path):
     """One root attribute, refused before it is read when it is larger than 64 KiB."""
     _, value = read_plain_attribute(handle, key, path)
     value = _decode(value)
     if isinstance(value, str) and len(value) > _ATTR_MAX_CHARS:
         raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_CHARS} characters", path)
-    if isinstance(value, np.ndarray) and value.nbytes > _ATTR_MAX_BYTES:
-        raise HarnessError(f"attribute {key!r} is larger than {_ATTR_MAX_BYTES} bytes", path)
+    if isinstance(value, np.ndarray) and value.nbytes > ATTR_MAX_BYTES:
+        raise HarnessError(f"attribute {key!r} is larger than {ATTR_MAX_BYTES} bytes", path)
     return value
 
 
 def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
-    import h5py
-
     path = Path(path)
-    with _open(path) as handle, _reading(path, "its structure"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, "its structure"):
+        check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
             attrs[key] = _read_attribute(handle, key, path)
@@ -486,18 +345,15 @@ def read_names(path: str | os.PathLike, part: str, count: int | None = None) -> 
     ``count``: the number of names expected (the part's descriptor rows); a names dataset of
     another length is refused from its shape, before anything is read or allocated.
     """
-    with _open(path) as handle, _reading(path, f"/{part}/names"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/names"):
+        check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
-        import h5py
-
         shape = dataset.shape or ()
         if count is not None and shape and shape[0] != count:
             raise HarnessError(
                 f"/{part}/names has {shape[0]} entries but /{part}/descriptors has {count} rows",
                 path,
             )
-
         is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
         one_dimensional = len(dataset.shape or ()) == 1
         if not is_text or dataset.dtype.kind not in ("O", "S", "U") or not one_dimensional:
@@ -550,7 +406,7 @@ def read_descriptors(
     path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with _open(path) as handle, _reading(path, f"/{part}/descriptors"):
+    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/descriptors"):
         dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]
@@ -563,13 +419,13 @@ def iter_descriptor_blocks(
     """Yield ``(start_row, descriptors)`` blocks of at most ``block_rows`` rows, as stored."""
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
-    with _open(path) as handle:
-        with _reading(path, f"/{part}/descriptors"):
+    with open_hdf5(path) as handle:
+        with reading_errors(path, f"/{part}/descriptors"):
             dataset = _descriptors(handle, part, path)
             total = dataset.shape[0]
         for start in range(0, total, block_rows):
             stop = min(total, start + block_rows)
-            with _reading(path, f"/{part}/descriptors rows {start}:{stop}"):
+            with reading_errors(path, f"/{part}/descriptors rows {start}:{stop}"):
                 block = np.empty((stop - start, dataset.shape[1]), dtype=dataset.dtype)
                 dataset.read_direct(block, np.s_[start:stop])
             yield start, block

@@ -15,6 +15,8 @@ import sys
 import time
 
 import numpy as np
+import psutil
+from threadpoolctl import threadpool_info
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +79,95 @@ def gpu_names() -> tuple[str, ...]:
     return names
 
 
+def usable_cores() -> int:
+    """Cores this process may run on, at least 1."""
+    return max(1, cpu_cores())
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is installed (cheap: no CUDA library is loaded)."""
+    return os.path.exists("/proc/driver/nvidia/version") or bool(shutil.which("nvidia-smi"))
+
+
+def torch_gpu_count() -> int:
+    """CUDA GPUs torch sees (0 without torch or a driver; torch is imported only with a driver)."""
+    if not nvidia_driver_present():
+        return 0
+    try:
+        import torch  # optional and heavy: imported only on a machine with a GPU driver
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def faiss_gpu_count() -> int:
+    """GPUs that faiss can use (0 without faiss, with a CPU build, or without a GPU).
+
+    faiss is imported only on a machine with an NVIDIA driver.
+    """
+    if not nvidia_driver_present():
+        return 0
+    try:
+        import faiss  # optional (cpu/gpu extras): imported only on a machine with a GPU driver
+    except ImportError:
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:
+        return 0
+
+
+#: OpenBLAS kernels that mean "this build did not recognise the CPU".
+GENERIC_BLAS_KERNELS = ("prescott", "generic", "core2", "katmai", "coppermine", "northwood",
+                        "banias")
+
+
+def blas_description(info: dict | None) -> str:
+    """One line for a threadpoolctl BLAS record, e.g. ``openblas 0.3.31 kernel=SkylakeX threads=2``."""
+    if not info:
+        return "unknown"
+    parts = [str(info.get("internal_api", "?")), str(info.get("version") or "")]
+    if info.get("architecture"):
+        parts.append(f"kernel={info['architecture']}")
+    parts.append(f"threads={info.get('num_threads')}")
+    return " ".join(p for p in parts if p)
+
+
+@functools.lru_cache(maxsize=2)
+def blas_libraries(load_faiss: bool = True) -> dict[str, dict | None]:
+    """threadpoolctl's record of the BLAS used by numpy and the one bundled with faiss.
+
+    With ``load_faiss`` false, faiss's BLAS is reported only if faiss is already imported.
+    """
+    if load_faiss:
+        try:
+            import faiss  # noqa: F401  (optional; loads its BLAS so threadpoolctl sees it)
+        except ImportError:
+            pass
+    found: dict[str, dict | None] = {"numpy": None, "faiss": None}
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        path = str(info.get("filepath", ""))
+        if "faiss" in path:
+            found["faiss"] = info
+        elif "numpy" in path or found["numpy"] is None:
+            found["numpy"] = info
+    return found
+
+
+def is_generic_blas(info: dict | None) -> bool:
+    """Whether a BLAS record reports a generic kernel (a build that did not know the CPU)."""
+    arch = str((info or {}).get("architecture") or "").lower()
+    return arch in GENERIC_BLAS_KERNELS
+
+
 def blas_summary() -> str:
     """numpy's BLAS (and faiss's, if faiss is imported), e.g. ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
-    from harness.search import _blas_description, blas_libraries
-
     libs = blas_libraries(load_faiss=False)
-    parts = [f"numpy: {_blas_description(libs['numpy'])}"]
+    parts = [f"numpy: {blas_description(libs['numpy'])}"]
     if libs["faiss"] is not None:
-        parts.append(f"faiss: {_blas_description(libs['faiss'])}")
+        parts.append(f"faiss: {blas_description(libs['faiss'])}")
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     if env:
         parts.append(" ".join(f"{k}={v}" for k, v in env.items()))
@@ -110,20 +193,40 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     try:
-        import resource
+        import resource  # POSIX only
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes
     except (ImportError, OSError):
-        import psutil
-
         info = psutil.Process().memory_info()
         return int(getattr(info, "peak_wset", info.rss))
 
 
-def current_rss_bytes() -> int:
-    import psutil
+def reset_peak_rss() -> bool:
+    """Restart the peak-memory high-water mark of this process (Linux ``clear_refs``).
 
+    ``evaluate`` calls it first, so that its record states the evaluation's own peak, not
+    whatever the process did before (a demo that trained models in the same process).
+    Returns whether it could: where not, :func:`peak_rss_bytes` stays the process's peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_description(gpus: bool = False) -> str:
+    """``CPU model (n cores)``, or the GPUs' names when ``gpus`` (a GPU search backend)."""
+    names = gpu_names() if gpus else ()
+    if names:
+        return ", ".join(names)
+    return f"{cpu_model()} ({cpu_cores()} cores)"
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of this process now (bytes)."""
     return int(psutil.Process().memory_info().rss)
 
 

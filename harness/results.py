@@ -29,6 +29,11 @@ Schema history (add a reader to ``_READERS`` for each new version; never drop on
   confidence, seed, method, unit) and ``breakdowns``. A schema-1 record reads as schema 2
   with no intervals and no breakdowns.
 
+* 3: adds ``efficiency`` (:mod:`harness.efficiency`: bytes per descriptor, the search's
+  machine-independent cost, extraction ms/image as the harness measured it, search seconds and
+  the evaluation's own peak memory with the hardware). Schema 1 and 2 records read as schema 3
+  with an empty ``efficiency``.
+
 Prediction sidecar formats: 1 (indices, scores, first_positive_rank, has_positive); 2 adds
 ``average_precision`` (per-query AP@K, so that mAP can be compared query by query).
 """
@@ -36,13 +41,11 @@ Prediction sidecar formats: 1 (indices, scores, first_positive_rank, has_positiv
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import logging
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -51,11 +54,12 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.io import atomic_path, sha256_file, write_json_atomic
+from harness.provenance import harness_git_commit, utc_now  # noqa: F401  (re-exported)
 from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAIN_SCORE = "recall@1"
 FLOAT_DECIMALS = 6
 PREDICTIONS_SUFFIX = ".predictions.npz"
@@ -203,6 +207,7 @@ class EvalResult:
     intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     bootstrap: Mapping[str, Any] | None = None
     breakdowns: Mapping[str, Any] = field(default_factory=dict)
+    efficiency: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     prediction_data: Predictions | None = field(default=None, compare=False, repr=False)
 
@@ -473,19 +478,33 @@ def _read_v1(data: Mapping) -> EvalResult:
     """Schema 1: no intervals, no breakdowns; read as the current schema."""
     converters = _v1_converters()
     converters["schema_version"] = lambda value, where: SCHEMA_VERSION
-    skip = ("prediction_data", "intervals", "bootstrap", "breakdowns")
+    skip = ("prediction_data", "intervals", "bootstrap", "breakdowns", "efficiency")
     return _build(EvalResult, converters, data, "record", skip=skip)
 
 
-def _read_v2(data: Mapping) -> EvalResult:
+def _v2_converters() -> dict[str, Callable]:
     converters = _v1_converters()
     converters.update(intervals=_interval_map, bootstrap=_bootstrap_settings,
                       breakdowns=_json_object)
+    return converters
+
+
+def _read_v2(data: Mapping) -> EvalResult:
+    """Schema 2: no efficiency section; read as the current schema."""
+    converters = _v2_converters()
+    converters["schema_version"] = lambda value, where: SCHEMA_VERSION
+    return _build(EvalResult, converters, data, "record",
+                  skip=("prediction_data", "efficiency"))
+
+
+def _read_v3(data: Mapping) -> EvalResult:
+    converters = _v2_converters()
+    converters["efficiency"] = _json_object
     return _build(EvalResult, converters, data, "record")
 
 
 #: One reader per schema version that ever existed.
-_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2}
+_READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2, 3: _read_v3}
 
 
 def read_result(path: str | os.PathLike) -> EvalResult:
@@ -578,29 +597,3 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
             )
     except NPZ_ERRORS + (AssertionError, RecursionError) as exc:
         raise HarnessError(f"not a readable predictions file ({exc})", path) from None
-
-
-# --------------------------------------------------------------------------------------------
-# Provenance helpers
-
-
-def utc_now() -> str:
-    """Current UTC time, ISO 8601 with a Z (seconds)."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def harness_git_commit() -> str | None:
-    """The commit of the harness source tree (``+dirty`` when modified), None outside git."""
-    source = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{commit}+dirty" if dirty else (commit or None)

@@ -13,6 +13,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from leaderboard.markers import marked_table
+
 SYNTH_PREFIX = "synth-"
 RECALL_COLUMNS = (1, 5, 10, 20)
 
@@ -108,16 +110,11 @@ def benchmarks_for(split_names) -> list[Benchmark]:
     for name in split_names:
         if name in covered:
             continue
-        from leaderboard.markers import unofficial_base
-
-        base = unofficial_base(name)
-        if base is not None:
-            result.append(Benchmark(
-                key="unofficial-" + re.sub(r"[^a-z0-9._-]", "_", base.lower()),
-                title=f"Unofficial: {base}", splits=(name,), labels=(base,),
-                description=f"Records on a split registered as {base} that does not match its "
-                "canonical definition (counts, radius, spatial NMS or checksum): not comparable "
-                f"with the {base} table."))
+        marked = marked_table(name)  # pinned public benchmarks and unofficial listings
+        if marked is not None:
+            result.append(Benchmark(key=marked["key"], title=marked["title"], splits=(name,),
+                                    labels=(marked["label"],),
+                                    description=marked["description"]))
             continue
         synthetic = name.startswith(SYNTH_PREFIX)
         result.append(

@@ -65,12 +65,13 @@ class BuildOutput:
 
 
 def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None) -> Entry:
-    """The numbers the tables show of one record."""
+    """The numbers the tables show of one record, with where each efficiency value was
+    measured (values the harness did not measure are left unknown, with the reason)."""
     result = record.result
     predictions = None
     if record.predictions is not None and results_dir is not None:
         predictions = str(results_dir / record.split / record.method / record.predictions.file)
-    extraction = record.metadata.extraction_ms_per_image
+    extraction, extraction_note = _extraction(record)
     from leaderboard.markers import shown_method, shown_split
 
     method = shown_method(record)
@@ -83,15 +84,46 @@ def entry_from_record(record: LeaderboardRecord, results_dir: Path | None = None
         # a ranking submission has no descriptor
         descriptor_dim=int(result.descriptor_dim) if method == record.method else None,
         descriptor_dtype=result.descriptor_dtype if method == record.method else None,
-        extraction_ms_per_image=None if extraction is None else float(extraction),
+        extraction_ms_per_image=extraction,
         search_seconds=float(result.timings.search_s),
         peak_memory_bytes=int(result.peak_rss_bytes),
+        search_gflop=2.0 * result.counts.queries * result.counts.database
+        * result.descriptor_dim / 1e9,
+        extraction_note=extraction_note,
+        search_note=_search_note(result),
         paper=record.metadata.paper,
         code_url=record.metadata.code_url,
         predictions_path=predictions,
         intervals=dict(result.intervals),
         no_positive=result.protocol.no_positive,
     )
+
+
+def _extraction(record: LeaderboardRecord) -> tuple[float | None, str]:
+    measured = dict(record.result.efficiency.get("extraction") or {})
+    value = measured.get("ms_per_image")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), (
+            f"{value:.1f} ms/img measured by the harness on {measured.get('hardware') or '?'} "
+            f"({measured.get('device') or '?'}, {measured.get('precision') or '?'}, "
+            f"{measured.get('images', '?')} images)")
+    reason = measured.get("unknown") or "the record predates measured extraction times"
+    declared = record.metadata.extraction_ms_per_image
+    if declared is not None:
+        reason += f"; the submitter declared {declared:g} ms/img (not measured, not shown)"
+    return None, f"– ({reason})"
+
+
+def _search_note(result) -> str:
+    search = dict(result.efficiency.get("search") or {})
+    peak = dict(result.efficiency.get("peak_rss") or {})
+    on_gpu = any(word in result.search_backend for word in ("gpu", "cuda"))
+    hardware = search.get("hardware") or (
+        ", ".join(result.hardware.gpus) if result.hardware.gpus and on_gpu
+        else f"{result.hardware.cpu_model} ({result.hardware.cpu_cores} cores)")
+    scope = peak.get("scope") or "whole process, record schema 1"
+    return (f"{result.timings.search_s:.3g} s with {result.search_backend or '?'} on {hardware}; "
+            f"peak memory of the {scope}")
 
 
 def shown_benchmarks(entries: Sequence[Entry]) -> list[Benchmark]:
@@ -150,9 +182,12 @@ def render_readme(
         "\"reported, not reproduced\"; they are never ranked.",
         "",
         "Efficiency columns: descriptor dimension and bytes per image, feature extraction "
-        "milliseconds per image (when the submitter measured it), exact search seconds (summed "
-        "over the benchmark's splits) and peak memory of the evaluation in MiB (the maximum over "
-        "the splits).",
+        "milliseconds per image (only as the harness measured it when it extracted the "
+        "features), the exact search's machine-independent cost in GFLOP (2 x queries x "
+        "database x dimension), its measured seconds (summed over the benchmark's splits) and "
+        "the evaluation's peak memory in MiB (the maximum over the splits). Below each table: "
+        "the hardware and precision each value was measured with, and why a value is unknown "
+        "(–).",
         "",
         "Submit: `harness submit FEATURES... --split SPLIT --method-name NAME "
         "--meta-file META.json`; rebuild: `harness leaderboard build`; verify: "
@@ -268,7 +303,7 @@ def build_from_entries(
     results_label: str = "leaderboard/results",
 ) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
-    from leaderboard.plots import inline_svg, recall_curves, recall_svg
+    from leaderboard.plots import inline_svg, recall_bands, recall_curves, recall_svg
 
     from leaderboard.reported import load_reported, reported_csv
     from leaderboard.significance import annotate_table
@@ -295,7 +330,8 @@ def build_from_entries(
             if plots and table.rows:
                 curves = recall_curves(table, latest)
                 if any(curves.values()):
-                    svg = recall_svg(table.benchmark, curves, table.group_labels)
+                    svg = recall_svg(table.benchmark, curves, table.group_labels,
+                                     recall_bands(table, latest))
                     (site_dir / "plots").mkdir(exist_ok=True)
                     (site_dir / "plots" / f"{key}.svg").write_text(svg, encoding="utf-8")
                     plot_paths.append(out_dir / "site" / "plots" / f"{key}.svg")

@@ -109,6 +109,25 @@ def _compare_scores(
             )
 
 
+def _check_intervals(report: CheckReport, path: Path, result, topk) -> None:
+    """The stored Recall@N intervals must be what the saved predictions and the recorded
+    bootstrap settings (fixed seed) give."""
+    if not result.intervals or not result.bootstrap:
+        return
+    from harness.stats import BootstrapSettings, per_query_scores, score_intervals
+
+    per_query = per_query_scores(topk.first_positive_rank, topk.has_positive,
+                                 result.protocol.recall_ns, result.protocol.no_positive)
+    recomputed = score_intervals(per_query, BootstrapSettings.from_dict(result.bootstrap))
+    for name, bounds in sorted(recomputed.items()):
+        stored = result.intervals.get(name)
+        if stored is not None and max(abs(stored[0] - bounds[0]),
+                                      abs(stored[1] - bounds[1])) > RECOMPUTE_TOLERANCE:
+            report.add(path, f"stored interval of {name} [{stored[0]:.6f}, {stored[1]:.6f}] "
+                             f"differs from the [{bounds[0]:.6f}, {bounds[1]:.6f}] that its "
+                             "saved predictions give")
+
+
 def _check_protocol(report: CheckReport, path: Path, record: LeaderboardRecord, split) -> None:
     from harness.config import EvalConfig
 
@@ -183,6 +202,7 @@ def _check_record(
                     _compare_scores(
                         report, path, record.result.scores, recalls, "its saved predictions"
                     )
+                    _check_intervals(report, path, record.result, topk)
     from harness.splits import get_split, split_path
 
     split = None

@@ -2,7 +2,7 @@
 
 Stages, each cached under ``--out`` so that a rerun only redoes what is missing:
 
-1. the synthetic inside-out city (``harness.synth.make_city``, demo preset) and its splits,
+1. the synthetic inside-out city (``synth.make_city``, demo preset) and its splits,
    registered as ``synth-*`` under ``OUT/harness``;
 2. the training-free probe descriptor (colour histograms) on every evaluation split;
 3. unless ``--no-train``: the IOVPR study (``methods.iovpr.study``): the window segmenter, then
@@ -79,8 +79,8 @@ def _submit_all(features: dict[str, dict[str, list[Path]]], *, data_root: Path,
 def run_demo(config: DemoConfig = DemoConfig()) -> DemoResult:
     """Run (or resume) the demo; returns where the leaderboard tables are."""
     from harness.splits import get_split, prepare_builtin_splits
-    from harness.synth import make_city
-    from harness.synth.probe import write_probe_features
+    from synth import make_city
+    from synth.probe import write_probe_features
     from leaderboard.build import build_leaderboard
 
     out = Path(config.out_dir)

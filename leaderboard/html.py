@@ -123,6 +123,7 @@ def render_table(table: Table) -> str:
                 "descriptor_dim",
                 "descriptor_bytes",
                 "extraction_ms_per_image",
+                "search_gflop",
                 "search_seconds",
                 "peak_memory_bytes",
             )

@@ -44,12 +44,46 @@ def recall_curves(
     return curves
 
 
+def recall_bands(
+    table: Table, entries: Mapping[tuple[str, str], Entry]
+) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
+    """``{group: {method: {N: (low, high)}}}``: each record's bootstrap intervals per split,
+    and the table's stratified intervals of the mean (``leaderboard.significance``)."""
+    bands: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
+    for split in table.benchmark.splits:
+        bands[split] = {}
+        for row in table.rows:
+            entry = entries.get((row.method, split))
+            if entry is not None and entry.intervals:
+                bands[split][row.method] = {
+                    int(name.split("@", 1)[1]): tuple(bounds)
+                    for name, bounds in entry.intervals.items() if name.startswith("recall@")}
+    if table.benchmark.has_mean:
+        prefix = f"{MEAN_GROUP}/recall@"
+        bands[MEAN_GROUP] = {
+            row.method: {int(key[len(prefix):]): bounds for key, bounds in row.intervals.items()
+                         if key.startswith(prefix)}
+            for row in table.rows}
+    return bands
+
+
+def _draw_band(axes, band: Mapping[int, tuple[float, float]], ns, color) -> None:
+    """The interval band of one curve, over the Ns that have an interval."""
+    shown = [n for n in ns if n in band]
+    if len(shown) > 1:
+        axes.fill_between(shown, [100.0 * band[n][0] for n in shown],
+                          [100.0 * band[n][1] for n in shown], color=color, alpha=0.15,
+                          linewidth=0)
+
+
 def recall_svg(
     benchmark: Benchmark,
     curves: Mapping[str, Mapping[str, Mapping[int, float]]],
     group_labels: Mapping[str, str],
+    bands: Mapping[str, Mapping[str, Mapping[int, tuple[float, float]]]] | None = None,
 ) -> str:
-    """One panel per split (and the mean), a line per method; returns the SVG text."""
+    """One panel per split (and the mean), a line per method, each with its 95 % interval
+    band when ``bands`` has one; returns the SVG text."""
     import matplotlib
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
@@ -91,6 +125,7 @@ def recall_svg(
                     label=method,
                     gid=f"curve-{group}-{method}",
                 )
+                _draw_band(axes, (bands or {}).get(group, {}).get(method, {}), ns, color)
             axes.set_xscale("log")
             all_ns = sorted({n for c in curves[group].values() for n in c})
             axes.set_xticks(all_ns, [str(n) for n in all_ns])

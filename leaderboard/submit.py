@@ -298,7 +298,8 @@ def _publish_locked(result, split, metadata, key, results_dir, method_name, dige
 
 def _publish(result, split, metadata, key, record_id, folder, method_name, topk, digests,
              checksum_s, submitted_at) -> Submission:
-    from harness.results import FileDigest, utc_now
+    from harness.provenance import utc_now
+    from harness.results import FileDigest
 
     predictions = None
     sidecar_created = False

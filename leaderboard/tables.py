@@ -40,6 +40,12 @@ class Entry:
     extraction_ms_per_image: float | None = None
     search_seconds: float | None = None
     peak_memory_bytes: int | None = None
+    #: machine-independent: 2 x queries x database rows x dimension / 1e9
+    search_gflop: float | None = None
+    #: where the extraction time was measured ("AMD EPYC ... (2 cores), cpu, fp32"), or why
+    #: it is unknown; the same for the search seconds and the peak memory
+    extraction_note: str = ""
+    search_note: str = ""
     paper: str = ""
     code_url: str = ""
     predictions_path: str | None = None
@@ -72,7 +78,7 @@ class Column:
     key: str
     group: str
     label: str
-    kind: str  # "recall" | "int" | "float1" | "float2" | "mib"
+    kind: str  # "recall" | "int" | "float1" | "float2" | "sig3" | "mib"
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class Row:
     intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     tie_with_best: str | None = None  # "paired" | "overlap" (see leaderboard.significance)
     tie_p_value: float | None = None
+    #: where the efficiency values were measured (or why one is unknown), one line each
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,7 +140,8 @@ def _columns(benchmark: Benchmark) -> tuple[list[Column], dict[str, str]]:
         Column("descriptor_dim", "", "Dim", "int"),
         Column("descriptor_bytes", "", "Bytes/img", "int"),
         Column("extraction_ms_per_image", "", "Extract ms/img", "float1"),
-        Column("search_seconds", "", "Search s", "float2"),
+        Column("search_gflop", "", "Search GFLOP", "sig3"),
+        Column("search_seconds", "", "Search s", "sig3"),
         Column("peak_memory_bytes", "", "Peak mem MiB", "mib"),
     ]
     return columns, dict(groups)
@@ -179,6 +188,8 @@ def make_table(benchmark: Benchmark, entries: Iterable[Entry]) -> Table:
         values["search_seconds"] = math.fsum(searches) if searches else None
         peaks = [e.peak_memory_bytes for e in present if e.peak_memory_bytes is not None]
         values["peak_memory_bytes"] = max(peaks) if peaks else None
+        flops = [e.search_gflop for e in present if e.search_gflop is not None]
+        values["search_gflop"] = math.fsum(flops) if len(flops) == len(present) else None
         rows.append(
             Row(
                 rank=None,
@@ -187,11 +198,24 @@ def make_table(benchmark: Benchmark, entries: Iterable[Entry]) -> Table:
                 paper=_first(e.paper or None for e in present) or "",
                 code_url=_first(e.code_url or None for e in present) or "",
                 record_ids=tuple(e.record_id for e in present),
+                notes=_notes(present),
             )
         )
     rank_column = f"{MEAN_GROUP if benchmark.has_mean else benchmark.splits[0]}/recall@1"
     ranked = _rank(rows, rank_column)
     return Table(benchmark, tuple(columns), tuple(ranked), rank_column, group_labels)
+
+
+def _notes(entries: Sequence[Entry]) -> tuple[str, ...]:
+    """Where each efficiency value of a row comes from (distinct lines, in entry order)."""
+    notes: list[str] = []
+    for entry in entries:
+        for label, note in (("extraction", entry.extraction_note),
+                            ("search and peak memory", entry.search_note)):
+            line = f"{label}: {note}" if note else ""
+            if line and line not in notes:
+                notes.append(line)
+    return tuple(notes)
 
 
 def _rank(rows: Sequence[Row], rank_column: str) -> list[Row]:
@@ -241,6 +265,8 @@ def format_value(value, kind: str, missing: str = MISSING_TEXT) -> str:
         return f"{value:.1f}"
     if kind == "float2":
         return f"{value:.2f}"
+    if kind == "sig3":  # three significant digits: a 4 ms search is not "0.00"
+        return f"{value:.3g}"
     if kind == "mib":
         return f"{value / (1 << 20):.0f}"
     raise ValueError(f"unknown column kind {kind!r}")
@@ -293,10 +319,13 @@ def to_markdown(table: Table) -> str:
             cells.append(text)
         body.append(cells)
     align = ["right", "left"] + ["right"] * len(table.columns)
-    return (
-        tabulate(body, headers=headers, tablefmt="github", colalign=align, disable_numparse=True)
-        + "\n"
-    )
+    text = tabulate(body, headers=headers, tablefmt="github", colalign=align,
+                    disable_numparse=True) + "\n"
+    notes = [(row.method, note) for row in table.rows for note in row.notes]
+    if notes:
+        text += "\nWhere the efficiency columns were measured (– : unknown, with the reason):\n\n"
+        text += "".join(f"- {_md_escape(method)}, {_md_escape(note)}\n" for method, note in notes)
+    return text
 
 
 def latex_escape(text: str) -> str:
@@ -391,6 +420,7 @@ def to_frame(table: Table):
     frame["code_url"] = [row.code_url for row in table.rows]
     frame["records"] = [" ".join(row.record_ids) for row in table.rows]
     _add_significance_columns(frame, table)
+    frame["measured_on"] = ["; ".join(row.notes) for row in table.rows]
     return frame
 
 

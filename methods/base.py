@@ -92,7 +92,8 @@ def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
 class Method:
     """Base class of registered methods; subclasses set ``config_cls`` and the hooks.
 
-    Subclasses are registered with :func:`methods.registry.register_method` and built with
+    Subclasses are registered as entry points of the group ``harness.methods`` (or in-process
+    with :func:`methods.registry.register_method`) and built with
     :func:`methods.registry.get_method`.
     """
 

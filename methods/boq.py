@@ -42,7 +42,6 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.dinov2 import DinoVisionTransformer, vit_config_from_state
 from methods.imagenet import TensorResize
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.salad import PATCH
 
@@ -213,7 +212,6 @@ class BoQOptions:
                 raise ValueError(f"{key} must be >= 1, got {value}")
 
 
-@register_method("boq")
 class BoQMethod(ReleasedMethod):
     """Bag-of-Queries on ResNet-50 (16384-D) or DINOv2 ViT-B/14 (12288-D)."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import click
 
 from harness.errors import HarnessError
+from methods.runtime import set_torch_threads
+from methods.train.cli import commands as train_commands
 
 # The choices are methods.precision.PRECISIONS, spelled out so that --help imports no torch.
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
@@ -33,15 +35,6 @@ def _method(method_name: str, weights, option_pairs):
     from methods.registry import get_method
 
     return get_method(method_name, parse_option_pairs(option_pairs), weights=weights)
-
-
-def _set_threads() -> None:
-    import os
-
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
 @click.command("extract")
@@ -140,7 +133,7 @@ def extract_command(
     if (split_name is None) == (images is None):
         raise click.UsageError("give exactly one of --split or --images")
     shard_spec = parse_shard(shard)
-    _set_threads()
+    set_torch_threads()
     method = _method(method_name, weights, option_pairs)
     options = ExtractOptions(
         device=device,
@@ -239,7 +232,7 @@ def pca_fit_command(
 
     if dim < 1 or max_images < 2:
         raise click.UsageError("--dim must be >= 1 and --max-images >= 2")
-    _set_threads()
+    set_torch_threads()
     method = _method(method_name, weights, option_pairs)
     split = _load_split(split_name, data_root)
     options = ExtractOptions(
@@ -262,13 +255,17 @@ def methods_group():
 
 @methods_group.command("list")
 def methods_list_command():
-    """List the registered methods and their options."""
-    from methods.registry import get_method_class, list_methods
+    """List the methods, where each comes from (package and module) and their options."""
+    from methods.registry import get_method_class, list_methods, method_failures, method_origin
 
     for name in list_methods():
         cls = get_method_class(name)
         click.echo(f"{name:16s} {cls.description}")
+        click.echo(f"{'':16s} from: {method_origin(name).describe()}")
         click.echo(f"{'':16s} options: {', '.join(cls.option_names())}")
+    for name, (origin, reason) in sorted(method_failures().items()):
+        click.echo(f"{name:16s} FAILED TO LOAD: {reason}")
+        click.echo(f"{'':16s} from: {origin.describe()}")
 
 
 @click.group("train")
@@ -276,14 +273,8 @@ def train():
     """Train NetVLAD / SFRS models (cluster init, then netvlad or sfrs)."""
 
 
-def _register_train_commands() -> None:
-    from methods.train.cli import commands as train_commands
-
-    for command in train_commands:
-        train.add_command(command)
-
-
-_register_train_commands()
+for _command in train_commands:
+    train.add_command(_command)
 
 commands = [extract_command, pca_group, methods_group, train]
 

@@ -29,7 +29,6 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.imagenet import PILResize, PILShortSide
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.torchvision_backbones import (
     VGG16_LAST_CONV,
@@ -160,7 +159,6 @@ class CosPlaceOptions:
             raise ValueError("give short_side or image_height/image_width, not both")
 
 
-@register_method("cosplace")
 class CosPlaceMethod(ReleasedMethod):
     """CosPlace: a torchvision CNN, GeM and a linear layer, from the released ``.pth`` file.
 
@@ -220,7 +218,6 @@ class CosPlaceMethod(ReleasedMethod):
         return self.shape()[1]
 
 
-@register_method("eigenplaces")
 class EigenPlacesMethod(CosPlaceMethod):
     """EigenPlaces: CosPlace's network trained with EigenPlaces' losses; the same loader.
 

@@ -23,7 +23,8 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _describe(exc: BaseException) -> str:
+def describe_image_error(exc: BaseException) -> str:
+    """One line for why an image could not be read (for ``error: <file>: <problem>``)."""
     if isinstance(exc, FileNotFoundError):
         return "image file not found"
     if isinstance(exc, IsADirectoryError):
@@ -57,7 +58,7 @@ class ImageListDataset:
         try:
             return row, self.loader(path, self.names[row]), None
         except Exception as exc:  # reported by the main process, naming the file
-            return row, None, (str(path), _describe(exc))
+            return row, None, (str(path), describe_image_error(exc))
 
 
 @dataclass

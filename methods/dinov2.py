@@ -216,15 +216,19 @@ class DinoVisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.embed_dim, eps=LAYER_NORM_EPS) if final_norm else None
 
-    def positional_embedding(self, height: int, width: int) -> torch.Tensor:
-        """Positions for an ``height x width`` input (pixels), in the grid's dtype."""
+    def positional_embedding(self, height: int, width: int, dtype=None) -> torch.Tensor:
+        """Positions for an ``height x width`` input (pixels).
+
+        As dinov2: the stored grid as it is at the native size, else resampled in float32 and
+        cast to ``dtype`` (the tokens' dtype, e.g. under autocast).
+        """
         rows, cols = height // self.patch_size, width // self.patch_size
         grid_patches = self.pos_embed.shape[1] - 1
         if rows * cols == grid_patches and height == width:
             return self.pos_embed
         pos = self.pos_embed.float()
         patches = interpolate_grid(pos[:, 1:], rows, cols)
-        return torch.cat((pos[:, :1], patches), dim=1).to(self.pos_embed.dtype)
+        return torch.cat((pos[:, :1], patches), dim=1).to(dtype or self.pos_embed.dtype)
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
@@ -234,7 +238,7 @@ class DinoVisionTransformer(nn.Module):
             )
         x = self.patch_embed(images)
         x = torch.cat((self.cls_token.expand(batch, -1, -1), x), dim=1)
-        x = x + self.positional_embedding(height, width)
+        x = x + self.positional_embedding(height, width, x.dtype)
         for block in self.blocks:
             x = block(x)
         return x

@@ -23,6 +23,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, read_info, read_names
+from methods.runtime import resolve_device
 from methods.precision import (
     DEFAULT_PRECISION,
     check_precision,
@@ -56,35 +57,14 @@ class ExtractOptions:
         check_precision(self.precision)
 
 
-def resolve_device(device: str | None):
-    """``None``/``auto``: CUDA when available, else CPU.
+def image_list_sha256(root: str | os.PathLike, names: Sequence[str]) -> str:
+    """Identity of an image set: its folder and its names in order (what extraction reads)."""
+    import hashlib
 
-    An explicit ``cuda`` (or ``cuda:N``) that this machine cannot give is an error, never a
-    silent CPU run (hours instead of minutes, and a record naming the wrong hardware).
-    """
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise HarnessError(f"invalid device {device!r} ({exc})") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            version, build = torch.__version__, torch.version.cuda
-            why = (
-                f"no GPU visible to torch {version} (built with CUDA {build})"
-                if build
-                else f"torch {version} is built without CUDA"
-            )
-            raise HarnessError(
-                f"--device {device}: CUDA is not available ({why}); use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise HarnessError(f"--device {device}: only {count} CUDA device(s) are visible")
-    return resolved
+    digest = hashlib.sha256(str(root).encode())
+    for name in names:
+        digest.update(b"\n" + name.encode())
+    return digest.hexdigest()
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -154,7 +134,9 @@ def encode_rows(
         rows=rows,
         pin_memory=device.type == "cuda",
     )
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # channels-last: oneDNN's and cuDNN's fast convolutions take NHWC (the model is converted
+    # to match in build_for_device).
+    memory_format = torch.channels_last
     try:
         with torch.inference_mode(), precision_context(device, precision):
             for batch in batches:
@@ -176,6 +158,7 @@ def build_for_device(method, device):
     model = method.build_model(device)
     if device.type == "cuda" and model is not None:
         torch.backends.cudnn.benchmark = True
+    if model is not None and hasattr(model, "to"):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -200,6 +183,7 @@ def feature_attrs(
         "harness_version": __version__,
         "extraction_device": str(device),
         "extraction_precision": options.precision,
+        "extraction_hardware": device_hardware(device),
     }
     weights = fingerprint.get("files", {}).get("weights")
     if weights:
@@ -210,6 +194,20 @@ def feature_attrs(
     return attrs
 
 
+def device_hardware(device) -> str:
+    """What ran the network: the GPU's name on CUDA, the CPU's model (and cores) otherwise."""
+    from harness.hardware import cpu_cores, cpu_model
+
+    if device.type == "cuda":
+        import torch
+
+        try:
+            return torch.cuda.get_device_name(device)
+        except (RuntimeError, AssertionError):
+            return "cuda"
+    return f"{cpu_model()} ({cpu_cores()} cores)"
+
+
 def is_complete(
     path: Path,
     *,
@@ -218,9 +216,10 @@ def is_complete(
     split_sha256: str | None,
     parts: Sequence[str],
     precision: str = DEFAULT_PRECISION,
+    images_sha256: dict[str, str] | None = None,
 ) -> bool:
     """Whether ``path`` is a finished feature file of the same method, weights, split, dtype
-    and precision."""
+    and precision (see :func:`differences`)."""
     return path.is_file() and not differences(
         path,
         fingerprint=fingerprint,
@@ -228,6 +227,7 @@ def is_complete(
         split_sha256=split_sha256,
         parts=parts,
         precision=precision,
+        images_sha256=images_sha256,
     )
 
 
@@ -239,8 +239,13 @@ def differences(
     split_sha256: str | None,
     parts: Sequence[str],
     precision: str = DEFAULT_PRECISION,
+    images_sha256: dict[str, str] | None = None,
 ) -> list[str]:
-    """What makes the existing feature file ``path`` other than the one asked for (empty: same)."""
+    """What makes the existing feature file ``path`` other than the one asked for (empty: same).
+
+    With ``images_sha256`` (part -> :func:`image_list_sha256`) the images of each part must be
+    the same (a database shared by several splits: ``split_sha256`` is then ``None``).
+    """
     try:
         info = read_info(path)
     except HarnessError as exc:
@@ -255,6 +260,9 @@ def differences(
     recorded = recorded_precision(info.attrs)
     if recorded != precision:
         found.append(f"precision {recorded or 'unrecorded'} (this run: {precision})")
+    for part, sha in (images_sha256 or {}).items():
+        if info.attrs.get(f"{part}_images_sha256") != sha:
+            found.append(f"other {part} images")
     missing = [p for p in parts if p not in info.parts]
     if missing:
         found.append(f"no {'/'.join(missing)} part")
@@ -389,6 +397,10 @@ def extract(
                 part, names, root, split.name, device, batch_size, workers, cache_dir
             )
         extra = {"shard": f"{job_shard[0]}/{job_shard[1]}"} if job_shard else {}
+        for part in job_parts:
+            extra[f"{part}_images_sha256"] = image_list_sha256(
+                contexts[part].image_root, contexts[part].names
+            )
         attrs = feature_attrs(
             method,
             split_name=split.name,
@@ -419,6 +431,7 @@ def extract(
                     rows=rows[part],
                     options=options,
                 )
+            writer.set_attrs(extraction_timing(count, time.perf_counter() - started))
         seconds = time.perf_counter() - started
         logger.info(
             "%s: %d images in %.1f s (%.1f images/s) on %s",
@@ -429,6 +442,16 @@ def extract(
             device,
         )
     return result
+
+
+def extraction_timing(images: int, seconds: float) -> dict:
+    """Root attributes of a feature file: how long its images took to embed, as measured here
+    (reading, decoding, the network and writing; not building the model)."""
+    return {
+        "extraction_images": int(images),
+        "extraction_seconds": float(seconds),
+        "extraction_ms_per_image": 1000.0 * seconds / images if images else 0.0,
+    }
 
 
 def _context(part, names, root, split_name, device, batch_size, workers, cache_dir):
@@ -479,8 +502,9 @@ def extract_images(
         split_sha256=None,
         options=options,
         device=device,
-        extra={"image_root": str(root)},
+        extra={"image_root": str(root), f"{part}_images_sha256": image_list_sha256(root, names)},
     )
+    started = time.perf_counter()
     with FeatureWriter(
         out,
         split=split_name,
@@ -491,9 +515,10 @@ def extract_images(
         attrs=attrs,
     ) as writer:
         method.prepare(context)
-        _write_part(
+        count = _write_part(
             writer, method, model, context, device=device, rows=range(len(names)), options=options
         )
+        writer.set_attrs(extraction_timing(count, time.perf_counter() - started))
     return out
 
 

@@ -30,7 +30,6 @@ from torch import nn
 
 from methods.dinov2 import DinoVisionTransformer, vit_config_from_state
 from methods.imagenet import RoundToMultiple
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.salad import PATCH, SaladAggregator, salad_shape
 
@@ -108,7 +107,6 @@ class MegaLocOptions:
                 raise ValueError(f"{key} must be >= {PATCH}, got {value}")
 
 
-@register_method("megaloc")
 class MegaLocMethod(ReleasedMethod):
     """MegaLoc, DINOv2 ViT-B/14 + SALAD 16640 -> 8448, from ``model.safetensors``."""
 

@@ -31,7 +31,6 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.imagenet import PILResize
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.torchvision_backbones import (
     count_blocks,
@@ -183,7 +182,6 @@ class MixVPROptions:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
-@register_method("mixvpr")
 class MixVPRMethod(ReleasedMethod):
     """MixVPR from the released ``.ckpt`` (4096, 512 or 128-D), images resized to 320 x 320.
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import ImageLoader, Method, PartContext
-from methods.registry import Registry, register_method
+from harness.registry import Registry
 from methods.transforms import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,
@@ -423,7 +423,6 @@ class NetVLADOptions:
                 raise ValueError(f"{key} must be >= 1, got {value}")
 
 
-@register_method("netvlad")
 class NetVLADMethod(Method):
     """VGG16 + NetVLAD (+ PCA-whitening), weights from an OpenIBL or harness checkpoint."""
 

@@ -1,6 +1,6 @@
 """``probe``: the synthetic city's training-free descriptor as a registered method.
 
-Wraps :func:`harness.synth.probe.probe_descriptor` (a thumbnail and/or spatial colour
+Wraps :func:`synth.probe.probe_descriptor` (a thumbnail and/or spatial colour
 histogram of the image, no weights), so ``harness eval --method probe`` runs the same
 extraction path (workers, feature files, provider cache) as the learnt methods. It is the
 floor a learnt method must beat on the synthetic city.
@@ -14,7 +14,6 @@ from typing import Literal
 import numpy as np
 
 from methods.base import ImageLoader, Method, PartContext
-from methods.registry import register_method
 
 
 @dataclass(frozen=True)
@@ -35,16 +34,15 @@ class ProbeTransform:
     def __call__(self, image):
         import torch
 
-        from harness.synth.probe import probe_descriptor
+        from synth.probe import probe_descriptor
 
         return torch.from_numpy(probe_descriptor(np.asarray(image, dtype=np.uint8), self.kind))
 
 
-@register_method("probe")
 class ProbeMethod(Method):
     """Training-free colour descriptor of the synthetic city (no weights)."""
 
-    description = "training-free thumbnail / colour-histogram descriptor (harness.synth.probe)"
+    description = "training-free thumbnail / colour-histogram descriptor (synth.probe)"
     config_cls = ProbeOptions
     requires_weights = False
 
@@ -59,6 +57,6 @@ class ProbeMethod(Method):
 
     @property
     def descriptor_dim(self) -> int:
-        from harness.synth.probe import probe_dim
+        from synth.probe import probe_dim
 
         return probe_dim(self.config.kind)

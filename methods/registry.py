@@ -1,109 +1,149 @@
 """Registries: a decorator plus ``get_*``/``list_*``; duplicates raise, unknown names get hints.
 
-Methods register themselves when their module is imported. The registration modules are
-imported lazily, on the first :func:`get_method` / :func:`list_methods` call, so that
-``import methods`` (and ``harness --help``) stays fast and does not import torch.
+Methods come from the entry-point group ``harness.methods`` (:data:`METHOD_ENTRY_POINT_GROUP`):
+each entry point names a :class:`methods.base.Method` subclass, ``NAME = module:Class``. The
+built-in methods are listed there in the harness's own ``setup.cfg``; any installed package
+adds its methods the same way (see ``examples/harness-randproj``). Entry points are loaded
+lazily, on the first :func:`get_method` / :func:`list_methods` call, so that ``import
+methods`` (and ``harness --help``) stays fast and does not import torch. A plugin that fails
+to import is recorded (and listed by ``harness methods list``) without hiding the others.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import logging
-from typing import Callable, Generic, Iterable, TypeVar
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
 
 from harness.errors import HarnessError
+from harness.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Modules whose import registers methods. ``methods.iovpr.registered`` belongs to the IOVPR
-# method (a separate helper's package) and may be absent from a checkout.
-REGISTRATION_MODULES: tuple[str, ...] = (
-    "methods.netvlad",
-    "methods.sfrs",
-    "methods.probe",
-    "methods.cosplace",
-    "methods.mixvpr",
-    "methods.salad",
-    "methods.megaloc",
-    "methods.boq",
-    "methods.iovpr.registered",
-)
-_OPTIONAL_MODULES = {"methods.iovpr.registered": ("methods.iovpr", "methods.iovpr.registered")}
+METHOD_ENTRY_POINT_GROUP = "harness.methods"
+#: The distribution that ships the built-in methods (its metadata must list the group).
+BUILTIN_DISTRIBUTION = "iovpr-harness"
 
 
-class Registry(Generic[T]):
-    """Named entries of one kind (``kind`` is used in error messages)."""
+@dataclass(frozen=True)
+class MethodOrigin:
+    """Where a method comes from: the distribution and the ``module:Class`` that define it."""
 
-    def __init__(self, kind: str, modules: Iterable[str] = ()):
-        self.kind = kind
-        self._entries: dict[str, T] = {}
-        self._modules = tuple(modules)
-        self._loaded = False
+    value: str
+    distribution: str | None = None
+    version: str | None = None
 
-    def register(self, name: str, entry: T) -> T:
-        if not name or name != name.strip() or " " in name:
-            raise ValueError(f"invalid {self.kind} name {name!r}")
+    def describe(self) -> str:
+        if self.distribution is None:
+            return f"{self.value} (registered at import)"
+        return f"{self.distribution} {self.version} ({self.value})"
+
+
+class MethodRegistry(Registry):
+    """The methods: entry points of :data:`METHOD_ENTRY_POINT_GROUP`, plus in-process
+    registrations (:func:`register_method`), each with its :class:`MethodOrigin`.
+
+    :class:`harness.registry.Registry` with its own entry-point loading: each method keeps its
+    origin, and a plugin that fails to load is recorded instead of raising."""
+
+    def __init__(self):
+        super().__init__("method")
+        self.origins: dict[str, MethodOrigin] = {}
+        self.failures: dict[str, tuple[MethodOrigin, str]] = {}
+
+    def add(self, name: str, cls, origin: MethodOrigin):
+        """Register class ``cls`` as method ``name`` (its ``name`` attribute is set to it)."""
+        problem = _class_problem(name, cls)
+        if problem:
+            raise HarnessError(f"method {name} ({origin.describe()}): {problem}")
         if name in self._entries:
-            raise ValueError(
-                f"{self.kind} {name!r} is already registered ({self._entries[name]!r})"
+            raise HarnessError(
+                f"method name {name!r} is registered twice: by {self.origins[name].describe()} "
+                f"and by {origin.describe()}"
             )
-        self._entries[name] = entry
-        return entry
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        def wrap(entry: T) -> T:
-            return self.register(name, entry)
-
-        return wrap
+        cls.name = name
+        self.register(name, cls)
+        self.origins[name] = origin
+        return cls
 
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
-        for module_name in self._modules:
+        super()._load()
+        _check_builtin_metadata()
+        for point in entry_points(group=METHOD_ENTRY_POINT_GROUP):
+            dist = getattr(point, "dist", None)
+            origin = MethodOrigin(
+                point.value,
+                None if dist is None else dist.metadata["Name"],
+                None if dist is None else dist.version,
+            )
             try:
-                importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name in _OPTIONAL_MODULES.get(module_name, ()):
-                    logger.debug("optional registration module %s is absent", module_name)
-                    continue
-                raise
+                cls = point.load()
+                reason = _class_problem(point.name, cls)
+            except Exception as exc:  # noqa: BLE001  (a broken plugin must not hide the others)
+                reason = f"{type(exc).__name__}: {exc}".strip()
+            if reason:
+                self.failures[point.name] = (origin, reason)
+                logger.warning("method %s (%s) failed to load: %s", point.name,
+                               origin.describe(), reason)
+                continue
+            self.add(point.name, cls, origin)  # a name registered twice raises: which is meant?
 
-    def get(self, name: str) -> T:
+    def get(self, name: str):
         self._load()
-        try:
-            return self._entries[name]
-        except KeyError:
-            pass
-        known = sorted(self._entries)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise HarnessError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(known)})")
+        if name in self.failures and name not in self._entries:
+            origin, reason = self.failures[name]
+            raise HarnessError(f"method {name} ({origin.describe()}) failed to load: {reason}")
+        return super().get(name)
 
-    def names(self) -> list[str]:
-        self._load()
-        return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        self._load()
-        return name in self._entries
+    def origin(self, name: str) -> MethodOrigin:
+        self.get(name)
+        return self.origins[name]
 
 
-METHODS: Registry = Registry("method", REGISTRATION_MODULES)
+def _class_problem(name: str, cls) -> str | None:
+    """Why ``cls`` cannot be method ``name`` (``None``: it can)."""
+    from methods.base import Method  # methods.base imports torch: only once a plugin loads
+
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        return f"{cls!r} is not a methods.base.Method subclass"
+    own = cls.__dict__.get("name")
+    if own and own != name:
+        return f"the class is already method {own!r}"
+    return None
+
+
+def _check_builtin_metadata() -> None:
+    """An installation whose metadata predates the entry points would list no method."""
+    try:
+        dist = distribution(BUILTIN_DISTRIBUTION)
+    except PackageNotFoundError:
+        raise HarnessError(
+            f"the methods are registered through entry points, and {BUILTIN_DISTRIBUTION} is not "
+            "installed: install it (pip install -e .)"
+        ) from None
+    if not any(p.group == METHOD_ENTRY_POINT_GROUP for p in dist.entry_points):
+        raise HarnessError(
+            f"the installed metadata of {BUILTIN_DISTRIBUTION} lists no "
+            f"{METHOD_ENTRY_POINT_GROUP} entry points (installed before they existed): "
+            "reinstall it (pip install -e .)"
+        )
+
+
+METHODS = MethodRegistry()
 
 
 def register_method(name: str):
-    """Class decorator: register a :class:`methods.base.Method` subclass under ``name``.
+    """Class decorator: register a :class:`methods.base.Method` subclass under ``name`` in
+    this process (scripts, notebooks, tests); installed packages use the entry points.
 
     The class gets ``name`` as its ``name`` attribute; registering a name twice raises.
     """
 
     def wrap(cls):
-        cls.name = name
-        return METHODS.register(name, cls)
+        METHODS._load()  # an in-process name must not shadow an installed one
+        return METHODS.add(name, cls, MethodOrigin(f"{cls.__module__}:{cls.__qualname__}"))
 
     return wrap
 
@@ -121,6 +161,17 @@ def get_method(name: str, options=None, **kwargs):
 def get_method_class(name: str):
     """The registered class of method ``name``."""
     return METHODS.get(name)
+
+
+def method_origin(name: str) -> MethodOrigin:
+    """Where method ``name`` comes from (distribution, version, ``module:Class``)."""
+    return METHODS.origin(name)
+
+
+def method_failures() -> dict[str, tuple[MethodOrigin, str]]:
+    """Methods whose entry point failed to load: ``name -> (origin, reason)``."""
+    METHODS._load()
+    return dict(METHODS.failures)
 
 
 def list_methods() -> list[str]:

@@ -36,7 +36,6 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.dinov2 import DinoVisionTransformer, vit_config_from_state
-from methods.registry import register_method
 from methods.released import ReleasedMethod
 from methods.transforms import ResizeUint8
 
@@ -190,7 +189,6 @@ class SaladOptions:
         check_patch_multiple(self.image_height, self.image_width)
 
 
-@register_method("salad")
 class SaladMethod(ReleasedMethod):
     """SALAD, DINOv2 ViT-B/14, 8448-D, from serizba/salad's ``dino_salad.ckpt``."""
 

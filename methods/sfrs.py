@@ -12,12 +12,10 @@ from __future__ import annotations
 import torch
 
 from methods.netvlad import NetVLADMethod, normalize_vlad
-from methods.registry import register_method
 
 NUM_REGIONS = 9  # global, 4 halves, 4 quarters
 
 
-@register_method("sfrs")
 class SFRSMethod(NetVLADMethod):
     """An SFRS-trained VGG16-NetVLAD (same model and options as ``netvlad``)."""
 

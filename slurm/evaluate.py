@@ -309,6 +309,9 @@ def run_shard(launch: Launch, index: int) -> dict:
     (:func:`harness.evaluate.search_and_hash`), on the query file and this task's shards.
     """
     from harness.evaluate import search_and_hash
+    from harness.hardware import peak_rss_bytes, reset_peak_rss
+
+    reset_peak_rss()
 
     split = _load_split(launch)
     config = _config(launch)
@@ -336,6 +339,7 @@ def run_shard(launch: Launch, index: int) -> dict:
         "load_s": output.load_s,
         "search_s": output.search_s,
         "checksum_s": checksum_s,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     path = _partial_path(launch, index)
     with atomic_path(path) as tmp:
@@ -422,7 +426,11 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     query_path = Path(launch.params["query"])
     from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
 
+    from harness.efficiency import extraction_summary
+
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
+    extraction = extraction_summary((path, read_info(path).attrs)
+                                    for path in launch.params["features"])
     result = evaluate_topk(
         split,
         merged,
@@ -437,6 +445,9 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
         checksum_s=sum(m["checksum_s"] for m in metas),
         search_s=max(m["search_s"] for m in metas),
         started=started,
+        extraction=extraction,
+        peak_scope="largest task",
+        peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas),
     )
     out = result_path(launch)
     predictions = launch.params.get("predictions")

@@ -31,7 +31,7 @@ class TinyCity:
     """The generated tiny city.
 
     Attributes:
-        info: the :class:`harness.synth.CityInfo` returned by ``make_city`` (``info.counts``,
+        info: the :class:`synth.CityInfo` returned by ``make_city`` (``info.counts``,
             ``info.config`` with the image size, ``info.query_metadata()`` with the true
             window fraction, place and camera of every query).
         root: dataset root (``raw/ams30k_*.mat``, ``raw/amsoutdoor_test.mat``,
@@ -67,7 +67,7 @@ class TinyCity:
 @pytest.fixture(scope="session")
 def tiny_city(tmp_path_factory) -> TinyCity:
     from harness.splits import prepare_builtin_splits
-    from harness.synth import make_city
+    from synth import make_city
 
     base = tmp_path_factory.mktemp("tiny_city")
     info = make_city(base / "city", "tiny", seed=TINY_CITY_SEED, workers=1)

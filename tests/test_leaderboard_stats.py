@@ -119,3 +119,15 @@ def test_reference_rows_need_a_source(tmp_path):
                     'benchmark_title = "P"\nr1 = 150.0\nsource = "s"\n')
     with pytest.raises(HarnessError, match=str(path)):
         load_reported(path)
+
+
+def test_recall_curves_carry_interval_bands(tmp_path):
+    intervals = {f"recall@{n}": (0.2, 0.4) for n in (1, 5, 10, 20)}
+    entries = [_entry(tmp_path, "banded", "pitts30k-test", _ranks(np.arange(100) < 30), intervals),
+               _entry(tmp_path, "plain", "pitts30k-test", _ranks(np.arange(100) < 20))]
+    build_from_entries(entries, tmp_path / "out", plots=True, grids=False)
+    svg = (tmp_path / "out" / "site" / "plots" / "pitts30k.svg").read_text()
+    assert svg.count("PolyCollection") >= 1  # one band: only "banded" has intervals
+    build_from_entries(entries[1:], tmp_path / "out2", plots=True, grids=False)
+    plain = (tmp_path / "out2" / "site" / "plots" / "pitts30k.svg").read_text()
+    assert "PolyCollection" not in plain

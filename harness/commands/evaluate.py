@@ -90,7 +90,9 @@ def format_scores(result) -> str:
 @click.command("eval")
 @click.option("--features", "features", multiple=True, type=click.Path(path_type=Path),
               help="Feature file or directory of .h5 shards (repeatable).")
-@click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
+@click.option("--split", "split_names", required=True, multiple=True,
+              help="Split name (or a .split.npz path). Repeatable with --method: splits that "
+                   "share a database (Indoor-Ams 1/2, Outdoor-Ams) extract it once.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
 @click.option("--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's).")
@@ -146,7 +148,7 @@ def format_scores(result) -> str:
               type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the ranking by name: .csv (names, metres, first positive rank) "
                    "or .txt (MSLS 'query_key db_key ...' lines).")
-def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, predictions_path,
+def eval_command(features, split_names, data_root, recall_ns, map_k, json_path, predictions_path,
                  no_predictions, ngpu, cpu_backend, block_rows, no_value_checks, method, weights,
                  method_options, features_dir, device, batch_size, precision, no_checksums,
                  progress, bootstrap_resamples, bootstrap_seed, confidence, query_conditions,
@@ -155,6 +157,8 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
 
     Give --features (files or directories; one file holds the queries, the database may be
     sharded), --method to have the installed provider extract them first, or --ranking.
+    With --method, --split may be repeated; --json, --predictions and --predictions-out then
+    need a {split} placeholder.
     """
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
@@ -169,6 +173,16 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         raise click.UsageError(
             "--weights/--method-option/--features-dir/--device/--batch-size/--precision "
             "need --method")
+    split_names = tuple(dict.fromkeys(split_names))
+    if len(split_names) > 1:
+        if not method:
+            raise click.UsageError(
+                "several --split need --method (feature files belong to one split)")
+        for value, flag in ((json_path, "--json"), (predictions_path, "--predictions"),
+                            (predictions_out, "--predictions-out")):
+            if value is not None and "{split}" not in str(value):
+                raise click.UsageError(
+                    f"with several --split, {flag} needs a {{split}} placeholder")
     options = _parse_options(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
@@ -186,23 +200,37 @@ def eval_command(features, split_name, data_root, recall_ns, map_k, json_path, p
         window_masks=None if window_masks is None else str(window_masks),
         window_masks_kind=window_masks_kind,
     )
-    split = get_split(split_name, data_root)
-    if method:
-        provide = feature_provider()
-        # the provider adds <method>-<fingerprint>/<split>/ below this folder
-        out_dir = features_dir or (data_root or default_data_root()) / "features"
-        # precision only when asked for: a provider of another package may not know it
-        extra = {} if precision is None else {"precision": precision}
-        features = tuple(provide(
-            method=method, split=split, out_dir=Path(out_dir), weights=weights,
-            options=options, device=device, batch_size=batch_size, **extra,
-        ))
-    if ranking_path is not None:
-        from harness.sources.rankings import evaluate_ranking
+    for split in [get_split(name, data_root) for name in split_names]:
+        paths = features
+        if method:
+            provide = feature_provider()
+            # the provider adds <method>-<fingerprint>/... below this folder
+            out_dir = features_dir or (data_root or default_data_root()) / "features"
+            # precision only when asked for: a provider of another package may not know it
+            extra = {} if precision is None else {"precision": precision}
+            paths = tuple(provide(
+                method=method, split=split, out_dir=Path(out_dir), weights=weights,
+                options=options, device=device, batch_size=batch_size, **extra,
+            ))
+        if ranking_path is not None:
+            from harness.sources.rankings import evaluate_ranking
 
-        result = evaluate_ranking(ranking_path, split, config)
-    else:
-        result = evaluate(features, split, config, method=method)
+            result = evaluate_ranking(ranking_path, split, config)
+        else:
+            result = evaluate(paths, split, config, method=method)
+        _report(result, split, no_predictions=no_predictions,
+                json_path=_for_split(json_path, split.name),
+                predictions_path=_for_split(predictions_path, split.name),
+                predictions_out=_for_split(predictions_out, split.name))
+
+
+def _for_split(path: Path | None, split_name: str) -> Path | None:
+    return None if path is None else Path(str(path).replace("{split}", split_name))
+
+
+def _report(result, split, *, no_predictions, json_path, predictions_path,
+            predictions_out) -> None:
+    """Print the scores and write the record, sidecar and named predictions asked for."""
     if predictions_out is not None:
         from harness.sources.predictions import write_named_predictions
 

@@ -72,8 +72,33 @@ def _write(out, split, method: str, parts: dict, attrs: dict) -> Path:
     return Path(out)
 
 
+def check_downloader_split(split) -> None:
+    """Refuse a split whose rows are not the sorted downloader file names.
+
+    VPR-methods-evaluation's rows follow its sorted file names; they are the split's rows only
+    when the split was built from the same downloader-layout folder (a split from NetVLAD
+    ``.mat`` files names the same images differently and orders them differently).
+    """
+    from harness.sources.downloader import utm_from_name
+
+    for part, names, utm in (("query", split.query_names, split.query_utm),
+                             ("database", split.database_names, split.database_utm)):
+        for row, name in enumerate(names):
+            try:
+                position = utm_from_name(name)
+            except ValueError:
+                position = None
+            if position is None or np.any(np.abs(np.asarray(position) - utm[row]) > 1e-6):
+                raise HarnessError(
+                    f"split {split.name} was not built from a downloader-layout folder ({part} "
+                    f"image {name!r}), so VPR-methods-evaluation's rows cannot be matched to it; "
+                    "register the split from the folder VPR-methods-evaluation read "
+                    "(harness splits import --folder, or splits prepare)")
+
+
 def import_vme_descriptors(queries_npy, database_npy, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from VPR-methods-evaluation's two ``.npy`` files."""
+    check_downloader_split(split)
     queries = load_npy(queries_npy, split.num_queries, "queries descriptors")
     database = load_npy(database_npy, split.num_database, "database descriptors")
     parts = {"query": (split.query_names, queries), "database": (split.database_names, database)}
@@ -120,12 +145,12 @@ def _match(name: str, split) -> tuple[str, int] | None:
 
 def import_hloc_descriptors(h5_path, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from an hloc global-descriptor HDF5 file."""
-    from harness.features import _check_heaps, _open, _reading
+    from harness.features import check_heaps, open_hdf5, reading_errors
 
     path = Path(h5_path)
     rows = {"query": {}, "database": {}}
-    with _open(path) as handle, _reading(path, "hloc descriptors"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, "hloc descriptors"):
+        check_heaps(handle, path)
         entries = _hloc_entries(handle, path)
         unmatched = 0
         dim = None

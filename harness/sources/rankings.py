@@ -14,7 +14,7 @@ images, best first (K at least the deepest Recall@N / mAP@K of the protocol). Tw
 
 Validated like feature files: every split query exactly once, every name in the split, no
 database image twice in a row, rows deep enough; every problem is reported with the file.
-Scored with the same metrics as descriptors (:func:`harness.evaluate.evaluate_topk`); the
+Scored with the same metrics as descriptors (:func:`harness.record.evaluate_topk`); the
 record's ``protocol.metric`` is ``"ranking"``, which the leaderboard marks as re-ranking.
 """
 
@@ -81,10 +81,11 @@ def _read_text(path: Path) -> tuple[list[str], list[list[str]]]:
 def _read_hdf5(path: Path) -> tuple[list[str], list[list[str]], str]:
     import h5py
 
-    from harness.features import _check_heaps, _open, _reading, check_plain_type
+    from harness.features import check_heaps, open_hdf5, reading_errors
+    from harness.hdf5 import check_plain_type
 
-    with _open(path) as handle, _reading(path, "the ranking"):
-        _check_heaps(handle, path)
+    with open_hdf5(path) as handle, reading_errors(path, "the ranking"):
+        check_heaps(handle, path)
         datasets = {}
         for key, ndim in (("queries", 1), ("ranking", 2)):
             dataset = handle.get(key)
@@ -98,7 +99,7 @@ def _read_hdf5(path: Path) -> tuple[list[str], list[list[str]], str]:
             datasets[key] = dataset.asstr()[()]
         method = ""
         if "method" in handle.attrs:
-            from harness.features import read_plain_attribute
+            from harness.hdf5 import read_plain_attribute
 
             _, value = read_plain_attribute(handle, "method", path)
             method = value.decode() if isinstance(value, bytes) else str(value)
@@ -195,7 +196,7 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
     """Score a ranking file on ``split`` with the usual metrics; the record's
     ``protocol.metric`` is ``"ranking"``. Returns an :class:`harness.results.EvalResult`."""
     from harness.config import EvalConfig
-    from harness.evaluate import evaluate_topk
+    from harness.record import evaluate_topk
     from harness.results import FileDigest
     from harness.search import TopK
 

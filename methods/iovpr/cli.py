@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import click
+from methods.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ def segment_command(split_name, segmenter, part, cache_dir, short_side, device, 
     from harness.splits import get_split
     from methods.iovpr.segment import segment_split
     from methods.iovpr.segmentation import load_segmenter
-    from methods.iovpr.segtrain import _resolve_device
-
     split = get_split(split_name, data_root)
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     loaded = load_segmenter(segmenter, device, input_short_side=short_side)
     result = segment_split(split, loaded, part=part, cache_dir=cache_dir, device=device,
                            batch_size=batch_size)
@@ -183,7 +182,6 @@ def _train_iovpr_command():
         Example: harness train iovpr --layouts gray --threshold 20 --layouts-dir LAYOUTS
         --train-split ams30k-train --val-split ams30k-val --out-dir runs/iovpr-gray
         """
-        from methods.cli import _set_threads
         from methods.train.registry import run_training, training_config
 
         merged = collect_values(config_file, values)
@@ -192,7 +190,7 @@ def _train_iovpr_command():
             raise click.UsageError("harness train iovpr needs " + ", ".join(
                 "--" + name.replace("_", "-") for name in missing))
         config = training_config("iovpr", merged)
-        _set_threads()
+        set_torch_threads()
         click.echo(str(run_training("iovpr", config)))
 
     return command
@@ -218,7 +216,6 @@ def iovpr_group():
                    "(e.g. --train-option jitter=0.2,0.2,0.2,0.02).")
 def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
-    from methods.cli import _set_threads
     from methods.iovpr.study import make_study_config, run_study
     from methods.options import parse_option_pairs
 
@@ -227,9 +224,43 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
         parse_option_pairs(train_pairs)  # reject malformed pairs now, not after an hour
         values["extra_train_options"] = tuple(train_pairs)
     config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
-    _set_threads()
+    set_torch_threads()
     result = run_study(config)
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
+
+
+@iovpr_group.command("study-report")
+@click.option("--city", "city_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Dataset root with raw/ and ADEChallengeData2016/ (e.g. data/demo/city).")
+@click.option("--data-root", required=True, type=click.Path(file_okay=False),
+              help="Where the dataset's splits are registered (e.g. data/demo/harness).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Report folder: one cached study per seed, and report.md.")
+@click.option("--seeds", default="43,44", show_default=True, help="Study seeds, comma separated.")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Override a study setting of the report (default: the demo's settings).")
+@click.option("--readme", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also replace the README's iovpr-study section with the report.")
+def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
+    """The study per seed with intervals and paired tests against the baseline (report.md)."""
+    from methods.cli import _set_threads
+    from methods.iovpr.study_report import run_study_report
+    from methods.options import parse_option_pairs
+
+    try:
+        seed_list = tuple(int(part) for part in seeds.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 43,44, got {seeds!r}",
+                                 param_hint="--seeds") from None
+    if not seed_list:
+        raise click.BadParameter("give at least one seed", param_hint="--seeds")
+    overrides = parse_option_pairs(option_pairs)
+    command = "harness iovpr study-report --seeds " + ",".join(str(s) for s in seed_list) + "".join(
+        f" --option {pair}" for pair in option_pairs)
+    _set_threads()
+    path = run_study_report(city_root, data_root, out_dir, seeds=seed_list, overrides=overrides,
+                            readme=readme, command=command)
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 commands = [layouts_group, segment_command, segmenter_group, iovpr_group]

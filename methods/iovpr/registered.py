@@ -21,12 +21,10 @@ from harness.errors import HarnessError
 from methods.base import ImageLoader, PartContext, open_rgb
 from methods.iovpr import train as _register_iovpr_training  # noqa: F401  (training "iovpr")
 from methods.netvlad import NetVLADMethod, NetVLADOptions
-from methods.registry import register_method
 
 logger = logging.getLogger(__name__)
 
 
-@register_method("iovpr-real")
 class IOVPRRealMethod(NetVLADMethod):
     """SFRS trained with real layouts; raw queries and database."""
 
@@ -82,7 +80,6 @@ class GrayLayoutOpener:
         return Image.fromarray(composite_gray(pixels, mask, self.gray_rgb))
 
 
-@register_method("iovpr-gray")
 class IOVPRGrayMethod(NetVLADMethod):
     """SFRS trained with gray layouts; queries become gray layouts of their predicted windows."""
 

@@ -23,6 +23,7 @@ from harness.errors import HarnessError
 from methods.iovpr import ade20k
 from methods.iovpr.layouts import read_mask, write_mask
 from methods.iovpr.segmentation import LoadedSegmenter, load_segmenter, segment_logits
+from methods.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,7 @@ def segment_images(
     """Predict and cache the masks of ``image_root/<name>`` for every name not cached yet."""
     from tqdm import tqdm
 
-    from methods.iovpr.segtrain import _resolve_device
-
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     if not isinstance(segmenter, LoadedSegmenter):
         segmenter = load_segmenter(segmenter, device)
     cache = MaskCache(cache_dir or default_cache_dir(), cache_key(segmenter))

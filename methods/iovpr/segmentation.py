@@ -36,7 +36,7 @@ from typing import Callable, Mapping
 
 from harness.errors import HarnessError
 from methods.iovpr.ade20k import WINDOW_CLASS
-from methods.registry import Registry
+from harness.registry import Registry
 
 logger = logging.getLogger(__name__)
 

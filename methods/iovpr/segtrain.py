@@ -29,6 +29,7 @@ from methods.iovpr.segmentation import (
     load_pretrained, read_checkpoint, segment_logits,
 )
 from methods.options import config_from_mapping, config_to_dict
+from methods.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -243,13 +244,6 @@ def _save(path: Path, payload: dict) -> None:
         torch.save(payload, tmp)
 
 
-def _resolve_device(device: str | None) -> str:
-    """As :func:`methods.extract.resolve_device` (an explicit cuda without CUDA is an error)."""
-    from methods.extract import resolve_device
-
-    return str(resolve_device(device))
-
-
 def train_window_segmenter(
     ade_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -266,7 +260,7 @@ def train_window_segmenter(
     last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
     if last_path.exists() and not resume:
         raise HarnessError("a training run exists here; pass --resume or choose another --out", out_dir)
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     categories = config.categories or None
     train_samples = ade20k.list_samples(ade_root, subsets=("training",), categories=categories,
                                         all_scenes=config.all_scenes)

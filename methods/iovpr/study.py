@@ -157,7 +157,9 @@ class _Features:
         self.databases: dict[str, Path] = {}
 
     def evaluate(self, method_name: str, weights: Path, options: dict, split, slug: str,
-                 cache_dir: Path) -> tuple[dict, list[Path]]:
+                 cache_dir: Path) -> tuple[dict, list[Path], Path]:
+        """Scores, feature files and the written result record (with its predictions
+        sidecar, so that rows can be compared query by query)."""
         from harness.config import EvalConfig
         from harness.evaluate import evaluate
         from methods.extract import ExtractOptions, extract
@@ -176,7 +178,8 @@ class _Features:
                 out=self.out / "database" / f"{method_name}-{weights_slug}" / f"{split.name}.h5")
         paths = [query, self.databases[key]]
         result = evaluate(paths, split, EvalConfig(ngpu=0, progress=False, checksums=False))
-        return dict(result.scores), paths
+        record = result.write(self.out / slug / f"{split.name}.json")
+        return dict(result.scores), paths, record
 
 
 def _slug(label: str) -> str:
@@ -246,7 +249,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     for label, method, weight, options, variant in rows:
         if not Path(weight).is_file():
             continue
-        row = {"method": label, "features": {}}
+        row = {"method": label, "features": {}, "records": {}}
         for name in config.eval_splits:
             split = get_split(config.split(name), config.data_root)
             cache_dir = mask_cache
@@ -255,10 +258,11 @@ def run_study(config: StudyConfig) -> StudyResult:
                     continue
                 cache_dir = out / "masks-oracle"
                 _oracle_cache(seg.best_path, split, masks_dir, cache_dir)
-            scores, paths = features.evaluate(method, weight, options, split, _slug(label),
-                                              cache_dir)
+            scores, paths, record = features.evaluate(method, weight, options, split,
+                                                      _slug(label), cache_dir)
             row[name] = {k: scores[k] for k in ("recall@1", "recall@5", "recall@10") if k in scores}
             row["features"][name] = [str(p) for p in paths]
+            row["records"][name] = str(record)
         table.append(row)
     seconds["evaluation"] = time.perf_counter() - started
     logger.info("study stages (s, this run; cached stages take ~0): %s",

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
+from methods.runtime import set_torch_threads
 
 
 def config_options(config_cls, *, required=(), defaults=None):
@@ -71,9 +72,7 @@ def _require(values: dict, names, command: str) -> None:
 
 
 def _threads() -> None:
-    from methods.cli import _set_threads
-
-    _set_threads()
+    set_torch_threads()
 
 
 def _training_command(name: str, help_text: str):

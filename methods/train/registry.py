@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from methods.options import config_from_mapping
-from methods.registry import Registry
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class TrainingEntry:
     description: str = ""
 
 
-TRAININGS: Registry = Registry("training", ("methods.train.trainer", "methods.iovpr.registered"))
+TRAININGS: Registry = Registry("training", ("methods.train.trainer", "methods.iovpr.registered"),
+                               optional_modules=("methods.iovpr.registered",))
 
 
 def register_training(

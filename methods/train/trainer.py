@@ -91,7 +91,7 @@ class TupleDataset:
         return int(self.tuples.shape[0])
 
     def __getitem__(self, index: int):
-        from methods.data import _describe
+        from methods.data import describe_image_error
 
         images = []
         row = self.tuples[index]
@@ -104,7 +104,7 @@ class TupleDataset:
             try:
                 image = open_rgb(path)
             except Exception as exc:
-                return index, None, (str(path), _describe(exc))
+                return index, None, (str(path), describe_image_error(exc))
             if column == 0 and self.query_augment is not None:
                 image = self.query_augment(image, rng)
             images.append(self.transform(image, rng))

@@ -1,0 +1,275 @@
+"""Streaming database blocks from feature files (read one block ahead, in pieces, in threads)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.hardware import usable_cores
+from harness.hdf5 import DatasetReader
+from harness.search.driver import Block
+from harness.search.widen import float16_converter
+
+#: Bytes read, widened and checked at a time inside a block (stays in the CPU caches).
+PIECE_BYTES = 4 << 20
+
+_END = object()
+
+
+def prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead of the consumer.
+
+    Exceptions in the producer are re-raised in the consumer; closing the returned generator
+    (or abandoning it) stops the producer after its current item.
+    """
+    items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce():
+        try:
+            source = iter(iterable)
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            if stop.is_set() and hasattr(source, "close"):
+                source.close()  # runs the producer's cleanup in its own thread
+        except BaseException as exc:  # handed to the consumer
+            items.put((_END, exc))
+            return
+        items.put((_END, None))
+
+    thread = threading.Thread(target=produce, name="harness-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is _END:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSource:
+    """One feature file's ``part`` and the split row of each of its rows.
+
+    ``rows`` (n,) int64: file row i holds split database row ``rows[i]``.
+    """
+
+    path: Path
+    rows: np.ndarray
+    part: str = "database"
+
+
+
+def streams_from_mapping(path: str | os.PathLike, part: str = "database") -> bool:
+    """Whether :func:`iter_feature_blocks` reads ``/part/descriptors`` of ``path`` through a
+    file mapping (a plain contiguous dataset, on a platform with mmap): then its
+    ``on_stored_block`` hook sees every block's stored bytes (unless mapping fails later)."""
+    try:
+        reader = DatasetReader(Path(path), part)
+    except Exception:  # a missing part or a damaged file: validation reports it properly
+        return False
+    try:
+        return bool(reader.mappable)
+    finally:
+        reader.close()
+
+
+def touch_pages(array: np.ndarray) -> None:
+    """Fault every page of a mapped array in now (in the reading thread, not in the GEMM)."""
+    flat = array.reshape(-1).view(np.uint8)
+    int(flat[::4096].sum())
+
+
+def default_reader_threads() -> int:
+    """Threads that read (widen, check) each block: one per 4 cores, at most 8."""
+    return max(1, min(8, usable_cores() // 4))
+
+
+def iter_feature_blocks(
+    sources: Sequence[BlockSource],
+    block_rows: int,
+    *,
+    prefetch_blocks: bool = True,
+    on_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
+    reader_threads: int | None = None,
+    as_stored: bool = False,
+    on_stored_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
+    fp16_converter: str = "auto",
+) -> Iterator[Block]:
+    """Stream ``(database_rows, descriptors)`` blocks from feature files.
+
+    Files are read in order, ``block_rows`` rows at a time, by a prefetch thread that reads
+    (and widens float16 to float32) the next block while the current one is searched. Memory
+    stays at about three blocks. float32 blocks of plain contiguous datasets are read-only
+    views of a file mapping (no copy); float16 blocks are widened into reused buffers (with
+    :func:`float16_converter`). Either way a yielded array is valid only until the next block
+    is requested (copy it to keep it).
+
+    Args:
+        sources: the files, each with the split row of every stored row.
+        block_rows: rows per block.
+        prefetch_blocks: read one block ahead in a background thread.
+        on_block: ``on_block(source, start_row, descriptors)`` runs on every piece of a block
+            (a few MB, while it is in cache): value checks cost no extra pass over memory.
+            With ``reader_threads`` > 1 pieces are read in parallel, so it must be thread-safe.
+        reader_threads: threads reading the pieces of a block (default: one per 4 cores).
+        as_stored: yield blocks in their stored dtype (float16 not widened: for a backend that
+            widens on its device) as writable private mappings where possible.
+        on_stored_block: ``on_stored_block(source, file_offset, stored)`` runs once per block
+            read through a file mapping, in file order, with the block's bytes as stored
+            (``file_offset`` is where they start in the file). It may keep ``stored`` (e.g. to
+            hash it in another thread): the mapping stays valid while referenced.
+        fp16_converter: ``auto``, ``numpy`` or ``torch`` (see :func:`float16_converter`).
+    """
+    if block_rows < 1:
+        raise ValueError("block_rows must be >= 1")
+    reader = _FeatureBlockReader(
+        list(sources), block_rows, ring=3 if prefetch_blocks else 1, on_block=on_block,
+        reader_threads=default_reader_threads() if reader_threads is None
+        else max(1, int(reader_threads)),
+        as_stored=as_stored, on_stored_block=on_stored_block, fp16_converter=fp16_converter,
+    )
+    if prefetch_blocks:
+        yield from prefetch(reader.blocks(), depth=1)
+    else:
+        yield from reader.blocks()
+
+
+class _FeatureBlockReader:
+    """The state of one :func:`iter_feature_blocks` stream: reused buffers, reader threads."""
+
+    def __init__(self, sources: list[BlockSource], block_rows: int, *, ring: int, on_block,
+                 reader_threads: int, as_stored: bool, on_stored_block, fp16_converter: str):
+        self.sources = sources
+        self.block_rows = block_rows
+        self.ring = ring
+        self.on_block = on_block
+        self.reader_threads = reader_threads
+        self.as_stored = as_stored
+        self.on_stored_block = on_stored_block
+        self.fp16_converter = fp16_converter
+        self.total_rows = sum(int(source.rows.size) for source in sources)
+        self.buffers: list[np.ndarray | None] = [None] * ring
+        self.turn = 0
+        self.widen = None
+        self.local = threading.local()  # per reading thread: a float16 staging buffer
+
+    def blocks(self) -> Iterator[Block]:
+        """Every source's blocks in order (runs in the prefetch thread)."""
+        pool = (ThreadPoolExecutor(self.reader_threads, thread_name_prefix="harness-read")
+                if self.reader_threads > 1 else None)
+        try:
+            for source in self.sources:
+                reader = DatasetReader(source.path, source.part)
+                try:
+                    yield from self._source_blocks(source, reader, pool)
+                finally:
+                    reader.close()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _source_blocks(self, source: BlockSource, reader: DatasetReader,
+                       pool: ThreadPoolExecutor | None) -> Iterator[Block]:
+        total, dim = reader.shape
+        if source.rows.shape != (total,):
+            raise HarnessError(
+                f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
+                "indices were given", source.path,
+            )
+        stored_dtype = reader.dtype
+        out_dtype = stored_dtype if self.as_stored else np.dtype(np.float32)
+        if stored_dtype == np.float16 and out_dtype == np.float32 and self.widen is None:
+            self.widen = float16_converter(self.fp16_converter,
+                                           stored_bytes=self.total_rows * dim * 2)
+        # Private (writable) mappings for float16: torch widens from them.
+        writable_maps = self.as_stored or stored_dtype != np.float32
+        piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
+        block_rows = self.block_rows
+        for start in range(0, total, block_rows):
+            stop = min(total, start + block_rows)
+            n = stop - start
+            mapped = reader.map_rows(start, stop, writable=writable_maps)
+            if mapped is not None and mapped.dtype == out_dtype:
+                out = mapped  # no copy: the consumer reads the page cache
+            else:
+                out = self._buffer(out_dtype, dim)[:n]
+            pieces = [(first, min(n, first + piece_rows)) for first in range(0, n, piece_rows)]
+            arguments = (source, reader, start, out, mapped, piece_rows)
+            if pool is None:
+                for first, last in pieces:
+                    self._read_piece(first, last, *arguments)
+            else:
+                futures = [pool.submit(self._read_piece, first, last, *arguments)
+                           for first, last in pieces]
+                for future in futures:
+                    future.result()
+            if self.on_stored_block is not None and mapped is not None:
+                self.on_stored_block(source, reader.data_offset + start * reader.row_bytes, mapped)
+            del mapped, arguments
+            self.turn += 1
+            yield source.rows[start:stop], out
+            del out
+
+    def _buffer(self, dtype: np.dtype, dim: int) -> np.ndarray:
+        """The next buffer of the ring (a block is read into one while another is searched)."""
+        slot = self.turn % self.ring
+        buffer = self.buffers[slot]
+        if (buffer is None or buffer.dtype != dtype or buffer.shape[1] != dim
+                or buffer.shape[0] < self.block_rows):
+            buffer = self.buffers[slot] = np.empty((self.block_rows, dim), dtype=dtype)
+        return buffer
+
+    def _read_piece(self, first: int, last: int, source: BlockSource, reader: DatasetReader,
+                    start: int, out: np.ndarray, mapped: np.ndarray | None,
+                    piece_rows: int) -> None:
+        """One cache-sized piece: read or widen it, then check it while it is still in cache
+        (or just fault its pages in)."""
+        target = out[first:last]
+        stored_dtype = reader.dtype
+        if mapped is not None:
+            if mapped is not out:
+                if out.dtype == stored_dtype:
+                    np.copyto(target, mapped[first:last])
+                else:
+                    self.widen(mapped[first:last], target)
+        elif out.dtype == stored_dtype:
+            reader.read(start + first, start + last, target)
+        else:
+            dim = reader.shape[1]
+            staging = getattr(self.local, "staging", None)
+            if (staging is None or staging.dtype != stored_dtype
+                    or staging.shape != (piece_rows, dim)):
+                staging = self.local.staging = np.empty((piece_rows, dim), dtype=stored_dtype)
+            piece = staging[: last - first]
+            reader.read(start + first, start + last, piece)
+            self.widen(piece, target)
+        if self.on_block is not None:
+            self.on_block(source, start + first, target)
+        elif mapped is out:
+            touch_pages(target)

@@ -1,0 +1,37 @@
+"""The benchmark scripts run end to end on tiny sizes (their figures are not checked here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_scale_compares_backends_side_by_side_and_cleans_up(tmp_path):
+    pytest.importorskip("torch")
+    command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "6000", "--dim", "64",
+               "--queries", "60", "--shard-rows", "2500", "--block-rows", "500",
+               "--cpu-backend", "numpy,bf16", "--no-peak", "--dir", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("backend ") and "wall s" in line)):]
+    assert table[1].startswith("numpy") and "identical (indices and scores)" in table[1]
+    # The shortlist really ran (the top-K is full after the first block) and gave the numpy
+    # ranking: bit for bit where the BLAS allows it (OpenBLAS), else the same indices.
+    assert table[2].startswith("bf16 shortlist")
+    assert "identical (indices and scores)" in table[2] or "indices identical" in table[2]
+    shortlisted = [line for line in lines if line.startswith("bf16 shortlist:")]
+    assert shortlisted and not shortlisted[0].startswith("bf16 shortlist: 0 blocks")
+    assert not list(tmp_path.iterdir())  # the generated data is removed
+
+
+def test_scale_rejects_an_unknown_backend(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "100",
+               "--cpu-backend", "numpy,bf61", "--dir", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "unknown bf61" in out.stderr
