@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from leaderboard.benchmarks import RECALL_COLUMNS, Benchmark
-from leaderboard.escape import csv_cell, latex_text, markdown_link, safe_url
+from leaderboard.escape import csv_cell, latex_text, markdown_link, markdown_text, safe_url
 
 MISSING_TEXT = "–"
 MEAN_GROUP = "mean"
@@ -324,7 +324,8 @@ def to_markdown(table: Table) -> str:
     notes = [(row.method, note) for row in table.rows for note in row.notes]
     if notes:
         text += "\nWhere the efficiency columns were measured (– : unknown, with the reason):\n\n"
-        text += "".join(f"- {_md_escape(method)}, {_md_escape(note)}\n" for method, note in notes)
+        text += "".join(f"- {markdown_text(method)}, {markdown_text(note)}\n"
+                        for method, note in notes)
     return text
 
 
