@@ -139,7 +139,7 @@ class EvalConfig:
         recall_ns = self.recall_ns if self.recall_ns is not None else tuple(split.recall_ns)
         # A depth beyond the database (or the split's own Ns) retrieves nothing more but sizes
         # the top-K buffers (queries x K): refused before anything is allocated.
-        bound = max([split.num_database, *split.recall_ns])
+        bound = max([getattr(split, "num_database", 0), *split.recall_ns])
         for option, value in (("--map-k", self.map_k),
                               ("--recall-ns", None if self.recall_ns is None else
                                max(self.recall_ns))):

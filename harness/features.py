@@ -37,7 +37,7 @@ from harness.hdf5 import (
     read_plain_attribute,
 )
 from harness.hdf5_policy import check_hdf5_contents
-from harness.io import atomic_path, require_regular_file
+from harness.io import atomic_path, require_free_space, require_regular_file
 from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ class FeatureWriter:
             self.dtype = descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
         if self.dtype not in DESCRIPTOR_DTYPES:
             raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}")
+        if not any("descriptors" in self._handle[part] for part in self.names):
+            rows = sum(len(names) for names in self.names.values())
+            require_free_space(self.path, rows * self.dim * np.dtype(self.dtype).itemsize)
         for part, names in self.names.items():
             group = self._handle[part]
             if "descriptors" not in group:

@@ -8,6 +8,7 @@ import json
 import errno
 import os
 import re
+import shutil
 import socket
 import stat
 import tempfile
@@ -95,7 +96,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-_HOST = socket.gethostname().replace(".", "_") or "host"
+#: This host in temporary names (dots replaced: the names are split on them).
+TEMP_HOST = socket.gethostname().replace(".", "_") or "host"
+_HOST = TEMP_HOST
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 #: errno values and HDF5 message fragments that mean "the disk (or quota, or RLIMIT_FSIZE) is
 #: full" or "this place is not writable": a one-line error, never a traceback.
@@ -118,6 +121,29 @@ def write_failure(exc: BaseException) -> str | None:
         text = str(exc)
         code = next((value for key, value in _WRITE_TEXTS.items() if key in text), None)
     return _WRITE_ERRNOS.get(code)
+
+
+def require_free_space(path: str | os.PathLike, needed_bytes: int) -> None:
+    """Refuse to start writing ``needed_bytes`` beside ``path`` when they cannot fit.
+
+    Checked before an HDF5 file is filled (the library's behaviour on a full disk is an
+    error deep inside a write, or worse): the free space of the file system, and this
+    process's file size limit (``RLIMIT_FSIZE``, which ``ulimit -f`` and batch systems set).
+    """
+    import resource
+
+    from harness.errors import HarnessError
+
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise HarnessError(f"cannot write it: {needed_bytes} bytes needed, {free} free on "
+                           f"{folder} (nothing was written)", path)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and needed_bytes > limit:
+        raise HarnessError(f"cannot write it: {needed_bytes} bytes needed, the file size limit "
+                           f"(ulimit -f) is {limit} (nothing was written)", path)
 
 
 def _process_alive(pid: int) -> bool:
@@ -152,8 +178,6 @@ def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> li
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
-                import shutil
-
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from harness.errors import HarnessError
-from harness.io import write_bytes_atomic
+from harness.io import (
+    TEMP_HOST,
+    make_temp_file,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_failure,
+)
 from leaderboard import html as html_page
 from leaderboard.benchmarks import REAL_BENCHMARKS, Benchmark, benchmarks_for
 from leaderboard.escape import markdown_link, markdown_text, safe_url
@@ -310,11 +316,13 @@ def build_from_entries(
 
     entries = list(entries)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     latest = latest_entries(entries)
     tables = [annotate_table(make_table(b, entries), latest) for b in shown_benchmarks(entries)]
     reported = load_reported()
-    staging = Path(tempfile.mkdtemp(prefix=".build.", dir=out_dir))
+    # Staging folders and swapped-out folders of killed builds are removed here.
+    for name in ("tables", "site"):
+        remove_stale_temps(out_dir, f"{name}.old")
+    staging = make_temp_file(out_dir / "build", directory=True)
     try:
         tables_dir = staging / "tables"
         site_dir = staging / "site"
@@ -358,9 +366,17 @@ def build_from_entries(
             tables, records=len(entries), methods=len(methods), method_infos=infos,
             reported=reported,
         )
+        # Every byte is written before anything is swapped in: a full disk changes nothing.
+        write_bytes_atomic(staging / "README.md", readme.encode("utf-8"))
         for name in ("tables", "site"):
             _swap_in(staging / name, out_dir / name)
-        write_bytes_atomic(out_dir / "README.md", readme.encode("utf-8"))
+        os.replace(staging / "README.md", out_dir / "README.md")
+    except OSError as exc:
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise HarnessError(f"cannot write the leaderboard: {reason} (nothing was changed)",
+                           out_dir) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
@@ -389,7 +405,7 @@ def _swap_in(new: Path, target: Path) -> None:
     build writes the same bytes from the same records, so whichever lands last is right.
     """
     for attempt in range(1000):
-        old = target.with_name(f".{target.name}.old.{os.getpid()}.{attempt}")
+        old = target.with_name(f".{target.name}.old.{TEMP_HOST}.{os.getpid()}.{attempt}.tmp")
         try:
             os.replace(target, old)
         except FileNotFoundError:

@@ -174,9 +174,9 @@ def _(ctx):
 @case("bomb", "more database rows than the split has images")
 def _(ctx):
     query, database = ctx.features()
-    replace(database, "database/descriptors", data=np.eye(200, 8, dtype="float32"))
+    replace(database, "database/descriptors", data=np.eye(5000, 8, dtype="float32"))
     return Expect(ctx.eval(query, database), database,
-                  "/database/descriptors has 200 rows but the split has only 24 database images")
+                  "/database/descriptors has 5000 rows but the split has only 24 database images")
 
 
 @case("bomb", "--map-k 10^12")
@@ -520,18 +520,21 @@ def test_out_of_memory_in_the_evaluation_suggests_block_rows(tiny_city, tmp_path
     from badinputs import subprocess_env
     from harness.splits import get_split
 
-    paths = write_valid_features(get_split(SPLIT, tiny_city.data_root), tmp_path / "wide",
-                                 dim=1 << 18)  # a default block is 128 rows x 1 MiB
+    wide = "synth-outdoor-ams"  # 96 database rows of 1 MiB: a block does not fit in 64 MiB
+    paths = write_valid_features(get_split(wide, tiny_city.data_root), tmp_path / "wide",
+                                 dim=1 << 18)
     script = (
         "import resource, sys\n"
-        "import scipy.spatial, faiss, harness.evaluate\n"  # imported before the cap
+        "import numpy, scipy.spatial, faiss, harness.evaluate\n"  # imported before the cap
+        # BLAS allocates its buffers at its first product: made before the cap too.
+        "numpy.ones((256, 256), numpy.float32) @ numpy.ones((256, 256), numpy.float32)\n"
         "from harness.cli import cli\n"
         "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
         "resource.setrlimit(resource.RLIMIT_AS, (size + (64 << 20), resource.RLIM_INFINITY))\n"
         "cli(sys.argv[1:])\n")
     completed = subprocess.run(
         [sys.executable, "-c", script, "eval", "--features", str(paths[0]), "--features",
-         str(paths[1]), "--split", SPLIT, "--data-root", str(tiny_city.data_root),
+         str(paths[1]), "--split", wide, "--data-root", str(tiny_city.data_root),
          "--no-progress", "--no-predictions", "--ngpu", "0"],
         capture_output=True, text=True, env=subprocess_env(), timeout=300, check=False)
     lines = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
