@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -155,6 +156,15 @@ class FeatureWriter:
         self._handle = None
 
     def __enter__(self) -> "FeatureWriter":
+        try:
+            return self._open()
+        except BaseException:
+            # Unwind what was entered (the temporary file goes; a full disk becomes one line).
+            if not self._stack.__exit__(*sys.exc_info()):
+                raise
+            raise
+
+    def _open(self) -> "FeatureWriter":
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._handle = self._stack.enter_context(h5py.File(self._tmp, "w", libver="latest"))
         handle = self._handle
