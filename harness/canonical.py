@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from importlib import resources
 
 from harness.errors import HarnessError
 
@@ -23,7 +24,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 CANONICAL_FORMAT_VERSION = 1
 _KEYS = {"queries": int, "database": int, "radius_m": (int, float), "spatial_nms": bool,
          "split_sha256": list, "source": str}
-_REQUIRED = ("queries", "database", "radius_m")
+_REQUIRED = ("queries", "radius_m")  # database may be unknown (SF-XL: "2.8M")
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,26 @@ class CanonicalSplit:
 
     name: str
     queries: int
-    database: int
+    database: int | None  # None: no exact published count; only the queries are pinned
     radius_m: float
     spatial_nms: bool = False
     split_sha256: tuple[str, ...] = ()
     source: str = ""
 
+    @property
+    def counts_text(self) -> str:
+        """``10,000 database images / 6,816 queries`` (database "not pinned" when unknown)."""
+        database = "not pinned" if self.database is None else f"{self.database:,}"
+        return f"{database} database images / {self.queries:,} queries"
+
     def mismatches(self, *, queries: int, database: int, radius_m: float,
                    spatial_nms: bool, sha256: str | None = None) -> list[str]:
         """What differs from the pinned definition (empty: it is the canonical split)."""
         found = []
-        if queries != self.queries or database != self.database:
+        if queries != self.queries or (self.database is not None and database != self.database):
+            expected = "any" if self.database is None else f"{self.database:,}"
             found.append(f"{queries:,} queries / {database:,} database images, expected "
-                         f"{self.queries:,} / {self.database:,}")
+                         f"{self.queries:,} / {expected}")
         if abs(float(radius_m) - self.radius_m) > 1e-9:
             found.append(f"radius {radius_m:g} m, expected {self.radius_m:g} m")
         if bool(spatial_nms) != self.spatial_nms:
@@ -81,7 +89,7 @@ def parse_canonical(text: str, source: str = "<string>") -> dict[str, CanonicalS
             if not isinstance(value, _KEYS[key]) or wrong_bool:
                 raise HarnessError(f"{where}: {key} has the wrong type ({value!r})", source)
         pins[name] = CanonicalSplit(
-            name=name, queries=entry["queries"], database=entry["database"],
+            name=name, queries=entry["queries"], database=entry.get("database"),
             radius_m=float(entry["radius_m"]), spatial_nms=entry.get("spatial_nms", False),
             split_sha256=tuple(str(s) for s in entry.get("split_sha256", ())),
             source=entry.get("source", ""),
@@ -91,8 +99,6 @@ def parse_canonical(text: str, source: str = "<string>") -> dict[str, CanonicalS
 
 @functools.lru_cache(maxsize=1)
 def _pins() -> tuple[tuple[str, CanonicalSplit], ...]:
-    from importlib import resources
-
     resource = resources.files("splits").joinpath("canonical.toml")
     return tuple(parse_canonical(resource.read_text(encoding="utf-8"), str(resource)).items())
 

@@ -12,6 +12,7 @@ from typing import Mapping
 
 from harness.errors import HarnessError
 from harness.results import Protocol
+from harness.stats import BootstrapSettings
 
 CPU_BACKENDS = ("auto", "numpy", "faiss", "bf16")
 #: OpenIBL's spatial NMS looks at the first max(N) x 12 predictions.
@@ -84,7 +85,9 @@ class EvalConfig:
         if self.map_k is not None and int(self.map_k) < 1:
             raise HarnessError(f"map_k must be >= 1, got {self.map_k}")
         if self.cpu_backend not in CPU_BACKENDS:
-            raise HarnessError(f"cpu_backend must be one of {CPU_BACKENDS}, got {self.cpu_backend!r}")
+            raise HarnessError(
+                f"cpu_backend must be one of {CPU_BACKENDS}, got {self.cpu_backend!r}"
+            )
         if int(self.ngpu) < -1:
             raise HarnessError(f"ngpu must be -1 (all), 0 (CPU) or a GPU count, got {self.ngpu}")
         if int(self.bootstrap_resamples) < 0 or int(self.bootstrap_seed) < 0:
@@ -102,7 +105,8 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "EvalConfig":
-        """Build from a mapping; unknown keys raise a :class:`HarnessError` listing the valid ones."""
+        """Build from a mapping; unknown keys raise a :class:`HarnessError` listing the valid
+        ones."""
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
@@ -126,8 +130,6 @@ class EvalConfig:
 
     def bootstrap_settings(self):
         """The :class:`harness.stats.BootstrapSettings` of this config (None: no intervals)."""
-        from harness.stats import BootstrapSettings
-
         if not self.bootstrap_resamples:
             return None
         return BootstrapSettings(resamples=int(self.bootstrap_resamples),

@@ -182,9 +182,13 @@ class FeatureWriter:
         if self.dim is None:
             self.dim = int(descriptors.shape[1])
         if self.dtype is None:
-            self.dtype = descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            self.dtype = (
+                descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            )
         if self.dtype not in DESCRIPTOR_DTYPES:
-            raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}")
+            raise ValueError(
+                f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}"
+            )
         if not any("descriptors" in self._handle[part] for part in self.names):
             rows = sum(len(names) for names in self.names.values())
             require_free_space(self.path, rows * self.dim * np.dtype(self.dtype).itemsize)
@@ -204,7 +208,9 @@ class FeatureWriter:
         stop = start_row + descriptors.shape[0]
         if start_row < 0 or stop > len(self.names[part]):
             raise ValueError(f"rows {start_row}:{stop} out of range for {part}")
-        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
+        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(
+            self.dtype, copy=False
+        )
         self._written[part][start_row:stop] = True
 
     def set_attrs(self, attrs: Mapping[str, object]) -> None:
@@ -271,6 +277,44 @@ def open_hdf5(path: str | os.PathLike):
     return handle
 
 
+class OpenFiles:
+    """Feature files opened once and shared: validation, reading the queries and streaming
+    the database all use the same handle per file (``with OpenFiles() as files``).
+
+    A file is opened on the first :meth:`get`, so a bad file raises where it did before.
+    """
+
+    def __init__(self):
+        self._handles: dict[Path, h5py.File] = {}
+
+    def get(self, path: str | os.PathLike) -> h5py.File:
+        key = Path(path).resolve()
+        if key not in self._handles:
+            self._handles[key] = open_hdf5(path)
+        return self._handles[key]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "OpenFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _opened(path, files: OpenFiles | None) -> Iterator[h5py.File]:
+    """The handle of ``path`` from ``files`` (left open), or a fresh one (closed after)."""
+    if files is not None:
+        yield files.get(path)
+        return
+    with open_hdf5(path) as handle:
+        yield handle
+
+
 def _dataset(handle, part: str, name: str, path):
     """``/part/name`` as an h5py Dataset; a missing or odd object is a HarnessError."""
     group = handle.get(part)
@@ -305,10 +349,13 @@ def _read_attribute(handle, key: str, path):
     return value
 
 
-def read_info(path: str | os.PathLike) -> FeatureFileInfo:
-    """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
+def read_info(path: str | os.PathLike, files: OpenFiles | None = None) -> FeatureFileInfo:
+    """Read attributes and part shapes; structural problems raise :class:`HarnessError`.
+
+    ``files``: share the open handle (:class:`OpenFiles`).
+    """
     path = Path(path)
-    with open_hdf5(path) as handle, reading_errors(path, "its structure"):
+    with _opened(path, files) as handle, reading_errors(path, "its structure"):
         check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
@@ -352,13 +399,14 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     )
 
 
-def read_names(path: str | os.PathLike, part: str, count: int | None = None) -> list[str]:
-    """Image names of ``part``, decoded as UTF-8.
+def read_names(path: str | os.PathLike, part: str, files: OpenFiles | None = None,
+               count: int | None = None) -> list[str]:
+    """Image names of ``part``, decoded as UTF-8 (``files``: share the open handle).
 
     ``count``: the number of names expected (the part's descriptor rows); a names dataset of
     another length is refused from its shape, before anything is read or allocated.
     """
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/names"):
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/names"):
         check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
         shape = dataset.shape or ()
@@ -416,10 +464,11 @@ def _descriptors(handle, part: str, path):
 
 
 def read_descriptors(
-    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
+    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None,
+    files: OpenFiles | None = None,
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/descriptors"):
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/descriptors"):
         dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]
@@ -450,7 +499,9 @@ def expand_feature_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     for item in paths:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+            found = sorted(
+                p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file()
+            )
             if not found:
                 raise HarnessError("directory holds no .h5 feature files", item)
             result.extend(found)

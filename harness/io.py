@@ -17,6 +17,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 _CHUNK_BYTES = 8 << 20
 
 #: What reading a damaged or foreign ``.npz`` (a zip of ``.npy`` files) with ``np.load`` can
@@ -232,8 +234,6 @@ def npz_member(archive, name: str):
 
     (``np.load`` hands back the raw bytes of a member whose ``.npy`` header is damaged.)
     """
-    import numpy as np
-
     value = archive[name]
     if not isinstance(value, np.ndarray):
         raise ValueError(f"member {name!r} is not a .npy array")

@@ -310,7 +310,6 @@ def build_from_entries(
 ) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
     from leaderboard.plots import inline_svg, recall_bands, recall_curves, recall_svg
-
     from leaderboard.reported import load_reported, reported_csv
     from leaderboard.significance import annotate_table
 

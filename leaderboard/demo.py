@@ -19,26 +19,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The demo's study settings live with the study (the README's study report runs them too).
+from methods.iovpr.study import DEMO_EVAL_SPLITS as EVAL_SPLITS
+from methods.iovpr.study import DEMO_STUDY
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "synth-"
-EVAL_SPLITS = ("indoor-ams-1", "indoor-ams-2", "outdoor-ams", "ams30k-test")
 # study row label -> leaderboard method name; oracle rows (true masks) are not methods.
 STUDY_METHODS = {
     "sfrs (baseline)": "sfrs-small",
     "sfrs + gray queries": "sfrs-small+gray-queries",
     "iovpr-real": "iovpr-real-small",
     "iovpr-gray": "iovpr-gray-small",
-}
-
-
-# The study's settings for the demo: every stage short enough that the whole demo (city,
-# probe, segmenter, three trainings, evaluation, leaderboard) takes under 10 minutes on two
-# CPU cores. `harness iovpr study` keeps the study's own (longer) defaults.
-DEMO_STUDY: dict[str, object] = {
-    "seg_epochs": 18, "image_height": 96, "image_width": 128, "generations": 1,
-    "epochs": 3,
-    "extra_train_options": ("jitter=0.2,0.2,0.2,0.02",),
 }
 
 
@@ -79,9 +72,9 @@ def _submit_all(features: dict[str, dict[str, list[Path]]], *, data_root: Path,
 def run_demo(config: DemoConfig = DemoConfig()) -> DemoResult:
     """Run (or resume) the demo; returns where the leaderboard tables are."""
     from harness.splits import get_split, prepare_builtin_splits
+    from leaderboard.build import build_leaderboard
     from synth import make_city
     from synth.probe import write_probe_features
-    from leaderboard.build import build_leaderboard
 
     out = Path(config.out_dir)
     data_root = out / "harness"

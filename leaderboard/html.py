@@ -14,7 +14,12 @@ from typing import Mapping, Sequence
 
 from leaderboard.escape import html_attr, html_link, html_text, safe_url
 from leaderboard.tables import (
-    MISSING_TEXT, TIE_NOTE, Table, best_values, format_value, interval_text,
+    MISSING_TEXT,
+    TIE_NOTE,
+    Table,
+    best_values,
+    format_value,
+    interval_text,
 )
 from leaderboard.tables import rank_text as table_rank_text
 

@@ -45,6 +45,7 @@ PUBLIC_TITLES = {
     "msls-val": "MSLS val (740 queries)",
     "msls-val-all": "MSLS val, every cph + sf query (downloader)",
     "nordland": "Nordland (downloader, +-10 frames)",
+    "sf-xl-test-v1": "SF-XL test v1",
 }
 
 
@@ -68,5 +69,4 @@ def marked_table(split_name: str) -> dict | None:
         return None
     return {"key": _key("", split_name), "title": PUBLIC_TITLES.get(split_name, split_name),
             "label": split_name,
-            "description": f"{pin.database:,} database images, {pin.queries:,} queries, "
-            f"{pin.radius_m:g} m ({pin.source})."}
+            "description": f"{pin.counts_text}, {pin.radius_m:g} m ({pin.source})."}

@@ -57,7 +57,7 @@ def precision_context(device, precision: str) -> Iterator[None]:
     Raises:
         HarnessError: ``fp16`` or ``bf16`` autocast is not supported on this device type.
     """
-    import torch
+    import torch  # optional and heavy: only once a command runs a model
 
     precision = check_precision(precision)
     if precision == "fp32":
@@ -81,7 +81,7 @@ def precision_context(device, precision: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _strict_fp32(device) -> Iterator[None]:
-    import torch
+    import torch  # optional and heavy: only once a command runs a model
 
     if device.type != "cuda":
         yield

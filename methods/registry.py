@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, distribution, entry_points
 
 from harness.errors import HarnessError
 from harness.registry import Registry
+from methods.base import Method
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ class MethodRegistry(Registry):
     """The methods: entry points of :data:`METHOD_ENTRY_POINT_GROUP`, plus in-process
     registrations (:func:`register_method`), each with its :class:`MethodOrigin`.
 
-    :class:`harness.registry.Registry` with its own entry-point loading: each method keeps its
-    origin, and a plugin that fails to load is recorded instead of raising."""
+    :class:`harness.registry.Registry` over the group, with its own entry-point loading: each
+    method keeps its origin, and a plugin that fails to load is recorded instead of raising."""
 
     def __init__(self):
-        super().__init__("method")
+        super().__init__("method", entry_point_group=METHOD_ENTRY_POINT_GROUP)
         self.origins: dict[str, MethodOrigin] = {}
         self.failures: dict[str, tuple[MethodOrigin, str]] = {}
 
@@ -69,7 +70,17 @@ class MethodRegistry(Registry):
     def _load(self) -> None:
         if self._loaded:
             return
-        super()._load()
+        try:
+            super()._load()  # ends in self._load_entry_points()
+        except BaseException:
+            # Not half-loaded: the next lookup tries again and reports the same problem.
+            self._loaded = False
+            self._entries.clear()
+            self.origins.clear()
+            self.failures.clear()
+            raise
+
+    def _load_entry_points(self) -> None:
         _check_builtin_metadata()
         for point in entry_points(group=METHOD_ENTRY_POINT_GROUP):
             dist = getattr(point, "dist", None)
@@ -104,8 +115,6 @@ class MethodRegistry(Registry):
 
 def _class_problem(name: str, cls) -> str | None:
     """Why ``cls`` cannot be method ``name`` (``None``: it can)."""
-    from methods.base import Method  # methods.base imports torch: only once a plugin loads
-
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         return f"{cls!r} is not a methods.base.Method subclass"
     own = cls.__dict__.get("name")

@@ -1,11 +1,16 @@
-"""Sharded evaluation: each task searches one group of database shard files for every query
-and writes its partial top-K; a merge scores the union exactly.
+"""Sharded evaluation: each task searches one share of the database for every query and
+writes its partial top-K; a merge scores the union exactly.
+
+With at most as many tasks as database files, a task searches a group of whole files; with
+more tasks than files (one 6.4M-row file, say) the database is cut into contiguous row ranges
+of similar size, which may end inside a file. The task holding the first row of a file also
+computes that file's sha256 (from its own reads, then the rest of the file).
 
 The launcher validates every feature file against the split first (names, dimensions, the
 method), so a task can only fail on values or I/O. Task ``i`` writes
 ``partials/shard-<i>-of-<n>.npz`` (scores, split database indices, and what the record needs
 about its files) atomically; the merge (:func:`merge_eval`) combines the parts with
-:func:`harness.search.merge_topk` and scores them with :func:`harness.evaluate.evaluate_topk`,
+:func:`harness.search.merge_topk` and scores them with :func:`harness.record.build_record`,
 so the record (scores and per-query predictions) equals that of one ``harness eval`` run on the
 same files. Rerunning the same command reopens the same launch: shards whose partial exists
 are not searched again.
@@ -43,26 +48,28 @@ class EvalPlan:
     """Which files each task searches.
 
     ``paths`` are all feature files in the order the record lists them (the order
-    ``harness eval`` would use); ``query`` is the one holding ``/query``; ``groups[i]`` the
-    database files of task ``i`` (contiguous, balanced by rows).
+    ``harness eval`` would use); ``query`` is the one holding ``/query``; ``groups[i]`` what
+    task ``i`` searches: ``(file, first stored row, end row)`` pieces, contiguous and balanced
+    by rows.
     """
 
     paths: tuple[Path, ...]
     query: Path
-    groups: tuple[tuple[Path, ...], ...]
+    groups: tuple[tuple[tuple[Path, int, int], ...], ...]
     database_rows: tuple[int, ...]
     method: str
 
 
 def plan_eval(features: Sequence[str | os.PathLike], split: Split,
-              shards: int | None = None) -> EvalPlan:
-    """Validate ``features`` against ``split`` and group the database files into ``shards``.
+              shards: int | None = None, block_rows: int | None = None) -> EvalPlan:
+    """Validate ``features`` against ``split`` and cut the database into ``shards`` tasks.
 
-    A task searches whole database files, so ``shards`` is at most the number of database
-    files (default: one task per file). Cut the database when extracting
-    (``harness slurm extract --shards N``) to evaluate with more tasks.
+    Default: one task per database file. Up to the number of files, tasks search groups of
+    whole files; beyond it, contiguous row ranges cut at the search's blocks (``block_rows``,
+    default the CPU search's), so the merged scores are the single search's bit for bit.
     """
     from harness.features import expand_feature_paths
+    from harness.search import default_block_rows
     from harness.validate import check_features
 
     paths = tuple(Path(p).resolve() for p in expand_feature_paths(features))
@@ -76,19 +83,66 @@ def plan_eval(features: Sequence[str | os.PathLike], split: Split,
         shards = len(database)
     if shards < 1:
         raise HarnessError(f"--shards must be >= 1, got {shards}")
-    if shards > len(database):
-        raise HarnessError(
-            f"{shards} shards asked for, but the database is in {len(database)} file(s) and a task "
-            "searches whole files; extract the database in more shards (harness slurm extract "
-            "--shards N) or ask for fewer", database[0].path)
-    groups = _balanced_groups([part.count for part in database], shards)
+    counts = [part.count for part in database]
+    if shards > sum(counts):
+        raise HarnessError(f"{shards} shards asked for, but the database has only "
+                           f"{sum(counts)} rows", database[0].path)
+    if shards <= len(database):
+        groups = [[(i, 0, counts[i]) for i in group]
+                  for group in _balanced_groups(counts, shards)]
+    else:
+        try:
+            groups = _row_ranges(counts, shards,
+                                 align=block_rows or default_block_rows(report.dim))
+        except HarnessError as exc:  # bad input: the one-line error names the database
+            raise HarnessError(exc.message, database[0].path) from None
     return EvalPlan(
         paths=paths,
         query=Path(report.query.path),
-        groups=tuple(tuple(Path(database[i].path) for i in group) for group in groups),
-        database_rows=tuple(sum(database[i].count for i in group) for group in groups),
+        groups=tuple(tuple((Path(database[i].path), start, stop) for i, start, stop in group)
+                     for group in groups),
+        database_rows=tuple(sum(stop - start for _, start, stop in group) for group in groups),
         method=report.method,
     )
+
+
+def _row_ranges(counts: Sequence[int], shards: int,
+                align: int = 1) -> list[list[tuple[int, int, int]]]:
+    """Cut the rows of files ``counts`` (in order) into ``shards`` contiguous ranges of similar
+    size: per task, ``(file index, first row, end row)`` pieces.
+
+    Cuts fall on multiples of ``align`` rows within a file (or on file ends): with ``align``
+    the search's block size, every block a task searches is a block of the single-process
+    search, so the scores carry the same bits.
+    """
+    total = sum(counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    candidates = np.unique(np.concatenate(
+        [np.arange(offsets[i], offsets[i + 1], max(1, align)) for i in range(len(counts))]
+        + [offsets]))
+    candidates = candidates[(candidates > 0) & (candidates < total)]
+    if len(candidates) < shards - 1:
+        raise HarnessError(f"{shards} shards asked for, but cut at blocks of {align} rows the "
+                           f"database gives at most {len(candidates) + 1}; ask for fewer shards "
+                           "or give a smaller --block-rows")
+    bounds, previous = [0], 0
+    for task in range(1, shards):
+        # the candidate nearest to the ideal cut that leaves one for every later task
+        allowed = candidates[np.searchsorted(candidates, previous, side="right"):
+                             len(candidates) - (shards - 1 - task)]
+        ideal = task * total / shards
+        previous = int(allowed[np.argmin(np.abs(allowed - ideal))])
+        bounds.append(previous)
+    bounds.append(total)
+    groups = []
+    for begin, end in zip(bounds, bounds[1:]):
+        pieces = []
+        for index, count in enumerate(counts):
+            low, high = max(begin, offsets[index]), min(end, offsets[index] + count)
+            if low < high:
+                pieces.append((index, int(low - offsets[index]), int(high - offsets[index])))
+        groups.append(pieces)
+    return groups
 
 
 def _balanced_groups(counts: Sequence[int], shards: int) -> list[list[int]]:
@@ -152,7 +206,7 @@ def prepare_eval(
     Raises:
         HarnessError: invalid files (checked here, before any task runs).
     """
-    plan = plan_eval(features, split, shards)
+    plan = plan_eval(features, split, shards, config.block_rows)
     config = dataclasses.replace(config, progress=False)
     params = {
         "split": split.name,
@@ -170,7 +224,7 @@ def prepare_eval(
         TaskSpec(
             label=f"shard {i + 1}/{n} ({plan.database_rows[i]} rows)",
             output=f"partials/shard-{i:05d}-of-{n:05d}.npz",
-            params={"database": [str(p) for p in group]},
+            params={"database": [[str(p), start, stop] for p, start, stop in group]},
         )
         for i, group in enumerate(plan.groups)
     ]
@@ -317,13 +371,19 @@ def run_shard(launch: Launch, index: int) -> dict:
     config = _config(launch)
     protocol = config.protocol(split)
     query_path = Path(launch.params["query"])
-    database_paths = [Path(p) for p in launch.task_params(index)["database"]]
+    pieces = task_pieces(launch.task_params(index)["database"])
+    database_paths = [path for path, _, _ in pieces]
     identities = _check_unchanged(launch, [query_path] + database_paths)
     files = list(dict.fromkeys([query_path, *database_paths]))  # the query file may hold a shard
-    output, digests, checksum_s = search_and_hash(files, split, config, partial_database=True,
-                                                  database_files=database_paths)
-    # Every task hashes the (small) query file; task 0 reports it.
-    keep = {str(p) for p in database_paths + ([query_path] if index == 0 else [])}
+    # Task 0 hashes the query file; the task holding a file's first row hashes that file.
+    hashed = [path for path, start, _ in pieces if not start]
+    hashed += [query_path] if index == 0 and query_path not in hashed else []
+    output = search_and_hash(
+        files, split, config, partial_database=True,
+        database_ranges={path: None if start is None else (start, stop)
+                         for path, start, stop in pieces},
+        hashed=hashed)
+    keep = {str(p) for p in hashed}
     topk = output.topk
     meta = {
         "format_version": PARTIAL_FORMAT_VERSION,
@@ -331,14 +391,14 @@ def run_shard(launch: Launch, index: int) -> dict:
         "task": index,
         "k": protocol.k,
         "database_rows": output.database_rows,
-        "digests": {d.path: dataclasses.asdict(d) for d in digests if d.path in keep},
+        "digests": {d.path: dataclasses.asdict(d) for d in output.digests if d.path in keep},
         "files": identities,
         "descriptor_dim": output.descriptor_dim,
         "descriptor_dtypes": list(output.descriptor_dtypes),
         "search_backend": output.search_backend,
         "load_s": output.load_s,
         "search_s": output.search_s,
-        "checksum_s": checksum_s,
+        "checksum_s": output.checksum_s,
         "peak_rss_bytes": peak_rss_bytes(),
     }
     path = _partial_path(launch, index)
@@ -349,6 +409,19 @@ def run_shard(launch: Launch, index: int) -> dict:
     logger.info("shard %d: %d queries x %d database rows in %.2f s -> %s", index,
                 split.num_queries, meta["database_rows"], output.search_s, path)
     return {"partial": str(path.relative_to(launch.dir)), "database_rows": meta["database_rows"]}
+
+
+def task_pieces(params: Sequence) -> list[tuple[Path, int | None, int | None]]:
+    """A task's ``database`` parameter as ``(file, first row, end row)``; a bare path (a launch
+    made before row ranges existed) is the whole file (``None, None``)."""
+    pieces = []
+    for item in params:
+        if isinstance(item, str):
+            pieces.append((Path(item), None, None))
+        else:
+            path, start, stop = item
+            pieces.append((Path(path), int(start), int(stop)))
+    return pieces
 
 
 def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[int]]:
@@ -364,9 +437,8 @@ def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[in
 
 
 def _read_partial(path: Path, launch: Launch, index: int):
-    from harness.search import TopK
-
     from harness.io import NPZ_ERRORS, npz_member
+    from harness.search import TopK
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -392,8 +464,8 @@ def _read_partial(path: Path, launch: Launch, index: int):
 
 def merge_eval(launch: Launch, _index: Any = None) -> dict:
     """Merge every task's partial top-K, score it and write the record; returns its path."""
-    from harness.evaluate import evaluate_topk
     from harness.features import read_info
+    from harness.record import SearchOutput, build_record
     from harness.search import merge_topk
 
     started = time.perf_counter()
@@ -424,31 +496,30 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     features = tuple(FileDigest(**digests[path]) for path in launch.params["features"]
                      if path in digests) if config.checksums else ()
     query_path = Path(launch.params["query"])
-    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
-
     from harness.efficiency import extraction_summary
+    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
 
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     extraction = extraction_summary((path, read_info(path).attrs)
                                     for path in launch.params["features"])
-    result = evaluate_topk(
-        split,
-        merged,
-        config,
+    merged_output = SearchOutput(
+        topk=merged,
+        paths=tuple(Path(p) for p in launch.params["features"]),
         method=launch.params["method"],
-        features=features,
+        method_attrs=plain_attrs(read_info(query_path).attrs),
         descriptor_dim=metas[0]["descriptor_dim"],
         descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
         search_backend=metas[0]["search_backend"],
-        method_attrs=plain_attrs(read_info(query_path).attrs),
         load_s=max(m["load_s"] for m in metas),
-        checksum_s=sum(m["checksum_s"] for m in metas),
         search_s=max(m["search_s"] for m in metas),
-        started=started,
+        database_rows=covered,
         extraction=extraction,
-        peak_scope="largest task",
-        peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas),
+        digests=features,
+        checksum_s=sum(m["checksum_s"] for m in metas),
     )
+    result = build_record(split, merged_output, config, started=started,
+                          peak_scope="largest task",
+                          peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas))
     out = result_path(launch)
     predictions = launch.params.get("predictions")
     result.write(out, predictions_path=predictions)

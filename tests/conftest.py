@@ -93,3 +93,20 @@ def tiny_city(tmp_path_factory) -> TinyCity:
         masks_dir=info.masks_dir,
         split_names=names,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_rates_cache(tmp_path_factory):
+    """The measured kernel rates (``--cpu-backend auto``) are cached in a session folder, not
+    in the user's ~/.cache (job processes inherit it through the environment)."""
+    import os
+
+    from harness.gemm_rates import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("harness-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

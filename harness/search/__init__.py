@@ -27,7 +27,7 @@ Public API::
     resolve_backend(ngpu=-1, cpu_backend="auto", *, database_rows=None, num_queries=None)
     register_backend(name), get_backend(name, **options), list_backends()
     cpu_backend_choice(inspect_faiss=True, database_rows=None, num_queries=None)
-                                           -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
+        -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
     bf16_margins(queries), bf16_floor(values), rescore_pairs(queries, block, query_rows, columns)
 
 Backends (chosen by ``ngpu``: -1 every visible GPU, 0 CPU only, n the first n GPUs; without a
@@ -40,10 +40,11 @@ usable GPU the search falls back to the CPU, with a warning when GPUs were asked
 * ``faiss-cpu``: ``faiss.knn`` per block (a deeper list, then exact tie repair).
 * ``bf16`` (needs torch): a bfloat16 GEMM shortlists with a proven error bound and float32
   re-scores the shortlist: the exact float32 top-K, with OpenBLAS bit for bit the ``numpy``
-  backend's; faster where bfloat16 matrix units (AMX) make the shortlist GEMM ~3.5x cheaper
-  and the database is large enough for the shortlist to be short (2x at 6.4M rows). ``auto``
-  takes it from 1M database rows and 100 queries on CPUs with AMX and torch installed
-  (:func:`bf16_shortlist_pays`; see :class:`Bf16ShortlistBackend`).
+  backend's; faster where bfloat16 GEMMs (AMX: ~3.5x, AVX-512 BF16: ~2.2x the float32 rate)
+  make the shortlist cheaper and the database is large enough for the shortlist to be short
+  (1.6-2x at 6.4M rows). ``auto`` takes it from 1M database rows and 100 queries where
+  torch's bfloat16 GEMM measured >= 1.6x numpy's float32 on this machine
+  (:func:`bf16_shortlist_pays`, :mod:`harness.gemm_rates`; see :class:`Bf16ShortlistBackend`).
 * ``faiss-gpu``: ``faiss.knn_gpu`` on every selected GPU, each block split across the GPUs
   and merged exactly (float32 blocks: faiss needs the queries' dtype).
 * ``torch-cuda``: the same with float32 ``torch.mm`` + ``torch.topk`` (TF32 off), used when

@@ -76,21 +76,28 @@ def prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
 class BlockSource:
     """One feature file's ``part`` and the split row of each of its rows.
 
-    ``rows`` (n,) int64: file row i holds split database row ``rows[i]``.
+    ``rows`` (n,) int64: file row ``first_row + i`` holds split database row ``rows[i]``; the
+    file holds ``stored_rows`` rows in all (``None``: exactly ``n``, the whole file is read).
+    ``handle``: the file already open as an ``h5py.File`` (shared with validation; left open),
+    or None.
     """
 
     path: Path
     rows: np.ndarray
     part: str = "database"
+    first_row: int = 0
+    stored_rows: int | None = None
+    handle: object = None
 
 
 
-def streams_from_mapping(path: str | os.PathLike, part: str = "database") -> bool:
+def streams_from_mapping(path: str | os.PathLike, part: str = "database",
+                         handle=None) -> bool:
     """Whether :func:`iter_feature_blocks` reads ``/part/descriptors`` of ``path`` through a
     file mapping (a plain contiguous dataset, on a platform with mmap): then its
     ``on_stored_block`` hook sees every block's stored bytes (unless mapping fails later)."""
     try:
-        reader = DatasetReader(Path(path), part)
+        reader = DatasetReader(Path(path), part, handle)
     except Exception:  # a missing part or a damaged file: validation reports it properly
         return False
     try:
@@ -185,7 +192,7 @@ class _FeatureBlockReader:
                 if self.reader_threads > 1 else None)
         try:
             for source in self.sources:
-                reader = DatasetReader(source.path, source.part)
+                reader = DatasetReader(source.path, source.part, source.handle)
                 try:
                     yield from self._source_blocks(source, reader, pool)
                 finally:
@@ -197,10 +204,13 @@ class _FeatureBlockReader:
     def _source_blocks(self, source: BlockSource, reader: DatasetReader,
                        pool: ThreadPoolExecutor | None) -> Iterator[Block]:
         total, dim = reader.shape
-        if source.rows.shape != (total,):
+        expected = total if source.stored_rows is None else source.stored_rows
+        begin, end = source.first_row, source.first_row + int(source.rows.size)
+        if expected != total or not 0 <= begin <= end <= total or (
+                source.stored_rows is None and source.rows.shape != (total,)):
             raise HarnessError(
                 f"/{source.part} has {total} rows but {source.rows.shape[0]} row "
-                "indices were given", source.path,
+                f"indices were given (for rows {begin}:{end} of {expected})", source.path,
             )
         stored_dtype = reader.dtype
         out_dtype = stored_dtype if self.as_stored else np.dtype(np.float32)
@@ -211,8 +221,8 @@ class _FeatureBlockReader:
         writable_maps = self.as_stored or stored_dtype != np.float32
         piece_rows = max(1, PIECE_BYTES // (4 * max(1, dim)))
         block_rows = self.block_rows
-        for start in range(0, total, block_rows):
-            stop = min(total, start + block_rows)
+        for start in range(begin, end, block_rows):
+            stop = min(end, start + block_rows)
             n = stop - start
             mapped = reader.map_rows(start, stop, writable=writable_maps)
             if mapped is not None and mapped.dtype == out_dtype:
@@ -233,7 +243,7 @@ class _FeatureBlockReader:
                 self.on_stored_block(source, reader.data_offset + start * reader.row_bytes, mapped)
             del mapped, arguments
             self.turn += 1
-            yield source.rows[start:stop], out
+            yield source.rows[start - begin:stop - begin], out
             del out
 
     def _buffer(self, dtype: np.dtype, dim: int) -> np.ndarray:

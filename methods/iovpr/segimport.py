@@ -20,6 +20,13 @@ import os
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.io import atomic_path, sha256_file
+from methods.iovpr.segmentation import (
+    build_segmenter,
+    checkpoint_payload,
+    load_pretrained,
+    read_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +35,6 @@ IMPORTABLE_CLASSES = (2, 150)
 
 
 def _head_classes(path: Path) -> int:
-    from methods.iovpr.segmentation import read_state_dict
-
     state = read_state_dict(path)
     head = state.get(HEAD_KEY, state.get("decoder." + HEAD_KEY))
     if head is None:
@@ -56,10 +61,7 @@ def import_segmenter(
     input_short_side: int = 480,
 ) -> Path:
     """Write ``out``, a segmenter checkpoint holding CSAIL's ``encoder`` and ``decoder`` files."""
-    import torch
-
-    from harness.io import atomic_path, sha256_file
-    from methods.iovpr.segmentation import build_segmenter, checkpoint_payload, load_pretrained
+    import torch  # optional and heavy: only once a command runs
 
     encoder, decoder, out = Path(encoder), Path(decoder), Path(out)
     if not arch.startswith("upernet"):

@@ -41,11 +41,11 @@ ALPHA = 0.05
 
 
 def report_settings() -> dict:
-    """The study settings of the README report: the demo's (``leaderboard.demo.DEMO_STUDY``),
-    short enough for two seeds on two CPU cores, with the demo's evaluation splits."""
-    from leaderboard.demo import DEMO_STUDY, EVAL_SPLITS
+    """The study settings of the README report: the demo's (``methods.iovpr.study.DEMO_STUDY``,
+    what ``harness demo`` runs), with the demo's evaluation splits."""
+    from methods.iovpr.study import DEMO_EVAL_SPLITS, DEMO_STUDY
 
-    return {**DEMO_STUDY, "eval_splits": tuple(EVAL_SPLITS)}
+    return {**DEMO_STUDY, "eval_splits": tuple(DEMO_EVAL_SPLITS)}
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,24 @@ def replace_readme_section(readme: Path, text: str) -> None:
     write_bytes_atomic(readme, updated.encode("utf-8"))
 
 
+def _finished_study(config) -> dict | None:
+    """A finished study of exactly ``config`` in its folder (study.json and every record it
+    names), so that a rerun only renders the report."""
+    from methods.options import config_to_dict
+
+    path = Path(config.out_dir) / "study.json"
+    if not path.is_file():
+        return None
+    study = json.loads(path.read_text(encoding="utf-8"))
+    expected = json.loads(json.dumps(config_to_dict(config)))  # tuples as lists, as stored
+    records = [r for row in study.get("table", []) for r in row.get("records", {}).values()]
+    if study.get("config") != expected or not records or not all(Path(r).is_file()
+                                                                    for r in records):
+        return None
+    logger.info("seed %s: reusing the finished study in %s", config.seed, config.out_dir)
+    return study
+
+
 def run_study_report(city_root: str, data_root: str, out_dir: str, *,
                      seeds: Sequence[int] = DEFAULT_SEEDS, overrides: Mapping | None = None,
                      readme: str | Path | None = None, command: str = "") -> Path:
@@ -185,8 +203,8 @@ def run_study_report(city_root: str, data_root: str, out_dir: str, *,
     for seed in seeds:
         config = make_study_config(city_root=city_root, data_root=data_root,
                                    out_dir=str(out / f"seed-{seed}"), **{**settings, "seed": seed})
-        result = run_study(config)
-        studies[seed] = json.loads(result.path.read_text(encoding="utf-8"))
+        studies[seed] = _finished_study(config) or json.loads(
+            run_study(config).path.read_text(encoding="utf-8"))
     command = command or "harness iovpr study-report"
     text = report_markdown(studies, settings, command)
     path = out / "report.md"

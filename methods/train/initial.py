@@ -26,6 +26,12 @@ import os
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.io import sha256_file
+from methods.checkpoints import load_state_dict_strict, read_checkpoint
+from methods.netvlad import build_model, load_backbone_weights
+from methods.train.cluster import cluster_attrs, cluster_init, read_clusters
+from methods.train.config import ClusterConfig
+from methods.train.distributed import agree, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +53,6 @@ def load_full_model(model, path: str | os.PathLike) -> dict:
 
     Returns provenance for the run's checkpoints (layout, sha256, the dropped PCA size).
     """
-    from harness.io import sha256_file
-    from methods.checkpoints import load_state_dict_strict, read_checkpoint
-
     checkpoint = read_checkpoint(path)
     state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(PCA_PREFIX)}
     pca = checkpoint.state_dict.get(PCA_PREFIX + "weight")
@@ -76,8 +79,6 @@ def initial_model(config, model_config, *, env, device, workers: int, out_dir: P
     ``env``/``device``: the run's distributed environment and device (rank 0 clusters when
     needed, the others wait).
     """
-    from methods.netvlad import build_model, load_backbone_weights
-
     c = config
     model = build_model(model_config, seed=c.seed)
     if c.init and not is_cluster_file(c.init):
@@ -98,10 +99,6 @@ def initial_model(config, model_config, *, env, device, workers: int, out_dir: P
 
 
 def _cluster_once(c, cluster_path: Path, *, env, device, workers: int) -> None:
-    from methods.train.cluster import cluster_init
-    from methods.train.config import ClusterConfig
-    from methods.train.distributed import agree, barrier
-
     if agree(env, cluster_path.exists(), device):
         return
     if env.is_main:
@@ -126,8 +123,6 @@ def _cluster_once(c, cluster_path: Path, *, env, device, workers: int) -> None:
 
 
 def _init_from_clusters(model, c, cluster_path: Path) -> None:
-    from methods.train.cluster import cluster_attrs, read_clusters
-
     centroids, descriptors, attrs = read_clusters(cluster_path)
     expected = cluster_attrs(c.backbone, c.backbone_weights, c.seed, c.num_clusters)
     different = {

@@ -33,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from badinputs import (subprocess_env, temp_files, two_records_and_their_build,
-                        write_valid_features)
+from badinputs import subprocess_env, temp_files, two_records_and_their_build, write_valid_features
 
 SPLIT = "synth-outdoor-ams"
 SMALL_SPLIT = "synth-ams30k-test"

@@ -402,9 +402,21 @@ def test_eight_concurrent_submitters_lose_nothing(tiny_city, tmp_path):
         )
         jobs.append((path, f"proj{number}"))
     jobs.append(jobs[0])  # the same files and name as job 0, racing it
-    argvs = [lambda ready, go, path=path, method=method: [
-        sys.executable, "-c", _WORKER, path, OUTDOOR, method, results, tiny_city.data_root, ready, go]
-        for path, method in jobs]
+    argvs = [
+        lambda ready, go, path=path, method=method: [
+            sys.executable,
+            "-c",
+            _WORKER,
+            path,
+            OUTDOOR,
+            method,
+            results,
+            tiny_city.data_root,
+            ready,
+            go,
+        ]
+        for path, method in jobs
+    ]
     outcomes = []
     for code, stdout, stderr in start_together(tmp_path, argvs, timeout=120):
         assert code == 0, stderr

@@ -86,6 +86,6 @@ def test_pinned_public_splits_get_their_own_titled_table():
     tables = {b.splits[0]: b for b in benchmarks_for(["msls-val", "pitts30k-test (unofficial)",
                                                       "my-split"]) if len(b.splits) == 1}
     assert tables["msls-val"].title == "MSLS val (740 queries)"
-    assert "18,871 database images, 740 queries" in tables["msls-val"].description
+    assert "18,871 database images / 740 queries" in tables["msls-val"].description
     assert tables["pitts30k-test (unofficial)"].key == "unofficial-pitts30k-test"
     assert tables["my-split"].title == "Split my-split"

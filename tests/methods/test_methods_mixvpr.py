@@ -173,6 +173,39 @@ def test_lightning_checkpoint_loads_like_the_state_dict(small, tmp_path, monkeyp
         assert torch.equal(method.encode(model, images, None), expected)
 
 
+def test_bf16_autocast_keeps_the_aggregator_in_float32(small):
+    from methods.precision import precision_context
+
+    path, _ = small
+    method, model = _built(path)
+    images = _images(3, 2)
+    with torch.no_grad():
+        reference = method.encode(model, images, None)
+        with precision_context(torch.device("cpu"), "bf16"):
+            reduced = method.encode(model, images, None)
+    assert reduced.dtype == torch.float32
+    np.testing.assert_allclose(reduced.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert (reduced * reference).sum(dim=1).min().item() > 0.98  # bf16 backbone, close
+
+
+@pytest.mark.gpu
+def test_cuda_fp32_matches_the_cpu(small):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from methods.precision import precision_context
+
+    path, _ = small
+    method, model = _built(path)
+    images = _images(4, 4)
+    device = torch.device("cuda")
+    with torch.no_grad():
+        cpu = method.encode(model, images, None)
+        model = model.to(device)
+        with precision_context(device, "fp32"):
+            cuda = method.encode(model, images.to(device), None).cpu()
+    assert torch.allclose(cuda, cpu, atol=1e-4)
+
+
 class _Payload:
     """A Python object in a checkpoint: unpickling it would run code, so it is refused."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -82,7 +84,9 @@ def test_settled_rows_are_skipped_without_changing_the_result():
     result = search(queries, database, 5, block_rows=50, ngpu=0)
     assert_same_up_to_rounding(result, brute_force(queries, database, 5))
     queries, database = tied(rng, 40, 4), tied(rng, 2000, 4)
-    assert_same(search(queries, database, 5, block_rows=50, ngpu=0), brute_force(queries, database, 5))
+    assert_same(
+        search(queries, database, 5, block_rows=50, ngpu=0), brute_force(queries, database, 5)
+    )
 
 
 def test_row_order_and_query_batches_do_not_change_the_result():
@@ -130,7 +134,9 @@ def test_merge_topk_of_shards_equals_single_search():
     queries, database = tied(rng, 17, 6), tied(rng, 410, 6)
     permutation = rng.permutation(len(database))
     shards = np.array_split(permutation, 5)
-    parts = [search(queries, database[rows], 20, rows=rows, block_rows=33, ngpu=0) for rows in shards]
+    parts = [
+        search(queries, database[rows], 20, rows=rows, block_rows=33, ngpu=0) for rows in shards
+    ]
     merged = merge_topk(parts[::-1])
     assert_same(merged, brute_force(queries, database, 20))
     assert_same(merge_topk(parts, k=5), brute_force(queries, database, 5))
@@ -153,7 +159,9 @@ def test_merge_topk_hand_case_ties_lower_index_first():
 
 def test_running_topk_keeps_all_tied_entries_in_index_order():
     state = RunningTopK(1, 3)
-    state.add_scores(slice(0, 1), np.array([[1.0, 1.0, 1.0, 1.0, 1.0]], np.float32), np.array([9, 4, 7, 1, 5]))
+    state.add_scores(
+        slice(0, 1), np.array([[1.0, 1.0, 1.0, 1.0, 1.0]], np.float32), np.array([9, 4, 7, 1, 5])
+    )
     state.add_scores(slice(0, 1), np.array([[1.0, 0.5]], np.float32), np.array([0, 2]))
     np.testing.assert_array_equal(state.result().indices, [[0, 1, 4]])
 
@@ -181,7 +189,9 @@ def test_streaming_from_shards_on_disk(tmp_path, dtype, reader_threads, monkeypa
     expected = brute_force(queries, stored, 10)
     # fp16 is widened exactly, and the same GEMM path scores it: identical ranking.
     assert_same_up_to_rounding(streamed, expected)
-    assert stats.database_rows == 700 and stats.blocks == sum(-(-len(s.rows) // 64) for s in sources)
+    assert stats.database_rows == 700 and stats.blocks == sum(
+        -(-len(s.rows) // 64) for s in sources
+    )
     in_memory = search(queries, stored, 10, ngpu=0, block_rows=64)
     assert_same_up_to_rounding(streamed, in_memory, atol=1e-6)
 
@@ -193,7 +203,9 @@ def test_chunked_dataset_falls_back_to_h5py_reads(tmp_path):
     database = normalised(rng, 50, 8)
     path = tmp_path / "chunked.h5"
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("database/descriptors", data=database, chunks=(8, 8), compression="gzip")
+        handle.create_dataset(
+            "database/descriptors", data=database, chunks=(8, 8), compression="gzip"
+        )
     blocks = list((rows.copy(), block.copy()) for rows, block in
                   iter_feature_blocks([BlockSource(path, np.arange(50))], 16))
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), database)
@@ -261,7 +273,12 @@ def test_backend_registry_and_cpu_choice():
 
 def test_block_dimension_mismatch_is_an_error():
     with pytest.raises(ValueError, match="dim"):
-        search_blocks(np.ones((2, 3), np.float32), iter_array_blocks(np.ones((4, 5), np.float32), 2), 2, ngpu=0)
+        search_blocks(
+            np.ones((2, 3), np.float32),
+            iter_array_blocks(np.ones((4, 5), np.float32), 2),
+            2,
+            ngpu=0,
+        )
 
 
 @pytest.mark.gpu
@@ -293,7 +310,9 @@ def test_gpu_backends_equal_cpu(backend_name):
 def special_float16(rng, rows, dim):
     """float16 values with subnormals, signed zeros, the largest finite values, Inf and NaN."""
     values = (rng.standard_normal((rows, dim)) / 64).astype(np.float16)
-    values.reshape(-1)[:8] = np.array([6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504, np.inf, np.nan], np.float16)
+    values.reshape(-1)[:8] = np.array(
+        [6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504, np.inf, np.nan], np.float16
+    )
     return values
 
 
@@ -323,10 +342,14 @@ def test_float16_converter_auto_takes_torch_only_at_scale(monkeypatch):
     small = search_module.float16_converter("auto", stored_bytes=1 << 20)
     assert small is search_module.widen_numpy and "torch" not in sys.modules
     monkeypatch.setitem(sys.modules, "torch", None)  # "installed", but importing it fails
-    large = search_module.float16_converter("auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES)
+    large = search_module.float16_converter(
+        "auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES
+    )
     assert large is search_module.widen_numpy  # no torch after all: numpy, and no error
     monkeypatch.setenv(search_module.FP16_CONVERTER_ENV, "numpy")
-    assert search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module.widen_numpy
+    assert (
+        search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module.widen_numpy
+    )
 
 
 def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
@@ -342,7 +365,9 @@ def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
                   iter_feature_blocks([BlockSource(path, np.arange(300))], 128, as_stored=True,
                                       on_stored_block=hook))
     assert [b[2] for b in blocks] == [np.float16] * 3 and all(b[3] for b in blocks)
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), database.astype(np.float16))
+    np.testing.assert_array_equal(
+        np.concatenate([b[1] for b in blocks]), database.astype(np.float16)
+    )
     raw = path.read_bytes()
     offsets = [offset for offset, _ in seen]
     assert offsets == [offsets[0] + i * 128 * 16 * 2 for i in range(3)]  # in file order
@@ -359,7 +384,9 @@ def test_overlapped_selection_gives_the_same_result(make):
     for batch in (None, 40):
         backend = get_backend("numpy", overlap=True, query_batch_rows=batch, selection_threads=2)
         assert "overlapped" in backend.describe()
-        assert_same(search_blocks(queries, iter_array_blocks(database, 100), 12, backend=backend), plain)
+        assert_same(
+            search_blocks(queries, iter_array_blocks(database, 100), 12, backend=backend), plain
+        )
     if make is tied:
         assert_same(plain, brute_force(queries, database, 12))
 
@@ -464,8 +491,12 @@ def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
         sources.append(BlockSource(path, rows))
     backend = resolve_backend(ngpu=ngpu)
     assert backend.name in ("faiss-gpu", "torch-cuda")
-    gpu = search_blocks(queries, iter_feature_blocks(sources, 1024, as_stored=backend.accepts_float16),
-                        50, backend=backend)
+    gpu = search_blocks(
+        queries,
+        iter_feature_blocks(sources, 1024, as_stored=backend.accepts_float16),
+        50,
+        backend=backend,
+    )
     cpu = search_blocks(queries, iter_feature_blocks(sources, 1024), 50, ngpu=0)
     assert_same(gpu, cpu)
     assert_same(cpu, brute_force(queries, database, 50))
@@ -478,11 +509,15 @@ def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
 def near_duplicates(rng, rows, dim, groups=20):
     """Rows clustered around a few centres: many scores inside the bfloat16 error window."""
     centres = normalised(rng, groups, dim)
-    values = centres[rng.integers(0, groups, rows)] + 0.05 * rng.standard_normal((rows, dim)).astype(np.float32)
+    values = centres[rng.integers(0, groups, rows)] + 0.05 * rng.standard_normal(
+        (rows, dim)
+    ).astype(np.float32)
     return values / np.linalg.norm(values, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("make", [normalised, near_duplicates, tied], ids=["random", "clustered", "ties"])
+@pytest.mark.parametrize(
+    "make", [normalised, near_duplicates, tied], ids=["random", "clustered", "ties"]
+)
 def test_bf16_shortlist_equals_exact_search(make):
     pytest.importorskip("torch")
     rng = np.random.default_rng(18)
@@ -507,7 +542,10 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     from harness.search import Bf16ShortlistBackend
 
     rng = np.random.default_rng(19)
-    queries, database = near_duplicates(rng, 30, 32, groups=2), near_duplicates(rng, 2000, 32, groups=2)
+    queries, database = (
+        near_duplicates(rng, 30, 32, groups=2),
+        near_duplicates(rng, 2000, 32, groups=2),
+    )
     backend = get_backend("bf16")
     backend.dense_fraction = 0.0  # every shortlist counts as loose: the float32 GEMM fallback
     result = search_blocks(queries, iter_array_blocks(database, 200), 15, backend=backend)
@@ -533,7 +571,10 @@ def test_rescored_pairs_are_the_gemm_scores():
     from harness.search import rescore_pairs
 
     rng = np.random.default_rng(23)
-    queries, block = normalised(rng, 70, 4096), normalised(rng, 300, 4096).astype(np.float16).astype(np.float32)
+    queries, block = (
+        normalised(rng, 70, 4096),
+        normalised(rng, 300, 4096).astype(np.float16).astype(np.float32),
+    )
     query_rows = np.sort(rng.integers(0, 70, 517))  # not a multiple of the tile or chunk
     columns = rng.integers(0, 300, 517)
     gemm = (queries @ block.T)[query_rows, columns]
@@ -604,7 +645,10 @@ def test_bf16_margins_hold_for_torch_bfloat16_scores(kind):
     if kind == "random":
         queries, database = normalised(rng, 64, dim), normalised(rng, 512, dim)
     elif kind == "clustered":
-        queries, database = near_duplicates(rng, 64, dim, groups=2), near_duplicates(rng, 512, dim, groups=2)
+        queries, database = (
+            near_duplicates(rng, 64, dim, groups=2),
+            near_duplicates(rng, 512, dim, groups=2),
+        )
     else:
         queries = adversarial_pairs(rng, 64, dim)
         database = np.abs(adversarial_pairs(rng, 512, dim)) * np.sign(queries[0])
@@ -617,7 +661,9 @@ def test_bf16_margins_hold_for_torch_bfloat16_scores(kind):
     if kind != "adversarial":
         assert 0.004 < unit.mean() < 0.0066
     exact = (queries @ database.T).astype(np.float64)
-    approximate = torch.mm(torch.from_numpy(queries).bfloat16(), torch.from_numpy(database).bfloat16().T)
+    approximate = torch.mm(
+        torch.from_numpy(queries).bfloat16(), torch.from_numpy(database).bfloat16().T
+    )
     approximate = approximate.double().numpy()
     slack = np.outer(margins, np.linalg.norm(database.astype(np.float64), axis=1))
     floor = torch.from_numpy(bf16_floor(exact - slack)).view(torch.bfloat16).double().numpy()
@@ -643,45 +689,50 @@ def test_bf16_backend_by_name_and_auto_on_small_searches():
     assert cpu_backend_choice(database_rows=5000, num_queries=5000).backend != "bf16"
 
 
-AMX = frozenset({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"})
+def _rates(float32=200.0, faiss=None, bf16=440.0):
+    from harness.gemm_rates import KernelRates
+
+    return KernelRates(float32, faiss, bf16, "0" * 16, "2026-01-01T00:00:00Z")
 
 
-@pytest.mark.parametrize("rows, queries, flags, torch_available, pays, why", [
-    (6_400_000, 1000, AMX, True, True, "AMX"),
-    (1_000_000, 100, AMX, True, True, "AMX"),  # both thresholds inclusive
-    (999_999, 1000, AMX, True, False, "does not pay"),
-    (6_400_000, 99, AMX, True, False, "does not pay"),
-    (6_400_000, 1000, AMX - {"amx_bf16"}, True, False, "no AMX"),
-    (6_400_000, 1000, AMX, False, False, "torch"),
-    (None, 1000, AMX, True, False, "not known"),
+@pytest.mark.parametrize("rows, queries, rates, torch_available, pays, why", [
+    (6_400_000, 1000, _rates(), True, True, "exact bfloat16 shortlist"),  # AVX-512 BF16 (AMD)
+    (6_400_000, 1000, _rates(bf16=870.0, float32=244.0), True, True, "870 GFLOP/s"),  # AMX
+    (1_000_000, 100, _rates(), True, True, "shortlist"),  # both thresholds inclusive
+    (999_999, 1000, _rates(), True, False, "does not pay"),
+    (6_400_000, 99, _rates(), True, False, "does not pay"),
+    (6_400_000, 1000, _rates(bf16=300.0), True, False, "below 1.6x"),  # emulated or slow
+    (6_400_000, 1000, _rates(faiss=900.0, bf16=440.0), True, True, "vs float32 200"),
+    (6_400_000, 1000, _rates(bf16=None), True, False, "no bfloat16 GEMM"),
+    (6_400_000, 1000, _rates(), False, False, "torch"),
+    (None, 1000, _rates(), True, False, "not known"),
 ])
-def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, flags, torch_available, pays, why):
+def test_auto_takes_the_bf16_shortlist_only_where_it_pays(rows, queries, rates, torch_available,
+                                                          pays, why):
     from harness.search import bf16_shortlist_pays
 
-    decision, reason = bf16_shortlist_pays(rows, queries, flags, torch_available)
+    decision, reason = bf16_shortlist_pays(rows, queries, rates, torch_available)
     assert decision is pays and why in reason
 
 
-def test_auto_keeps_numpy_where_torch_has_no_onednn(monkeypatch):
-    """A torch built without oneDNN (cannot run here: mocked) would not reach AMX."""
-    torch = pytest.importorskip("torch")
-    import harness.hardware
-
-    if cpu_backend_choice(database_rows=10, num_queries=10).backend != "numpy":
-        pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss, never the shortlist")
-    monkeypatch.setattr(harness.hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))
-    assert cpu_backend_choice(database_rows=6_400_000, num_queries=1000).backend == "bf16"
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    choice = cpu_backend_choice(database_rows=6_400_000, num_queries=1000)
-    assert choice.backend == "numpy" and "oneDNN" in choice.reason
+def test_auto_follows_the_measured_rates():
+    """Measured rates decide the shortlist; faiss is never taken for being measured faster
+    (its last bits depend on how the database is cut, so shards would not merge exactly)."""
+    base = cpu_backend_choice(rates=_rates(bf16=None)).backend
+    if base != "numpy":
+        pytest.skip("numpy's BLAS runs a generic kernel here: auto takes faiss regardless")
+    assert cpu_backend_choice(rates=_rates(faiss=900.0, bf16=None)).backend == "numpy"
+    big = dict(database_rows=6_400_000, num_queries=1000)
+    if importlib.util.find_spec("torch") is not None:
+        chosen = cpu_backend_choice(rates=_rates(), **big)
+        assert chosen.backend == "bf16" and "measured" in chosen.reason
+    assert cpu_backend_choice(rates=_rates(bf16=250.0), **big).backend == "numpy"
 
 
 def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_identically():
     """1M x 16-D rows, 100 queries: ``auto`` follows the rule for this machine, and the
     ranking is the numpy backend's (bit for bit where the backend's check allows it)."""
-    import importlib.util
-
-    from harness.hardware import cpu_flags
+    from harness.gemm_rates import kernel_rates
     from harness.search import SearchStats, bf16_shortlist_pays
 
     rng = np.random.default_rng(24)
@@ -689,6 +740,7 @@ def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_iden
     stats = SearchStats()
     found = search(queries, database, 20, block_rows=1 << 16, ngpu=0, stats=stats)
     expected = search(queries, database, 20, block_rows=1 << 16, ngpu=0, cpu_backend="numpy")
-    pays, _ = bf16_shortlist_pays(1_000_000, 100, cpu_flags(), importlib.util.find_spec("torch") is not None)
+    pays, _ = bf16_shortlist_pays(1_000_000, 100, kernel_rates(),
+                                  importlib.util.find_spec("torch") is not None)
     assert stats.backend.startswith("bf16") is pays
     assert_same(found, expected)

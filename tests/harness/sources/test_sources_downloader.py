@@ -99,6 +99,11 @@ def test_canonical_pins_cover_the_issue_numbers():
     assert (pins["tokyo247"].database, pins["tokyo247"].queries) == (75984, 315)
     assert pins["tokyo247"].spatial_nms and not pins["tokyo247-nonms"].spatial_nms
     assert (pins["msls-val"].database, pins["msls-val"].queries) == (18871, 740)
+    assert (pins["sf-xl-test-v1"].database, pins["sf-xl-test-v1"].queries) == (None, 1000)
+    assert not pins["sf-xl-test-v1"].mismatches(queries=1000, database=2_800_123,
+                                                 radius_m=25.0, spatial_nms=False)
+    assert pins["sf-xl-test-v1"].mismatches(queries=999, database=2_800_123, radius_m=25.0,
+                                            spatial_nms=False)
     with pytest.raises(HarnessError, match="unknown keys"):
         parse_canonical("format_version = 1\n[canonical.x]\nqueries = 1\ndatabase = 1\n"
                         "radius_m = 25.0\nqueris = 3\n")

@@ -92,6 +92,15 @@ def test_msls_cli_import_and_prediction_file_both_ways(msls_root, tmp_path):
     assert (record.scores["recall@1"], record.scores["recall@2"]) == (0.5, 1.0)
     assert record.protocol.metric == "ranking" and record.features[0].path == str(predictions)
     assert (tmp_path / "out.txt").read_text() == "qa d2 de\nqe df de\n"
+    shown = runner.invoke(cli, ["predictions", "show", str(tmp_path / "r.json"), "--query", "qa",
+                                "--data-root", store])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == "query cph/query/images/qa.jpg (split msls-mini, row 0)"
+    assert lines[1] == "2 positives within 25 m; first positive at rank 1"
+    assert lines[3].split() == ["1", "yes", "25.0m", "-", "cph/database/images/d2.jpg"]
+    # de is at (5000, 5010): sqrt(5000^2 + 5010^2) = 7078.1 m from qa at (0, 0)
+    assert lines[4].split() == ["2", "7078.1m", "-", "sf/database/images/de.jpg"]
     assert read_msls_predictions(tmp_path / "out.txt") == [("qa", ["d2", "de"]),
                                                            ("qe", ["df", "de"])]
     again = evaluate_ranking(tmp_path / "out.txt", split,

@@ -11,7 +11,12 @@ from harness.evaluate import evaluate
 from harness.results import read_predictions
 from harness.stats import mcnemar_exact
 from methods.iovpr.study_report import (
-    BASELINE, BEGIN, END, paired_against_baseline, replace_readme_section, seed_section,
+    BASELINE,
+    BEGIN,
+    END,
+    paired_against_baseline,
+    replace_readme_section,
+    seed_section,
 )
 
 SETS = ("indoor-ams-1", "indoor-ams-2")
@@ -20,7 +25,7 @@ SETS = ("indoor-ams-1", "indoor-ams-2")
 @pytest.fixture(scope="module")
 def study_rows(tiny_city, tmp_path_factory):
     """Study-like rows: the probe on raw queries as the baseline, on gray queries as a method."""
-    from harness.synth.probe import write_probe_features
+    from synth.probe import write_probe_features
 
     folder = tmp_path_factory.mktemp("study")
     config = EvalConfig(ngpu=0, checksums=False, bootstrap_resamples=200)
@@ -80,3 +85,23 @@ def test_study_report_cli_rejects_bad_seeds(tmp_path):
                                       "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
                                       "--seeds", "43,x"])
     assert result.exit_code == 2 and "expected integers like 43,44" in result.output
+
+
+def test_a_finished_study_of_the_same_settings_is_reused(study_rows, tmp_path):
+    import json
+
+    from harness.io import write_json_atomic
+    from methods.iovpr.study import make_study_config
+    from methods.iovpr.study_report import _finished_study
+    from methods.options import config_to_dict
+
+    config = make_study_config(city_root="c", data_root="d", out_dir=str(tmp_path), seed=43)
+    write_json_atomic(tmp_path / "study.json", {"config": config_to_dict(config),
+                                                "table": study_rows[:2]})
+    assert _finished_study(config)["table"][0]["method"] == BASELINE
+    other = make_study_config(city_root="c", data_root="d", out_dir=str(tmp_path), seed=44)
+    assert _finished_study(other) is None  # other settings: run again
+    study = json.loads((tmp_path / "study.json").read_text())
+    study["table"][0]["records"]["indoor-ams-1"] = str(tmp_path / "gone.json")
+    write_json_atomic(tmp_path / "study.json", study)
+    assert _finished_study(config) is None  # a record is missing: run again

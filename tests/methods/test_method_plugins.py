@@ -26,7 +26,7 @@ from harness.features import read_descriptors, read_names  # noqa: E402
 from methods.registry import MethodRegistry, register_method  # noqa: E402
 from methods.transforms import ResizeUint8  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "harness-randproj"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "harness-randproj"
 BUILTINS = {"netvlad", "sfrs", "probe", "iovpr-real", "iovpr-gray", "salad", "megaloc", "boq",
             "cosplace", "eigenplaces", "mixvpr"}
 
@@ -93,7 +93,7 @@ def test_eval_and_extract_run_the_plugin(plugin_path, tiny_city, tmp_path):
     assert data["method"] == "randproj" and data["descriptor_dim"] == 32
 
     (query_file,) = (tmp_path / "feats").glob("randproj-*/synth-indoor-ams-1/query.h5")
-    (database_file,) = query_file.parent.glob("database-*.h5")
+    (database_file,) = (tmp_path / "feats").rglob("database-*-of-*.h5")
     stored = {}
     for part, path, root in (("query", query_file, split.query_root),
                              ("database", database_file, split.database_root)):
@@ -143,10 +143,13 @@ def test_two_packages_with_one_name_is_an_error_naming_both(tmp_path, monkeypatc
         "from methods.probe import ProbeMethod\n\n\nclass OtherSFRS(ProbeMethod):\n    pass\n")
     _fake_distribution(tmp_path, "other-vpr", "sfrs = other_vpr:OtherSFRS")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registry = MethodRegistry()
     with pytest.raises(HarnessError, match="registered twice") as info:
-        MethodRegistry().names()
+        registry.names()
     message = info.value.one_line()
     assert "other-vpr 1.0" in message and "iovpr-harness" in message
+    with pytest.raises(HarnessError, match="registered twice"):  # not half-loaded afterwards
+        registry.get("netvlad")
 
 
 def test_register_method_in_process_and_its_origin(monkeypatch):

@@ -9,12 +9,12 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.stats import mcnemar_exact
+from leaderboard.benchmarks import REAL_BENCHMARKS
 from leaderboard.build import build_from_entries, render_readme
 from leaderboard.records import TopK, topk_bytes
 from leaderboard.reported import REPORTED_LABEL, load_reported, rows_for
 from leaderboard.significance import TIE_OVERLAP, TIE_PAIRED, annotate_table
 from leaderboard.tables import Entry, latest_entries, make_table, to_csv, to_markdown
-from leaderboard.benchmarks import REAL_BENCHMARKS
 
 QUERIES = 200
 
