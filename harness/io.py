@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
-import errno
 import os
 import re
 import shutil

@@ -21,7 +21,13 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from harness.errors import HarnessError
 from harness.versions import is_version
 from leaderboard.escape import (
-    csv_cell, html_link, html_text, markdown_link, markdown_text, unsafe_characters, url_problem,
+    csv_cell,
+    html_link,
+    html_text,
+    markdown_link,
+    markdown_text,
+    unsafe_characters,
+    url_problem,
 )
 
 REPORTED_FILE = "reported.toml"

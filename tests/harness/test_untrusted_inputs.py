@@ -518,6 +518,7 @@ def test_out_of_memory_in_the_evaluation_suggests_block_rows(tiny_city, tmp_path
     import sys
 
     from badinputs import subprocess_env
+
     from harness.splits import get_split
 
     wide = "synth-outdoor-ams"  # 96 database rows of 1 MiB: a block does not fit in 64 MiB
