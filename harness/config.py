@@ -139,6 +139,16 @@ class EvalConfig:
     def protocol(self, split) -> Protocol:
         """This config's protocol for ``split`` (the split fills every ``None``)."""
         recall_ns = self.recall_ns if self.recall_ns is not None else tuple(split.recall_ns)
+        # A depth beyond the database (or the split's own Ns) retrieves nothing more but sizes
+        # the top-K buffers (queries x K): refused before anything is allocated.
+        bound = max([getattr(split, "num_database", 0), *split.recall_ns])
+        for option, value in (("--map-k", self.map_k),
+                              ("--recall-ns", None if self.recall_ns is None else
+                               max(self.recall_ns))):
+            if value is not None and int(value) > bound:
+                raise HarnessError(
+                    f"{option} {value} is larger than the {split.num_database} database images "
+                    f"of split {split.name} (at most {bound})")
         spatial_nms = split.spatial_nms if self.spatial_nms is None else bool(self.spatial_nms)
         map_k = int(self.map_k) if self.map_k is not None else max(recall_ns)
         depth = max(max(recall_ns), map_k)

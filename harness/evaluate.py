@@ -405,6 +405,16 @@ class _StreamedDigests:
                     break
 
 
+def out_of_memory(exc: MemoryError, config: EvalConfig, paths) -> HarnessError:
+    """The one-line error of an evaluation that ran out of memory: what to lower."""
+    detail = " ".join(str(exc).split())[:200] or "MemoryError"
+    block = config.block_rows if config.block_rows is not None else "auto (~128 MB)"
+    where = paths[0] if len(paths) == 1 else None
+    return HarnessError(
+        f"out of memory during the evaluation ({detail}); lower --block-rows (database rows "
+        f"per streamed block, now {block})", where)
+
+
 def _handle_or_none(files: OpenFiles, path: Path):
     """The shared handle of ``path``, or None when it does not open (validation reports it)."""
     try:
@@ -447,9 +457,11 @@ def search_and_hash(
                                      database_ranges=database_ranges,
                                      on_stored_block=hashing.on_stored_block if hashing else None,
                                      files=files)
-        except BaseException:
+        except BaseException as exc:
             if hashing is not None:
                 hashing.cancel()
+            if isinstance(exc, MemoryError):
+                raise out_of_memory(exc, config, paths) from None
             raise
     digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
     if hashing is not None:

@@ -73,6 +73,7 @@ from harness.strict_json import (
     fail,
     list_of,
 )
+from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ FLOAT_DECIMALS = 6
 PREDICTIONS_SUFFIX = ".predictions.npz"
 PREDICTIONS_FORMAT_VERSION = 2
 _PREDICTIONS_FORMATS = (1, 2)
+#: A result record is a few KB; anything far larger is refused unread.
+RESULT_MAX_BYTES = 16 << 20
 _SCORE_NAME = re.compile(r"^(recall|map)@([1-9][0-9]*)$")
 
 
@@ -300,7 +303,7 @@ class EvalResult:
         if not isinstance(data, Mapping):
             raise HarnessError(f"a result record must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        reader = _READERS.get(version) if isinstance(version, int) else None
+        reader = _READERS.get(version) if is_version(version, _READERS) else None
         if reader is None:
             raise HarnessError(
                 f"unsupported schema_version {version!r}; this harness reads "
@@ -469,16 +472,11 @@ _READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2
 def read_result(path: str | os.PathLike) -> EvalResult:
     """Read and validate a record; any problem is a one-line :class:`HarnessError` naming
     ``path``."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise HarnessError("result record not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"not a readable JSON record ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a result record: JSON nested too deeply", path) from None
+    data = parse_json(read_text_bounded(path, RESULT_MAX_BYTES, "result record"), path,
+                      "result record", invalid="not a readable JSON record")
     try:
         return EvalResult.from_dict(data)
     except HarnessError as exc:
@@ -552,14 +550,20 @@ def read_predictions(
         raise HarnessError("predictions file named by the record is missing", path)
     if sha256_file(path) != result.predictions.sha256:
         raise HarnessError("predictions file does not match the sha256 in its record", path)
+    from harness.io import npz_shapes
+
     try:
+        # Members may not declare more than the record's own counts allow (or deflate give).
+        depth = max(1, min(int(result.protocol.k), int(result.counts.database)))
+        npz_shapes(path, int(result.counts.queries) * depth * 8 + (1 << 16))
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
             version = meta.get("format_version")
-            if version not in _PREDICTIONS_FORMATS:
-                raise ValueError(f"unsupported predictions format {version!r}")
+            problem = version_problem("predictions format_version", version, _PREDICTIONS_FORMATS)
+            if problem:
+                raise ValueError(problem)
             return Predictions(
                 indices=npz_member(archive, "indices"),
                 scores=npz_member(archive, "scores"),

@@ -320,12 +320,21 @@ def _map_part(infos, part, split_names, index, collect: _Collector,
     owner = np.full(total, -1, dtype=np.int32)
     mapped: list[PartRows] = []
     for number, info in enumerate(infos):
+        part_info = info.parts[part]
+        if part_info.count > 2 * total + 1024:
+            # Refused from the declared shape: the names of a part far larger than the split
+            # are never read (a few extra rows are read and reported name by name below).
+            collect.problem(
+                info.path,
+                f"/{part}/descriptors has {part_info.count} rows but the split has only "
+                f"{total} {part} images",
+            )
+            continue
         try:
-            names = read_names(info.path, part, files)
+            names = read_names(info.path, part, files, count=part_info.count)
         except HarnessError as exc:
             collect.problem(info.path, _bare(exc))
             continue
-        part_info = info.parts[part]
         if len(names) != part_info.count:
             collect.problem(
                 info.path,

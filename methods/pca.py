@@ -109,21 +109,36 @@ def save_pca(path: str | os.PathLike, params: PCAParams, attrs: dict | None = No
     return path
 
 
+#: NetVLAD's 32768 x 4096 is the largest PCA in use (134M values); twice that is refused.
+MAX_PCA_VALUES = 1 << 28
+
+
 def load_pca(path: str | os.PathLike) -> PCAParams:
     """Read an OpenIBL ``pca_params_*.h5``; a malformed file is a HarnessError naming it."""
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError("PCA parameter file not found", path)
+    from harness.hdf5_policy import check_hdf5_contents
+    from harness.io import require_regular_file
+
+    path = require_regular_file(path, "PCA parameter file")
     try:
         with h5py.File(path, "r") as handle:
+            check_hdf5_contents(handle, path)  # its own bytes, sane chunks, no bombs
             missing = [n for n in ("U", "lams", "mu") if n not in handle]
             if missing:
                 raise HarnessError(
                     f"PCA file lacks dataset(s) {', '.join(missing)} (expected U, lams, mu, Utmu)",
                     path,
                 )
+            shapes = {n: tuple(handle[n].shape or ()) for n in ("U", "lams", "mu")}
+            size = 1
+            for extent in shapes["U"]:
+                size *= int(extent)
+            if len(shapes["U"]) != 2 or size > MAX_PCA_VALUES:
+                # Checked from the declared shape, before a value is read.
+                raise HarnessError(
+                    f"PCA matrix U has shape {shapes['U']} (2-D, at most {MAX_PCA_VALUES} "
+                    "values)", path)
             arrays = {n: np.asarray(handle[n][()]) for n in ("U", "lams", "mu")}
     except HarnessError:
         raise
