@@ -139,6 +139,8 @@ _GENERATOR_MODULES = (
     "presets.py",
     "render.py",
     "render_jobs.py",
+    "room_canvas.py",
+    "room_parts.py",
 )
 
 
