@@ -16,6 +16,9 @@ Written under ``<out>``::
 
 Every image has its own random stream keyed by (seed, kind, index), so the bytes do not
 depend on the number of worker processes or the order of rendering.
+
+The layout and :class:`CityInfo` are in :mod:`synth.city_files`, the planned images in
+:mod:`synth.plan`, their rendering in :mod:`synth.render_jobs`; this module writes a city.
 """
 
 from __future__ import annotations

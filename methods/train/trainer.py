@@ -19,6 +19,10 @@ training queries are shuffled and cut into rounds of ``cache_size``; before each
 training images are re-embedded and tuples mined (:mod:`methods.train.mining`); SFRS runs
 generations, each restarting from the initial model and taught by the previous
 generation's final model (soft labels over the sub-regions of difficult positives).
+
+The tuples as images (:mod:`methods.train.tuples`), the forward pass and loss of a batch
+(:mod:`methods.train.objective`) and the resumable state in ``last.pt``
+(:mod:`methods.train.run_state`) are modules of their own; this one runs the loop.
 """
 
 from __future__ import annotations
@@ -52,12 +56,12 @@ from methods.train.objective import TrainingForward, batch_loss
 from methods.train.registry import register_training
 from methods.train.run_state import RunState, read_run_state, save_run_state
 from methods.train.tuples import QueryAugment, TupleDataset, collate_tuples
+from methods.train.validation import RECALL_NS, validation_recalls
 from methods.transforms import ResizeUint8, TrainTransform, normalize_batch
 
 logger = logging.getLogger(__name__)
 
-RECALL_NS = (1, 5, 10)
-# Re-exported: the training's data and step live in their own modules.
+# Re-exported: the training's data, step and validation live in their own modules.
 __all__ = [
     "QueryAugment",
     "RECALL_NS",
@@ -228,34 +232,11 @@ class Trainer:
 
     def validate(self, model: NetVLADModel) -> dict:
         """Recall@1/5/10 on the validation split (no-positive queries per the split's policy)."""
-        from harness.ground_truth import positives_within_radius
-
         split = self.val_split
         model.eval()
         queries = self._encode_part(model, split, "query", "val query")
         database = self._encode_part(model, split, "database", "val database")
-        positives = positives_within_radius(split.database_utm, split.query_utm, split.radius_m)
-        k = min(max(RECALL_NS), database.shape[0])
-        top = []
-        with torch.no_grad():
-            for start in range(0, queries.shape[0], 1024):
-                top.append(
-                    torch.topk(queries[start : start + 1024] @ database.T, k, dim=1)
-                    .indices.cpu()
-                    .numpy()
-                )
-        hits = positives.is_positive(np.concatenate(top))
-        counted = (
-            positives.has_positive
-            if split.no_positive == "exclude"
-            else np.ones(len(hits), dtype=bool)
-        )
-        found = np.cumsum(hits, axis=1) > 0
-        denominator = max(1, int(counted.sum()))
-        return {
-            f"recall@{n}": float(found[counted, min(n, k) - 1].sum() / denominator)
-            for n in RECALL_NS
-        }
+        return validation_recalls(queries, database, split)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _model_meta(self, generation: int, epoch: int, recalls: dict | None, best: float) -> dict:
