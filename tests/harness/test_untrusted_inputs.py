@@ -234,6 +234,41 @@ def _(ctx):
                   "bytes, larger than the 1048576 allowed")
 
 
+def _mat_v73(path: Path) -> Path:
+    from harness.matfile import write_dbstruct
+
+    return write_dbstruct(path, which_set="test", db_images=[f"db/{i}.jpg" for i in range(5)],
+                          utm_db=np.arange(10.0).reshape(5, 2), q_images=["q/0.jpg"],
+                          utm_q=np.ones((1, 2)), version="v7.3")
+
+
+def _import_mat(ctx, path: Path) -> list:
+    return ["splits", "import", "--name", "imported", "--mat", path,
+            "--data-root", ctx.root / "data"]
+
+
+@case("bomb", "a .mat v7.3 field declaring 8 GB it never stores")
+def _(ctx):
+    path = _mat_v73(ctx.root / "a.mat")
+    with h5py.File(path, "r+") as handle:
+        del handle["dbStruct/utmDb"]
+        dataset = handle.create_dataset("dbStruct/utmDb", shape=(2, 10**9), dtype="float64")
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    return Expect(_import_mat(ctx, path), path,
+                  "field 'utmDb' declares 16000000000 bytes but stores 0")
+
+
+@case("bomb", "a .mat v7.3 field compressed 10^6 to one")
+def _(ctx):
+    path = _mat_v73(ctx.root / "a.mat")
+    with h5py.File(path, "r+") as handle:
+        del handle["dbStruct/utmDb"]
+        dataset = handle.create_dataset("dbStruct/utmDb", shape=(2, 10**8), dtype="float64",
+                                        chunks=(2, 1 << 16), compression="gzip")
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    return Expect(_import_mat(ctx, path), path, "field 'utmDb' claims 1600000000 bytes from 0")
+
+
 # ====================================================== class 3: files that point elsewhere
 
 
