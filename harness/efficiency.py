@@ -15,7 +15,7 @@ Nothing is ever a placeholder: an unknown value is ``None`` with a ``*_unknown``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 

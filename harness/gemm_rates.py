@@ -58,7 +58,7 @@ class KernelRates:
         return data
 
     @classmethod
-    def from_dict(cls, data) -> "KernelRates":
+    def from_dict(cls, data) -> KernelRates:
         """Validated; ``ValueError`` for anything that is not a rates file of this format."""
         if not isinstance(data, dict) or data.get("format_version") != RATES_FORMAT_VERSION:
             raise ValueError("not a kernel-rates file of this format")
@@ -109,7 +109,7 @@ def _blas_text() -> str:
         from harness.hardware import blas_summary
 
         return blas_summary()
-    except Exception:  # a fact that cannot be read is only a weaker key
+    except (ImportError, OSError, RuntimeError, ValueError):  # only a weaker key
         return "unknown"
 
 

@@ -89,7 +89,8 @@ def evaluate_topk(
         dtype=descriptor_dtype, search_s=search_s, search_backend=search_backend,
         search_hardware=machine_description(gpus="gpu" in search_backend
                                             or "cuda" in search_backend),
-        extraction=extraction or {"ms_per_image": None, "unknown": "not given"},
+        extraction=extraction or {"ms_per_image": None,
+                                  "unknown": "no feature file with an extraction timing given"},
         peak_rss_bytes=peak, peak_scope=peak_scope,
     )
     if metrics.queries_without_positive:

@@ -143,24 +143,3 @@ def provide_features(
             cache_dir=Path(out_dir) / "cache",
         )
     return paths
-    logger.info(
-        "extracting %d of %d feature file(s) of %s on %s into %s",
-        len(missing),
-        len(paths),
-        method,
-        split.name,
-        folder,
-    )
-    model = build_for_device(instance, device_obj)
-    for shard, parts in plan:
-        extract(
-            instance,
-            split=split,
-            out=folder,
-            parts=parts,
-            shard=shard,
-            options=extract_options,
-            model=model,
-            cache_dir=Path(out_dir) / "cache",
-        )
-    return paths

@@ -19,6 +19,7 @@ are not searched again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -130,7 +131,7 @@ def _row_ranges(counts: Sequence[int], shards: int,
         bounds.append(previous)
     bounds.append(total)
     groups = []
-    for begin, end in zip(bounds, bounds[1:]):
+    for begin, end in itertools.pairwise(bounds):
         pieces = []
         for index, count in enumerate(counts):
             low, high = max(begin, offsets[index]), min(end, offsets[index] + count)
@@ -492,9 +493,8 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     features = tuple(FileDigest(**digests[path]) for path in launch.params["features"]
                      if path in digests) if config.checksums else ()
     query_path = Path(launch.params["query"])
-    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
-
     from harness.efficiency import extraction_summary
+    from harness.evaluate import plain_attrs  # the record's method attributes, as eval writes them
 
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     extraction = extraction_summary((path, read_info(path).attrs)
