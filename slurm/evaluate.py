@@ -92,7 +92,11 @@ def plan_eval(features: Sequence[str | os.PathLike], split: Split,
         groups = [[(i, 0, counts[i]) for i in group]
                   for group in _balanced_groups(counts, shards)]
     else:
-        groups = _row_ranges(counts, shards, align=block_rows or default_block_rows(report.dim))
+        try:
+            groups = _row_ranges(counts, shards,
+                                 align=block_rows or default_block_rows(report.dim))
+        except HarnessError as exc:
+            raise HarnessError(exc.message, database[0].path) from None
     return EvalPlan(
         paths=paths,
         query=Path(report.query.path),
@@ -119,8 +123,9 @@ def _row_ranges(counts: Sequence[int], shards: int,
         + [offsets]))
     candidates = candidates[(candidates > 0) & (candidates < total)]
     if len(candidates) < shards - 1:
-        raise HarnessError(f"{shards} shards asked for, but cut at blocks of {align} rows the "
-                           f"database gives at most {len(candidates) + 1}")
+        raise HarnessError(f"{shards} shards asked for, but cut at the search's blocks of "
+                           f"{align} rows the database gives at most {len(candidates) + 1}; "
+                           "ask for fewer, or pass smaller --block-rows")
     bounds, previous = [0], 0
     for task in range(1, shards):
         # the candidate nearest to the ideal cut that leaves one for every later task

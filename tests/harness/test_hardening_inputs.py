@@ -1102,15 +1102,17 @@ def _(ctx):
     return Expect(["evall"], "No such command 'evall'. Did you mean 'eval'?", usage=True)
 
 
-@case("cli", "more eval tasks than database files")
+@case("cli", "more eval tasks than the search's blocks of the database")
 def _(ctx):
+    from harness.search import default_block_rows
+
     query, database = ctx.features()
     return Expect(["slurm", "eval", "--features", str(query), "--features", str(database),
                    "--split", SPLIT, "--data-root", str(ctx.data_root), "--shards", "5",
                    "--cluster", "local", "--log-dir", str(ctx.root / "logs")],
-                  f"{database}: 5 shards asked for, but the database is in 1 file(s) and a task "
-                  "searches whole files; extract the database in more shards (harness slurm "
-                  "extract --shards N) or ask for fewer")
+                  f"{database}: 5 shards asked for, but cut at the search's blocks of "
+                  f"{default_block_rows(DIM)} rows the database gives at most 1; ask for fewer, "
+                  "or pass smaller --block-rows")
 
 
 @case("cli", "a misspelt method option")
