@@ -28,6 +28,7 @@ $(STAMP): setup.cfg setup.py requirements/constraints.txt
 
 test: $(STAMP)
 	if [ "$(BROWSER)" = 1 ]; then bash .ci/browser.sh; fi
+	$(VENV)/bin/ruff check .
 	IOVPR_SLURM=$(SLURM_CLUSTER) .ci/slurm-cluster.sh run --optional -- $(PY) -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/harness leaderboard check
 	$(VENV)/bin/harness leaderboard build --verify

@@ -37,7 +37,9 @@ def compare(result32, result16) -> dict:
     p32, p16 = result32.prediction_data, result16.prediction_data
     k = p32.indices.shape[1]
     top10 = min(10, k)
-    overlap = [len(set(a[:top10]) & set(b[:top10])) / top10 for a, b in zip(p32.indices, p16.indices)]
+    overlap = [
+        len(set(a[:top10]) & set(b[:top10])) / top10 for a, b in zip(p32.indices, p16.indices)
+    ]
     finite = np.isfinite(p32.scores) & np.isfinite(p16.scores)
     return {
         "k": k,
@@ -45,20 +47,33 @@ def compare(result32, result16) -> dict:
         "same_ranking": float(np.mean(np.all(p32.indices == p16.indices, axis=1))),
         "same_top1": float(np.mean(p32.indices[:, 0] == p16.indices[:, 0])),
         "top10_overlap": float(np.mean(overlap)),
-        "first_positive_changed": int(np.count_nonzero(p32.first_positive_rank != p16.first_positive_rank)),
-        "max_score_diff": float(np.max(np.abs(p32.scores[finite] - p16.scores[finite]))) if finite.any() else 0.0,
-        "recalls": {name: (result32.scores[name], result16.scores[name])
-                    for name in result32.scores if name.startswith("recall")},
+        "first_positive_changed": int(
+            np.count_nonzero(p32.first_positive_rank != p16.first_positive_rank)
+        ),
+        "max_score_diff": float(np.max(np.abs(p32.scores[finite] - p16.scores[finite])))
+        if finite.any()
+        else 0.0,
+        "recalls": {
+            name: (result32.scores[name], result16.scores[name])
+            for name in result32.scores
+            if name.startswith("recall")
+        },
     }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="demo", help="synthetic city preset (tiny, demo, ...)")
-    parser.add_argument("--city", type=Path, default=None, help="city folder (reused when complete)")
+    parser.add_argument(
+        "--city", type=Path, default=None, help="city folder (reused when complete)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--kinds", default="pixels,hist,both", help="probe descriptors (comma separated)")
+    parser.add_argument(
+        "--kinds", default="pixels,hist,both", help="probe descriptors (comma separated)"
+    )
     parser.add_argument("--recall-ns", default="1,5,10,20,50,100")
     args = parser.parse_args(argv)
 
@@ -80,7 +95,10 @@ def main(argv=None) -> int:
         info = CityInfo.load(city)
         data_root = scratch / "data"
         prepare_builtin_splits(city, prefix="synth-", data_root=data_root)
-        print(f"city {args.preset} (seed {args.seed}) ready in {time.perf_counter() - started:.0f} s: {city}")
+        print(
+            f"city {args.preset} (seed {args.seed}) ready in "
+            f"{time.perf_counter() - started:.0f} s: {city}"
+        )
         config = EvalConfig(recall_ns=ns, ngpu=0, checksums=False)
         rows = []
         dtypes = set()
@@ -92,19 +110,34 @@ def main(argv=None) -> int:
                 if key not in database_cache:
                     database_cache[key] = describe_images(split.database_root, split.database_names,
                                                           kind, desc=f"{split.name} database")
-                queries = describe_images(split.query_root, split.query_names, kind,
-                                          info.masks_dir if oracle else None, desc=f"{split.name} queries")
+                queries = describe_images(
+                    split.query_root,
+                    split.query_names,
+                    kind,
+                    info.masks_dir if oracle else None,
+                    desc=f"{split.name} queries",
+                )
                 database = database_cache[key]
                 assert queries.shape[1] == database.shape[1] == probe_dim(kind)
                 results = {}
                 for dtype in ("float32", "float16"):
                     path = write_features(
-                        scratch / f"{split.name}-{kind}-{int(oracle)}-{dtype}.h5", split=split.name,
-                        method=f"probe-{kind}", query=(list(split.query_names), queries.astype(dtype)),
-                        database=(list(split.database_names), database.astype(dtype)))
+                        scratch / f"{split.name}-{kind}-{int(oracle)}-{dtype}.h5",
+                        split=split.name,
+                        method=f"probe-{kind}",
+                        query=(list(split.query_names), queries.astype(dtype)),
+                        database=(list(split.database_names), database.astype(dtype)),
+                    )
                     results[dtype] = evaluate([path], split, config)
                     dtypes.add((dtype, results[dtype].descriptor_dtype))
-                rows.append((label, kind, split.num_database, compare(results["float32"], results["float16"])))
+                rows.append(
+                    (
+                        label,
+                        kind,
+                        split.num_database,
+                        compare(results["float32"], results["float16"]),
+                    )
+                )
 
     print(f"\nfloat32 vs float16 storage, probe descriptors, computed in float32 "
           f"(top-K = {rows[0][3]['k'] if rows else '-'}):\n")
@@ -117,12 +150,21 @@ def main(argv=None) -> int:
                             + (f" ({100 * (b - a):+.2f})" if a != b else "")
                             for name, (a, b) in c["recalls"].items())
         worst = max([worst] + [abs(b - a) for a, b in c["recalls"].values()])
-        print(f"{label:<36}{kind:<7}{c['queries']:>5}{num_database:>6}{100 * c['same_ranking']:>9.1f}%"
-              f"{100 * c['same_top1']:>9.1f}%{100 * c['top10_overlap']:>9.1f}%{c['first_positive_changed']:>12}"
-              f"{c['max_score_diff']:>10.1e}  {recalls}")
+        print(
+            f"{label:<36}{kind:<7}{c['queries']:>5}{num_database:>6}"
+            f"{100 * c['same_ranking']:>9.1f}%"
+            f"{100 * c['same_top1']:>9.1f}%{100 * c['top10_overlap']:>9.1f}%"
+            f"{c['first_positive_changed']:>12}"
+            f"{c['max_score_diff']:>10.1e}  {recalls}"
+        )
     print(f"\nlargest Recall@N change: {100 * worst:.2f} percentage points")
-    print("records state the storage dtype: " + ", ".join(f"{stored} stored -> descriptor_dtype "
-                                                          f"{recorded!r}" for stored, recorded in sorted(dtypes)))
+    print(
+        "records state the storage dtype: "
+        + ", ".join(
+            f"{stored} stored -> descriptor_dtype {recorded!r}"
+            for stored, recorded in sorted(dtypes)
+        )
+    )
     return 0
 
 

@@ -177,7 +177,9 @@ def _create_shard(path: Path, *, split: str, names, dim: int, dtype: np.dtype) -
         handle.attrs["split"] = split
         handle.attrs["method"] = "synthetic"
         group = handle.create_group("database")
-        group.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        group.create_dataset(
+            "names", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
         plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         plist.set_layout(h5py.h5d.CONTIGUOUS)
         plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
@@ -432,9 +434,18 @@ def run_scale(args, folder: Path) -> None:
                 _evict(Path(shard))  # the previous run left some of them cached
         rankings = folder / f"rankings-{number}.npz"
         load_before = _load()
-        run = run_worker("harness", {**paths, "threads": args.threads, "ngpu": args.ngpu,
-                                     "checksums": not args.no_checksums, "block_rows": args.block_rows,
-                                     "cpu_backend": backend, "rankings": str(rankings)})
+        run = run_worker(
+            "harness",
+            {
+                **paths,
+                "threads": args.threads,
+                "ngpu": args.ngpu,
+                "checksums": not args.no_checksums,
+                "block_rows": args.block_rows,
+                "cpu_backend": backend,
+                "rankings": str(rankings),
+            },
+        )
         run["load"] = f"{load_before} / {_load()}"
         peaks.append(gemm_peak(args, block_rows))
         run["peak_before"], run["peak_after"] = peaks[-2], peaks[-1]
@@ -456,8 +467,14 @@ def report_scale_run(args, run: dict, block_rows: int) -> None:
     print(f"load average before/after the run: {run['load']}")
     print(f"evaluate() wall time        {run['wall_s']:9.1f} s   ("
           + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()) + ")")
-    print(f"vectors/s (whole evaluate)  {wall_rate:11,.0f}   {wall_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
-    print(f"vectors/s (search)          {search_rate:11,.0f}   {search_rate * flop_per_row / 1e9:7.1f} GFLOP/s")
+    print(
+        f"vectors/s (whole evaluate)  {wall_rate:11,.0f}   "
+        f"{wall_rate * flop_per_row / 1e9:7.1f} GFLOP/s"
+    )
+    print(
+        f"vectors/s (search)          {search_rate:11,.0f}   "
+        f"{search_rate * flop_per_row / 1e9:7.1f} GFLOP/s"
+    )
     for message in run["log"]:
         if "bf16" in message or "bfloat16" in message:
             print(message)
@@ -466,9 +483,12 @@ def report_scale_run(args, run: dict, block_rows: int) -> None:
               f"{peak_before:.0f} before / {peak_after:.0f} after GFLOP/s; evaluate() reaches "
               f"{wall_rate * flop_per_row / 1e9 / peak:.2f} of it, the search "
               f"{search_rate * flop_per_row / 1e9 / peak:.2f}")
-    print(f"peak RSS {_mib(run['peak_rss'])}; before evaluate() (interpreter, libraries, split "
-          f"of {args.rows:,} names) {_mib(run['rss_before'])}; beyond that {_mib(run['peak_rss'] - run['rss_before'])} "
-          f"(queries: {_mib(args.queries * args.dim * 4)})")
+    print(
+        f"peak RSS {_mib(run['peak_rss'])}; before evaluate() (interpreter, libraries, split "
+        f"of {args.rows:,} names) {_mib(run['rss_before'])}; "
+        f"beyond that {_mib(run['peak_rss'] - run['rss_before'])} "
+        f"(queries: {_mib(args.queries * args.dim * 4)})"
+    )
     print("recall: " + ", ".join(f"{k} {v:.4f}" for k, v in run["recalls"].items()))
     if args.rows != OUTDOOR_AMS_ROWS:
         fixed = run["wall_s"] - run["timings"]["search_s"]
@@ -481,8 +501,11 @@ def report_scale_run(args, run: dict, block_rows: int) -> None:
         # beside it carries over to the same machine when quiet.
         ratio = wall_rate * flop_per_row / 1e9 / peak
         quiet = OUTDOOR_AMS_ROWS * flop_per_row / 1e9 / (ratio * args.reference_peak)
-        print(f"at a quiet peak of {args.reference_peak:.0f} GFLOP/s (--reference-peak) this ratio "
-              f"({ratio:.2f}) gives {OUTDOOR_AMS_ROWS:,} rows in ~{quiet:.0f} s ({quiet / 60:.1f} min)")
+        print(
+            f"at a quiet peak of {args.reference_peak:.0f} GFLOP/s (--reference-peak) this ratio "
+            f"({ratio:.2f}) gives {OUTDOOR_AMS_ROWS:,} rows in ~{quiet:.0f} s "
+            f"({quiet / 60:.1f} min)"
+        )
 
 
 def compare_runs(runs: list[dict]) -> None:
@@ -528,18 +551,27 @@ def run_compare_seed(args, folder: Path) -> None:
     seed = run_worker("seed", spec)
     harness = run_worker("harness", spec)
     print(f"load average after both runs: {_load()}")
-    print(f"\n{'path':<44}{'wall s':>9}{'search s':>10}{'metrics s':>11}{'peak RSS':>14}{'beyond start':>15}")
+    print(
+        f"\n{'path':<44}{'wall s':>9}{'search s':>10}{'metrics s':>11}{'peak RSS':>14}"
+        f"{'beyond start':>15}"
+    )
     for label, run in (("seed: IndexFlatL2 in memory + np.isin loop", seed),
                        ("harness: evaluate() streamed", harness)):
         print(f"{label:<44}{run['wall_s']:>9.1f}{run['timings']['search_s']:>10.1f}"
               f"{run['timings']['metrics_s']:>11.3f}{_mib(run['peak_rss']):>14}"
               f"{_mib(run['peak_rss'] - run['rss_before']):>15}")
-    print(f"time ratio seed / harness: {seed['wall_s'] / harness['wall_s']:.2f}x "
-          f"(harness includes validation, value checks{', sha256' if not args.no_checksums else ''} "
-          f"and the record)")
-    print(f"memory ratio seed / harness (peak RSS beyond the start): "
-          f"{(seed['peak_rss'] - seed['rss_before']) / max(1, harness['peak_rss'] - harness['rss_before']):.1f}x; "
-          f"whole-process peak RSS: {seed['peak_rss'] / harness['peak_rss']:.1f}x")
+    print(
+        f"time ratio seed / harness: {seed['wall_s'] / harness['wall_s']:.2f}x "
+        f"(harness includes validation, value checks{', sha256' if not args.no_checksums else ''} "
+        f"and the record)"
+    )
+    memory_ratio = (seed["peak_rss"] - seed["rss_before"]) / max(
+        1, harness["peak_rss"] - harness["rss_before"])
+    print(
+        f"memory ratio seed / harness (peak RSS beyond the start): "
+        f"{memory_ratio:.1f}x; "
+        f"whole-process peak RSS: {seed['peak_rss'] / harness['peak_rss']:.1f}x"
+    )
     same = all(abs(seed["recalls"][k] - harness["recalls"][k]) < 1e-9 for k in seed["recalls"])
     print("recall seed:    " + ", ".join(f"{k} {v:.4f}" for k, v in seed["recalls"].items()))
     print("recall harness: " + ", ".join(f"{k} {v:.4f}" for k, v in harness["recalls"].items()))
@@ -547,15 +579,24 @@ def run_compare_seed(args, folder: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=None,
-                        help=f"database rows (default {OUTDOOR_AMS_ROWS:,}; {SEED_COMPARE_ROWS:,} with --compare-seed)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help=f"database rows (default {OUTDOOR_AMS_ROWS:,}; {SEED_COMPARE_ROWS:,} with "
+        "--compare-seed)",
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                         help="storage dtype of the scale run (--compare-seed uses float32)")
     parser.add_argument("--shard-rows", type=int, default=400_000, help="rows per database file")
-    parser.add_argument("--block-rows", type=int, default=None, help="evaluator block rows (default: its own)")
+    parser.add_argument(
+        "--block-rows", type=int, default=None, help="evaluator block rows (default: its own)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
     parser.add_argument("--ngpu", type=int, default=0, help="0 CPU (default), -1 every GPU, n GPUs")
     parser.add_argument("--no-peak", action="store_true",
@@ -567,12 +608,18 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-backend", default="auto",
                         help="evaluator CPU backend: auto, numpy, faiss or bf16 (exact bfloat16 "
                              "shortlist, needs torch); several, comma-separated, run side by side")
-    parser.add_argument("--compare-seed", action="store_true", help="the seed's path vs this harness")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the data (default: system temp)")
+    parser.add_argument(
+        "--compare-seed", action="store_true", help="the seed's path vs this harness"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write the data (default: system temp)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--warm", action="store_true", help="leave the shards in the page cache")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", choices=["harness", "seed"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["harness", "seed"], default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -586,7 +633,9 @@ def main(argv=None) -> int:
     args.cpu_backends = [name.strip() for name in args.cpu_backend.split(",")]
     unknown = sorted(set(args.cpu_backends) - {"auto", "numpy", "faiss", "bf16"})
     if unknown:
-        parser.error(f"--cpu-backend: unknown {', '.join(unknown)} (choose from auto, numpy, faiss, bf16)")
+        parser.error(
+            f"--cpu-backend: unknown {', '.join(unknown)} (choose from auto, numpy, faiss, bf16)"
+        )
     base = args.dir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="harness-scale-", dir=base))

@@ -42,7 +42,9 @@ HERE = Path(__file__).resolve()
 STREAMING_BYTES = 768 << 20
 
 
-def generate(folder: Path, rows: int, queries: int, dim: int, dtype: str, shards: int, seed: int) -> dict:
+def generate(
+    folder: Path, rows: int, queries: int, dim: int, dtype: str, shards: int, seed: int
+) -> dict:
     """Write two splits (``bench``: every row; ``bench-small``: the first shard's rows), their
     query files and ``shards`` database files; returns the paths."""
     from harness.features import FeatureWriter, write_features
@@ -67,9 +69,17 @@ def generate(folder: Path, rows: int, queries: int, dim: int, dtype: str, shards
     sources = np.sort(rng.integers(0, small_size, queries))
     query_utm = database_utm[sources] + rng.uniform(-15, 15, (queries, 2))
     for name, size in (("bench", rows), ("bench-small", small_size)):
-        register_split(Split(name=name, query_names=query_names, database_names=database_names[:size],
-                             query_utm=query_utm, database_utm=database_utm[:size], radius_m=25.0),
-                       data_root)
+        register_split(
+            Split(
+                name=name,
+                query_names=query_names,
+                database_names=database_names[:size],
+                query_utm=query_utm,
+                database_utm=database_utm[:size],
+                radius_m=25.0,
+            ),
+            data_root,
+        )
     chunk = 16_384
     shard_paths = []
     source_rows = np.empty((queries, dim), dtype=np.float32)
@@ -111,8 +121,16 @@ def worker(args) -> None:
     with threadpool_limits(limits=args.threads):
         split = get_split(spec["split"], spec["data_root"])
         files = [spec["queries"][spec["split"]], *spec["shards"]]
-        result = evaluate(files, split, EvalConfig(ngpu=spec.get("ngpu", 0), cpu_backend=spec["backend"],
-                                                   block_rows=args.block_rows, checksums=False))
+        result = evaluate(
+            files,
+            split,
+            EvalConfig(
+                ngpu=spec.get("ngpu", 0),
+                cpu_backend=spec["backend"],
+                block_rows=args.block_rows,
+                checksums=False,
+            ),
+        )
         timings = {k: getattr(result.timings, k)
                    for k in ("load_s", "checksum_s", "search_s", "metrics_s", "total_s")}
         print(json.dumps({
@@ -123,7 +141,14 @@ def worker(args) -> None:
 
 
 def run_worker(args, spec: dict) -> dict:
-    command = [sys.executable, str(HERE), "--worker", json.dumps(spec), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        str(HERE),
+        "--worker",
+        json.dumps(spec),
+        "--threads",
+        str(args.threads),
+    ]
     if args.block_rows:
         command += ["--block-rows", str(args.block_rows)]
     out = subprocess.run(command, capture_output=True, text=True)
@@ -134,16 +159,28 @@ def run_worker(args, spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=100_000, help="database rows (issue target: 500000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="database rows (issue target: 500000)"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--shards", type=int, default=4, help="database files; the small run uses the first")
-    parser.add_argument("--block-rows", type=int, default=None,
-                        help="database rows per block (default: the backend's, 8192 at 4096-D on CPU)")
+    parser.add_argument(
+        "--shards", type=int, default=4, help="database files; the small run uses the first"
+    )
+    parser.add_argument(
+        "--block-rows",
+        type=int,
+        default=None,
+        help="database rows per block (default: the backend's, 8192 at 4096-D on CPU)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
-    parser.add_argument("--tmp", type=Path, default=None, help="where to write the data (default: system temp)")
+    parser.add_argument(
+        "--tmp", type=Path, default=None, help="where to write the data (default: system temp)"
+    )
     parser.add_argument("--no-faiss", action="store_true", help="skip the faiss-CPU comparison")
     parser.add_argument("--gpu", action="store_true",
                         help="also run the whole database with ngpu=-1 (faiss-gpu or torch-cuda)")
@@ -174,7 +211,9 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="harness-bench-", dir=base))
     try:
         started = time.perf_counter()
-        paths = generate(folder, args.rows, args.queries, args.dim, args.dtype, args.shards, args.seed)
+        paths = generate(
+            folder, args.rows, args.queries, args.dim, args.dtype, args.shards, args.seed
+        )
         print(f"generated {args.rows} x {args.dim} {args.dtype} in {args.shards} shards "
               f"({needed / 1e9:.2f} GB) in {time.perf_counter() - started:.1f} s under {folder}")
         flop_per_row = 2.0 * args.queries * args.dim
@@ -212,31 +251,49 @@ def main() -> None:
         faiss_run = None if args.no_faiss else measured(spec("bench-small", "faiss"))
         gpu_run = run_worker(args, {**spec("bench", "numpy"), "ngpu": -1}) if args.gpu else None
 
-        print(f"\nGEMM peak: numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows} fp32 in memory, "
-              "measured just before and just after each run (mean used):")
-        print(f"  streaming = a different {gemm_rows}-row block each product (rotating over "
-              f"{STREAMING_BYTES >> 20} MiB, beyond the caches): the ceiling of any streaming search;")
-        print("  cache-hot = the same block again and again (best case, unreachable over a database).")
+        print(
+            f"\nGEMM peak: numpy {args.queries}x{args.dim} @ {args.dim}x{gemm_rows} fp32 in "
+            "memory, "
+            "measured just before and just after each run (mean used):"
+        )
+        print(
+            f"  streaming = a different {gemm_rows}-row block each product (rotating over "
+            f"{STREAMING_BYTES >> 20} MiB, beyond the caches): the ceiling of any streaming search;"
+        )
+        print(
+            "  cache-hot = the same block again and again (best case, unreachable over a database)."
+        )
         print(f"CPU backend choice: {full['choice']}")
         header = (f"{'run':<34}{'rows':>8}{'search s':>9}{'vectors/s':>11}{'GFLOP/s':>9}"
                   f"{'streaming peak':>16}{'of it':>7}{'hot peak':>10}{'of it':>7}{'peak RSS':>11}")
         print(header)
-        for label, run in (("evaluator (numpy), first shard", small), ("evaluator (numpy), whole database", full),
-                           ("faiss-cpu backend, first shard", faiss_run)):
+        for label, run in (
+            ("evaluator (numpy), first shard", small),
+            ("evaluator (numpy), whole database", full),
+            ("faiss-cpu backend, first shard", faiss_run),
+        ):
             if run is None:
                 continue
             rate = run["rows"] / run["search_s"]
             gflops = rate * flop_per_row / 1e9
             before, after = run["spread"]
-            print(f"{label:<34}{run['rows']:>8}{run['search_s']:>9.2f}{rate:>11.0f}{gflops:>9.1f}"
-                  f"{before:>8.0f}/{after:<7.0f}{gflops / run['streaming']:>7.2f}{run['hot']:>10.0f}"
-                  f"{gflops / run['hot']:>7.2f}{run['peak_rss'] / 2**20:>7.0f} MiB")
+            print(
+                f"{label:<34}{run['rows']:>8}{run['search_s']:>9.2f}{rate:>11.0f}{gflops:>9.1f}"
+                f"{before:>8.0f}/{after:<7.0f}{gflops / run['streaming']:>7.2f}{run['hot']:>10.0f}"
+                f"{gflops / run['hot']:>7.2f}{run['peak_rss'] / 2**20:>7.0f} MiB"
+            )
         if gpu_run is not None:
             rate = gpu_run["rows"] / gpu_run["search_s"]
-            print(f"{'GPU (' + gpu_run['backend'] + '), whole database':<34}{gpu_run['rows']:>8}"
-                  f"{gpu_run['search_s']:>9.2f}{rate:>11.0f}{rate * flop_per_row / 1e9:>9.1f}{'-':>16}{'-':>7}{'-':>10}{'-':>7}"
-                  f"{gpu_run['peak_rss'] / 2**20:>8.0f} MiB")
-            print(f"GPU evaluate() timings: " + ", ".join(f"{k} {v:.2f}" for k, v in gpu_run["timings"].items()))
+            print(
+                f"{'GPU (' + gpu_run['backend'] + '), whole database':<34}{gpu_run['rows']:>8}"
+                f"{gpu_run['search_s']:>9.2f}{rate:>11.0f}{rate * flop_per_row / 1e9:>9.1f}"
+                f"{'-':>16}{'-':>7}{'-':>10}{'-':>7}"
+                f"{gpu_run['peak_rss'] / 2**20:>8.0f} MiB"
+            )
+            print(
+                "GPU evaluate() timings: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in gpu_run["timings"].items())
+            )
             same = "identical" if gpu_run["recall@1"] == full["recall@1"] else "DIFFERENT"
             print(f"recall@1 GPU {gpu_run['recall@1']:.6f} vs CPU {full['recall@1']:.6f}: {same}")
         # File checksums (on by default; off in the runs above so the ratio measures the search):
@@ -251,14 +308,23 @@ def main() -> None:
                 digest.update(chunk)
         rate = shard.stat().st_size / (time.perf_counter() - started)
         database_bytes = args.rows * args.dim * itemsize
-        print(f"sha256 of the feature files (evaluate's default, beside the search): {rate / 1e9:.2f} GB/s, "
-              f"{database_bytes / rate:.1f} s of one core for this database "
-              f"({database_bytes / rate / full['search_s']:.0%} of the whole-database search time)")
-        print(f"\nwhole-database evaluate() timings: " + ", ".join(f"{k} {v:.2f}" for k, v in full["timings"].items()))
+        print(
+            "sha256 of the feature files (evaluate's default, beside the search): "
+            f"{rate / 1e9:.2f} GB/s, "
+            f"{database_bytes / rate:.1f} s of one core for this database "
+            f"({database_bytes / rate / full['search_s']:.0%} of the whole-database search time)"
+        )
+        print(
+            "\nwhole-database evaluate() timings: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in full["timings"].items())
+        )
         growth = full["peak_rss"] - small["peak_rss"]
-        print(f"peak RSS: {small['peak_rss'] / 2**20:.0f} MiB at {small_rows} rows, "
-              f"{full['peak_rss'] / 2**20:.0f} MiB at {args.rows} rows (difference {growth / 2**20:+.0f} MiB; "
-              f"database {args.rows * args.dim * itemsize / 2**30:.1f} GiB)")
+        print(
+            f"peak RSS: {small['peak_rss'] / 2**20:.0f} MiB at {small_rows} rows, "
+            f"{full['peak_rss'] / 2**20:.0f} MiB at {args.rows} rows "
+            f"(difference {growth / 2**20:+.0f} MiB; "
+            f"database {args.rows * args.dim * itemsize / 2**30:.1f} GiB)"
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -11,6 +11,8 @@ Public Python API (loaded on first use, so ``import harness`` stays light)::
     features = harness.read_features("feats.h5", split)   # rows in the split's order
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -23,8 +25,6 @@ _LAZY = {
 
 
 def __getattr__(name):
-    import importlib
-
     if name == "evaluate":
         # The submodule harness.evaluate becomes this attribute once anything imports it;
         # it is callable (harness.api.evaluate), so harness.evaluate(...) works either way.

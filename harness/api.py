@@ -11,6 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.evaluate import evaluate_files_or_ranking
+from harness.features import (
+    expand_feature_paths,
+    read_descriptors,
+    read_info,
+    read_names,
+)
+from harness.splits import Split, get_split
+from harness.validate import check_features
+
 
 def load_split(name_or_path, data_root: str | os.PathLike | None = None):
     """A registered split by name (or a ``.split.npz`` path): :class:`harness.splits.Split`.
@@ -18,8 +28,6 @@ def load_split(name_or_path, data_root: str | os.PathLike | None = None):
     ``split.query_names``, ``split.database_names`` (sorted), ``split.query_utm``,
     ``split.database_utm`` (UTM metres), ``split.radius_m``, ``split.positives[q]``.
     """
-    from harness.splits import Split, get_split
-
     if isinstance(name_or_path, Split):
         return name_or_path
     return get_split(name_or_path, data_root)
@@ -29,8 +37,6 @@ def evaluate(features=None, split=None, config=None, *, ranking=None, method: st
              data_root: str | os.PathLike | None = None, **options):
     """Evaluate feature files (or a ranking file) on a split; returns the record
     (:func:`harness.evaluate.evaluate_files_or_ranking`, which documents the arguments)."""
-    from harness.evaluate import evaluate_files_or_ranking
-
     return evaluate_files_or_ranking(features, split, config, ranking=ranking, method=method,
                                      data_root=data_root, **options)
 
@@ -53,17 +59,8 @@ def read_features(paths, split=None, data_root: str | os.PathLike | None = None)
     ``split`` (name, path or Split) the files are validated against it and the rows come in
     the split's order, so that row ``i`` is ``split.query_names[i]``.
     """
-    from harness.features import (
-        expand_feature_paths,
-        read_descriptors,
-        read_info,
-        read_names,
-    )
-
     paths = expand_feature_paths([paths] if isinstance(paths, (str, os.PathLike)) else paths)
     if split is not None:
-        from harness.validate import check_features
-
         split = load_split(split, data_root)
         report = check_features(paths, split, check_values=False)
         query = np.empty((split.num_queries, report.dim), dtype=np.float32)

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from harness.errors import HarnessError
+from harness.stats import format_interval, per_query_scores, score_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +151,6 @@ def window_fractions(split, masks_dir: str | Path) -> np.ndarray | None:
 
     A mask is ``<masks_dir>/<query name with .png>``, 8-bit gray, window pixels >= 128.
     """
-    from PIL import Image
-
     masks_dir = Path(masks_dir)
     fractions = np.full(split.num_queries, np.nan)
     for row, name in enumerate(split.query_names):
@@ -182,8 +182,6 @@ def group_scores(labels: np.ndarray, order: Sequence[str], first_positive_rank: 
                  has_positive: np.ndarray, *, recall_ns: Sequence[int], no_positive: str,
                  settings=None) -> dict[str, dict]:
     """Per group (in ``order``, empty groups left out): query counts, Recall@N, intervals."""
-    from harness.stats import per_query_scores, score_intervals
-
     groups = {}
     for label in order:
         member = labels == label
@@ -251,8 +249,6 @@ def compute_breakdowns(split, metrics, protocol, *, settings=None,
 def breakdown_table(breakdowns: Mapping, by: str, recall_ns: Sequence[int] = (1, 5, 10),
                     bootstrap: Mapping | None = None) -> str:
     """Text table of one stored breakdown (``condition``, ``window_fraction`` or ``radius``)."""
-    from harness.stats import format_interval
-
     if by not in breakdowns:
         known = ", ".join(sorted(breakdowns)) or "none (a schema-1 record: evaluate it again)"
         raise HarnessError(f"the record has no {by!r} breakdown; it has: {known}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from importlib import resources
 
 from harness.errors import HarnessError
 
@@ -98,8 +99,6 @@ def parse_canonical(text: str, source: str = "<string>") -> dict[str, CanonicalS
 
 @functools.lru_cache(maxsize=1)
 def _pins() -> tuple[tuple[str, CanonicalSplit], ...]:
-    from importlib import resources
-
     resource = resources.files("splits").joinpath("canonical.toml")
     return tuple(parse_canonical(resource.read_text(encoding="utf-8"), str(resource)).items())
 

@@ -39,7 +39,8 @@ class _HarnessGroup(click.Group):
         except click.UsageError as exc:
             if self.failed_plugins and args and args[0] not in self.commands:
                 detail = "; ".join(f"{k}: {v}" for k, v in self.failed_plugins.items())
-                raise click.UsageError(f"{exc.message} (plugins not loaded: {detail})", ctx) from None
+                message = f"{exc.message} (plugins not loaded: {detail})"
+                raise click.UsageError(message, ctx) from None
             raise
 
 
@@ -63,12 +64,25 @@ def cli(verbose: int, quiet: bool) -> None:
     """Inside-Out VPR benchmark harness: splits, features, exact evaluation, leaderboard."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger()
-    if not any(getattr(h, "_harness", False) for h in root.handlers):
-        handler = _StderrHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._harness = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if any(getattr(h, "_harness", False) for h in root.handlers):
+        root.setLevel(level)  # a command run from inside another: the outer one's handler
+        return
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handler._harness = True  # type: ignore[attr-defined]
+    previous_level = root.level
+    root.addHandler(handler)
     root.setLevel(level)
+
+    # The logging set up here lasts as long as the command: run in-process (main() or click's
+    # CliRunner, as the tests do), it must not outlive the stderr it writes to.
+    def restore_logging() -> None:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+    click.get_current_context().call_on_close(restore_logging)
 
 
 def _add_commands(commands) -> None:

@@ -19,10 +19,18 @@ from typing import Sequence
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.io import atomic_path
 from harness.results import EvalResult, Predictions, read_predictions, read_result
 from harness.stats import (
-    DEFAULT_ALPHA, BootstrapSettings, PairedScore, format_p, paired_scores, per_query_scores,
-    score_intervals, score_label, verdict,
+    DEFAULT_ALPHA,
+    BootstrapSettings,
+    PairedScore,
+    format_p,
+    paired_scores,
+    per_query_scores,
+    score_intervals,
+    score_label,
+    verdict,
 )
 
 
@@ -225,8 +233,6 @@ def plot_comparison(loaded: Sequence[LoadedResult], out: str | os.PathLike,
         from matplotlib.figure import Figure
     except ImportError:
         raise HarnessError("--plot needs matplotlib (install the `leaderboard` extra)") from None
-    from harness.io import atomic_path
-
     out = Path(out)
     others = list(loaded[1:])
     figure = Figure(figsize=(4.8 + 3.6 * len(others), 3.6), layout="constrained")

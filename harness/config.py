@@ -12,6 +12,7 @@ from typing import Mapping
 
 from harness.errors import HarnessError
 from harness.results import Protocol
+from harness.stats import BootstrapSettings
 
 CPU_BACKENDS = ("auto", "numpy", "faiss", "bf16")
 #: OpenIBL's spatial NMS looks at the first max(N) x 12 predictions.
@@ -84,7 +85,9 @@ class EvalConfig:
         if self.map_k is not None and int(self.map_k) < 1:
             raise HarnessError(f"map_k must be >= 1, got {self.map_k}")
         if self.cpu_backend not in CPU_BACKENDS:
-            raise HarnessError(f"cpu_backend must be one of {CPU_BACKENDS}, got {self.cpu_backend!r}")
+            raise HarnessError(
+                f"cpu_backend must be one of {CPU_BACKENDS}, got {self.cpu_backend!r}"
+            )
         if int(self.ngpu) < -1:
             raise HarnessError(f"ngpu must be -1 (all), 0 (CPU) or a GPU count, got {self.ngpu}")
         if int(self.bootstrap_resamples) < 0 or int(self.bootstrap_seed) < 0:
@@ -102,7 +105,8 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "EvalConfig":
-        """Build from a mapping; unknown keys raise a :class:`HarnessError` listing the valid ones."""
+        """Build from a mapping; unknown keys raise a :class:`HarnessError` listing the valid
+        ones."""
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
@@ -126,8 +130,6 @@ class EvalConfig:
 
     def bootstrap_settings(self):
         """The :class:`harness.stats.BootstrapSettings` of this config (None: no intervals)."""
-        from harness.stats import BootstrapSettings
-
         if not self.bootstrap_resamples:
             return None
         return BootstrapSettings(resamples=int(self.bootstrap_resamples),
@@ -137,6 +139,16 @@ class EvalConfig:
     def protocol(self, split) -> Protocol:
         """This config's protocol for ``split`` (the split fills every ``None``)."""
         recall_ns = self.recall_ns if self.recall_ns is not None else tuple(split.recall_ns)
+        # A depth beyond the database (or the split's own Ns) retrieves nothing more but sizes
+        # the top-K buffers (queries x K): refused before anything is allocated.
+        bound = max([getattr(split, "num_database", 0), *split.recall_ns])
+        for option, value in (("--map-k", self.map_k),
+                              ("--recall-ns", None if self.recall_ns is None else
+                               max(self.recall_ns))):
+            if value is not None and int(value) > bound:
+                raise HarnessError(
+                    f"{option} {value} is larger than the {split.num_database} database images "
+                    f"of split {split.name} (at most {bound})")
         spatial_nms = split.spatial_nms if self.spatial_nms is None else bool(self.spatial_nms)
         map_k = int(self.map_k) if self.map_k is not None else max(recall_ns)
         depth = max(max(recall_ns), map_k)

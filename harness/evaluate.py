@@ -1,68 +1,60 @@
 """Evaluate feature files on a split: validate, stream the exact search, score, record.
 
+The path of one evaluation: ``harness eval`` (:mod:`harness.commands.evaluate`) ->
+:func:`evaluate` -> :func:`search_and_hash` (validation, the streamed exact search and the
+sha256 of the files in one pass: a :class:`~harness.record.SearchOutput`) ->
+:func:`harness.record.build_record` (metrics, then the :class:`~harness.results.EvalResult`).
+
 Entry points::
 
     evaluate(features, split, config=EvalConfig(), *, method=None) -> EvalResult
     search_features(features, split, config, *, partial_database=False) -> SearchOutput
-    search_and_hash(features, split, config, *, partial_database=False)
-        -> (SearchOutput, file digests, hashing seconds)
-    evaluate_topk(split, topk, config, *, method, features=(), descriptor_dim, ...) -> EvalResult
+    search_and_hash(features, split, config, *, partial_database=False) -> SearchOutput
+    build_record(split, output, config, *, method=None) -> EvalResult   (harness.record)
 
 A sharded (SLURM) evaluation runs :func:`search_and_hash` with ``partial_database=True`` on
 the query file plus a subset of the database shards in each job, merges the partial top-K with
-:func:`harness.search.merge_topk`, and passes the merged top-K to :func:`evaluate_topk`: the
-record is identical (scores, protocol, counts) to a single :func:`evaluate` run.
+:func:`harness.search.merge_topk` into one :class:`~harness.record.SearchOutput`, and passes
+it to :func:`~harness.record.build_record`: the record is identical (scores, protocol, counts)
+to a single :func:`evaluate` run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from harness.config import EvalConfig
-from harness.errors import HarnessError, ValidationError
-from harness.features import expand_feature_paths, read_descriptors
 from harness.efficiency import extraction_summary
+from harness.errors import HarnessError, ValidationError
+from harness.features import OpenFiles, expand_feature_paths, read_descriptors
 from harness.hardware import reset_peak_rss
+from harness.record import SearchOutput, build_record
 from harness.results import EvalResult, FileDigest
 from harness.search import (
-    BlockSource, SearchStats, TopK, default_block_rows, float16_converter, iter_feature_blocks,
-    resolve_backend, search_blocks, streams_from_mapping,
+    BlockSource,
+    SearchStats,
+    default_block_rows,
+    float16_converter,
+    iter_feature_blocks,
+    resolve_backend,
+    search_blocks,
+    streams_from_mapping,
 )
-from harness.record import evaluate_topk
 from harness.sources.rankings import evaluate_ranking
 from harness.splits import Split, get_split
 
 logger = logging.getLogger(__name__)
 
 _ATTR_TYPES = (str, int, float, bool)
-
-
-@dataclass(frozen=True, eq=False)
-class SearchOutput:
-    """What :func:`search_features` found, with what the record needs about the inputs."""
-
-    topk: TopK
-    paths: tuple[Path, ...]
-    method: str
-    method_attrs: Mapping[str, object]
-    descriptor_dim: int
-    descriptor_dtype: str
-    search_backend: str
-    load_s: float
-    search_s: float
-    warnings: tuple[str, ...] = field(default=())
-    database_rows: int = 0
-    descriptor_dtypes: tuple[str, ...] = field(default=())
-    extraction: Mapping[str, object] = field(default_factory=dict)
 
 
 class _BlockInspector:
@@ -72,8 +64,6 @@ class _BlockInspector:
     """
 
     def __init__(self, database_bytes: int = 0):
-        from harness.validate import NORM_TOLERANCE
-
         self._tolerance = NORM_TOLERANCE
         self._lock = threading.Lock()
         self._database_bytes = database_bytes
@@ -96,9 +86,9 @@ class _BlockInspector:
         self._widen(np.ascontiguousarray(descriptors), out)
         return out
 
-    def __call__(self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"):
-        from harness.validate import inspect_block
-
+    def __call__(
+        self, source: BlockSource, start: int, descriptors: np.ndarray, dtype: str = "float32"
+    ):
         check = inspect_block(self._as_float32(descriptors),
                               self._tolerance.get(dtype, self._tolerance["float32"]))
         notes = []
@@ -112,7 +102,9 @@ class _BlockInspector:
             if notes:
                 self.problems.setdefault(source.path, []).extend(notes)
             if check.unnormalised_rows:
-                self.unnormalised[source.path] = self.unnormalised.get(source.path, 0) + check.unnormalised_rows
+                self.unnormalised[source.path] = (
+                    self.unnormalised.get(source.path, 0) + check.unnormalised_rows
+                )
 
     def raise_problems(self) -> None:
         problems = [f"{path}: {note}" for path, notes in self.problems.items() for note in notes]
@@ -120,8 +112,11 @@ class _BlockInspector:
             raise ValidationError(problems)
 
     def warnings(self) -> list[str]:
-        return [f"{path}: {count} rows are not L2-normalised (inner product then differs from L2 ranking)"
-                for path, count in self.unnormalised.items()]
+        return [
+            f"{path}: {count} rows are not L2-normalised (inner product then differs from L2 "
+            "ranking)"
+            for path, count in self.unnormalised.items()
+        ]
 
 
 def plain_attrs(attrs: Mapping[str, object]) -> dict:
@@ -154,6 +149,7 @@ def search_features(
     partial_database: bool = False,
     database_ranges: Mapping[str | os.PathLike, tuple[int, int] | None] | None = None,
     on_stored_block=None,
+    files: OpenFiles | None = None,
 ) -> SearchOutput:
     """Validate ``features`` against ``split`` and search every query's exact top-K.
 
@@ -164,17 +160,26 @@ def search_features(
     searched in it (``None``: all of them); other files' database parts are not searched (the
     query file may hold a database part that another job searches). ``on_stored_block``
     is handed to :func:`harness.search.iter_feature_blocks` (``evaluate`` hashes the files
-    with it while they stream).
+    with it while they stream). ``files``: the open handles to share (each file is then opened
+    once for validation, reading and streaming); without it they are opened here.
     """
-    from harness.validate import check_features
-
+    if files is None:
+        with OpenFiles() as opened:
+            return search_features(features, split, config, partial_database=partial_database,
+                                   database_ranges=database_ranges,
+                                   on_stored_block=on_stored_block, files=opened)
     started = time.perf_counter()
     paths = tuple(expand_feature_paths(features))
     if not paths:
         raise HarnessError("no feature files given")
     report = check_features(paths, split, check_values=False,
-                            require_complete_database=not partial_database)
-    query_part, database_parts, dim, method = report.query, list(report.database), report.dim, report.method
+                            require_complete_database=not partial_database, files=files)
+    query_part, database_parts, dim, method = (
+        report.query,
+        list(report.database),
+        report.dim,
+        report.method,
+    )
     ranges: dict[Path, tuple[int, int] | None] = {}
     if database_ranges is not None:
         wanted = {Path(p).resolve(): span for p, span in database_ranges.items()}
@@ -201,14 +206,18 @@ def search_features(
     extraction = extraction_summary(
         (i.path, i.attrs) for i in report.infos if Path(i.path) in searched)
 
-    database_bytes = sum(part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts)
+    database_bytes = sum(
+        part.count * part.dim * np.dtype(part.dtype).itemsize for part in database_parts
+    )
     inspector = _BlockInspector(database_bytes) if config.validate else None
     queries = np.empty((split.num_queries, dim), dtype=np.float32)
-    stored = read_descriptors(query_part.path, "query")
+    stored = read_descriptors(query_part.path, "query", files=files)
     queries[query_part.rows] = stored
     del stored
     if inspector is not None:
-        inspector(BlockSource(query_part.path, query_part.rows, "query"), 0, queries, query_part.dtype)
+        inspector(
+            BlockSource(query_part.path, query_part.rows, "query"), 0, queries, query_part.dtype
+        )
     load_s = time.perf_counter() - started
 
     protocol = config.protocol(split)
@@ -219,12 +228,14 @@ def search_features(
     for part in database_parts:
         start, stop = spans[Path(part.path)]
         sources.append(BlockSource(part.path, part.rows[start:stop], "database", first_row=start,
-                                   stored_rows=part.count))
+                                   stored_rows=part.count, handle=files.get(part.path)))
     dtypes = {part.dtype for part in database_parts}
     on_block = None
     if inspector is not None:
         dtype_of = {part.path: part.dtype for part in database_parts}
-        on_block = lambda source, start, block: inspector(source, start, block, dtype_of[source.path])  # noqa: E731
+        on_block = lambda source, start, block: inspector(
+            source, start, block, dtype_of[source.path]
+        )  # noqa: E731
     stats = SearchStats()
     blocks = iter_feature_blocks(
         sources, block_rows, prefetch_blocks=config.prefetch, on_block=on_block,
@@ -289,8 +300,6 @@ class _StreamedDigests:
     queued_blocks = 4
 
     def __init__(self, paths: Sequence[Path], streamed: Sequence[Path]):
-        import queue
-
         self._paths = list(paths)
         self._streamed = {Path(p) for p in streamed}
         self._queue: queue.Queue = queue.Queue(maxsize=self.queued_blocks)
@@ -396,6 +405,24 @@ class _StreamedDigests:
                     break
 
 
+def out_of_memory(exc: MemoryError, config: EvalConfig, paths) -> HarnessError:
+    """The one-line error of an evaluation that ran out of memory: what to lower."""
+    detail = " ".join(str(exc).split())[:200] or "MemoryError"
+    block = config.block_rows if config.block_rows is not None else "auto (~128 MB)"
+    where = paths[0] if len(paths) == 1 else None
+    return HarnessError(
+        f"out of memory during the evaluation ({detail}); lower --block-rows (database rows "
+        f"per streamed block, now {block})", where)
+
+
+def _handle_or_none(files: OpenFiles, path: Path):
+    """The shared handle of ``path``, or None when it does not open (validation reports it)."""
+    try:
+        return files.get(path)
+    except HarnessError:
+        return None
+
+
 def search_and_hash(
     features: Sequence[str | os.PathLike],
     split: Split,
@@ -404,39 +431,44 @@ def search_and_hash(
     partial_database: bool = False,
     database_ranges: Mapping[str | os.PathLike, tuple[int, int] | None] | None = None,
     hashed: Sequence[str | os.PathLike] | None = None,
-) -> tuple[SearchOutput, tuple[FileDigest, ...], float]:
+) -> SearchOutput:
     """:func:`search_features`, with the sha256 of every file (when ``config.checksums``)
-    computed beside the search from the bytes it streams: (output, digests, hashing seconds).
-    ``hashed``: only these files (default: every file); a file searched in part is hashed
-    from the rows streamed, the rest read from the file.
+    computed beside the search from the bytes it streams (``output.digests``,
+    ``output.checksum_s``). ``hashed``: only these files (default: every file); a file searched
+    in part is hashed from the rows streamed, the rest read from the file.
 
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
     paths = expand_feature_paths(features)
-    hashing = None
-    if config.checksums:
-        searched = None if database_ranges is None else {Path(p).resolve()
-                                                         for p in database_ranges}
-        if hashed is not None:
-            wanted = {Path(p).resolve() for p in hashed}
-            paths = [path for path in paths if path.resolve() in wanted]
-        streamed = [path for path in paths if streams_from_mapping(path, "database")
-                    and (searched is None or path.resolve() in searched)]
-        hashing = _StreamedDigests(paths, streamed)
-    try:
-        output = search_features(features, split, config, partial_database=partial_database,
-                                 database_ranges=database_ranges,
-                                 on_stored_block=hashing.on_stored_block if hashing else None)
-    except BaseException:
-        if hashing is not None:
-            hashing.cancel()
-        raise
+    with OpenFiles() as files:
+        hashing = None
+        if config.checksums:
+            searched = None if database_ranges is None else {Path(p).resolve()
+                                                             for p in database_ranges}
+            if hashed is not None:
+                wanted = {Path(p).resolve() for p in hashed}
+                paths = [path for path in paths if path.resolve() in wanted]
+            streamed = [path for path in paths
+                        if (searched is None or path.resolve() in searched)
+                        and streams_from_mapping(path, "database", _handle_or_none(files, path))]
+            hashing = _StreamedDigests(paths, streamed)
+        try:
+            output = search_features(features, split, config, partial_database=partial_database,
+                                     database_ranges=database_ranges,
+                                     on_stored_block=hashing.on_stored_block if hashing else None,
+                                     files=files)
+        except BaseException as exc:
+            if hashing is not None:
+                hashing.cancel()
+            if isinstance(exc, MemoryError):
+                raise out_of_memory(exc, config, paths) from None
+            raise
     digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
     if hashing is not None:
         logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
                     "own reads, %.2f GB read only to hash", len(paths), checksum_s,
                     hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
-    return output, digests, checksum_s
+    return dataclasses.replace(output, digests=digests, checksum_s=checksum_s)
 
 
 def evaluate(
@@ -463,24 +495,8 @@ def evaluate(
     """
     started = time.perf_counter()
     scope = "evaluation" if reset_peak_rss() else "process"
-    output, digests, checksum_s = search_and_hash(features, split, config)
-    return evaluate_topk(
-        split,
-        output.topk,
-        config,
-        method=method or output.method,
-        features=digests,
-        descriptor_dim=output.descriptor_dim,
-        descriptor_dtype=output.descriptor_dtype,
-        search_backend=output.search_backend,
-        method_attrs=output.method_attrs,
-        load_s=output.load_s,
-        checksum_s=checksum_s,
-        search_s=output.search_s,
-        started=started,
-        extraction=output.extraction,
-        peak_scope=scope,
-    )
+    output = search_and_hash(features, split, config)
+    return build_record(split, output, config, method=method, started=started, peak_scope=scope)
 
 
 def evaluate_files_or_ranking(features=None, split=None, config=None, *, ranking=None,
@@ -523,6 +539,9 @@ class _CallableModule(type(os)):
         return evaluate_files_or_ranking(*args, **kwargs)
 
 
+import queue
 import sys as _sys  # noqa: E402
+
+from harness.validate import NORM_TOLERANCE, check_features, inspect_block
 
 _sys.modules[__name__].__class__ = _CallableModule

@@ -17,9 +17,11 @@ temporary name and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -35,7 +37,9 @@ from harness.hdf5 import (
     dataset_extents,
     read_plain_attribute,
 )
-from harness.io import atomic_path
+from harness.hdf5_policy import check_hdf5_contents
+from harness.io import atomic_path, require_free_space, require_regular_file
+from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +156,15 @@ class FeatureWriter:
         self._handle = None
 
     def __enter__(self) -> "FeatureWriter":
+        try:
+            return self._open()
+        except BaseException:
+            # Unwind what was entered (the temporary file goes; a full disk becomes one line).
+            if not self._stack.__exit__(*sys.exc_info()):
+                raise
+            raise
+
+    def _open(self) -> "FeatureWriter":
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._handle = self._stack.enter_context(h5py.File(self._tmp, "w", libver="latest"))
         handle = self._handle
@@ -169,9 +182,16 @@ class FeatureWriter:
         if self.dim is None:
             self.dim = int(descriptors.shape[1])
         if self.dtype is None:
-            self.dtype = descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            self.dtype = (
+                descriptors.dtype.name if descriptors.dtype.name in DESCRIPTOR_DTYPES else "float32"
+            )
         if self.dtype not in DESCRIPTOR_DTYPES:
-            raise ValueError(f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}")
+            raise ValueError(
+                f"descriptor dtype must be one of {DESCRIPTOR_DTYPES}, got {self.dtype}"
+            )
+        if not any("descriptors" in self._handle[part] for part in self.names):
+            rows = sum(len(names) for names in self.names.values())
+            require_free_space(self.path, rows * self.dim * np.dtype(self.dtype).itemsize)
         for part, names in self.names.items():
             group = self._handle[part]
             if "descriptors" not in group:
@@ -188,7 +208,9 @@ class FeatureWriter:
         stop = start_row + descriptors.shape[0]
         if start_row < 0 or stop > len(self.names[part]):
             raise ValueError(f"rows {start_row}:{stop} out of range for {part}")
-        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(self.dtype, copy=False)
+        self._handle[part]["descriptors"][start_row:stop] = descriptors.astype(
+            self.dtype, copy=False
+        )
         self._written[part][start_row:stop] = True
 
     def set_attrs(self, attrs: Mapping[str, object]) -> None:
@@ -214,6 +236,8 @@ def reading_errors(path, what: str = "") -> Iterator[None]:
     except HarnessError:
         raise
     except HDF5_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            raise MemoryError(str(exc)) from None  # not the file's fault: the caller's limit
         detail = " ".join(str(exc).split()) or type(exc).__name__
         where = f" reading {what}" if what else ""
         raise HarnessError(f"corrupt HDF5 file: error{where} ({detail})", path) from None
@@ -232,21 +256,63 @@ def check_heaps(handle, path) -> None:
 def open_hdf5(path: str | os.PathLike):
     """Open a feature file read-only; a missing, directory or non-HDF5 path is a HarnessError."""
     path = Path(path)
-    if not path.exists():
-        raise HarnessError("feature file not found", path)
-    if path.is_dir():
-        raise HarnessError("is a directory, not a feature file", path)
-    if path.suffix.lower() in (".npy", ".npz"):
+    if path.suffix.lower() in (".npy", ".npz") and path.is_file():
         raise HarnessError(
             "a numpy array is not a feature file (it has no image names); convert "
             "VPR-methods-evaluation descriptors with `harness features import --split SPLIT "
             "--vme-queries queries_descriptors.npy --vme-database database_descriptors.npy "
             "--out features.h5 --method-name NAME`", path)
+    path = require_regular_file(path, "feature file")
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except HDF5_ERRORS as exc:
         detail = " ".join(str(exc).split())
         raise HarnessError(f"not a readable HDF5 file ({detail})", path) from None
+    try:
+        with reading_errors(path, "its links"):
+            check_hdf5_contents(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+class OpenFiles:
+    """Feature files opened once and shared: validation, reading the queries and streaming
+    the database all use the same handle per file (``with OpenFiles() as files``).
+
+    A file is opened on the first :meth:`get`, so a bad file raises where it did before.
+    """
+
+    def __init__(self):
+        self._handles: dict[Path, h5py.File] = {}
+
+    def get(self, path: str | os.PathLike) -> h5py.File:
+        key = Path(path).resolve()
+        if key not in self._handles:
+            self._handles[key] = open_hdf5(path)
+        return self._handles[key]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "OpenFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _opened(path, files: OpenFiles | None) -> Iterator[h5py.File]:
+    """The handle of ``path`` from ``files`` (left open), or a fresh one (closed after)."""
+    if files is not None:
+        yield files.get(path)
+        return
+    with open_hdf5(path) as handle:
+        yield handle
 
 
 def _dataset(handle, part: str, name: str, path):
@@ -283,10 +349,13 @@ def _read_attribute(handle, key: str, path):
     return value
 
 
-def read_info(path: str | os.PathLike) -> FeatureFileInfo:
-    """Read attributes and part shapes; structural problems raise :class:`HarnessError`."""
+def read_info(path: str | os.PathLike, files: OpenFiles | None = None) -> FeatureFileInfo:
+    """Read attributes and part shapes; structural problems raise :class:`HarnessError`.
+
+    ``files``: share the open handle (:class:`OpenFiles`).
+    """
     path = Path(path)
-    with open_hdf5(path) as handle, reading_errors(path, "its structure"):
+    with _opened(path, files) as handle, reading_errors(path, "its structure"):
         check_heaps(handle, path)
         attrs = {}
         for key in handle.attrs:
@@ -310,13 +379,14 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
                 "holds neither /query nor /database (an hloc global-descriptor file? convert "
                 "it with `harness features import --hloc FILE --split SPLIT --out ...`)", path)
     version = attrs.pop("format_version", None)
-    try:
-        version = int(version)
-    except (TypeError, ValueError, OverflowError):
-        raise HarnessError(f"root attribute format_version is missing or invalid ({version!r})", path) from None
-    if version != FEATURE_FORMAT_VERSION:
+    if version is None:
+        raise HarnessError("root attribute format_version is missing or invalid (None)", path)
+    if not is_version(version, FEATURE_FORMAT_VERSION):
+        integer = isinstance(version, int) and not isinstance(version, bool)
         raise HarnessError(
-            f"format_version {version} is not supported (this harness reads {FEATURE_FORMAT_VERSION})",
+            f"format_version {version!r} is "
+            + ("not supported" if integer else f"a {type(version).__name__}, not an integer")
+            + f" (this harness reads {FEATURE_FORMAT_VERSION})",
             path,
         )
     return FeatureFileInfo(
@@ -329,11 +399,22 @@ def read_info(path: str | os.PathLike) -> FeatureFileInfo:
     )
 
 
-def read_names(path: str | os.PathLike, part: str) -> list[str]:
-    """Image names of ``part``, decoded as UTF-8."""
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/names"):
+def read_names(path: str | os.PathLike, part: str, files: OpenFiles | None = None,
+               count: int | None = None) -> list[str]:
+    """Image names of ``part``, decoded as UTF-8 (``files``: share the open handle).
+
+    ``count``: the number of names expected (the part's descriptor rows); a names dataset of
+    another length is refused from its shape, before anything is read or allocated.
+    """
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/names"):
         check_heaps(handle, path)
         dataset = _dataset(handle, part, "names", path)
+        shape = dataset.shape or ()
+        if count is not None and shape and shape[0] != count:
+            raise HarnessError(
+                f"/{part}/names has {shape[0]} entries but /{part}/descriptors has {count} rows",
+                path,
+            )
         is_text = dataset.id.get_type().get_class() == h5py.h5t.STRING
         one_dimensional = len(dataset.shape or ()) == 1
         if not is_text or dataset.dtype.kind not in ("O", "S", "U") or not one_dimensional:
@@ -383,10 +464,11 @@ def _descriptors(handle, part: str, path):
 
 
 def read_descriptors(
-    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None
+    path: str | os.PathLike, part: str, start: int = 0, stop: int | None = None,
+    files: OpenFiles | None = None,
 ) -> np.ndarray:
     """Rows ``start:stop`` of ``/part/descriptors`` as float32 (fp16 is widened)."""
-    with open_hdf5(path) as handle, reading_errors(path, f"/{part}/descriptors"):
+    with _opened(path, files) as handle, reading_errors(path, f"/{part}/descriptors"):
         dataset = _descriptors(handle, part, path)
         stop = dataset.shape[0] if stop is None else stop
         block = dataset[start:stop]
@@ -417,10 +499,14 @@ def expand_feature_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     for item in paths:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file())
+            found = sorted(
+                p for p in item.iterdir() if p.suffix in (".h5", ".hdf5") and p.is_file()
+            )
             if not found:
                 raise HarnessError("directory holds no .h5 feature files", item)
             result.extend(found)
         else:
-            result.append(item)
+            # Checked here, before any reader sees it: a FIFO or device given as a feature
+            # file is refused at once instead of blocking (or streaming forever) in open().
+            result.append(require_regular_file(item, "feature file"))
     return result

@@ -28,9 +28,13 @@ import json
 import logging
 import os
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from harness.hardware import blas_summary, cpu_cores, cpu_flags, cpu_model
+from harness.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +87,6 @@ def cache_dir() -> Path:
 
 def machine_key() -> str:
     """What the rates depend on: CPU, usable cores, library builds (16 hex digits)."""
-    from harness.hardware import cpu_cores, cpu_flags, cpu_model
-
     parts = [cpu_model(), " ".join(sorted(cpu_flags())), str(cpu_cores()), np.__version__,
              _blas_text()]
     for module in ("faiss", "torch"):
@@ -93,8 +95,6 @@ def machine_key() -> str:
 
 
 def _version(module: str) -> str:
-    from importlib import metadata
-
     names = {"faiss": ("faiss-cpu", "faiss-gpu", "faiss"), "torch": ("torch",)}[module]
     for name in names:
         try:
@@ -106,8 +106,6 @@ def _version(module: str) -> str:
 
 def _blas_text() -> str:
     try:
-        from harness.hardware import blas_summary
-
         return blas_summary()
     except (ImportError, OSError, RuntimeError, ValueError):  # only a weaker key
         return "unknown"
@@ -129,8 +127,6 @@ def kernel_rates(refresh: bool = False, **probe) -> KernelRates:
             logger.warning("%s: unreadable kernel-rates cache (%s): measuring again", path, exc)
     rates = measure_rates(key, **probe)
     try:
-        from harness.io import write_json_atomic
-
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, rates.to_dict())
     except OSError as exc:

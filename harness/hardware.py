@@ -123,7 +123,7 @@ GENERIC_BLAS_KERNELS = ("prescott", "generic", "core2", "katmai", "coppermine", 
 
 
 def blas_description(info: dict | None) -> str:
-    """One line for a threadpoolctl BLAS record, e.g. ``openblas 0.3.31 kernel=SkylakeX threads=2``."""
+    """One line for a threadpoolctl BLAS record (``openblas 0.3.31 kernel=SkylakeX threads=2``)."""
     if not info:
         return "unknown"
     parts = [str(info.get("internal_api", "?")), str(info.get("version") or "")]
@@ -163,7 +163,8 @@ def is_generic_blas(info: dict | None) -> bool:
 
 
 def blas_summary() -> str:
-    """numpy's BLAS (and faiss's, if faiss is imported), e.g. ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
+    """numpy's BLAS (and faiss's, if faiss is imported), e.g.
+    ``numpy: openblas 0.3.31 kernel=SkylakeX``."""
     libs = blas_libraries(load_faiss=False)
     parts = [f"numpy: {blas_description(libs['numpy'])}"]
     if libs["faiss"] is not None:

@@ -11,6 +11,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -171,10 +172,12 @@ class DatasetReader:
     during the read). Anything else goes through ``h5py``'s ``read_direct``.
     """
 
-    def __init__(self, path: Path, part: str):
+    def __init__(self, path: Path, part: str, handle: h5py.File | None = None):
+        """``handle``: the file already open (it stays open after :meth:`close`)."""
         self.path = Path(path)
+        self._owns_file = handle is None
         try:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(self.path, "r") if handle is None else handle
         except OSError as exc:
             raise HarnessError(f"not a readable HDF5 file ({exc})", self.path) from None
         try:
@@ -189,16 +192,19 @@ class DatasetReader:
                 and offset is not None
             )
         except Exception:
-            self._file.close()
+            if self._owns_file:
+                self._file.close()
             raise
-        self._fd = None
+        self._fd = None  # opened on the first direct read (not to ask whether rows map)
+        self._fd_lock = threading.Lock()
+        self._direct = False
         self._offset = None
         self._mappable = False
         self.row_bytes = int(self.shape[1]) * self.dtype.itemsize
         if plain and hasattr(os, "preadv"):
-            self._fd = os.open(self.path, os.O_RDONLY)
+            self._direct = True
             self._offset = int(offset)
-            size = os.fstat(self._fd).st_size
+            size = os.stat(self.path).st_size
             if size < self._offset + self.shape[0] * self.row_bytes:
                 self.close()
                 raise HarnessError(
@@ -208,6 +214,13 @@ class DatasetReader:
                 )
             self._mappable = self.row_bytes > 0
 
+    def _descriptor(self) -> int:
+        """The file descriptor for direct reads and mappings (opened once, on first use)."""
+        with self._fd_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return self._fd
+
     @property
     def mappable(self) -> bool:
         """Whether :meth:`map_rows` can map rows (a plain contiguous dataset, mmap available)."""
@@ -216,7 +229,7 @@ class DatasetReader:
     @property
     def data_offset(self) -> int | None:
         """File offset of row 0 (None when the dataset is read through HDF5)."""
-        return self._offset if self._fd is not None else None
+        return self._offset if self._direct else None
 
     def map_rows(self, start: int, stop: int, writable: bool = False) -> np.ndarray | None:
         """Rows ``start:stop`` as an array over a file mapping, or None.
@@ -232,7 +245,7 @@ class DatasetReader:
         aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
         length = (stop - start) * self.row_bytes
         try:
-            mapping = mmap.mmap(self._fd, length + (begin - aligned), offset=aligned,
+            mapping = mmap.mmap(self._descriptor(), length + (begin - aligned), offset=aligned,
                                 access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:  # a filesystem without mmap: read instead
             logger.debug("cannot map %s (%s); reading it instead", self.path, exc)
@@ -246,14 +259,14 @@ class DatasetReader:
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         assert out.shape == (stop - start, self.shape[1]) and out.dtype == self.dtype
-        if self._fd is None:
+        if not self._direct:
             self.dataset.read_direct(out, np.s_[start:stop])
             return
         view = memoryview(out.reshape(-1).view(np.uint8))
         position = self._offset + start * self.row_bytes
         done = 0
         while done < view.nbytes:
-            count = os.preadv(self._fd, [view[done:]], position + done)
+            count = os.preadv(self._descriptor(), [view[done:]], position + done)
             if count <= 0:
                 raise HarnessError(
                     f"unexpected end of file reading rows {start}:{stop} (truncated file?)",
@@ -265,7 +278,8 @@ class DatasetReader:
         if self._fd is not None:
             os.close(self._fd)  # existing mappings stay valid
             self._fd = None
-        self._file.close()
+        if self._owns_file:
+            self._file.close()
 
 
 class ObjectHeaderScanner:
@@ -428,7 +442,9 @@ class ObjectHeaderScanner:
         data_at = type_at + sizes[:, 1] + sizes[:, 2]
         name_size = head.view("<u2")[:, 1]
         marker, skip, value = self._marker_name, self._skip_name, self._marker_value
-        is_marker = (name_size == marker.size) & (self._bytes(name_at, marker.size) == marker).all(axis=1)
+        is_marker = (name_size == marker.size) & (self._bytes(name_at, marker.size) == marker).all(
+            axis=1
+        )
         is_skip = (name_size == skip.size) & (self._bytes(name_at, skip.size) == skip).all(axis=1)
         datatype = self._bytes(type_at, 8)
         string_of_value = ((datatype[:, 0] & 0x0F) == 3) & (

@@ -92,19 +92,27 @@ def first_positive_rank(is_positive: np.ndarray) -> np.ndarray:
     return rank
 
 
-def recall_at_n(first_rank: np.ndarray, ns: Sequence[int], evaluated: np.ndarray | None = None) -> dict[int, float]:
+def recall_at_n(
+    first_rank: np.ndarray, ns: Sequence[int], evaluated: np.ndarray | None = None
+) -> dict[int, float]:
     """Recall@N for every N: share of evaluated queries whose first positive rank is < N."""
     first_rank = np.asarray(first_rank)
-    evaluated = np.ones(first_rank.shape, bool) if evaluated is None else np.asarray(evaluated, bool)
+    evaluated = (
+        np.ones(first_rank.shape, bool) if evaluated is None else np.asarray(evaluated, bool)
+    )
     total = int(evaluated.sum())
     if total == 0:
-        raise HarnessError("no query to evaluate (every query lacks a positive under policy 'exclude')")
+        raise HarnessError(
+            "no query to evaluate (every query lacks a positive under policy 'exclude')"
+        )
     hit_rank = first_rank[evaluated]
     found = hit_rank >= 0
     return {int(n): float(np.count_nonzero(found & (hit_rank < n)) / total) for n in ns}
 
 
-def average_precision_at_k(is_positive: np.ndarray, num_positives: np.ndarray, k: int) -> np.ndarray:
+def average_precision_at_k(
+    is_positive: np.ndarray, num_positives: np.ndarray, k: int
+) -> np.ndarray:
     """AP@K per query (see the module docstring); 0 for queries without positives. (Q,) float64."""
     is_positive = np.asarray(is_positive, dtype=bool)[:, :k]
     num_positives = np.asarray(num_positives, dtype=np.int64)
@@ -113,7 +121,9 @@ def average_precision_at_k(is_positive: np.ndarray, num_positives: np.ndarray, k
     ranks = np.arange(1, is_positive.shape[1] + 1)
     precision_sum = np.where(is_positive, hits / ranks, 0.0).sum(axis=1)
     denominator = np.minimum(num_positives, k)
-    return np.divide(precision_sum, denominator, out=np.zeros(len(denominator)), where=denominator > 0)
+    return np.divide(
+        precision_sum, denominator, out=np.zeros(len(denominator)), where=denominator > 0
+    )
 
 
 def distinct_places_per_query(positives, places: np.ndarray) -> np.ndarray:
@@ -169,7 +179,9 @@ def compute_metrics(
         nms_pool: leading predictions that spatial NMS looks at (0: no NMS).
     """
     if no_positive not in NO_POSITIVE_POLICIES:
-        raise HarnessError(f"no_positive must be one of {NO_POSITIVE_POLICIES}, got {no_positive!r}")
+        raise HarnessError(
+            f"no_positive must be one of {NO_POSITIVE_POLICIES}, got {no_positive!r}"
+        )
     predictions = np.asarray(predictions, dtype=np.int64)
     assert predictions.ndim == 2 and predictions.shape[0] == len(positives), (
         predictions.shape, len(positives))
@@ -194,7 +206,9 @@ def compute_metrics(
     has_positive = positives.counts > 0
     evaluated = has_positive if no_positive == "exclude" else np.ones_like(has_positive)
     first_rank = first_positive_rank(is_positive)
-    scores = {f"recall@{n}": value for n, value in recall_at_n(first_rank, recall_ns, evaluated).items()}
+    scores = {
+        f"recall@{n}": value for n, value in recall_at_n(first_rank, recall_ns, evaluated).items()
+    }
     ap = average_precision_at_k(is_positive, num_positive, map_k)
     scores[f"map@{map_k}"] = float(ap[evaluated].mean())
     return MetricsResult(scores, first_rank, has_positive, evaluated, ranking, ap)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from harness import __version__
 from harness.breakdowns import compute_breakdowns
 from harness.config import EvalConfig
+from harness.efficiency import efficiency_section
 from harness.errors import HarnessError
 from harness.ground_truth import positives_within_radius
-from harness.efficiency import efficiency_section
 from harness.hardware import hardware_facts, machine_description, peak_rss_bytes
 from harness.metrics import compute_metrics, database_places
 from harness.provenance import harness_git_commit, utc_now
@@ -36,36 +38,59 @@ from harness.stats import per_query_scores, score_intervals
 logger = logging.getLogger(__name__)
 
 
-def evaluate_topk(
+@dataclass(frozen=True, eq=False)
+class SearchOutput:
+    """What a search found, with what the record needs about its inputs: the one object that
+    goes from the search (:func:`harness.evaluate.search_features`, a merge of SLURM shards, a
+    ranking file) to :func:`build_record`.
+
+    ``digests``/``checksum_s``: the sha256 of every feature file and the seconds spent hashing
+    (empty when checksums are off); ``extraction``:
+    :func:`harness.efficiency.extraction_summary` of the feature files.
+    """
+
+    topk: TopK
+    paths: tuple[Path, ...]
+    method: str
+    method_attrs: Mapping[str, object]
+    descriptor_dim: int
+    descriptor_dtype: str
+    search_backend: str
+    load_s: float
+    search_s: float
+    warnings: tuple[str, ...] = field(default=())
+    database_rows: int = 0
+    descriptor_dtypes: tuple[str, ...] = field(default=())
+    extraction: Mapping[str, object] = field(default_factory=dict)
+    digests: tuple[FileDigest, ...] = field(default=())
+    checksum_s: float = 0.0
+
+
+def build_record(
     split: Split,
-    topk: TopK,
+    output: SearchOutput,
     config: EvalConfig = EvalConfig(),
     *,
-    method: str,
-    features: Sequence[FileDigest] = (),
-    descriptor_dim: int,
-    descriptor_dtype: str = "float32",
-    search_backend: str = "",
-    method_attrs: Mapping[str, object] | None = None,
-    load_s: float = 0.0,
-    checksum_s: float = 0.0,
-    search_s: float = 0.0,
+    method: str | None = None,
     started: float | None = None,
-    extraction: Mapping[str, object] | None = None,
     peak_scope: str = "process",
     peak_bytes: int = 0,
 ) -> EvalResult:
-    """Score a complete top-K (e.g. merged from shards) and build the record.
+    """Score ``output``'s top-K on ``split`` (the metrics) and build the record.
 
-    ``extraction``: :func:`harness.efficiency.extraction_summary` of the feature files;
-    ``peak_scope`` says what the peak memory covers (``evaluation`` when :func:`evaluate`
-    could reset the process's high-water mark first, ``process`` otherwise, ``largest task``
-    for a sharded evaluation, whose tasks' peaks come in ``peak_bytes``).
+    ``method`` overrides the files' method name; ``started`` is when the evaluation began
+    (for ``timings.total_s``); ``peak_scope`` says what the peak memory covers
+    (``evaluation`` when :func:`harness.evaluate.evaluate` could reset the process's
+    high-water mark first, ``process`` otherwise, ``largest task`` for a sharded evaluation,
+    whose tasks' peaks come in ``peak_bytes``).
     """
     started = time.perf_counter() if started is None else started
+    topk, descriptor_dim, search_s = output.topk, output.descriptor_dim, output.search_s
     protocol = config.protocol(split)
     if topk.num_queries != split.num_queries:
-        raise HarnessError(f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}")
+        raise HarnessError(
+            f"top-K holds {topk.num_queries} queries, split {split.name} has {split.num_queries}"
+        )
     if topk.k < protocol.k:
         raise HarnessError(f"top-K holds {topk.k} ranks; this protocol needs {protocol.k}")
     metrics_started = time.perf_counter()
@@ -86,22 +111,25 @@ def evaluate_topk(
     peak = max(peak_rss_bytes(), int(peak_bytes))
     efficiency = efficiency_section(
         num_queries=split.num_queries, database_rows=split.num_database, dim=descriptor_dim,
-        dtype=descriptor_dtype, search_s=search_s, search_backend=search_backend,
-        search_hardware=machine_description(gpus="gpu" in search_backend
-                                            or "cuda" in search_backend),
-        extraction=extraction or {"ms_per_image": None,
-                                  "unknown": "no feature file with an extraction timing given"},
+        dtype=output.descriptor_dtype, search_s=search_s, search_backend=output.search_backend,
+        search_hardware=machine_description(gpus="gpu" in output.search_backend
+                                            or "cuda" in output.search_backend),
+        extraction=output.extraction or {
+            "ms_per_image": None, "unknown": "no feature file with an extraction timing given"},
         peak_rss_bytes=peak, peak_scope=peak_scope,
     )
     if metrics.queries_without_positive:
         logger.warning(
             "%d of %d queries have no positive within %.1f m (policy %r)",
-            metrics.queries_without_positive, split.num_queries, protocol.radius_m, protocol.no_positive,
+            metrics.queries_without_positive,
+            split.num_queries,
+            protocol.radius_m,
+            protocol.no_positive,
         )
     return EvalResult(
         split=split.name,
         split_sha256=split.sha256,
-        method=method or "unknown",
+        method=method or output.method or "unknown",
         scores=metrics.scores,
         main_score=f"recall@{min(protocol.recall_ns)}",  # recall@1 unless N=1 was left out
         protocol=protocol,
@@ -111,12 +139,13 @@ def evaluate_topk(
             queries_without_positive=metrics.queries_without_positive,
             evaluated_queries=metrics.evaluated_queries,
         ),
-        features=tuple(features),
+        features=tuple(output.digests),
         descriptor_dim=int(descriptor_dim),
-        descriptor_dtype=descriptor_dtype,
-        search_backend=search_backend,
+        descriptor_dtype=output.descriptor_dtype,
+        search_backend=output.search_backend,
         timings=Timings(
-            load_s=load_s, checksum_s=checksum_s, search_s=search_s, metrics_s=metrics_s,
+            load_s=output.load_s, checksum_s=output.checksum_s, search_s=search_s,
+            metrics_s=metrics_s,
             total_s=time.perf_counter() - started,
         ),
         peak_rss_bytes=peak,
@@ -124,7 +153,7 @@ def evaluate_topk(
         harness_version=__version__,
         git_commit=harness_git_commit(),
         date=utc_now(),
-        method_attrs=dict(method_attrs or {}),
+        method_attrs=dict(output.method_attrs or {}),
         intervals=intervals,
         bootstrap=bootstrap,
         breakdowns=breakdowns,

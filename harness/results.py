@@ -53,8 +53,27 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.io import atomic_path, sha256_file, write_json_atomic
+from harness.io import (
+    NPZ_ERRORS,
+    atomic_path,
+    npz_member,
+    sha256_file,
+    write_json_atomic,
+)
 from harness.provenance import harness_git_commit, utc_now  # noqa: F401  (re-exported)
+from harness.stats import BootstrapSettings
+from harness.strict_json import (
+    as_bool,
+    as_float,
+    as_int,
+    as_json_object,
+    as_optional_str,
+    as_str,
+    build_dataclass,
+    fail,
+    list_of,
+)
+from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +83,8 @@ FLOAT_DECIMALS = 6
 PREDICTIONS_SUFFIX = ".predictions.npz"
 PREDICTIONS_FORMAT_VERSION = 2
 _PREDICTIONS_FORMATS = (1, 2)
+#: A result record is a few KB; anything far larger is refused unread.
+RESULT_MAX_BYTES = 16 << 20
 _SCORE_NAME = re.compile(r"^(recall|map)@([1-9][0-9]*)$")
 
 
@@ -105,8 +126,14 @@ class Protocol:
 
     def __post_init__(self):
         object.__setattr__(self, "recall_ns", tuple(int(n) for n in self.recall_ns))
-        if not self.recall_ns or list(self.recall_ns) != sorted(set(self.recall_ns)) or self.recall_ns[0] < 1:
-            raise HarnessError(f"recall_ns must be increasing positive integers, got {self.recall_ns}")
+        if (
+            not self.recall_ns
+            or list(self.recall_ns) != sorted(set(self.recall_ns))
+            or self.recall_ns[0] < 1
+        ):
+            raise HarnessError(
+                f"recall_ns must be increasing positive integers, got {self.recall_ns}"
+            )
         if self.no_positive not in ("miss", "exclude"):
             raise HarnessError(f"no_positive must be 'miss' or 'exclude', got {self.no_positive!r}")
         if not self.radius_m > 0 or self.map_k < 1 or self.k < 1:
@@ -223,7 +250,9 @@ class EvalResult:
             scores[name] = value
         object.__setattr__(self, "scores", dict(sorted(scores.items(), key=_score_order)))
         if self.main_score not in self.scores:
-            raise HarnessError(f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}")
+            raise HarnessError(
+                f"main_score {self.main_score!r} is not among the scores {sorted(self.scores)}"
+            )
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "method_attrs", dict(self.method_attrs))
         intervals = {}
@@ -242,7 +271,9 @@ class EvalResult:
                 "a record with intervals must say how they were computed (bootstrap)")
         object.__setattr__(self, "breakdowns", dict(self.breakdowns))
         if self.descriptor_dtype not in ("float32", "float16"):
-            raise HarnessError(f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}")
+            raise HarnessError(
+                f"descriptor_dtype must be float32 or float16, got {self.descriptor_dtype!r}"
+            )
 
     @property
     def main_score_value(self) -> float:
@@ -272,7 +303,7 @@ class EvalResult:
         if not isinstance(data, Mapping):
             raise HarnessError(f"a result record must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        reader = _READERS.get(version) if isinstance(version, int) else None
+        reader = _READERS.get(version) if is_version(version, _READERS) else None
         if reader is None:
             raise HarnessError(
                 f"unsupported schema_version {version!r}; this harness reads "
@@ -280,7 +311,9 @@ class EvalResult:
             )
         return reader(data)
 
-    def write(self, path: str | os.PathLike, predictions_path: str | os.PathLike | None = None) -> Path:
+    def write(
+        self, path: str | os.PathLike, predictions_path: str | os.PathLike | None = None
+    ) -> Path:
         """Write the record atomically; with ``prediction_data``, the sidecar first.
 
         The sidecar goes to ``predictions_path`` or ``<path minus .json>.predictions.npz``; the
@@ -292,8 +325,11 @@ class EvalResult:
         if self.prediction_data is not None:
             sidecar = Path(predictions_path) if predictions_path else default_predictions_path(path)
             write_predictions(sidecar, self.prediction_data, result=self)
-            shown = os.path.relpath(sidecar, path.parent) if sidecar.parent.resolve() == path.parent.resolve() \
+            shown = (
+                os.path.relpath(sidecar, path.parent)
+                if sidecar.parent.resolve() == path.parent.resolve()
                 else str(sidecar.resolve())
+            )
             record = dataclasses.replace(self, predictions=FileDigest.of(sidecar, shown))
         write_json_atomic(path, record.to_dict())
         logger.info("wrote %s", path)
@@ -333,141 +369,70 @@ def _round_floats(value):
 # Reading, with strict validation
 
 
-def _fail(where: str, message: str):
-    raise HarnessError(f"{where}: {message}")
-
-
-def _int(value, where):
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(where, f"expected an integer, got {value!r}")
-    return value
-
-
-def _float(value, where):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(where, f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _str(value, where):
-    if not isinstance(value, str):
-        _fail(where, f"expected a string, got {value!r}")
-    return value
-
-
-def _opt_str(value, where):
-    return None if value is None else _str(value, where)
-
-
-def _bool(value, where):
-    if not isinstance(value, bool):
-        _fail(where, f"expected true/false, got {value!r}")
-    return value
-
-
-def _list_of(convert):
-    def run(value, where):
-        if not isinstance(value, list):
-            _fail(where, f"expected a list, got {value!r}")
-        return tuple(convert(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-    return run
-
-
-def _json_object(value, where):
-    if not isinstance(value, dict):
-        _fail(where, f"expected an object, got {value!r}")
-    return value
-
-
-def _build(cls, converters: Mapping[str, Callable], data, where: str, skip=("prediction_data",)):
-    """``cls(**data)`` after rejecting unknown and missing keys and converting each value."""
-    if not isinstance(data, Mapping):
-        _fail(where, f"expected an object, got {type(data).__name__}")
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
-    valid = {f.name for f in fields}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        _fail(where, f"unknown keys {unknown}; valid keys are {sorted(valid)}")
-    required = {
-        f.name for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    missing = sorted(required - set(data))
-    if missing:
-        _fail(where, f"missing keys {missing}")
-    kwargs = {}
-    for key, value in data.items():
-        convert = converters[key]
-        kwargs[key] = convert(value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
 def _digest(value, where):
-    return _build(FileDigest, {"path": _str, "sha256": _str, "bytes": _int}, value, where)
+    converters = {"path": as_str, "sha256": as_str, "bytes": as_int}
+    return build_dataclass(FileDigest, converters, value, where)
 
 
 def _scores(value, where):
-    value = _json_object(value, where)
-    return {_str(k, where): _float(v, f"{where}.{k}") for k, v in value.items()}
+    value = as_json_object(value, where)
+    return {as_str(k, where): as_float(v, f"{where}.{k}") for k, v in value.items()}
 
 
 def _interval_map(value, where):
-    value = _json_object(value, where)
+    value = as_json_object(value, where)
     out = {}
     for name, bounds in value.items():
         if not isinstance(bounds, list) or len(bounds) != 2:
-            _fail(f"{where}.{name}", f"expected [low, high], got {bounds!r}")
-        out[_str(name, where)] = (_float(bounds[0], f"{where}.{name}[0]"),
-                                  _float(bounds[1], f"{where}.{name}[1]"))
+            fail(f"{where}.{name}", f"expected [low, high], got {bounds!r}")
+        out[as_str(name, where)] = (as_float(bounds[0], f"{where}.{name}[0]"),
+                                  as_float(bounds[1], f"{where}.{name}[1]"))
     return out
 
 
 def _bootstrap_settings(value, where):
     if value is None:
         return None
-    from harness.stats import BootstrapSettings
-
     try:
-        return BootstrapSettings.from_dict(_json_object(value, where)).to_dict()
+        return BootstrapSettings.from_dict(as_json_object(value, where)).to_dict()
     except (HarnessError, TypeError) as exc:
-        _fail(where, str(getattr(exc, "message", exc)))
+        fail(where, str(getattr(exc, "message", exc)))
 
 
 def _v1_converters() -> dict[str, Callable]:
     return {
-        "split": _str,
-        "split_sha256": _str,
-        "method": _str,
+        "split": as_str,
+        "split_sha256": as_str,
+        "method": as_str,
         "scores": _scores,
-        "protocol": lambda v, w: _build(Protocol, {
-            "radius_m": _float, "recall_ns": _list_of(_int), "map_k": _int, "k": _int,
-            "spatial_nms": _bool, "nms_pool": _int, "no_positive": _str, "metric": _str,
+        "protocol": lambda v, w: build_dataclass(Protocol, {
+            "radius_m": as_float, "recall_ns": list_of(as_int), "map_k": as_int, "k": as_int,
+            "spatial_nms": as_bool, "nms_pool": as_int, "no_positive": as_str, "metric": as_str,
         }, v, w),
-        "counts": lambda v, w: _build(Counts, {
-            "queries": _int, "database": _int, "queries_without_positive": _int,
-            "evaluated_queries": _int,
+        "counts": lambda v, w: build_dataclass(Counts, {
+            "queries": as_int, "database": as_int, "queries_without_positive": as_int,
+            "evaluated_queries": as_int,
         }, v, w),
-        "features": _list_of(_digest),
-        "descriptor_dim": _int,
-        "descriptor_dtype": _str,
-        "search_backend": _str,
-        "timings": lambda v, w: _build(Timings, {
-            "load_s": _float, "checksum_s": _float, "search_s": _float, "metrics_s": _float,
-            "total_s": _float,
+        "features": list_of(_digest),
+        "descriptor_dim": as_int,
+        "descriptor_dtype": as_str,
+        "search_backend": as_str,
+        "timings": lambda v, w: build_dataclass(Timings, {
+            "load_s": as_float, "checksum_s": as_float, "search_s": as_float, "metrics_s": as_float,
+            "total_s": as_float,
         }, v, w),
-        "peak_rss_bytes": _int,
-        "hardware": lambda v, w: _build(Hardware, {
-            "cpu_model": _str, "cpu_cores": _int, "gpus": _list_of(_str), "blas": _str,
-            "platform": _str, "python": _str, "numpy": _str,
+        "peak_rss_bytes": as_int,
+        "hardware": lambda v, w: build_dataclass(Hardware, {
+            "cpu_model": as_str, "cpu_cores": as_int, "gpus": list_of(as_str), "blas": as_str,
+            "platform": as_str, "python": as_str, "numpy": as_str,
         }, v, w),
-        "harness_version": _str,
-        "git_commit": _opt_str,
-        "date": _str,
-        "main_score": _str,
+        "harness_version": as_str,
+        "git_commit": as_optional_str,
+        "date": as_str,
+        "main_score": as_str,
         "predictions": lambda v, w: None if v is None else _digest(v, w),
-        "method_attrs": _json_object,
-        "schema_version": _int,
+        "method_attrs": as_json_object,
+        "schema_version": as_int,
     }
 
 
@@ -476,13 +441,13 @@ def _read_v1(data: Mapping) -> EvalResult:
     converters = _v1_converters()
     converters["schema_version"] = lambda value, where: SCHEMA_VERSION
     skip = ("prediction_data", "intervals", "bootstrap", "breakdowns", "efficiency")
-    return _build(EvalResult, converters, data, "record", skip=skip)
+    return build_dataclass(EvalResult, converters, data, "record", skip=skip)
 
 
 def _v2_converters() -> dict[str, Callable]:
     converters = _v1_converters()
     converters.update(intervals=_interval_map, bootstrap=_bootstrap_settings,
-                      breakdowns=_json_object)
+                      breakdowns=as_json_object)
     return converters
 
 
@@ -490,14 +455,14 @@ def _read_v2(data: Mapping) -> EvalResult:
     """Schema 2: no efficiency section; read as the current schema."""
     converters = _v2_converters()
     converters["schema_version"] = lambda value, where: SCHEMA_VERSION
-    return _build(EvalResult, converters, data, "record",
+    return build_dataclass(EvalResult, converters, data, "record",
                   skip=("prediction_data", "efficiency"))
 
 
 def _read_v3(data: Mapping) -> EvalResult:
     converters = _v2_converters()
-    converters["efficiency"] = _json_object
-    return _build(EvalResult, converters, data, "record")
+    converters["efficiency"] = as_json_object
+    return build_dataclass(EvalResult, converters, data, "record")
 
 
 #: One reader per schema version that ever existed.
@@ -505,17 +470,13 @@ _READERS: dict[int, Callable[[Mapping], EvalResult]] = {1: _read_v1, 2: _read_v2
 
 
 def read_result(path: str | os.PathLike) -> EvalResult:
-    """Read and validate a record; any problem is a one-line :class:`HarnessError` naming ``path``."""
+    """Read and validate a record; any problem is a one-line :class:`HarnessError` naming
+    ``path``."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise HarnessError("result record not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"not a readable JSON record ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a result record: JSON nested too deeply", path) from None
+    data = parse_json(read_text_bounded(path, RESULT_MAX_BYTES, "result record"), path,
+                      "result record", invalid="not a readable JSON record")
     try:
         return EvalResult.from_dict(data)
     except HarnessError as exc:
@@ -534,7 +495,11 @@ def iter_results(folder: str | os.PathLike) -> Iterator[tuple[Path, EvalResult]]
 
 def default_predictions_path(record_path: str | os.PathLike) -> Path:
     record_path = Path(record_path)
-    stem = record_path.name[: -len(".json")] if record_path.name.endswith(".json") else record_path.name
+    stem = (
+        record_path.name[: -len(".json")]
+        if record_path.name.endswith(".json")
+        else record_path.name
+    )
     return record_path.with_name(stem + PREDICTIONS_SUFFIX)
 
 
@@ -553,16 +518,26 @@ def write_predictions(path: str | os.PathLike, predictions: Predictions,
                 meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
                 indices=np.ascontiguousarray(predictions.indices, dtype=np.int64),
                 scores=np.ascontiguousarray(predictions.scores, dtype=np.float32),
-                first_positive_rank=np.ascontiguousarray(predictions.first_positive_rank, dtype=np.int32),
+                first_positive_rank=np.ascontiguousarray(
+                    predictions.first_positive_rank, dtype=np.int32
+                ),
                 has_positive=np.ascontiguousarray(predictions.has_positive, dtype=bool),
-                **({} if predictions.average_precision is None else {
-                    "average_precision": np.ascontiguousarray(predictions.average_precision,
-                                                              dtype=np.float32)}),
+                **(
+                    {}
+                    if predictions.average_precision is None
+                    else {
+                        "average_precision": np.ascontiguousarray(
+                            predictions.average_precision, dtype=np.float32
+                        )
+                    }
+                ),
             )
     return path
 
 
-def read_predictions(record_path: str | os.PathLike, result: EvalResult | None = None) -> Predictions:
+def read_predictions(
+    record_path: str | os.PathLike, result: EvalResult | None = None
+) -> Predictions:
     """The sidecar a record names, after checking its sha256 against the record."""
     record_path = Path(record_path)
     result = result if result is not None else read_result(record_path)
@@ -575,16 +550,20 @@ def read_predictions(record_path: str | os.PathLike, result: EvalResult | None =
         raise HarnessError("predictions file named by the record is missing", path)
     if sha256_file(path) != result.predictions.sha256:
         raise HarnessError("predictions file does not match the sha256 in its record", path)
-    from harness.io import NPZ_ERRORS, npz_member
+    from harness.io import npz_shapes
 
     try:
+        # Members may not declare more than the record's own counts allow (or deflate give).
+        depth = max(1, min(int(result.protocol.k), int(result.counts.database)))
+        npz_shapes(path, int(result.counts.queries) * depth * 8 + (1 << 16))
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
             version = meta.get("format_version")
-            if version not in _PREDICTIONS_FORMATS:
-                raise ValueError(f"unsupported predictions format {version!r}")
+            problem = version_problem("predictions format_version", version, _PREDICTIONS_FORMATS)
+            if problem:
+                raise ValueError(problem)
             return Predictions(
                 indices=npz_member(archive, "indices"),
                 scores=npz_member(archive, "scores"),

@@ -29,10 +29,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from harness.errors import HarnessError, ValidationError
-from harness.features import DESCRIPTOR_DTYPES, PARTS, FeatureFileInfo, iter_descriptor_blocks
-from harness.features import read_info, read_names
+from harness.features import (
+    DESCRIPTOR_DTYPES,
+    PARTS,
+    FeatureFileInfo,
+    OpenFiles,
+    iter_descriptor_blocks,
+    read_info,
+    read_names,
+)
 from harness.splits import Split
 
 logger = logging.getLogger(__name__)
@@ -134,6 +142,7 @@ def validate_features(
     check_values: bool = True,
     block_bytes: int = BLOCK_BYTES,
     require_complete_database: bool = True,
+    files: OpenFiles | None = None,
 ) -> ValidationReport:
     """Check feature files (one query part, database in one or more shards) against ``split``.
 
@@ -148,6 +157,7 @@ def validate_features(
         require_complete_database: every split database image must have a descriptor. With
             False the database files may cover part of the database (one job of a sharded
             evaluation); their names must still be known, unique and in one file only.
+        files: share open handles with the caller (:class:`harness.features.OpenFiles`).
 
     Returns:
         A :class:`ValidationReport` (never raises for bad files; see :func:`check_features`).
@@ -166,7 +176,7 @@ def validate_features(
             continue
         seen_paths[key] = path
         try:
-            infos.append(read_info(path))
+            infos.append(read_info(path, files))
         except HarnessError as exc:
             collect.problem(path, _bare(exc))
 
@@ -191,7 +201,8 @@ def validate_features(
     query_rows = None
     if len(part_files["query"]) == 1:
         query_rows = _map_part(
-            part_files["query"], "query", split.query_names, lambda: split.query_index, collect
+            part_files["query"], "query", split.query_names, lambda: split.query_index, collect,
+            files=files,
         )
         query_rows = query_rows[0] if query_rows else None
     database_rows = ()
@@ -203,6 +214,7 @@ def validate_features(
             lambda: split.database_index,
             collect,
             require_complete=require_complete_database,
+            files=files,
         )
 
     if check_values and not collect.problems:
@@ -303,17 +315,26 @@ def map_names_to_rows(names: Sequence[str], split_names: Sequence[str], index) -
 
 
 def _map_part(infos, part, split_names, index, collect: _Collector,
-              require_complete: bool = True) -> list[PartRows]:
+              require_complete: bool = True, files: OpenFiles | None = None) -> list[PartRows]:
     total = len(split_names)
     owner = np.full(total, -1, dtype=np.int32)
     mapped: list[PartRows] = []
     for number, info in enumerate(infos):
+        part_info = info.parts[part]
+        if part_info.count > 2 * total + 1024:
+            # Refused from the declared shape: the names of a part far larger than the split
+            # are never read (a few extra rows are read and reported name by name below).
+            collect.problem(
+                info.path,
+                f"/{part}/descriptors has {part_info.count} rows but the split has only "
+                f"{total} {part} images",
+            )
+            continue
         try:
-            names = read_names(info.path, part)
+            names = read_names(info.path, part, files, count=part_info.count)
         except HarnessError as exc:
             collect.problem(info.path, _bare(exc))
             continue
-        part_info = info.parts[part]
         if len(names) != part_info.count:
             collect.problem(
                 info.path,
@@ -394,8 +415,6 @@ def inspect_block(
 
 
 def _scan_values(part_rows: PartRows, collect: _Collector, block_bytes: int) -> None:
-    from tqdm import tqdm
-
     tolerance = NORM_TOLERANCE.get(part_rows.dtype, NORM_TOLERANCE["float32"])
     block_rows = max(1, block_bytes // max(1, part_rows.dim * 4))
     nonfinite: list[int] = []

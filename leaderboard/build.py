@@ -26,9 +26,16 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from harness.errors import HarnessError
-from harness.io import write_bytes_atomic
+from harness.io import (
+    TEMP_HOST,
+    make_temp_file,
+    remove_stale_temps,
+    write_bytes_atomic,
+    write_failure,
+)
 from leaderboard import html as html_page
 from leaderboard.benchmarks import REAL_BENCHMARKS, Benchmark, benchmarks_for
+from leaderboard.escape import markdown_link, markdown_text, safe_url
 from leaderboard.records import LeaderboardRecord, load_records, read_topk
 from leaderboard.tables import (
     Entry,
@@ -140,14 +147,17 @@ def render_methods_markdown(infos: Sequence[html_page.MethodInfo]) -> str:
 
     rows = []
     for info in infos:
-        row = [info.name]
+        row = [markdown_text(info.name)]
         for key, _ in html_page.METHOD_FIELDS:
             value = str(info.fields.get(key) or "")
-            if key == "checkpoint_sha256" and value:
-                value = f"`{value[:12]}`"
-            elif key in ("paper", "code_url") and value.startswith(("http://", "https://")):
-                value = f"[link]({value})"
-            row.append(value.replace("|", "\\|") or MISSING_TEXT)
+            if not value:
+                row.append(MISSING_TEXT)
+            elif key == "checkpoint_sha256" and value.isalnum() and value.isascii():
+                row.append(f"`{value[:12]}`")  # hex: nothing to escape in a code span
+            elif key in ("paper", "code_url") and safe_url(value):
+                row.append(markdown_link("link", value))
+            else:
+                row.append(markdown_text(value))
         rows.append(row)
     headers = ["Method"] + [label for _, label in html_page.METHOD_FIELDS]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n"
@@ -300,17 +310,18 @@ def build_from_entries(
 ) -> BuildOutput:
     """Write every output for ``entries`` (see the module docstring)."""
     from leaderboard.plots import inline_svg, recall_bands, recall_curves, recall_svg
-
     from leaderboard.reported import load_reported, reported_csv
     from leaderboard.significance import annotate_table
 
     entries = list(entries)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     latest = latest_entries(entries)
     tables = [annotate_table(make_table(b, entries), latest) for b in shown_benchmarks(entries)]
     reported = load_reported()
-    staging = Path(tempfile.mkdtemp(prefix=".build.", dir=out_dir))
+    # Staging folders and swapped-out folders of killed builds are removed here.
+    for name in ("tables", "site"):
+        remove_stale_temps(out_dir, f"{name}.old")
+    staging = make_temp_file(out_dir / "build", directory=True)
     try:
         tables_dir = staging / "tables"
         site_dir = staging / "site"
@@ -354,9 +365,17 @@ def build_from_entries(
             tables, records=len(entries), methods=len(methods), method_infos=infos,
             reported=reported,
         )
+        # Every byte is written before anything is swapped in: a full disk changes nothing.
+        write_bytes_atomic(staging / "README.md", readme.encode("utf-8"))
         for name in ("tables", "site"):
             _swap_in(staging / name, out_dir / name)
-        write_bytes_atomic(out_dir / "README.md", readme.encode("utf-8"))
+        os.replace(staging / "README.md", out_dir / "README.md")
+    except OSError as exc:
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise HarnessError(f"cannot write the leaderboard: {reason} (nothing was changed)",
+                           out_dir) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
@@ -385,7 +404,7 @@ def _swap_in(new: Path, target: Path) -> None:
     build writes the same bytes from the same records, so whichever lands last is right.
     """
     for attempt in range(1000):
-        old = target.with_name(f".{target.name}.old.{os.getpid()}.{attempt}")
+        old = target.with_name(f".{target.name}.old.{TEMP_HOST}.{os.getpid()}.{attempt}.tmp")
         try:
             os.replace(target, old)
         except FileNotFoundError:

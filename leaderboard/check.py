@@ -177,7 +177,9 @@ def _check_record(
         sidecar = path.parent / record.predictions.file
         if not sidecar.is_file():
             report.add(sidecar, "predictions file named by the record is missing")
-        elif sha256_file(sidecar) != record.predictions.sha256:
+        elif (sidecar.stat().st_size != record.predictions.bytes
+              or sha256_file(sidecar) != record.predictions.sha256):
+            # The size first: a huge (or sparse) file of the wrong size is never read.
             report.add(sidecar, "predictions file does not match the sha256 in its record")
         else:
             try:
@@ -276,7 +278,13 @@ def check_results(
     data_root = default_data_root() if data_root is None else Path(data_root)
     report = CheckReport()
     feature_dirs = [Path(d) for d in feature_dirs]
-    for path in sorted(p for p in results_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in results_dir.rglob("*") if not p.is_dir()):
+        if not path.is_file() or path.is_symlink():
+            # Never opened: a FIFO would block the check, a device read forever, a link
+            # point outside the folder.
+            report.add(path, "not a regular file (FIFO, device, socket or symlink); records "
+                             "and sidecars are plain files")
+            continue
         relative = path.relative_to(results_dir)
         if len(relative.parts) == 1 and relative.name in _ALLOWED_EXTRA:
             continue

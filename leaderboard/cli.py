@@ -11,15 +11,11 @@ from pathlib import Path
 
 import click
 
+from harness.commands.common import data_root_option
+
 DEFAULT_RESULTS = Path("leaderboard") / "results"
 DEFAULT_OUT = Path("leaderboard")
 
-_data_root_option = click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where imported splits live (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
-)
 _results_option = click.option(
     "--results",
     "results_dir",
@@ -46,7 +42,7 @@ _results_option = click.option(
     "extraction_ms_per_image, description (unknown keys are rejected).",
 )
 @_results_option
-@_data_root_option
+@data_root_option()
 @click.option("--ngpu", type=int, default=-1, show_default=True, help="-1 all GPUs, 0 CPU only.")
 @click.option("--ranking", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Submit a ranking file (ranked database names per query; text or HDF5) "
@@ -98,7 +94,7 @@ def leaderboard_group():
     show_default=True,
     help="Where README.md, tables/ and site/ are written.",
 )
-@_data_root_option
+@data_root_option()
 @click.option(
     "--grids/--no-grids",
     default=True,
@@ -138,7 +134,7 @@ def build_command(results_dir, out_dir, data_root, grids, verify):
 
 @leaderboard_group.command("check")
 @_results_option
-@_data_root_option
+@data_root_option()
 @click.option(
     "--features-dir",
     "feature_dirs",
@@ -183,11 +179,11 @@ def check_command(results_dir, data_root, feature_dirs, git):
 @click.option("--device", default="cpu", show_default=True, help="Device for training/extraction.")
 @click.option("--study-option", "study_options", multiple=True, metavar="KEY=VALUE",
               help="Override a setting of the IOVPR study (see `harness iovpr study --help`); "
-                   "repeatable. The demo's own settings are leaderboard.demo.DEMO_STUDY.")
+                   "repeatable. The demo's own settings are methods.iovpr.study.DEMO_STUDY.")
 def demo_command(out_dir, preset, seed, train, device, study_options):
     """Run the whole benchmark on the embedded synthetic city and print its leaderboard."""
+    from harness.options import parse_option_pairs
     from leaderboard.demo import DemoConfig, run_demo, synthetic_tables
-    from methods.options import parse_option_pairs
 
     overrides = tuple(parse_option_pairs(study_options).items())
     result = run_demo(DemoConfig(out_dir=str(out_dir), preset=preset, seed=seed, train=train,

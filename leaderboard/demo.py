@@ -72,9 +72,9 @@ def _submit_all(features: dict[str, dict[str, list[Path]]], *, data_root: Path,
 def run_demo(config: DemoConfig = DemoConfig()) -> DemoResult:
     """Run (or resume) the demo; returns where the leaderboard tables are."""
     from harness.splits import get_split, prepare_builtin_splits
+    from leaderboard.build import build_leaderboard
     from synth import make_city
     from synth.probe import write_probe_features
-    from leaderboard.build import build_leaderboard
 
     out = Path(config.out_dir)
     data_root = out / "harness"

@@ -7,14 +7,19 @@ no network, and the same tables give the same bytes.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 from typing import Mapping, Sequence
 
+from leaderboard.escape import html_attr, html_link, html_text, safe_url
 from leaderboard.tables import (
-    MISSING_TEXT, TIE_NOTE, Table, best_values, format_value, interval_text,
+    MISSING_TEXT,
+    TIE_NOTE,
+    Table,
+    best_values,
+    format_value,
+    interval_text,
 )
 from leaderboard.tables import rank_text as table_rank_text
 
@@ -81,7 +86,8 @@ def _template(name: str) -> str:
 
 
 def _e(text) -> str:
-    return html.escape(str(text), quote=True)
+    """Element text and attribute values alike (:func:`leaderboard.escape.html_attr`)."""
+    return html_attr(text)
 
 
 def table_id(table: Table) -> str:
@@ -139,8 +145,7 @@ def render_table(table: Table) -> str:
         rank_text = table_rank_text(row)
         rank_value = "" if row.rank is None else str(row.rank)
         css = ' class="unranked"' if row.rank is None else ""
-        link = row.code_url or row.paper
-        name = f'<a href="{_e(link)}">{_e(row.method)}</a>' if link else _e(row.method)
+        name = html_link(row.method, safe_url(row.code_url) or safe_url(row.paper))
         cells = [
             f'<td class="num" data-value="{rank_value}">{rank_text}</td>',
             f'<td class="method" data-value="{_e(row.method)}">{name}</td>',
@@ -249,12 +254,12 @@ def render_methods(methods: Sequence[MethodInfo]) -> str:
         cells = [f"<td>{_e(method.name)}</td>"]
         for key, _ in METHOD_FIELDS:
             value = str(method.fields.get(key) or "")
-            if value and key in ("paper", "code_url") and value.startswith(("http://", "https://")):
-                cells.append(f'<td><a href="{_e(value)}">{_e(value)}</a></td>')
+            if value and key in ("paper", "code_url"):
+                cells.append(f"<td>{html_link(value, value)}</td>")
             elif key == "checkpoint_sha256" and value:
-                cells.append(f'<td title="{_e(value)}"><code>{_e(value[:12])}</code></td>')
+                cells.append(f'<td title="{_e(value)}"><code>{html_text(value[:12])}</code></td>')
             else:
-                cells.append(f"<td>{_e(value) if value else MISSING_TEXT}</td>")
+                cells.append(f"<td>{html_text(value) if value else MISSING_TEXT}</td>")
         rows.append(f'<tr data-method="{_e(method.name)}">' + "".join(cells) + "</tr>")
     return (
         '<section id="methods"><h2>Methods</h2><div class="table-wrap"><table class="methods">'

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Mapping
@@ -22,11 +21,13 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 def publish_bytes(path: str | os.PathLike, data: bytes) -> bool:
     """Create ``path`` holding ``data`` unless it exists; True when this call created it."""
+    from harness.errors import HarnessError
+    from harness.io import make_temp_file, write_failure
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = make_temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp_name, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -36,6 +37,11 @@ def publish_bytes(path: str | os.PathLike, data: bytes) -> bool:
         except FileExistsError:
             return False
         return True
+    except OSError as exc:
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise HarnessError(f"cannot write it: {reason} (nothing was written)", path) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)

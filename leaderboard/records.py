@@ -46,6 +46,9 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from harness.errors import HarnessError, ValidationError
+from harness.features import MAX_DESCRIPTOR_DIM
+from harness.versions import is_version
+from leaderboard.escape import unsafe_characters, url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,11 @@ RECORD_SUFFIX = ".json"
 PREDICTIONS_SUFFIX = ".topk.npz"
 PREDICTIONS_TOP_K = 20
 PREDICTIONS_MAX_BYTES = 8 << 20
+#: A record is a few KB and a meta file less; anything far larger is refused unread.
+RECORD_MAX_BYTES = 4 << 20
+METADATA_MAX_BYTES = 1 << 20
+#: An hour per image: anything larger is a typo or a hostile number, not a measurement.
+MAX_EXTRACTION_MS = 3.6e6
 TOPK_FORMAT = "iovpr-leaderboard-topk"
 TOPK_FORMAT_VERSION = 1
 ID_LENGTH = 16
@@ -100,12 +108,16 @@ class MethodMetadata:
                 found.append(f"{name} must be a string, got {type(value).__name__}")
             elif len(value) > 2000 or "\n" in value:
                 found.append(f"{name} must be one line of at most 2000 characters")
-        if (
-            isinstance(self.code_url, str)
-            and self.code_url
-            and not self.code_url.startswith(("https://", "http://"))
-        ):
-            found.append(f"code_url must be an http(s) URL, got {self.code_url!r}")
+            elif unsafe_characters(value):
+                found.append(
+                    f"{name} holds control or text-direction characters "
+                    f"({', '.join(unsafe_characters(value)[:5])})"
+                )
+        if isinstance(self.code_url, str) and self.code_url and url_problem(self.code_url):
+            found.append(
+                f"code_url must be an http(s) URL: {url_problem(self.code_url)} "
+                f"(got {self.code_url[:200]!r})"
+            )
         if (
             isinstance(self.checkpoint_sha256, str)
             and self.checkpoint_sha256
@@ -115,9 +127,12 @@ class MethodMetadata:
         if self.descriptor_dim is not None and (
             isinstance(self.descriptor_dim, bool)
             or not isinstance(self.descriptor_dim, int)
-            or self.descriptor_dim < 1
+            or not 1 <= self.descriptor_dim <= MAX_DESCRIPTOR_DIM
         ):
-            found.append(f"descriptor_dim must be a positive integer, got {self.descriptor_dim!r}")
+            shown = repr(self.descriptor_dim)
+            shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+            found.append(
+                f"descriptor_dim must be an integer from 1 to {MAX_DESCRIPTOR_DIM}, got {shown}")
         if self.descriptor_dtype is not None and self.descriptor_dtype not in (
             "float32",
             "float16",
@@ -130,9 +145,12 @@ class MethodMetadata:
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
-            or value < 0
+            or not 0 <= value <= MAX_EXTRACTION_MS
         ):
-            found.append(f"extraction_ms_per_image must be a non-negative number, got {value!r}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} characters)"
+            found.append(f"extraction_ms_per_image must be a non-negative number of at most "
+                         f"{MAX_EXTRACTION_MS:g}, got {shown}")
         return found
 
     def to_dict(self) -> dict:
@@ -162,15 +180,11 @@ class MethodMetadata:
 
 def read_method_metadata(path: str | os.PathLike) -> MethodMetadata:
     """Read a ``--meta-file`` (JSON object); every problem names the file."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HarnessError("metadata file not found", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"not a readable JSON file ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a metadata file: JSON nested too deeply", path) from None
+    text = read_text_bounded(path, METADATA_MAX_BYTES, "metadata file")
+    data = parse_json(text, path, "metadata file", invalid="not a readable JSON file")
     return MethodMetadata.from_dict(data, path)
 
 
@@ -421,11 +435,7 @@ def record_from_dict(
     if not isinstance(data, dict):
         raise ValidationError(["a record must be a JSON object"], path)
     version = data.get("record_schema_version")
-    reader = (
-        _READERS.get(version)
-        if isinstance(version, int) and not isinstance(version, bool)
-        else None
-    )
+    reader = _READERS.get(version) if is_version(version, _READERS) else None
     if reader is None:
         raise ValidationError(
             [
@@ -454,19 +464,11 @@ def record_from_dict(
 
 def read_record(path: str | os.PathLike, *, verify_checksum: bool = True) -> LeaderboardRecord:
     """Read and validate one record file."""
+    from harness.io import parse_json, read_text_bounded
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HarnessError("record not found", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"unreadable record ({exc})", path) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"not valid JSON ({exc})", path) from None
-    except RecursionError:
-        raise HarnessError("not a record: JSON nested too deeply", path) from None
+    text = read_text_bounded(path, RECORD_MAX_BYTES, "record")
+    data = parse_json(text, path, "record")
     return record_from_dict(data, path, verify_checksum=verify_checksum)
 
 
@@ -537,17 +539,17 @@ def topk_bytes(topk: TopK) -> bytes:
 
 def read_topk(path: str | os.PathLike) -> TopK:
     """Read a top-k sidecar (no pickle); any other file is a :class:`HarnessError` naming it."""
-    from harness.io import NPZ_ERRORS, npz_member
+    from harness.io import NPZ_ERRORS, npz_member, npz_shapes, require_regular_file
 
-    path = Path(path)
+    path = require_regular_file(path, "predictions file")
     try:
+        npz_shapes(path, PREDICTIONS_MAX_BYTES + 4096)  # no member may inflate past the cap
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(npz_member(archive, "meta").tobytes().decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError(f"meta is a {type(meta).__name__}, not an object")
-            if (
-                meta.get("format") != TOPK_FORMAT
-                or meta.get("format_version") != TOPK_FORMAT_VERSION
+            if meta.get("format") != TOPK_FORMAT or not is_version(
+                meta.get("format_version"), TOPK_FORMAT_VERSION
             ):
                 raise ValueError(f"not a {TOPK_FORMAT} v{TOPK_FORMAT_VERSION} file: {meta}")
             topk = TopK(

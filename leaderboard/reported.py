@@ -8,7 +8,6 @@ enter a ranking: the verified tables are built from submitted records only.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,6 +19,16 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as _toml
 
 from harness.errors import HarnessError
+from harness.versions import is_version
+from leaderboard.escape import (
+    csv_cell,
+    html_link,
+    html_text,
+    markdown_link,
+    markdown_text,
+    unsafe_characters,
+    url_problem,
+)
 
 REPORTED_FILE = "reported.toml"
 REPORTED_LABEL = "reported, not reproduced"
@@ -60,7 +69,7 @@ def load_reported(path: str | Path | None = None) -> list[ReportedRow]:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
         raise HarnessError(f"not valid TOML ({exc})", where) from None
-    if data.get("format_version") != 1 or set(data) - {"format_version", "rows"}:
+    if not is_version(data.get("format_version"), 1) or set(data) - {"format_version", "rows"}:
         raise HarnessError("expected format_version = 1 and [[rows]] only", where)
     rows = []
     for index, row in enumerate(data.get("rows", []), start=1):
@@ -82,9 +91,13 @@ def _problem(row) -> str:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 100):
             return f"{key} must be a percentage, got {value!r}"
-    for key in _KEYS - {"r1", "r5", "r10"}:
+    for key in sorted(_KEYS - {"r1", "r5", "r10"}):
         if key in row and not isinstance(row[key], str):
             return f"{key} must be a string"
+        if key in row and unsafe_characters(row[key]):
+            return f"{key} holds control or text-direction characters"
+    if row.get("url") and url_problem(row["url"]):
+        return f"url: {url_problem(row['url'])}"
     if not row["source"].strip():
         return "every row needs its source"
     return ""
@@ -114,12 +127,12 @@ def reported_markdown(rows: Sequence[ReportedRow]) -> str:
         return ""
 
     def cell(text: str) -> str:
-        return " ".join(text.split()).replace("|", "\\|")
+        return markdown_text(" ".join(text.split()))
 
     lines = [f"Published numbers ({REPORTED_LABEL}; not ranked):", "",
              "| Method | R@1 | R@5 | R@10 | Trained on | Source |", "|---|---:|---:|---:|---|---|"]
     for row in rows:
-        source = f"[{cell(row.source)}]({row.url})" if row.url else cell(row.source)
+        source = markdown_link(" ".join(row.source.split()), row.url)
         if row.note:
             source += f" ({cell(row.note)})"
         lines.append(f"| {cell(row.method)} | {_number(row.r1)} | {_number(row.r5)} | "
@@ -133,11 +146,11 @@ def reported_html(rows: Sequence[ReportedRow]) -> str:
         return ""
 
     def e(text) -> str:
-        return html.escape(str(text), quote=True)
+        return html_text(text)
 
     body = []
     for row in rows:
-        source = f'<a href="{e(row.url)}">{e(row.source)}</a>' if row.url else e(row.source)
+        source = html_link(row.source, row.url)
         if row.note:
             source += f" ({e(row.note)})"
         body.append(f'<tr data-method="{e(row.method)}"><td>{e(row.method)}</td>'
@@ -160,6 +173,7 @@ def reported_csv(rows: Sequence[ReportedRow]) -> str:
     writer.writerow(["benchmark", "method", "r1", "r5", "r10", "trained_on", "source", "url",
                      "note", "status"])
     for row in rows:
-        writer.writerow([row.benchmark, row.method, row.r1, row.r5, row.r10, row.trained_on,
-                         row.source, row.url, row.note, REPORTED_LABEL])
+        writer.writerow([csv_cell(value) for value in (
+            row.benchmark, row.method, row.r1, row.r5, row.r10, row.trained_on, row.source,
+            row.url, row.note, REPORTED_LABEL)])
     return buffer.getvalue()

@@ -71,26 +71,53 @@ def lock_path(results_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _results_lock(results_dir: Path) -> Iterator[None]:
+def _results_lock(results_dir: Path) -> Iterator[bool]:
     """Serialise the final check and the publication of concurrent submitters.
 
-    An exclusive ``flock`` on :func:`lock_path` (evaluation runs outside it). Where
-    ``fcntl`` does not exist the publication still never overwrites (hard links), but the
-    same files raced under two names could then give two records.
+    An exclusive ``flock`` on :func:`lock_path` (evaluation runs outside it); yields whether
+    the lock is held. Where ``fcntl`` does not exist the publication still never overwrites
+    (hard links), but the same files raced under two names could then give two records.
     """
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
+        yield False
         return
     path = lock_path(results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def collect_garbage(results_dir: Path) -> list[Path]:
+    """Remove what killed submitters left in ``results_dir``; call it holding the lock.
+
+    A submitter publishes a record's sidecar, then the record, both under the results lock:
+    a sidecar without its record seen by the lock's holder is the leftover of a submitter
+    killed between the two, and a temporary file of a process that is gone is the leftover
+    of one killed while writing. Both are removed, so an interrupted submit leaves the folder
+    passing ``leaderboard check`` once any submit has run again.
+    """
+    from harness.io import remove_stale_temps
+
+    removed = []
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return removed
+    for folder in sorted(p for p in results_dir.glob("*/*") if p.is_dir()):
+        removed += remove_stale_temps(folder)
+        for sidecar in sorted(folder.glob(f"*{PREDICTIONS_SUFFIX}")):
+            record = sidecar.with_name(sidecar.name[: -len(PREDICTIONS_SUFFIX)] + RECORD_SUFFIX)
+            if not record.exists():
+                sidecar.unlink(missing_ok=True)
+                removed.append(sidecar)
+    for path in removed:
+        logger.info("removed the leftover of an interrupted submit: %s", path)
+    return removed
 
 
 def check_method_name(name: str) -> str:
@@ -219,6 +246,10 @@ def submit(
     digests = _ranking_digest(paths[0]) if ranking is not None else _digests(paths)
     checksum_s = time.perf_counter() - hashing_started
     key = submission_key(split.sha256, [d.sha256 for d in digests])
+    if results_dir.is_dir():
+        with _results_lock(results_dir) as locked:
+            if locked:  # what an interrupted earlier submit left is removed first
+                collect_garbage(results_dir)
     existing = _existing_submission(results_dir, split.name, key, method_name)
     if existing is not None:
         logger.info("already submitted: %s", existing.path)
@@ -285,7 +316,9 @@ def _publish_locked(result, split, metadata, key, results_dir, method_name, dige
     record_id = key[:ID_LENGTH]
     folder = results_dir / split.name / method_name
     topk = make_topk(result, split)
-    with _results_lock(results_dir):
+    with _results_lock(results_dir) as locked:
+        if locked:
+            collect_garbage(results_dir)
         # Checked again under the lock: the same files submitted at the same time under
         # another method name must not publish a second record.
         existing = _existing_submission(results_dir, split.name, key, method_name)

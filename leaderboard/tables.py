@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from leaderboard.benchmarks import RECALL_COLUMNS, Benchmark
+from leaderboard.escape import csv_cell, latex_text, markdown_link, markdown_text, safe_url
 
 MISSING_TEXT = "–"
 MEAN_GROUP = "mean"
@@ -292,8 +293,6 @@ def _header(table: Table, column: Column) -> str:
     return column.label
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def to_markdown(table: Table) -> str:
@@ -306,11 +305,9 @@ def to_markdown(table: Table) -> str:
     headers = ["#", "Method"] + [_header(table, c) for c in table.columns]
     body = []
     for row in table.rows:
-        name = _md_escape(row.method)
-        link = row.code_url or row.paper
         cells = [
             rank_text(row),
-            f"[{name}]({link})" if link else name,
+            markdown_link(row.method, safe_url(row.code_url) or safe_url(row.paper)),
         ]
         for column in table.columns:
             value = row.values.get(column.key)
@@ -327,27 +324,14 @@ def to_markdown(table: Table) -> str:
     notes = [(row.method, note) for row in table.rows for note in row.notes]
     if notes:
         text += "\nWhere the efficiency columns were measured (– : unknown, with the reason):\n\n"
-        text += "".join(f"- {_md_escape(method)}, {_md_escape(note)}\n" for method, note in notes)
+        text += "".join(f"- {markdown_text(method)}, {markdown_text(note)}\n"
+                        for method, note in notes)
     return text
 
 
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "–": "--",
-}
-
-
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    """LaTeX text (:func:`leaderboard.escape.latex_text`)."""
+    return latex_text(text)
 
 
 def to_latex(table: Table) -> str:
@@ -441,6 +425,14 @@ def to_frame(table: Table):
     return frame
 
 
+def _csv_safe(frame):
+    """The frame with every text cell through :func:`leaderboard.escape.csv_cell`."""
+    frame = frame.copy()
+    for column in ("method", "paper", "code_url", "records", "not_different_from_best"):
+        frame[column] = [csv_cell(value) for value in frame[column]]
+    return frame
+
+
 def _add_significance_columns(frame, table: Table) -> None:
     """Interval ends of every recall column (fractions) and the tie-with-best mark."""
     for column in table.recall_columns:
@@ -455,7 +447,11 @@ def _add_significance_columns(frame, table: Table) -> None:
 
 
 def to_csv(table: Table) -> str:
-    """CSV (pandas): recalls as fractions with 6 decimals, peak memory in bytes."""
+    """CSV (pandas): recalls as fractions with 6 decimals, peak memory in bytes.
+
+    Text cells that a spreadsheet would run as a formula are neutralised
+    (:func:`leaderboard.escape.csv_cell`).
+    """
     buffer = io.StringIO()
-    to_frame(table).to_csv(buffer, index=False, lineterminator="\n", float_format="%.6f")
+    _csv_safe(to_frame(table)).to_csv(buffer, index=False, lineterminator="\n", float_format="%.6f")
     return buffer.getvalue()

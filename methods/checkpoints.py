@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import HarnessError
-from harness.io import atomic_path
+from harness.io import MAX_INFLATE_RATIO, atomic_path, require_regular_file
+from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +81,34 @@ def _plain_dict_aliases():
     return torch.serialization.safe_globals([(dict, name) for name in LIGHTNING_DICT_CLASSES])
 
 
+def _check_zip_sizes(path: Path) -> None:
+    """Refuse a zip checkpoint whose members claim more than deflate can give (a bomb)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format, or damage: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    for info in members:
+        if info.file_size > MAX_INFLATE_RATIO * info.compress_size + (1 << 16):
+            raise HarnessError(
+                f"checkpoint member {info.filename!r} claims {info.file_size} bytes from "
+                f"{info.compress_size} compressed (a decompression bomb)", path)
+
+
 def torch_load(path: str | os.PathLike):
     """``torch.load`` of a user file with ``weights_only=True``; failures are HarnessErrors."""
     import pickle
 
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError("checkpoint file not found", path)
+    path = require_regular_file(path, "checkpoint file")
     if path.stat().st_size == 0:
         raise HarnessError("checkpoint file is empty", path)
+    _check_zip_sizes(path)
     try:
         with _plain_dict_aliases():
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -144,7 +162,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise HarnessError(f"checkpoint holds a {type(obj).__name__}, expected a dict", path)
     if obj.get("format") == CHECKPOINT_FORMAT:
         version = obj.get("format_version")
-        if version != CHECKPOINT_FORMAT_VERSION:
+        if not is_version(version, CHECKPOINT_FORMAT_VERSION):
             raise HarnessError(
                 f"checkpoint format_version {version!r} is not supported (this code reads "
                 f"{CHECKPOINT_FORMAT_VERSION})",

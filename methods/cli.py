@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from harness.commands.common import data_root_option
 from harness.errors import HarnessError
 from methods.runtime import set_torch_threads
 from methods.train.cli import commands as train_commands
@@ -20,7 +21,8 @@ _precision_help = (
     "bf16/fp16 autocast (faster on GPUs; descriptors move). Recorded in the feature file."
 )
 _option_help = (
-    "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 --option image_height=240."
+    "Method option key=value (repeatable), e.g. --option pca=pca_params.h5 "
+    "--option image_height=240."
 )
 
 
@@ -31,7 +33,7 @@ def _load_split(split_name: str, data_root):
 
 
 def _method(method_name: str, weights, option_pairs):
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
     from methods.registry import get_method
 
     return get_method(method_name, parse_option_pairs(option_pairs), weights=weights)
@@ -101,11 +103,7 @@ def _method(method_name: str, weights, option_pairs):
     type=click.Path(dir_okay=False),
     help="Also export in hloc's global-descriptor layout.",
 )
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False),
-    help="Where imported splits live ($HARNESS_DATA).",
-)
+@data_root_option()
 @click.option("--overwrite", is_flag=True, help="Replace an existing file holding other features.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_command(
@@ -208,7 +206,7 @@ def pca_group():
     help=_precision_help,
 )
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE", help=_option_help)
-@click.option("--data-root", type=click.Path(file_okay=False))
+@data_root_option()
 @click.option("--no-progress", is_flag=True)
 def pca_fit_command(
     method_name,

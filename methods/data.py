@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
+
 from harness.errors import HarnessError
 
 logger = logging.getLogger(__name__)
@@ -154,3 +156,30 @@ def read_image_list(path: str | os.PathLike) -> tuple[Path, list[str]]:
     if len(set(names)) != len(names):
         raise HarnessError("image list names an image twice", path)
     return root, names
+
+
+@dataclass(frozen=True, eq=False)
+class SampledPart:
+    """The sampled rows of one part of a split, with what it takes to load their images."""
+
+    part: str
+    rows: np.ndarray
+    names: tuple[str, ...]
+    root: str
+
+
+def sample_split_images(split, count: int, rng: np.random.Generator) -> list[SampledPart]:
+    """``count`` images drawn without replacement (with ``rng``) from the split's queries and
+    database together, per part in row order: what PCA fitting and cluster initialisation
+    embed."""
+    total = split.num_queries + split.num_database
+    chosen = np.sort(rng.choice(total, size=min(count, total), replace=False))
+    parts = []
+    for part, offset, size in (("query", 0, split.num_queries),
+                               ("database", split.num_queries, split.num_database)):
+        rows = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
+        if rows.size:
+            names = split.query_names if part == "query" else split.database_names
+            root = split.query_root if part == "query" else split.database_root
+            parts.append(SampledPart(part, rows, names, root))
+    return parts

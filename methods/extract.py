@@ -23,13 +23,13 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.features import FeatureWriter, read_info, read_names
-from methods.runtime import resolve_device
 from methods.precision import (
     DEFAULT_PRECISION,
     check_precision,
     precision_context,
     recorded_precision,
 )
+from methods.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -328,7 +328,8 @@ def _write_part(
     return written
 
 
-def _resolve(options: ExtractOptions, device):
+def batching_for(options: ExtractOptions, device):
+    """(batch size, loader workers) for ``options`` on ``device``."""
     from methods.data import default_workers
 
     batch_size = options.batch_size or (
@@ -379,7 +380,7 @@ def extract(
                 f"shard {shard[0]}/{shard[1]}: the query part is written by shard 0 only"
             )
     result = jobs[-1][0]
-    batch_size, workers = _resolve(options, device)
+    batch_size, workers = batching_for(options, device)
     for path, job_parts, job_shard in jobs:
         if _check_existing(path, method, options, split.sha256, job_parts):
             continue
@@ -394,7 +395,7 @@ def extract(
                     f"split {split.name} has no {part} image folder ({part}_root is empty)"
                 )
             rows[part] = shard_rows(len(names), job_shard)
-            contexts[part] = _context(
+            contexts[part] = part_context(
                 part, names, root, split.name, device, batch_size, workers, cache_dir
             )
         extra = {"shard": f"{job_shard[0]}/{job_shard[1]}"} if job_shard else {}
@@ -455,7 +456,8 @@ def extraction_timing(images: int, seconds: float) -> dict:
     }
 
 
-def _context(part, names, root, split_name, device, batch_size, workers, cache_dir):
+def part_context(part, names, root, split_name, device, batch_size, workers, cache_dir):
+    """The :class:`methods.base.PartContext` a method encodes one split part in."""
     from methods.base import PartContext
 
     return PartContext(
@@ -490,12 +492,12 @@ def extract_images(
         raise HarnessError(f"unknown part {part!r}; choose query or database")
     root, names = read_image_list(images)
     device = resolve_device(options.device)
-    batch_size, workers = _resolve(options, device)
+    batch_size, workers = batching_for(options, device)
     out = Path(out)
     split_name = f"images:{root.name}"
     if _check_existing(out, method, options, None, (part,)):
         return out
-    context = _context(part, names, root, split_name, device, batch_size, workers, cache_dir)
+    context = part_context(part, names, root, split_name, device, batch_size, workers, cache_dir)
     model = build_for_device(method, device)
     attrs = feature_attrs(
         method,

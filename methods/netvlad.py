@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from methods.base import ImageLoader, Method, PartContext
 from harness.registry import Registry
+from methods.base import ImageLoader, Method, PartContext
 from methods.transforms import (
     DEFAULT_HEIGHT,
     DEFAULT_WIDTH,

@@ -14,6 +14,7 @@ import typing
 from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError
+from harness.options import parse_option_pairs  # noqa: F401  (the one parser; imported here too)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -109,18 +110,4 @@ def config_to_dict(config) -> dict:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         result[f.name] = list(value) if isinstance(value, tuple) else value
-    return result
-
-
-def parse_option_pairs(pairs: Sequence[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a malformed pair is a HarnessError."""
-    result: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise HarnessError(f"option {pair!r} must look like key=value")
-        if key in result:
-            raise HarnessError(f"option {key!r} given twice")
-        result[key] = value.strip()
     return result

@@ -109,21 +109,36 @@ def save_pca(path: str | os.PathLike, params: PCAParams, attrs: dict | None = No
     return path
 
 
+#: NetVLAD's 32768 x 4096 is the largest PCA in use (134M values); twice that is refused.
+MAX_PCA_VALUES = 1 << 28
+
+
 def load_pca(path: str | os.PathLike) -> PCAParams:
     """Read an OpenIBL ``pca_params_*.h5``; a malformed file is a HarnessError naming it."""
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError("PCA parameter file not found", path)
+    from harness.hdf5_policy import check_hdf5_contents
+    from harness.io import require_regular_file
+
+    path = require_regular_file(path, "PCA parameter file")
     try:
         with h5py.File(path, "r") as handle:
+            check_hdf5_contents(handle, path)  # its own bytes, sane chunks, no bombs
             missing = [n for n in ("U", "lams", "mu") if n not in handle]
             if missing:
                 raise HarnessError(
                     f"PCA file lacks dataset(s) {', '.join(missing)} (expected U, lams, mu, Utmu)",
                     path,
                 )
+            shapes = {n: tuple(handle[n].shape or ()) for n in ("U", "lams", "mu")}
+            size = 1
+            for extent in shapes["U"]:
+                size *= int(extent)
+            if len(shapes["U"]) != 2 or size > MAX_PCA_VALUES:
+                # Checked from the declared shape, before a value is read.
+                raise HarnessError(
+                    f"PCA matrix U has shape {shapes['U']} (2-D, at most {MAX_PCA_VALUES} "
+                    "values)", path)
             arrays = {n: np.asarray(handle[n][()]) for n in ("U", "lams", "mu")}
     except HarnessError:
         raise
@@ -187,12 +202,13 @@ def fit_method_pca(
     lineage draws 10,000 of its training descriptors; descriptors are the NetVLAD vectors
     before any PCA layer. Writes OpenIBL's h5 layout and returns its path.
     """
+    from methods.data import sample_split_images
     from methods.extract import (
         ExtractOptions,
-        _context,
-        _resolve,
+        batching_for,
         build_for_device,
         encode_rows,
+        part_context,
         resolve_device,
     )
 
@@ -203,32 +219,22 @@ def fit_method_pca(
         )
     out = Path(out) if out is not None else default_pca_path(method.weights)
     device = resolve_device(options.device)
-    batch_size, workers = _resolve(options, device)
+    batch_size, workers = batching_for(options, device)
     model = build_for_device(method, device)
     model.pca_layer = None  # a released hub file carries one: fit on the vectors before it
-    total = split.num_queries + split.num_database
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(total, size=min(max_images, total), replace=False))
     blocks = []
-    for part, offset, count in (
-        ("query", 0, split.num_queries),
-        ("database", split.num_queries, split.num_database),
-    ):
-        rows = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
-        if rows.size == 0:
-            continue
-        names = split.query_names if part == "query" else split.database_names
-        root = split.query_root if part == "query" else split.database_root
-        context = _context(part, names, root, split.name, device, batch_size, workers, None)
+    for sample in sample_split_images(split, max_images, np.random.default_rng(seed)):
+        context = part_context(sample.part, sample.names, sample.root, split.name, device,
+                               batch_size, workers, None)
         for _, descriptors in encode_rows(
             method,
             model,
             context,
             device=device,
-            rows=rows.tolist(),
+            rows=sample.rows.tolist(),
             precision=options.precision,
             progress=options.progress,
-            description=f"pca {part}",
+            description=f"pca {sample.part}",
         ):
             blocks.append(descriptors)
     descriptors = np.concatenate(blocks)

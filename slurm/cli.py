@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from harness.commands.common import data_root_option
+from harness.options import parse_option_pairs
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,18 +68,6 @@ def _setup(kind: str, values: dict) -> tuple[str, object, Path, bool]:
     return cluster, resources, log_dir, wait
 
 
-def _parse_pairs(pairs) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {pair!r}")
-        if key.strip() in options:
-            raise click.BadParameter(f"{key.strip()!r} given twice")
-        options[key.strip()] = value
-    return options
-
-
 def _parse_ints(text: str | None):
     if text is None:
         return None
@@ -104,8 +95,7 @@ def slurm_group():
 @slurm_group.command("extract")
 @click.option("--method", "method_name", required=True, help="Registered method name.")
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where splits are registered.")
+@data_root_option()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder for query.h5 and database-<i>-of-<n>.h5 (shared).")
 @click.option("--shards", type=click.IntRange(min=1), required=True,
@@ -135,7 +125,7 @@ def extract_command(method_name, split_name, data_root, out, shards, weights, me
     split = get_split(split_name, data_root)
     launch = launch_extract(
         method_name, split, out, shards=shards, cluster=cluster, log_dir=log_dir,
-        resources=resources, weights=weights, options=_parse_pairs(method_options),
+        resources=resources, weights=weights, options=parse_option_pairs(method_options),
         device=device, batch_size=batch_size, workers=workers, dtype=dtype,
         precision=precision, wait=wait,
         progress=True,
@@ -150,8 +140,7 @@ def extract_command(method_name, split_name, data_root, out, shards, weights, me
 @click.option("--features", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Feature file or folder of shard files (repeatable).")
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where splits are registered.")
+@data_root_option()
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Tasks (default: one per database file); more tasks than files cut the "
                    "files into row ranges (one 6.4M-row file can be split too).")
@@ -221,7 +210,7 @@ def train_command(training_name, settings, out_dir, processes, **common):
 
     cluster, resources, log_dir, wait = _setup("train", common)
     launch = launch_train(
-        training_name, _parse_pairs(settings), out_dir, cluster=cluster, resources=resources,
+        training_name, parse_option_pairs(settings), out_dir, cluster=cluster, resources=resources,
         log_dir=log_dir, processes=processes, wait=wait, progress=True,
     )
     _echo_launch(launch, "launch")

@@ -10,7 +10,7 @@ The launcher validates every feature file against the split first (names, dimens
 method), so a task can only fail on values or I/O. Task ``i`` writes
 ``partials/shard-<i>-of-<n>.npz`` (scores, split database indices, and what the record needs
 about its files) atomically; the merge (:func:`merge_eval`) combines the parts with
-:func:`harness.search.merge_topk` and scores them with :func:`harness.evaluate.evaluate_topk`,
+:func:`harness.search.merge_topk` and scores them with :func:`harness.record.build_record`,
 so the record (scores and per-query predictions) equals that of one ``harness eval`` run on the
 same files. Rerunning the same command reopens the same launch: shards whose partial exists
 are not searched again.
@@ -19,7 +19,6 @@ are not searched again.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -95,7 +94,7 @@ def plan_eval(features: Sequence[str | os.PathLike], split: Split,
         try:
             groups = _row_ranges(counts, shards,
                                  align=block_rows or default_block_rows(report.dim))
-        except HarnessError as exc:
+        except HarnessError as exc:  # bad input: the one-line error names the database
             raise HarnessError(exc.message, database[0].path) from None
     return EvalPlan(
         paths=paths,
@@ -123,9 +122,9 @@ def _row_ranges(counts: Sequence[int], shards: int,
         + [offsets]))
     candidates = candidates[(candidates > 0) & (candidates < total)]
     if len(candidates) < shards - 1:
-        raise HarnessError(f"{shards} shards asked for, but cut at the search's blocks of "
-                           f"{align} rows the database gives at most {len(candidates) + 1}; "
-                           "ask for fewer, or pass smaller --block-rows")
+        raise HarnessError(f"{shards} shards asked for, but cut at blocks of {align} rows the "
+                           f"database gives at most {len(candidates) + 1}; ask for fewer shards "
+                           "or give a smaller --block-rows")
     bounds, previous = [0], 0
     for task in range(1, shards):
         # the candidate nearest to the ideal cut that leaves one for every later task
@@ -136,7 +135,7 @@ def _row_ranges(counts: Sequence[int], shards: int,
         bounds.append(previous)
     bounds.append(total)
     groups = []
-    for begin, end in itertools.pairwise(bounds):
+    for begin, end in zip(bounds, bounds[1:]):
         pieces = []
         for index, count in enumerate(counts):
             low, high = max(begin, offsets[index]), min(end, offsets[index] + count)
@@ -379,7 +378,7 @@ def run_shard(launch: Launch, index: int) -> dict:
     # Task 0 hashes the query file; the task holding a file's first row hashes that file.
     hashed = [path for path, start, _ in pieces if not start]
     hashed += [query_path] if index == 0 and query_path not in hashed else []
-    output, digests, checksum_s = search_and_hash(
+    output = search_and_hash(
         files, split, config, partial_database=True,
         database_ranges={path: None if start is None else (start, stop)
                          for path, start, stop in pieces},
@@ -392,14 +391,14 @@ def run_shard(launch: Launch, index: int) -> dict:
         "task": index,
         "k": protocol.k,
         "database_rows": output.database_rows,
-        "digests": {d.path: dataclasses.asdict(d) for d in digests if d.path in keep},
+        "digests": {d.path: dataclasses.asdict(d) for d in output.digests if d.path in keep},
         "files": identities,
         "descriptor_dim": output.descriptor_dim,
         "descriptor_dtypes": list(output.descriptor_dtypes),
         "search_backend": output.search_backend,
         "load_s": output.load_s,
         "search_s": output.search_s,
-        "checksum_s": checksum_s,
+        "checksum_s": output.checksum_s,
         "peak_rss_bytes": peak_rss_bytes(),
     }
     path = _partial_path(launch, index)
@@ -438,9 +437,8 @@ def _check_unchanged(launch: Launch, paths: Sequence[Path]) -> dict[str, list[in
 
 
 def _read_partial(path: Path, launch: Launch, index: int):
-    from harness.search import TopK
-
     from harness.io import NPZ_ERRORS, npz_member
+    from harness.search import TopK
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -466,8 +464,8 @@ def _read_partial(path: Path, launch: Launch, index: int):
 
 def merge_eval(launch: Launch, _index: Any = None) -> dict:
     """Merge every task's partial top-K, score it and write the record; returns its path."""
-    from harness.evaluate import evaluate_topk
     from harness.features import read_info
+    from harness.record import SearchOutput, build_record
     from harness.search import merge_topk
 
     started = time.perf_counter()
@@ -504,24 +502,24 @@ def merge_eval(launch: Launch, _index: Any = None) -> dict:
     dtypes = {d for m in metas for d in m["descriptor_dtypes"]}
     extraction = extraction_summary((path, read_info(path).attrs)
                                     for path in launch.params["features"])
-    result = evaluate_topk(
-        split,
-        merged,
-        config,
+    merged_output = SearchOutput(
+        topk=merged,
+        paths=tuple(Path(p) for p in launch.params["features"]),
         method=launch.params["method"],
-        features=features,
+        method_attrs=plain_attrs(read_info(query_path).attrs),
         descriptor_dim=metas[0]["descriptor_dim"],
         descriptor_dtype=dtypes.pop() if len(dtypes) == 1 else "float16",
         search_backend=metas[0]["search_backend"],
-        method_attrs=plain_attrs(read_info(query_path).attrs),
         load_s=max(m["load_s"] for m in metas),
-        checksum_s=sum(m["checksum_s"] for m in metas),
         search_s=max(m["search_s"] for m in metas),
-        started=started,
+        database_rows=covered,
         extraction=extraction,
-        peak_scope="largest task",
-        peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas),
+        digests=features,
+        checksum_s=sum(m["checksum_s"] for m in metas),
     )
+    result = build_record(split, merged_output, config, started=started,
+                          peak_scope="largest task",
+                          peak_bytes=max(int(m.get("peak_rss_bytes", 0)) for m in metas))
     out = result_path(launch)
     predictions = launch.params.get("predictions")
     result.write(out, predictions_path=predictions)

@@ -45,8 +45,13 @@ from harness.errors import HarnessError
 from harness.io import write_json_atomic
 from slurm.executor import CLUSTERS, Resources, make_executor
 from slurm.scheduler import (
-    ACTIVE_STATES, PROBLEM_STATES, VANISHED_AFTER_S, pid_running, slurm_queue_states,
-    slurm_states, split_array_id,
+    ACTIVE_STATES,
+    PROBLEM_STATES,
+    VANISHED_AFTER_S,
+    pid_running,
+    slurm_queue_states,
+    slurm_states,
+    split_array_id,
 )
 
 logger = logging.getLogger(__name__)

@@ -6,12 +6,7 @@ from pathlib import Path
 
 import click
 
-_data_root_option = click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
-)
+from harness.commands.common import data_root_option
 
 
 @click.group("synth")
@@ -46,7 +41,7 @@ def synth_group() -> None:
 @click.option(
     "--prefix", default="synth-", show_default=True, help="Split name prefix for --register."
 )
-@_data_root_option
+@data_root_option()
 def city_command(
     out_dir: Path,
     preset: str,
@@ -124,7 +119,7 @@ def presets_command() -> None:
     "--kind", type=click.Choice(["pixels", "hist", "both"]), default="hist", show_default=True
 )
 @click.option("--prefix", default="synth-", show_default=True)
-@_data_root_option
+@data_root_option()
 def probe_command(
     root: Path, out_dir: Path, kind: str, prefix: str, data_root: Path | None
 ) -> None:

@@ -1,6 +1,7 @@
 """Helpers for the hardening tests: valid inputs to break, snapshots, CLI runs.
 
-Not a test module (no ``test_`` prefix): the hardening suites (``tests/*/test_hardening_*.py``) import it.
+Not a test module (no ``test_`` prefix): the hardening suites
+(``tests/*/test_hardening_*.py``) import it.
 """
 
 from __future__ import annotations

@@ -118,10 +118,18 @@ def test_packages_never_unpickle_or_eval():
 def test_the_readers_of_user_files_are_in_the_scan():
     """The modules that read submitted files are among those scanned (a guard on PACKAGES)."""
     scanned = {str(p.relative_to(REPO)) for p in _package_files()}
-    for module in ("harness/features.py", "harness/hdf5.py", "harness/matfile/v5.py",
-                   "harness/matfile/v73.py", "harness/splits/split.py",
-                   "harness/search/streaming.py", "harness/results.py", "leaderboard/records.py", "methods/checkpoints.py",
-                   "slurm/evaluate.py"):
+    for module in (
+        "harness/features.py",
+        "harness/hdf5.py",
+        "harness/matfile/v5.py",
+        "harness/matfile/v73.py",
+        "harness/splits/split.py",
+        "harness/search/streaming.py",
+        "harness/results.py",
+        "leaderboard/records.py",
+        "methods/checkpoints.py",
+        "slurm/evaluate.py",
+    ):
         assert module in scanned
 
 

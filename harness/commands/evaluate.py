@@ -1,4 +1,8 @@
-"""`harness eval`: exact evaluation of feature files (or a method's features) on a split."""
+"""`harness eval`: exact evaluation of feature files (or a method's features) on a split.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import logging
 from pathlib import Path
 
 import click
+
+from harness.commands.common import data_root_option
+from harness.options import parse_option_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -18,22 +25,12 @@ def _parse_ints(value: str | None, what: str):
     try:
         numbers = tuple(int(part) for part in value.replace(",", " ").split())
     except ValueError:
-        raise click.BadParameter(f"expected integers like 1,5,10, got {value!r}", param_hint=what) from None
+        raise click.BadParameter(
+            f"expected integers like 1,5,10, got {value!r}", param_hint=what
+        ) from None
     if not numbers or min(numbers) < 1:
         raise click.BadParameter("must be positive integers", param_hint=what)
     return numbers
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--method-option")
-        if key.strip() in options:
-            raise click.BadParameter(f"{key.strip()!r} given twice", param_hint="--method-option")
-        options[key.strip()] = value
-    return options
 
 
 def feature_provider():
@@ -93,10 +90,13 @@ def format_scores(result) -> str:
 @click.option("--split", "split_names", required=True, multiple=True,
               help="Split name (or a .split.npz path). Repeatable with --method: splits that "
                    "share a database (Indoor-Ams 1/2, Outdoor-Ams) extract it once.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
-@click.option("--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's).")
-@click.option("--map-k", type=click.IntRange(min=1), default=None, help="mAP@K depth (default: max N).")
+@data_root_option()
+@click.option(
+    "--recall-ns", default=None, help="Recall@N cut-offs, e.g. 1,5,10 (default: the split's)."
+)
+@click.option(
+    "--map-k", type=click.IntRange(min=1), default=None, help="mAP@K depth (default: max N)."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the result record here (atomically).")
 @click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -104,22 +104,38 @@ def format_scores(result) -> str:
 @click.option("--no-predictions", is_flag=True, help="Do not write the predictions sidecar.")
 @click.option("--ngpu", type=click.IntRange(min=-1), default=-1, show_default=True,
               help="-1 every GPU faiss sees, 0 CPU only, n at most n GPUs.")
-@click.option("--cpu-backend", type=click.Choice(["auto", "numpy", "faiss", "bf16"]), default="auto",
-              show_default=True,
-              help="CPU search backend (bf16: exact bf16 shortlist re-scored in fp32, needs torch; "
-                   "auto takes it from 1M database rows on CPUs with AMX).")
+@click.option(
+    "--cpu-backend",
+    type=click.Choice(["auto", "numpy", "faiss", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="CPU search backend (bf16: exact bf16 shortlist re-scored in fp32, needs torch; "
+    "auto takes it from 1M database rows on CPUs with AMX).",
+)
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Database rows per streamed block (default: ~128 MB).")
 @click.option("--no-value-checks", is_flag=True,
               help="Skip the finite/zero/norm checks of streamed descriptors.")
-@click.option("--method", default=None,
-              help="Extract this method's features with the installed provider (instead of --features).")
+@click.option(
+    "--method",
+    default=None,
+    help="Extract this method's features with the installed provider (instead of --features).",
+)
 @click.option("--weights", default=None, help="Weights for --method.")
-@click.option("--method-option", "method_options", multiple=True, help="key=value for --method (repeatable).")
-@click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where --method writes/reuses features (default: <data-root>/features; the provider adds <method>-<fingerprint>/<split>/).")
+@click.option(
+    "--method-option", "method_options", multiple=True, help="key=value for --method (repeatable)."
+)
+@click.option(
+    "--features-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where --method writes/reuses features (default: <data-root>/features; the provider "
+    "adds <method>-<fingerprint>/<split>/).",
+)
 @click.option("--device", default=None, help="Device for --method extraction (e.g. cuda, cpu).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Batch size for --method."
+)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Network precision of --method extraction (default fp32, strict also on CUDA; "
                    "bf16/fp16 autocast is faster). Features of another precision are extracted "
@@ -183,7 +199,7 @@ def eval_command(features, split_names, data_root, recall_ns, map_k, json_path, 
             if value is not None and "{split}" not in str(value):
                 raise click.UsageError(
                     f"with several --split, {flag} needs a {{split}} placeholder")
-    options = _parse_options(method_options)
+    options = parse_option_pairs(method_options)
     config = EvalConfig(
         recall_ns=_parse_ints(recall_ns, "--recall-ns"),
         map_k=map_k,

@@ -1,4 +1,8 @@
-"""`harness features import` and `harness predictions show`: other tools' formats."""
+"""`harness features import` and `harness predictions show`: other tools' formats.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ from pathlib import Path
 
 import click
 
-_data_root_option = click.option(
-    "--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).")
+from harness.commands.common import data_root_option
 
 
 @click.group("features")
@@ -27,7 +29,7 @@ def features_group() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The feature file to write (.h5, atomically).")
 @click.option("--method-name", "method", required=True, help="Method name stored in the file.")
-@_data_root_option
+@data_root_option()
 def import_command(split_name, vme_queries, vme_database, hloc_path, out, method,
                    data_root) -> None:
     """Write a feature file from VPR-methods-evaluation .npy files or an hloc HDF5 file."""
@@ -59,7 +61,7 @@ def predictions_group() -> None:
 @predictions_group.command("show")
 @click.argument("record", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--query", required=True, help="Query image name (or its MSLS-style key).")
-@_data_root_option
+@data_root_option()
 def show_command(record, query, data_root) -> None:
     """Show the ranking of one query of RECORD (a `harness eval --json` record)."""
     from harness.sources.predictions import describe_query, load_result_predictions

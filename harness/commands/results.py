@@ -1,4 +1,8 @@
-"""`harness show` and `harness compare`: read result records, print scores and paired tests."""
+"""`harness show` and `harness compare`: read result records, print scores and paired tests.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -81,7 +85,11 @@ def compare_command(result_paths, resamples, seed, confidence, alpha, plot_path,
     different splits or protocols are refused (exit 2).
     """
     from harness.compare import (
-        compare_all, comparison_latex, comparison_markdown, comparison_text, load_results,
+        compare_all,
+        comparison_latex,
+        comparison_markdown,
+        comparison_text,
+        load_results,
         plot_comparison,
     )
     from harness.errors import HarnessError

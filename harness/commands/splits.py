@@ -1,4 +1,8 @@
-"""`harness splits ...`: prepare the built-ins, import others, list and show registered splits."""
+"""`harness splits ...`: prepare the built-ins, import others, list and show registered splits.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,10 @@ from pathlib import Path
 
 import click
 
+from harness.commands.common import data_root_option
+
 logger = logging.getLogger(__name__)
 
-_data_root_option = click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
-)
 
 
 def _parse_recall_ns(value: str | None):
@@ -44,7 +44,7 @@ def splits_group() -> None:
 )
 @click.option("--prefix", default="", help="Prefix for the registered names, e.g. 'synth-'.")
 @click.option("--only", "only", multiple=True, help="Only this built-in (repeatable).")
-@_data_root_option
+@data_root_option()
 def prepare_command(root: Path, prefix: str, only: tuple[str, ...], data_root: Path | None) -> None:
     """Register every built-in split whose .mat files or dataset folders exist under ROOT."""
     from harness.sources.builtin_folders import prepare_all
@@ -129,7 +129,7 @@ def prepare_command(root: Path, prefix: str, only: tuple[str, ...], data_root: P
     help="Folder of the database images.",
 )
 @click.option("--description", default="", help="One line describing the split.")
-@_data_root_option
+@data_root_option()
 def import_command(
     name,
     mat,
@@ -197,7 +197,7 @@ def import_command(
 
 
 @splits_group.command("list")
-@_data_root_option
+@data_root_option()
 def list_command(data_root: Path | None) -> None:
     """List the registered splits: counts, radius, queries without a positive, checksum."""
     from harness.splits import list_splits, split_path, summarize_split
@@ -229,7 +229,7 @@ def list_command(data_root: Path | None) -> None:
 
 @splits_group.command("show")
 @click.argument("name")
-@_data_root_option
+@data_root_option()
 def show_command(name: str, data_root: Path | None) -> None:
     """Show one split (a registered name or a .split.npz path) in detail."""
     import numpy as np

@@ -1,4 +1,8 @@
-"""`harness validate FEATURES... --split S`: check feature files against a split."""
+"""`harness validate FEATURES... --split S`: check feature files against a split.
+
+Work modules are imported inside the commands: the CLI imports every command module at
+start-up, and `harness --help` must not load numpy, h5py or the search.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,13 @@ from pathlib import Path
 
 import click
 
+from harness.commands.common import data_root_option
+
 
 @click.command("validate")
 @click.argument("features", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--split", "split_name", required=True, help="Split name (or a .split.npz path).")
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where splits are registered (default: $HARNESS_DATA or ~/.cache/iovpr-harness).",
-)
+@data_root_option()
 @click.option(
     "--no-values",
     is_flag=True,

@@ -14,7 +14,6 @@ import scipy.io
 from harness.errors import HarnessError
 from harness.matfile.layout import Field, choose_variable
 
-
 # MATLAB v5 data types (the ``mi*`` codes) and their item sizes; 8, 10 and 11 are reserved.
 _MI_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8,
                   16: 1, 17: 2, 18: 4}

@@ -239,8 +239,6 @@ class CharCellReader:
 
 def _reference_addresses(dataset) -> np.ndarray:
     """The raw object references of ``dataset``: 8-byte object header addresses."""
-    import h5py
-
     addresses = np.empty(dataset.shape, dtype=np.uint64)
     dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, addresses, mtype=h5py.h5t.STD_REF_OBJ)
     return addresses.reshape(-1)

@@ -27,7 +27,7 @@ Public API::
     resolve_backend(ngpu=-1, cpu_backend="auto", *, database_rows=None, num_queries=None)
     register_backend(name), get_backend(name, **options), list_backends()
     cpu_backend_choice(inspect_faiss=True, database_rows=None, num_queries=None)
-                                           -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
+        -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
     bf16_margins(queries), bf16_floor(values), rescore_pairs(queries, block, query_rows, columns)
 
 Backends (chosen by ``ngpu``: -1 every visible GPU, 0 CPU only, n the first n GPUs; without a

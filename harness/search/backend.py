@@ -108,7 +108,11 @@ class ListBackend(SearchBackend):
         if suspect.size:
             logger.debug("re-scoring %d queries with ties beyond the list", suspect.size)
             exact = RunningTopK(suspect.size, depth)
-            exact.add_scores(slice(0, suspect.size), queries[suspect] @ block.astype(np.float32, copy=False).T, rows)
+            exact.add_scores(
+                slice(0, suspect.size),
+                queries[suspect] @ block.astype(np.float32, copy=False).T,
+                rows,
+            )
             scores, indices = part.scores.copy(), part.indices.copy()
             scores[suspect], indices[suspect] = exact.scores, exact.indices
             part = TopK(scores, indices)
@@ -159,5 +163,6 @@ class MultiGpuBackend(ListBackend):
         if getattr(self, "_pool", None) is None:
             self._pool = ThreadPoolExecutor(max_workers=len(self.devices))
         parts = [p for p in self._pool.map(run, range(len(self.devices))) if p is not None]
-        state.add_topk(slice(0, queries.shape[0]), merge_topk(parts, k) if len(parts) > 1 else parts[0])
-
+        state.add_topk(
+            slice(0, queries.shape[0]), merge_topk(parts, k) if len(parts) > 1 else parts[0]
+        )

@@ -44,7 +44,7 @@ def bf16_margins(queries: np.ndarray) -> np.ndarray:
     output). The output's rounding to bfloat16 costs no margin: rounding is monotone, so cuts
     are rounded down to the bfloat16 grid instead (:class:`Bf16ShortlistBackend`).
     """
-    import torch
+    import torch  # optional (the methods extra) and heavy: only when this path runs
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     assert queries.ndim == 2, queries.shape
@@ -74,7 +74,7 @@ def bf16_floor(values: np.ndarray) -> np.ndarray:
 
 
 def _bf16_from_bits(bits: np.ndarray):
-    import torch
+    import torch  # optional (the methods extra) and heavy: only when this path runs
 
     return torch.from_numpy(np.ascontiguousarray(bits, dtype=np.int16)).view(torch.bfloat16)
 
@@ -131,7 +131,8 @@ class Bf16ShortlistBackend(SearchBackend):
     (:func:`rescore_pairs`; checked on a sample of that block's pairs), so the ranking equals
     the ``numpy`` backend's bit for bit; where the BLAS does not allow it, they get plain dot
     products and the ranking is exact up to float32 rounding (as between any two BLAS).
-    Needs torch; ``cpu_backend="bf16"``, or ``auto`` on large searches (:func:`bf16_shortlist_pays`).
+    Needs torch; ``cpu_backend="bf16"``, or ``auto`` on large searches
+    (:func:`bf16_shortlist_pays`).
     """
 
     #: Share of candidate pairs above which a block is re-scored by a float32 GEMM. Gathering
@@ -164,10 +165,12 @@ class Bf16ShortlistBackend(SearchBackend):
         self._score_buffer = None
 
     def describe(self) -> str:
-        return "bf16 shortlist + float32 re-scoring" + (" (fell back to float32)" if self.fallback else "")
+        return "bf16 shortlist + float32 re-scoring" + (
+            " (fell back to float32)" if self.fallback else ""
+        )
 
     def prepare(self, queries, k):
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         self._queries_bf16 = torch.from_numpy(np.ascontiguousarray(queries)).to(torch.bfloat16)
         self._margins = bf16_margins(queries)
@@ -177,9 +180,14 @@ class Bf16ShortlistBackend(SearchBackend):
         self._exact.finish()
         self._block_buffer = self._score_buffer = None
         if self.shortlisted_blocks:
-            logger.info("bf16 shortlist: %d blocks shortlisted, %d in float32; %d pairs re-scored "
-                        "(%.4f%% of the shortlisted pairs)", self.shortlisted_blocks, self.exact_blocks,
-                        self.candidates, 100.0 * self.candidates / max(1, self.shortlisted_pairs))
+            logger.info(
+                "bf16 shortlist: %d blocks shortlisted, %d in float32; %d pairs re-scored "
+                "(%.4f%% of the shortlisted pairs)",
+                self.shortlisted_blocks,
+                self.exact_blocks,
+                self.candidates,
+                100.0 * self.candidates / max(1, self.shortlisted_pairs),
+            )
 
     def _approximate(self, block: np.ndarray):
         """bfloat16 scores (Q, b) of every query against ``block`` (a torch tensor)."""
@@ -203,7 +211,7 @@ class Bf16ShortlistBackend(SearchBackend):
     @staticmethod
     def _max_norm(block: np.ndarray) -> float:
         """An upper bound of the largest row norm of ``block``."""
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         norms = torch.linalg.vector_norm(torch.from_numpy(block), dim=1)
         # float32 sums of squares and the square root: a relative error well below 1e-3.
@@ -247,14 +255,16 @@ class Bf16ShortlistBackend(SearchBackend):
             self.exact_blocks += 1
             self._exact.add_block(state, queries, block, rows)
             return
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         self.shortlisted_blocks += 1
         k = state.k
         approximate = self._approximate(block)
         self.shortlisted_pairs += approximate.numel()
         thresholds = state.scores[:, k - 1].astype(np.float64)
-        cut = _bf16_from_bits(bf16_floor(thresholds - self._margins * self._max_norm(block) - _FLUSHED))
+        cut = _bf16_from_bits(
+            bf16_floor(thresholds - self._margins * self._max_norm(block) - _FLUSHED)
+        )
         active = torch.nonzero(approximate.amax(dim=1) >= cut).flatten()
         if active.numel() == 0:
             return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from harness import hardware
 from harness.errors import HarnessError
+from harness.gemm_rates import kernel_rates
 from harness.hardware import blas_description, blas_libraries, is_generic_blas
 from harness.search.backend import SearchBackend, get_backend
 
@@ -60,8 +61,10 @@ def bf16_shortlist_pays(database_rows: int | None, num_queries: int | None, rate
     if database_rows is None or num_queries is None:
         return False, "the database size is not known in advance"
     if database_rows < BF16_AUTO_MIN_ROWS or num_queries < BF16_AUTO_MIN_QUERIES:
-        return False, (f"{database_rows:,} database rows x {num_queries:,} queries: below "
-                       f"{BF16_AUTO_MIN_ROWS:,} x {BF16_AUTO_MIN_QUERIES} the shortlist does not pay")
+        return False, (
+            f"{database_rows:,} database rows x {num_queries:,} queries: below "
+            f"{BF16_AUTO_MIN_ROWS:,} x {BF16_AUTO_MIN_QUERIES} the shortlist does not pay"
+        )
     return True, (f"{database_rows:,} database rows x {num_queries:,} queries, {measured}: "
                   "exact bfloat16 shortlist, float32 re-scoring")
 
@@ -80,8 +83,6 @@ def cpu_backend_choice(inspect_faiss: bool = True, database_rows: int | None = N
     :func:`harness.gemm_rates.kernel_rates`) are measured once per machine and library
     versions and cached, so the choice does not vary from run to run.
     """
-    from harness.gemm_rates import kernel_rates
-
     choice = _blas_backend_choice(inspect_faiss)
     if choice.backend != "numpy":
         return choice
@@ -100,8 +101,12 @@ def _blas_backend_choice(inspect_faiss: bool) -> CpuBackendChoice:
         libs = blas_libraries(load_faiss=True)
     numpy_blas, faiss_blas = libs["numpy"], libs["faiss"]
     if faiss_blas is None and not inspect_faiss and not is_generic_blas(numpy_blas):
-        return CpuBackendChoice("numpy", "numpy's BLAS runs an optimised kernel "
-                                f"({blas_description(numpy_blas)})", blas_description(numpy_blas), "not inspected")
+        return CpuBackendChoice(
+            "numpy",
+            f"numpy's BLAS runs an optimised kernel ({blas_description(numpy_blas)})",
+            blas_description(numpy_blas),
+            "not inspected",
+        )
     described = (blas_description(numpy_blas), blas_description(faiss_blas))
     if faiss_blas is None:
         return CpuBackendChoice("numpy", "faiss is not installed or bundles no BLAS", *described)
@@ -113,14 +118,22 @@ def _blas_backend_choice(inspect_faiss: bool) -> CpuBackendChoice:
         return CpuBackendChoice("numpy", reason, *described)
     if is_generic_blas(numpy_blas) and not is_generic_blas(faiss_blas):
         return CpuBackendChoice("faiss-cpu", "numpy's BLAS runs a generic kernel", *described)
-    return CpuBackendChoice("numpy", "numpy GEMM with exact selection (deterministic ties)", *described)
+    return CpuBackendChoice(
+        "numpy", "numpy GEMM with exact selection (deterministic ties)", *described
+    )
 
 
 _WARNED_GENERIC: list[bool] = []
 
 
-def resolve_backend(ngpu: int = -1, cpu_backend: str = "auto", query_batch_rows: int | None = None,
-                    *, database_rows: int | None = None, num_queries: int | None = None) -> SearchBackend:
+def resolve_backend(
+    ngpu: int = -1,
+    cpu_backend: str = "auto",
+    query_batch_rows: int | None = None,
+    *,
+    database_rows: int | None = None,
+    num_queries: int | None = None,
+) -> SearchBackend:
     """The backend for ``ngpu`` (-1 all GPUs, 0 CPU, n GPUs) with a CPU fallback; the sizes
     let ``auto`` decide whether the bfloat16 shortlist pays (:func:`cpu_backend_choice`)."""
     if ngpu != 0:
@@ -130,7 +143,10 @@ def resolve_backend(ngpu: int = -1, cpu_backend: str = "auto", query_batch_rows:
             logger.info("faiss has no GPU build here: searching with torch on CUDA")
             return get_backend("torch-cuda", ngpu=ngpu, query_batch_rows=query_batch_rows)
         if ngpu > 0:
-            logger.warning("ngpu=%d asked for, but no GPU is usable (faiss or torch): searching on the CPU", ngpu)
+            logger.warning(
+                "ngpu=%d asked for, but no GPU is usable (faiss or torch): searching on the CPU",
+                ngpu,
+            )
     if cpu_backend == "auto":
         choice = cpu_backend_choice(inspect_faiss=False, database_rows=database_rows,
                                     num_queries=num_queries)

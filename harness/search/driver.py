@@ -80,12 +80,18 @@ def search_blocks(
             computing = time.perf_counter()
             stats.wait_s += computing - waited
             rows = np.asarray(rows, dtype=np.int64)
-            if block.ndim != 2 or block.shape[1] != queries.shape[1] or rows.shape != (block.shape[0],):
+            if (
+                block.ndim != 2
+                or block.shape[1] != queries.shape[1]
+                or rows.shape != (block.shape[0],)
+            ):
                 raise ValueError(
                     f"block of shape {block.shape} with {rows.shape} rows does not match "
                     f"queries of dim {queries.shape[1]}"
                 )
-            if block.dtype != np.float32 and not (block.dtype == np.float16 and backend.accepts_float16):
+            if block.dtype != np.float32 and not (
+                block.dtype == np.float16 and backend.accepts_float16
+            ):
                 block = widen_to_float32(block)
             if block.shape[0]:
                 backend.add_block(state, queries, block, rows)

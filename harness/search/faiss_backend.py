@@ -1,4 +1,4 @@
-"""The faiss backends: ``faiss-cpu`` (``faiss.knn`` per block) and ``faiss-gpu`` (``faiss.knn_gpu``).
+"""The faiss backends: ``faiss-cpu`` (``faiss.knn`` per block), ``faiss-gpu`` (``faiss.knn_gpu``).
 
 faiss is imported inside the backends: it comes through the optional ``cpu``/``gpu`` extras.
 """
@@ -22,7 +22,7 @@ class FaissCpuBackend(ListBackend):
         self.query_batch_rows = query_batch_rows
 
     def add_block(self, state, queries, block, rows):
-        import faiss
+        import faiss  # optional (the cpu/gpu extras): only when this backend runs
 
         k = state.k
         depth = min(block.shape[0], k + self.margin)
@@ -40,7 +40,7 @@ class FaissGpuBackend(MultiGpuBackend):
     max_k = FAISS_GPU_MAX_K
 
     def __init__(self, ngpu: int = -1, query_batch_rows: int | None = None):
-        import faiss
+        import faiss  # optional (the cpu/gpu extras): only when this backend runs
 
         available = faiss_gpu_count()
         if available < 1:
@@ -54,7 +54,7 @@ class FaissGpuBackend(MultiGpuBackend):
         self._queries = queries
 
     def _search_device(self, slot, sub_block, depth):
-        import faiss
+        import faiss  # optional (the cpu/gpu extras): only when this backend runs
 
         return faiss.knn_gpu(
             self._resources[slot], self._queries, sub_block, depth,

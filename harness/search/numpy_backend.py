@@ -1,4 +1,4 @@
-"""The ``numpy`` backend: float32 GEMM through numpy's BLAS, then exact selection (the CPU default)."""
+"""The ``numpy`` backend (the CPU default): float32 GEMM through numpy's BLAS, exact selection."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class NumpyBackend(SearchBackend):
             state.add_scores(slice(start, start + q), scores, rows)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.selection_threads, thread_name_prefix="harness-select")
+            self._pool = ThreadPoolExecutor(
+                self.selection_threads, thread_name_prefix="harness-select"
+            )
         bounds = np.linspace(0, q, threads + 1).astype(int)
         futures = [
             self._pool.submit(state.add_scores, slice(start + a, start + b), scores[a:b], rows)

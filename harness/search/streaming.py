@@ -78,6 +78,8 @@ class BlockSource:
 
     ``rows`` (n,) int64: file row ``first_row + i`` holds split database row ``rows[i]``; the
     file holds ``stored_rows`` rows in all (``None``: exactly ``n``, the whole file is read).
+    ``handle``: the file already open as an ``h5py.File`` (shared with validation; left open),
+    or None.
     """
 
     path: Path
@@ -85,15 +87,17 @@ class BlockSource:
     part: str = "database"
     first_row: int = 0
     stored_rows: int | None = None
+    handle: object = None
 
 
 
-def streams_from_mapping(path: str | os.PathLike, part: str = "database") -> bool:
+def streams_from_mapping(path: str | os.PathLike, part: str = "database",
+                         handle=None) -> bool:
     """Whether :func:`iter_feature_blocks` reads ``/part/descriptors`` of ``path`` through a
     file mapping (a plain contiguous dataset, on a platform with mmap): then its
     ``on_stored_block`` hook sees every block's stored bytes (unless mapping fails later)."""
     try:
-        reader = DatasetReader(Path(path), part)
+        reader = DatasetReader(Path(path), part, handle)
     except Exception:  # a missing part or a damaged file: validation reports it properly
         return False
     try:
@@ -188,7 +192,7 @@ class _FeatureBlockReader:
                 if self.reader_threads > 1 else None)
         try:
             for source in self.sources:
-                reader = DatasetReader(source.path, source.part)
+                reader = DatasetReader(source.path, source.part, source.handle)
                 try:
                     yield from self._source_blocks(source, reader, pool)
                 finally:

@@ -190,19 +190,26 @@ class RunningTopK:
             counts = np.bincount(cand_rows, minlength=q)
             crowded = np.flatnonzero(counts > 2 * k)
             if crowded.size:
-                threshold[crowded] = np.maximum(threshold[crowded], _kth_largest(scores[crowded], k))
+                threshold[crowded] = np.maximum(
+                    threshold[crowded], _kth_largest(scores[crowded], k)
+                )
                 keep = scores[cand_rows, cand_cols] >= threshold[cand_rows]
                 cand_rows, cand_cols = cand_rows[keep], cand_cols[keep]
         if cand_rows.size == 0:
             return
-        self.add_candidates(query_rows, cand_rows, scores[cand_rows, cand_cols], database_rows[cand_cols])
+        self.add_candidates(
+            query_rows, cand_rows, scores[cand_rows, cand_cols], database_rows[cand_cols]
+        )
 
     def add_candidates(self, query_rows: slice, local_rows: np.ndarray, scores: np.ndarray,
                        database_rows: np.ndarray) -> None:
         """Fold scattered candidates in: ``scores[i]`` of query ``local_rows[i]`` (relative to
         ``query_rows``, ascending) against database row ``database_rows[i]``."""
         n = local_rows.size
-        assert scores.shape == (n,) and database_rows.shape == (n,), (scores.shape, database_rows.shape)
+        assert scores.shape == (n,) and database_rows.shape == (n,), (
+            scores.shape,
+            database_rows.shape,
+        )
         if n == 0:
             return
         k = self.k
@@ -228,7 +235,9 @@ class RunningTopK:
         self.indices[absolute] = best_indices
         self.full[absolute] = best_indices[:, k - 1] >= 0
 
-    def add_scores_at(self, query_index: np.ndarray, scores: np.ndarray, database_rows: np.ndarray) -> None:
+    def add_scores_at(
+        self, query_index: np.ndarray, scores: np.ndarray, database_rows: np.ndarray
+    ) -> None:
         """:meth:`add_scores` for the (ascending) queries ``query_index`` of (len, b) ``scores``."""
         q, b = scores.shape
         assert query_index.shape == (q,), (query_index.shape, q)

@@ -33,7 +33,7 @@ class TorchCudaBackend(MultiGpuBackend):
         self._pool = None
 
     def prepare(self, queries, k):
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         # Full float32 products (TF32 would change scores in the 4th digit); restored in finish().
         self._tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -42,13 +42,15 @@ class TorchCudaBackend(MultiGpuBackend):
         self._queries = [host.to(f"cuda:{d}") for d in self.devices]
 
     def finish(self):
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
-        torch.backends.cuda.matmul.allow_tf32 = getattr(self, "_tf32", torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = getattr(
+            self, "_tf32", torch.backends.cuda.matmul.allow_tf32
+        )
         self._queries = []
 
     def _search_device(self, slot, sub_block, depth):
-        import torch
+        import torch  # optional (the methods extra) and heavy: only when this path runs
 
         device = torch.device("cuda", self.devices[slot])
         with torch.no_grad():

@@ -39,7 +39,9 @@ def widen_torch(stored: np.ndarray, out: np.ndarray) -> None:
     source = torch.from_numpy(stored.reshape(-1))
     target = torch.from_numpy(out.reshape(-1))
     for first in range(0, source.numel(), _TORCH_SERIAL_ELEMENTS):
-        target[first:first + _TORCH_SERIAL_ELEMENTS].copy_(source[first:first + _TORCH_SERIAL_ELEMENTS])
+        target[first : first + _TORCH_SERIAL_ELEMENTS].copy_(
+            source[first : first + _TORCH_SERIAL_ELEMENTS]
+        )
 
 
 def torch_installed() -> bool:
@@ -52,7 +54,9 @@ def torch_installed() -> bool:
         return False
 
 
-def float16_converter(choice: str = "auto", stored_bytes: int = 0) -> Callable[[np.ndarray, np.ndarray], None]:
+def float16_converter(
+    choice: str = "auto", stored_bytes: int = 0
+) -> Callable[[np.ndarray, np.ndarray], None]:
     """A function ``convert(stored, out)`` that widens float16 ``stored`` into float32 ``out``.
 
     Both conversions are exact (every float16 is a float32). numpy's cast is a scalar loop
@@ -67,7 +71,9 @@ def float16_converter(choice: str = "auto", stored_bytes: int = 0) -> Callable[[
     if choice == "auto":
         choice = os.environ.get(FP16_CONVERTER_ENV, "auto") or "auto"
     if choice not in FP16_CONVERTERS:
-        raise HarnessError(f"unknown float16 converter {choice!r}; valid: {', '.join(FP16_CONVERTERS)}")
+        raise HarnessError(
+            f"unknown float16 converter {choice!r}; valid: {', '.join(FP16_CONVERTERS)}"
+        )
     if choice == "auto":
         wanted = sys.modules.get("torch") is not None or stored_bytes >= TORCH_WIDEN_MIN_BYTES
         choice = "torch" if wanted and torch_installed() else "numpy"

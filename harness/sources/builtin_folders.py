@@ -13,9 +13,18 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.sources.downloader import split_from_folder
+from harness.sources.msls import split_from_msls
+from harness.splits import (
+    PrepareOutcome,
+    builtin_definitions,
+    prepare_builtin_splits,
+    register_split,
+)
 
 try:  # Python >= 3.11
     import tomllib as _toml
@@ -65,13 +74,9 @@ class FolderDefinition:
     def build(self, root: Path, name: str):
         """The split from the files under ``root`` (registered under ``name``)."""
         if self.msls is not None:
-            from harness.sources.msls import split_from_msls
-
             return split_from_msls(name, root / self.msls, cities=self.cities,
                                    threshold_m=self.radius_m, recall_ns=self.recall_ns,
                                    description=self.description)
-        from harness.sources.downloader import split_from_folder
-
         return split_from_folder(
             name, None if self.folder is None else root / self.folder,
             database_folder=None if self.database_folder is None else root / self.database_folder,
@@ -119,8 +124,6 @@ def parse_folder_definitions(text: str, source: str = "<string>") -> dict[str, F
 
 @functools.lru_cache(maxsize=1)
 def _folder_definitions() -> tuple[tuple[str, FolderDefinition], ...]:
-    from importlib import resources
-
     resource = resources.files("splits").joinpath("folders.toml")
     return tuple(parse_folder_definitions(resource.read_text(encoding="utf-8"),
                                           str(resource)).items())
@@ -143,13 +146,6 @@ def prepare_all(
     Returns one :class:`harness.splits.PrepareOutcome` per built-in name considered. A name
     defined both ways is registered from its ``.mat`` files when they exist.
     """
-    from harness.splits import (
-        PrepareOutcome,
-        builtin_definitions,
-        prepare_builtin_splits,
-        register_split,
-    )
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise HarnessError("dataset root is not a directory", root)

@@ -2,7 +2,8 @@
 
 - **VPR-methods-evaluation** (``--save_descriptors``): ``queries_descriptors.npy`` (Q, D) and
   ``database_descriptors.npy`` (N, D), rows in the sorted order of the image paths, which is
-  the split's order for a split built from the same downloader-layout folder. The arrays are
+  the split's order for a split built from the same downloader-layout folder (or in the order
+  of ``<folder>_images_paths.txt`` when that file exists: VME reads it unsorted). The arrays are
   read with ``np.load(allow_pickle=False)`` (memory-mapped) and must have exactly the split's
   row counts: a row count is the only check that rows and images belong together.
 - **hloc** global descriptors (``extract_features.py`` with a global model): one HDF5 group
@@ -20,9 +21,12 @@ import logging
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.features import FeatureWriter, check_heaps, open_hdf5, reading_errors
+from harness.sources.downloader import read_paths_file, utm_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +57,6 @@ def load_npy(path: str | os.PathLike, rows: int, what: str) -> np.ndarray:
 
 
 def _write(out, split, method: str, parts: dict, attrs: dict) -> Path:
-    from harness.features import FeatureWriter
-
     dims = {array.shape[1] for _, array in parts.values()}
     if len(dims) != 1:
         raise HarnessError(f"query and database descriptors differ in dimension ({sorted(dims)})")
@@ -79,8 +81,6 @@ def check_downloader_split(split) -> None:
     when the split was built from the same downloader-layout folder (a split from NetVLAD
     ``.mat`` files names the same images differently and orders them differently).
     """
-    from harness.sources.downloader import utm_from_name
-
     for part, names, utm in (("query", split.query_names, split.query_utm),
                              ("database", split.database_names, split.database_utm)):
         for row, name in enumerate(names):
@@ -96,12 +96,26 @@ def check_downloader_split(split) -> None:
                     "(harness splits import --folder, or splits prepare)")
 
 
+def _vme_order(root: str, names) -> tuple[str, ...]:
+    """The image order of VPR-methods-evaluation's rows: the sorted names, or the order of
+    ``<root>_images_paths.txt`` when that file exists (VME reads it as it is)."""
+    listed = read_paths_file(root) if root else None
+    if listed is None:
+        return tuple(names)
+    if sorted(listed) != list(names):
+        raise HarnessError("lists other images than the split (register the split again from "
+                           "this folder)", root + "_images_paths.txt")
+    logger.info("%s_images_paths.txt: descriptor rows follow its order", root)
+    return tuple(listed)
+
+
 def import_vme_descriptors(queries_npy, database_npy, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from VPR-methods-evaluation's two ``.npy`` files."""
     check_downloader_split(split)
     queries = load_npy(queries_npy, split.num_queries, "queries descriptors")
     database = load_npy(database_npy, split.num_database, "database descriptors")
-    parts = {"query": (split.query_names, queries), "database": (split.database_names, database)}
+    parts = {"query": (_vme_order(split.query_root, split.query_names), queries),
+             "database": (_vme_order(split.database_root, split.database_names), database)}
     attrs = {"source": "vpr-methods-evaluation", "source_files": [str(queries_npy),
                                                                   str(database_npy)]}
     return _write(out, split, method, parts, attrs)
@@ -109,8 +123,6 @@ def import_vme_descriptors(queries_npy, database_npy, split, out, *, method: str
 
 def _hloc_entries(handle, path) -> dict[str, object]:
     """Image name -> its ``global_descriptor`` dataset, for every image in an hloc file."""
-    import h5py
-
     found: dict[str, object] = {}
 
     def visit(name, item):
@@ -145,8 +157,6 @@ def _match(name: str, split) -> tuple[str, int] | None:
 
 def import_hloc_descriptors(h5_path, split, out, *, method: str) -> Path:
     """Write the feature file ``out`` from an hloc global-descriptor HDF5 file."""
-    from harness.features import check_heaps, open_hdf5, reading_errors
-
     path = Path(h5_path)
     rows = {"query": {}, "database": {}}
     with open_hdf5(path) as handle, reading_errors(path, "hloc descriptors"):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.splits import DEFAULT_RECALL_NS, Split, register_split
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,45 @@ DATABASE_FOLDER = "database"
 QUERIES_FOLDER = "queries"
 DEFAULT_RADIUS_M = 25.0
 EXAMPLE_NAME = "@0584213.34@4477114.53@17@T@40.44137@-80.00412@pano@00@000@000@@@@@.jpg"
+#: ``<folder>_images_paths.txt`` beside an image folder lists its images (paths relative to
+#: the folder, one a line): VPR-methods-evaluation and CosPlace read it instead of globbing
+#: millions of files (SF-XL ships ``processed/test/database_images_paths.txt``).
+PATHS_FILE_SUFFIX = "_images_paths.txt"
+
+
+def read_paths_file(folder: str | os.PathLike) -> list[str] | None:
+    """The image list of ``<folder>_images_paths.txt`` in its own order, or None without one.
+
+    VPR-methods-evaluation keeps this order (it sorts only what it globs), so its descriptor
+    rows follow the file when the file exists.
+    """
+    path = Path(str(Path(folder)) + PATHS_FILE_SUFFIX)
+    if not path.is_file():
+        return None
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"not a readable image list ({exc})", path) from None
+    names = [name for name in names if name]
+    if not names or not (Path(folder) / names[0]).is_file():
+        first = names[0] if names else "(empty)"
+        raise HarnessError(f"lists {first!r}, which is not an image in {folder}", path)
+    return names
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
-    """Image paths below ``folder`` (recursive), relative to it with ``/``, sorted."""
+    """Image paths below ``folder`` (recursive), relative to it with ``/``, sorted.
+
+    ``<folder>_images_paths.txt`` is read instead of walking the folder when it exists.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise HarnessError("image folder not found (or not a directory)", folder)
+    listed = read_paths_file(folder)
+    if listed is not None:
+        logger.info("%s: %d images listed in %s%s", folder, len(listed), folder.name,
+                    PATHS_FILE_SUFFIX)
+        return sorted(listed)
     names = []
     for directory, subdirs, files in os.walk(folder):
         subdirs.sort()
@@ -133,8 +166,6 @@ def split_from_folder(
         database_folder, queries_folder: explicit sub-folders instead.
         radius_m: positive radius in metres (25, as VPR-methods-evaluation).
     """
-    from harness.splits import DEFAULT_RECALL_NS, Split
-
     database_dir, queries_dir = resolve_subfolders(folder, database_folder, queries_folder)
     parts = {}
     for label, path in (("database", database_dir), ("queries", queries_dir)):
@@ -163,6 +194,4 @@ def split_from_folder(
 
 def import_folder_split(name: str, folder=None, *, data_root=None, **options) -> Path:
     """Build a split from a downloader-layout folder and register it; returns its path."""
-    from harness.splits import register_split
-
     return register_split(split_from_folder(name, folder, **options), data_root)

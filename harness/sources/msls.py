@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.ground_truth import positives_within_radius
+from harness.splits import DEFAULT_RECALL_NS, Split, register_split
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +137,6 @@ def split_from_msls(
     evaluation scores only queries with one); how many were left out is logged and kept in
     the split's ``source``.
     """
-    from harness.ground_truth import positives_within_radius
-    from harness.splits import DEFAULT_RECALL_NS, Split
-
     if subtask not in SUBTASKS:
         raise HarnessError(f"unknown MSLS subtask {subtask!r}; one of {SUBTASKS}")
     base = Path(root).expanduser() / "train_val"
@@ -194,8 +193,6 @@ def split_from_msls(
 def _check_cities_apart(arrays, threshold_m: float, base: Path) -> None:
     """Cities in different UTM zones could overlap numerically; the official code finds
     positives per city, so a positive across cities would be wrong: refuse it."""
-    from harness.ground_truth import positives_within_radius
-
     (_, q_utm, q_city), (_, db_utm, db_city) = arrays["query"], arrays["database"]
     positives = positives_within_radius(db_utm, q_utm, threshold_m)
     query_of = np.repeat(np.arange(len(q_city)), positives.counts)
@@ -208,8 +205,6 @@ def _check_cities_apart(arrays, threshold_m: float, base: Path) -> None:
 
 def import_msls_split(name: str, root, *, data_root=None, **options) -> Path:
     """Build the MSLS split and register it; returns the split file's path."""
-    from harness.splits import register_split
-
     return register_split(split_from_msls(name, root, **options), data_root)
 
 

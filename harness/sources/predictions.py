@@ -16,6 +16,7 @@ protocol's depth.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -25,6 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.ground_truth import squared_distances_m2
+from harness.io import write_bytes_atomic
+from harness.metrics import database_places, spatial_nms
+from harness.results import read_predictions, read_result
+from harness.sources.msls import msls_key
+from harness.sources.rankings import NameResolver
+from harness.splits import get_split
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +51,6 @@ class NamedPredictions:
 
     def distances_m(self) -> np.ndarray:
         """(Q, depth) metres from each ranked database image to its query (NaN for pads)."""
-        from harness.ground_truth import squared_distances_m2
-
         valid = self.ranking >= 0
         db = self.split.database_utm[np.where(valid, self.ranking, 0)]
         squared = squared_distances_m2(db, self.split.query_utm[:, None, :])
@@ -53,8 +59,6 @@ class NamedPredictions:
 
 def named_predictions(result, split) -> NamedPredictions:
     """The evaluated ranking of a record's predictions (``result.prediction_data``)."""
-    from harness.metrics import database_places, spatial_nms
-
     data = result.prediction_data
     if data is None:
         raise HarnessError("the result holds no predictions")
@@ -82,8 +86,6 @@ def named_predictions(result, split) -> NamedPredictions:
 
 
 def _keys_or_names(names) -> list[str]:
-    from harness.sources.msls import msls_key
-
     keys = [msls_key(n) for n in names]
     return keys if len(set(keys)) == len(keys) else list(names)
 
@@ -116,8 +118,6 @@ def render(predictions: NamedPredictions, fmt: str) -> str:
 
 def write_named_predictions(path: str | os.PathLike, result, split) -> Path:
     """Write ``path`` (``.csv`` or ``.txt``, by its suffix) atomically."""
-    from harness.io import write_bytes_atomic
-
     path = Path(path)
     fmt = path.suffix.lower()
     if fmt not in FORMATS:
@@ -128,8 +128,6 @@ def write_named_predictions(path: str | os.PathLike, result, split) -> Path:
 
 def describe_query(predictions: NamedPredictions, query: str) -> list[str]:
     """Lines describing one query's ranking (``harness predictions show``)."""
-    from harness.sources.rankings import NameResolver
-
     split = predictions.split
     row = NameResolver(split.query_names, split.query_index)(query)
     if row < 0:
@@ -155,11 +153,6 @@ def describe_query(predictions: NamedPredictions, query: str) -> list[str]:
 
 def load_result_predictions(record_path, data_root=None) -> NamedPredictions:
     """A JSON record (``harness eval --json``) with its sidecar, and its split, as names."""
-    import dataclasses
-
-    from harness.results import read_predictions, read_result
-    from harness.splits import get_split
-
     result = read_result(record_path)
     data = read_predictions(record_path, result)
     split = get_split(result.split, data_root)

@@ -14,7 +14,7 @@ images, best first (K at least the deepest Recall@N / mAP@K of the protocol). Tw
 
 Validated like feature files: every split query exactly once, every name in the split, no
 database image twice in a row, rows deep enough; every problem is reported with the file.
-Scored with the same metrics as descriptors (:func:`harness.record.evaluate_topk`); the
+Scored with the same metrics as descriptors (:func:`harness.record.build_record`); the
 record's ``protocol.metric`` is ``"ranking"``, which the leaderboard marks as re-ranking.
 """
 
@@ -27,9 +27,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from harness.config import EvalConfig
 from harness.errors import HarnessError, ValidationError
+from harness.features import check_heaps, open_hdf5, reading_errors
+from harness.hdf5 import check_plain_type, read_plain_attribute
+from harness.io import atomic_path
+from harness.record import SearchOutput, build_record
+from harness.results import FileDigest
+from harness.search import TopK
+from harness.sources.msls import msls_key, read_msls_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +59,6 @@ class NameResolver:
     """Maps split names, or unique MSLS-style keys (name stems), to split rows."""
 
     def __init__(self, names: Sequence[str], index: dict[str, int]):
-        from harness.sources.msls import msls_key
-
         self._index = index
         keys: dict[str, int] = {}
         ambiguous = set()
@@ -72,18 +79,11 @@ class NameResolver:
 
 
 def _read_text(path: Path) -> tuple[list[str], list[list[str]]]:
-    from harness.sources.msls import read_msls_predictions
-
     rows = read_msls_predictions(path)
     return [q for q, _ in rows], [r for _, r in rows]
 
 
 def _read_hdf5(path: Path) -> tuple[list[str], list[list[str]], str]:
-    import h5py
-
-    from harness.features import check_heaps, open_hdf5, reading_errors
-    from harness.hdf5 import check_plain_type
-
     with open_hdf5(path) as handle, reading_errors(path, "the ranking"):
         check_heaps(handle, path)
         datasets = {}
@@ -99,8 +99,6 @@ def _read_hdf5(path: Path) -> tuple[list[str], list[list[str]], str]:
             datasets[key] = dataset.asstr()[()]
         method = ""
         if "method" in handle.attrs:
-            from harness.hdf5 import read_plain_attribute
-
             _, value = read_plain_attribute(handle, "method", path)
             method = value.decode() if isinstance(value, bytes) else str(value)
     queries = [str(q) for q in datasets["queries"]]
@@ -113,10 +111,6 @@ def _read_hdf5(path: Path) -> tuple[list[str], list[list[str]], str]:
 def write_ranking_hdf5(path, queries: Sequence[str], ranking: Sequence[Sequence[str]],
                        method: str = "") -> Path:
     """Write a ranking file in the HDF5 format (rows of equal length), atomically."""
-    import h5py
-
-    from harness.io import atomic_path
-
     width = {len(row) for row in ranking}
     if len(width) > 1:
         raise ValueError("every ranking row must have the same length")
@@ -195,11 +189,6 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
                      method: str | None = None):
     """Score a ranking file on ``split`` with the usual metrics; the record's
     ``protocol.metric`` is ``"ranking"``. Returns an :class:`harness.results.EvalResult`."""
-    from harness.config import EvalConfig
-    from harness.record import evaluate_topk
-    from harness.results import FileDigest
-    from harness.search import TopK
-
     started = time.perf_counter()
     config = EvalConfig() if config is None else config
     protocol = config.protocol(split)
@@ -210,13 +199,14 @@ def evaluate_ranking(path: str | os.PathLike, split, config=None, *,
         indices = np.concatenate([indices, pad], axis=1)
     scores = np.where(indices >= 0, -np.arange(indices.shape[1], dtype=np.float32), -np.inf)
     load_s = time.perf_counter() - started
-    result = evaluate_topk(
-        split, TopK(scores=scores, indices=indices), config,
-        method=method or stored_method or Path(path).stem,
-        features=(FileDigest.of(path),),  # ranking files are small: always hashed
-        descriptor_dim=0, search_backend=RANKING_METRIC,
-        method_attrs={"submission": RANKING_METRIC}, load_s=load_s, started=started,
+    output = SearchOutput(
+        topk=TopK(scores=scores, indices=indices), paths=(Path(path),),
+        method=stored_method or Path(path).stem, method_attrs={"submission": RANKING_METRIC},
+        descriptor_dim=0, descriptor_dtype="float32", search_backend=RANKING_METRIC,
+        load_s=load_s, search_s=0.0,
+        digests=(FileDigest.of(path),),  # ranking files are small: always hashed
     )
+    result = build_record(split, output, config, method=method, started=started)
     return dataclasses.replace(
         result, protocol=dataclasses.replace(result.protocol, metric=RANKING_METRIC))
 

@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.splits.split import DEFAULT_RECALL_NS, NAME_PATTERN, NO_POSITIVE_POLICIES, Split
+from harness.versions import is_version
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def parse_split_definitions(text: str, source: str = "<string>") -> dict[str, Sp
         raise HarnessError(
             f"unknown top-level keys {unknown}; valid keys are ['format_version', 'splits']", source
         )
-    if document.get("format_version") != DEFINITIONS_FORMAT_VERSION:
+    if not is_version(document.get("format_version"), DEFINITIONS_FORMAT_VERSION):
         raise HarnessError(
             f"format_version must be {DEFINITIONS_FORMAT_VERSION}, "
             f"got {document.get('format_version')!r}",

@@ -25,6 +25,7 @@ from harness.canonical import check_canonical
 from harness.errors import HarnessError
 from harness.ground_truth import positives_within_radius
 from harness.io import atomic_path
+from harness.versions import is_version, version_problem
 
 logger = logging.getLogger(__name__)
 
@@ -198,14 +199,31 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     return path
 
 
+#: The largest member a split file may declare (Outdoor-Ams's 6.4M names take ~0.5 GB).
+SPLIT_MEMBER_MAX_BYTES = 4 << 30
+
+
+def _check_split_members(path: Path) -> None:
+    """Refuse, from the zip and .npy headers, members larger than their bytes or the cap."""
+    from harness.io import npz_shapes, require_regular_file
+
+    require_regular_file(path, "split file")
+    shapes = npz_shapes(path, SPLIT_MEMBER_MAX_BYTES)
+    meta = shapes.get("meta")
+    if meta is None or len(meta[0]) != 1 or meta[0][0] > 1 << 20:
+        raise ValueError("member 'meta' is missing or larger than 1 MiB")
+
+
 def load_split(path: str | os.PathLike) -> Split:
     """Read a ``.split.npz`` file; a corrupt or foreign file is a :class:`HarnessError`."""
     path = Path(path)
     try:
+        _check_split_members(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
-            if meta.get("format_version") != SPLIT_FORMAT_VERSION:
-                raise ValueError(f"unsupported split format {meta.get('format_version')!r}")
+            if not is_version(meta.get("format_version"), SPLIT_FORMAT_VERSION):
+                raise ValueError(version_problem(
+                    "split format_version", meta.get("format_version"), SPLIT_FORMAT_VERSION))
             kwargs = {k: meta[k] for k in _META_KEYS if k in meta}
             kwargs["recall_ns"] = tuple(kwargs.get("recall_ns", DEFAULT_RECALL_NS))
             kwargs["source"] = tuple(kwargs.get("source", ()))
@@ -233,15 +251,19 @@ def read_split_metadata(path: str | os.PathLike) -> dict:
     """The metadata stored in a ``.split.npz`` (counts, radius, sha256...) without its arrays."""
     path = Path(path)
     try:
+        _check_split_members(path)
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
+    except HarnessError:
+        raise
     except FileNotFoundError:
         raise HarnessError("split file not found", path) from None
     except Exception as exc:
         raise HarnessError(
             f"not a readable split file ({type(exc).__name__}: {exc})", path
         ) from None
-    if not isinstance(meta, dict) or meta.get("format_version") != SPLIT_FORMAT_VERSION:
+    if not isinstance(meta, dict) or not is_version(meta.get("format_version"),
+                                                    SPLIT_FORMAT_VERSION):
         raise HarnessError("not a split file of a supported format version", path)
     return meta
 

@@ -177,7 +177,9 @@ def window_mask(labels: np.ndarray, window_class: int = WINDOW_CLASS) -> np.ndar
     return labels == window_class
 
 
-def read_window_mask(annotation_path: str | os.PathLike, window_class: int = WINDOW_CLASS) -> np.ndarray:
+def read_window_mask(
+    annotation_path: str | os.PathLike, window_class: int = WINDOW_CLASS
+) -> np.ndarray:
     """Window mask of one annotation PNG."""
     return window_mask(read_annotation(annotation_path), window_class)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 
 import click
+
+from harness.commands.common import data_root_option
 from methods.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -23,7 +25,9 @@ def _categories(categories: str | None, categories_file: str | None):
         from pathlib import Path
 
         text = Path(categories_file).read_text(encoding="utf-8")
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return [
+            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+        ]
     if categories:
         return [c.strip() for c in categories.split(",") if c.strip()]
     return None
@@ -55,7 +59,9 @@ def layouts_group():
 @layouts_group.command("build")
 @click.option("--ade", required=True, type=click.Path(exists=True, file_okay=False),
               help="ADEChallengeData2016 folder (or its parent).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Layout folder to write.")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Layout folder to write."
+)
 @click.option("--threshold", "thresholds", type=int, multiple=True,
               help="Minimum window percentage of a set (repeatable; default 10, 20, 30).")
 @_with(_category_options)
@@ -77,14 +83,18 @@ def layouts_build_command(ade, out, thresholds, categories, categories_file, all
 @click.option("--split", "-s", "split_name", required=True, help="Split name or .split.npz file.")
 @click.option("--segmenter", required=True, type=click.Path(dir_okay=False),
               help="Window-segmenter checkpoint (`harness train window-seg`).")
-@click.option("--part", type=click.Choice(["query", "database"]), default="query", show_default=True)
+@click.option(
+    "--part", type=click.Choice(["query", "database"]), default="query", show_default=True
+)
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Mask cache (default: <data root>/cache/window-masks).")
 @click.option("--short-side", type=int, help="Inference short side (default: the segmenter's).")
 @click.option("--device", help="cuda, cpu (default: CUDA when available).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False), help="Where imported splits live.")
-def segment_command(split_name, segmenter, part, cache_dir, short_side, device, batch_size, data_root):
+@data_root_option()
+def segment_command(
+    split_name, segmenter, part, cache_dir, short_side, device, batch_size, data_root
+):
     """Predict and cache the window mask of every image of a split part."""
     from harness.splits import get_split
     from methods.iovpr.segment import segment_split
@@ -127,8 +137,12 @@ def segmenter_import_command(encoder, decoder, out, arch, short_side):
               help="ADEChallengeData2016 folder (or its parent).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: best.pth, last.pth, history.json.")
-@click.option("--arch", default="upernet50", show_default=True,
-              help="upernet50 (the seed's), upernet101, upernet18, lraspp-mobilenet-v3, deeplabv3-resnet50.")
+@click.option(
+    "--arch",
+    default="upernet50",
+    show_default=True,
+    help="upernet50 (the seed's), upernet101, upernet18, lraspp-mobilenet-v3, deeplabv3-resnet50.",
+)
 @click.option("--pretrained", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Pretrained weight file(s), e.g. CSAIL's encoder and decoder (repeatable).")
 @click.option("--epochs", type=int, default=20, show_default=True)
@@ -149,8 +163,8 @@ def train_window_seg_command(ade, out, arch, pretrained, epochs, max_steps, batc
                              optimizer, lr, workers, device, seed, resume, option_pairs,
                              categories, categories_file, all_scenes):
     """Train the 2-class window segmenter on ADE20k window masks (validation IoU each epoch)."""
+    from harness.options import parse_option_pairs
     from methods.iovpr.segtrain import make_config, train_window_segmenter
-    from methods.options import parse_option_pairs
 
     values = dict(arch=arch, pretrained=tuple(pretrained), epochs=epochs, max_steps=max_steps,
                   batch_size=batch_size, crop_size=crop_size, optimizer=optimizer, lr=lr,
@@ -174,7 +188,12 @@ def _train_iovpr_command():
     required = ("out_dir", "train_split", "layouts_dir")
 
     @click.command("iovpr")
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON file of option values.")
+    @click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="JSON file of option values.",
+    )
     @config_options(IOVPRTrainConfig, required=required)
     def command(config_file, **values):
         """Train IOVPR: SFRS with real or gray ADE20k layouts replacing training queries.
@@ -204,26 +223,31 @@ def iovpr_group():
 @iovpr_group.command("study")
 @click.option("--city", "city_root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Dataset root with raw/ and ADEChallengeData2016/ (e.g. a synthetic city).")
-@click.option("--data-root", required=True, type=click.Path(file_okay=False),
-              help="Where the dataset's splits are registered.")
+@data_root_option(required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Study folder (every stage is cached; a rerun resumes).")
-@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Study setting (prefix, threshold, layout_prob, seg_epochs, epochs, generations, "
-                   "image_height, device, ...).")
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Study setting (prefix, threshold, layout_prob, seg_epochs, epochs, generations, "
+    "image_height, device, ...).",
+)
 @click.option("--train-option", "train_pairs", multiple=True, metavar="KEY=VALUE",
               help="Any other `harness train sfrs` setting, the same for the three trainings "
                    "(e.g. --train-option jitter=0.2,0.2,0.2,0.02).")
 def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
     """Segmenter IoU, and SFRS vs IOVPR real/gray trained alike: the Recall@N table."""
+    from harness.options import parse_option_pairs
     from methods.iovpr.study import make_study_config, run_study
-    from methods.options import parse_option_pairs
 
     values = parse_option_pairs(option_pairs)
     if train_pairs:
         parse_option_pairs(train_pairs)  # reject malformed pairs now, not after an hour
         values["extra_train_options"] = tuple(train_pairs)
-    config = make_study_config(city_root=city_root, data_root=data_root, out_dir=out_dir, **values)
+    config = make_study_config(city_root=city_root, data_root=str(data_root), out_dir=out_dir,
+                               **values)
     set_torch_threads()
     result = run_study(config)
     click.echo((result.path.parent / "study.md").read_text(encoding="utf-8"), nl=False)
@@ -243,8 +267,8 @@ def study_command(city_root, data_root, out_dir, option_pairs, train_pairs):
               help="Also replace the README's iovpr-study section with the report.")
 def study_report_command(city_root, data_root, out_dir, seeds, option_pairs, readme):
     """The study per seed with intervals and paired tests against the baseline (report.md)."""
+    from harness.options import parse_option_pairs
     from methods.iovpr.study_report import run_study_report
-    from methods.options import parse_option_pairs
 
     try:
         seed_list = tuple(int(part) for part in seeds.split(",") if part.strip())

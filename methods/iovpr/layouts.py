@@ -317,7 +317,9 @@ def build_layouts(
         raise HarnessError("no indoor images selected (check the scene categories)", ade_root)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)
+    )
     try:
         minimum = thresholds[0] / 100.0
         fractions: list[float] = []
@@ -428,7 +430,9 @@ def load_layouts(path: str | os.PathLike) -> LayoutIndex:
         thresholds = tuple(int(t) for t in index["thresholds"])
         window_class = int(index["window_class"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise HarnessError(f"malformed layout index ({type(exc).__name__}: {exc})", index_path) from None
+        raise HarnessError(
+            f"malformed layout index ({type(exc).__name__}: {exc})", index_path
+        ) from None
     stats = {}
     with contextlib.suppress(OSError, ValueError):
         stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
@@ -519,7 +523,8 @@ class LayoutTransform:
         return room, mask
 
     def draw(self, rng: np.random.Generator | None = None) -> tuple[bool, int, bool]:
-        """One draw: (apply?, layout index, flip?), from ``rng`` or the transform's own generator."""
+        """One draw: (apply?, layout index, flip?), from ``rng`` or the transform's own
+        generator."""
         if rng is None:
             self._maybe_reseed_for_worker()
             uniform, choose = self._rng.random, self._rng.randrange
@@ -542,7 +547,8 @@ class LayoutTransform:
         )
 
     def __call__(self, image, rng: np.random.Generator | None = None):
-        """The (maybe) layout of PIL ``image``; ``rng`` as the trainer's ``query_augment`` gives it."""
+        """The (maybe) layout of PIL ``image``; ``rng`` as the trainer's ``query_augment``
+        gives it."""
         from PIL import Image
 
         apply, index, flip = self.draw(rng)
@@ -567,7 +573,11 @@ def make_layout_transform(
     index = load_layouts(layouts_dir)
     samples = index.select(int(threshold), subsets)
     logger.info(
-        "%s layouts, set min%d: %d rooms, probability %.2f", kind, threshold, len(samples), probability
+        "%s layouts, set min%d: %d rooms, probability %.2f",
+        kind,
+        threshold,
+        len(samples),
+        probability,
     )
     return LayoutTransform(
         samples, kind=kind, probability=probability, seed=seed, gray_rgb=parse_gray(gray), flip=flip

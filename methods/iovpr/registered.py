@@ -69,7 +69,9 @@ class GrayLayoutOpener:
         image = open_rgb(path)
         mask_path = Path(self.mask_folder) / f"{name}.png"
         if not mask_path.is_file():
-            raise HarnessError("no cached window mask for this query (run `harness segment`)", mask_path)
+            raise HarnessError(
+                "no cached window mask for this query (run `harness segment`)", mask_path
+            )
         mask = read_mask(mask_path)
         pixels = np.asarray(image)
         if mask.shape != pixels.shape[:2]:
@@ -95,7 +97,9 @@ class IOVPRGrayMethod(NetVLADMethod):
                 "from `harness train window-seg`); nothing is downloaded"
             )
         if not Path(config.segmenter).is_file():
-            raise HarnessError("segmenter checkpoint (option segmenter) not found", config.segmenter)
+            raise HarnessError(
+                "segmenter checkpoint (option segmenter) not found", config.segmenter
+            )
         self._mask_folders: dict[tuple, Path] = {}
 
     @property
@@ -117,7 +121,9 @@ class IOVPRGrayMethod(NetVLADMethod):
         if "layouts" not in trained:
             return
         if trained["layouts"] != "gray":
-            logger.warning("%s was trained with %s layouts, not gray ones", self.weights, trained["layouts"])
+            logger.warning(
+                "%s was trained with %s layouts, not gray ones", self.weights, trained["layouts"]
+            )
         elif parse_gray(trained.get("gray", "128")) != self.gray_rgb:
             logger.warning("%s was trained with gray %s but option gray gives %s", self.weights,
                            parse_gray(trained.get("gray", "128")), self.gray_rgb)
@@ -146,4 +152,6 @@ class IOVPRGrayMethod(NetVLADMethod):
         key = (str(context.image_root), context.split_name)
         if key not in self._mask_folders:
             self.prepare(context)
-        return ImageLoader(loader.transform, GrayLayoutOpener(str(self._mask_folders[key]), self.gray_rgb))
+        return ImageLoader(
+            loader.transform, GrayLayoutOpener(str(self._mask_folders[key]), self.gray_rgb)
+        )

@@ -3,7 +3,8 @@
 ``harness segment --split S --segmenter CKPT`` predicts the window mask of every query of a
 split and stores each as a PNG (255 = window) at the image's own resolution::
 
-    <cache>/<key>/<image name>.png      key = first 16 hex of the checkpoint's sha256 + "-s<short side>"
+    <cache>/<key>/<image name>.png
+        key = first 16 hex of the checkpoint's sha256 + "-s<short side>"
 
 so masks of another checkpoint or inference size never mix, and a rerun only computes
 what is missing. The gray-layout method (``iovpr-gray``) reads the same cache.
@@ -51,7 +52,9 @@ class MaskCache:
     def path(self, name: str) -> Path:
         relative = Path(name)
         if relative.is_absolute() or ".." in relative.parts:
-            raise HarnessError(f"image name {name!r} must be a relative path inside the image folder")
+            raise HarnessError(
+                f"image name {name!r} must be a relative path inside the image folder"
+            )
         return self.folder / f"{name}.png"
 
     def get(self, name: str) -> np.ndarray | None:
@@ -92,7 +95,10 @@ def predict_masks(segmenter: LoadedSegmenter, images: Sequence[np.ndarray],
     masks: list[np.ndarray | None] = [None] * len(images)
     groups: dict[tuple, list[int]] = {}
     for index, image in enumerate(images):
-        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (image.shape, image.dtype)
+        assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (
+            image.shape,
+            image.dtype,
+        )
         groups.setdefault(image.shape[:2], []).append(index)
     model = segmenter.model
     with torch.no_grad():
@@ -142,7 +148,12 @@ def segment_images(
             images.append(ade20k.read_image(path))
         for name, mask in zip(chunk, predict_masks(segmenter, images, device)):
             cache.put(name, mask)
-    logger.info("window masks in %s: %d computed, %d cached", cache.folder, len(todo), len(names) - len(todo))
+    logger.info(
+        "window masks in %s: %d computed, %d cached",
+        cache.folder,
+        len(todo),
+        len(names) - len(todo),
+    )
     return SegmentResult(cache.folder, len(todo), len(names) - len(todo))
 
 

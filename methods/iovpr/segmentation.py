@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from harness.errors import HarnessError
-from methods.iovpr.ade20k import WINDOW_CLASS
 from harness.registry import Registry
+from methods.iovpr.ade20k import WINDOW_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +245,9 @@ def _upernet(depth: int, fpn_dim: int, ppm_dim: int = 512, widths=(64, 128, 256,
             def __init__(self):
                 super().__init__()
                 self.encoder = _build_resnet_encoder(depth, widths, stem)
-                self.decoder = _build_upernet_decoder(self.encoder.out_channels, fpn_dim, num_classes,
-                                                      ppm_dim=ppm_dim)
+                self.decoder = _build_upernet_decoder(
+                    self.encoder.out_channels, fpn_dim, num_classes, ppm_dim=ppm_dim
+                )
 
             def forward(self, x):
                 return self.decoder(self.encoder(x))
@@ -500,12 +501,18 @@ def load_pretrained(model, path: str | os.PathLike) -> LoadReport:
     with torch.no_grad():
         model.load_state_dict(state, strict=False)
     if reinitialised:
-        logger.warning("%s: head re-initialised (other class count): %s", path, _shorten(reinitialised))
+        logger.warning(
+            "%s: head re-initialised (other class count): %s", path, _shorten(reinitialised)
+        )
     if adapted:
-        logger.info("%s: 150-class ADE20k head adapted to window / other: %s", path, _shorten(adapted))
+        logger.info(
+            "%s: 150-class ADE20k head adapted to window / other: %s", path, _shorten(adapted)
+        )
     if ignored:
         logger.info("%s: ignored %d keys (%s)", path, len(ignored), _shorten(ignored, 3))
-    logger.info("loaded %d tensors into %s parts %s from %s", len(state), model.arch_name, covered, path)
+    logger.info(
+        "loaded %d tensors into %s parts %s from %s", len(state), model.arch_name, covered, path
+    )
     return LoadReport(path, tuple(covered), len(state), tuple(sorted(reinitialised)),
                       tuple(sorted(adapted)), tuple(sorted(ignored)))
 
@@ -514,7 +521,11 @@ def _adapt_head(source, target):
     """A 150-class ADE20k head as window (class 9) vs the mean of the others; else None."""
     import torch
 
-    if source.shape[0] != 150 or target.shape[0] != NUM_CLASSES or source.shape[1:] != target.shape[1:]:
+    if (
+        source.shape[0] != 150
+        or target.shape[0] != NUM_CLASSES
+        or source.shape[1:] != target.shape[1:]
+    ):
         return None
     window_row = WINDOW_CLASS - 1  # class indices 1..150 are logits 0..149
     others = torch.cat([source[:window_row], source[window_row + 1:]])

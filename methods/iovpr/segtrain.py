@@ -25,8 +25,15 @@ from harness.errors import HarnessError
 from harness.io import atomic_path, write_json_atomic
 from methods.iovpr import ade20k
 from methods.iovpr.segmentation import (
-    DEFAULT_ARCH, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, build_segmenter, checkpoint_payload,
-    load_pretrained, read_checkpoint, segment_logits,
+    DEFAULT_ARCH,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NUM_CLASSES,
+    build_segmenter,
+    checkpoint_payload,
+    load_pretrained,
+    read_checkpoint,
+    segment_logits,
 )
 from methods.options import config_from_mapping, config_to_dict
 from methods.runtime import resolve_device
@@ -66,7 +73,9 @@ class WindowSegTrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.crop_size < 32:
             raise ValueError("epochs and batch_size must be >= 1, crop_size >= 32")
         if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+            raise ValueError(
+                f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}"
+            )
         if self.lr <= 0 or self.window_weight <= 0:
             raise ValueError("lr and window_weight must be > 0")
 
@@ -90,7 +99,9 @@ class IoUCounter:
         self.correct = 0
         self.total = 0
 
-    def update(self, predicted: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+    def update(
+        self, predicted: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None
+    ) -> None:
         assert predicted.shape == truth.shape and predicted.dtype == bool == truth.dtype, (
             predicted.shape, truth.shape, predicted.dtype, truth.dtype)
         if valid is not None:
@@ -193,7 +204,9 @@ class WindowSegDataset:
         image = ade20k.read_image(sample.image_path)
         labels = ade20k.read_window_mask(sample.annotation_path).astype(np.uint8)
         if image.shape[:2] != labels.shape:
-            raise HarnessError(f"image and annotation sizes differ for {sample.name}", sample.image_path)
+            raise HarnessError(
+                f"image and annotation sizes differ for {sample.name}", sample.image_path
+            )
         short = rng.randint(self.config.scale_min, self.config.scale_max)
         image = resize_short_side(image, short)
         labels = resize_short_side(labels, short, nearest=True)
@@ -259,7 +272,9 @@ def train_window_segmenter(
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "last.pth", out_dir / "best.pth"
     if last_path.exists() and not resume:
-        raise HarnessError("a training run exists here; pass --resume or choose another --out", out_dir)
+        raise HarnessError(
+            "a training run exists here; pass --resume or choose another --out", out_dir
+        )
     device = str(resolve_device(device))
     categories = config.categories or None
     train_samples = ade20k.list_samples(ade_root, subsets=("training",), categories=categories,
@@ -280,20 +295,26 @@ def train_window_segmenter(
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
 
     history: list[dict] = []
     start_epoch, best_iou = 0, -1.0
     if resume and last_path.exists():
         state = read_checkpoint(last_path)
         if state.get("arch") != config.arch:
-            raise HarnessError(f"--resume: checkpoint is {state.get('arch')}, not {config.arch}", last_path)
+            raise HarnessError(
+                f"--resume: checkpoint is {state.get('arch')}, not {config.arch}", last_path
+            )
         model.load_state_dict(state["state_dict"])
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
         history = list(state.get("history", []))
-        best_iou = max((h["window_iou"] for h in history if not math.isnan(h["window_iou"])), default=-1.0)
+        best_iou = max(
+            (h["window_iou"] for h in history if not math.isnan(h["window_iou"])), default=-1.0
+        )
         logger.info("resuming from epoch %d (%s)", start_epoch, last_path)
 
     dataset = WindowSegDataset(train_samples, config)
@@ -314,8 +335,13 @@ def train_window_segmenter(
         dataset.epoch = epoch
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-            num_workers=config.workers, generator=generator, pin_memory=device.startswith("cuda"),
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > config.batch_size,
+            num_workers=config.workers,
+            generator=generator,
+            pin_memory=device.startswith("cuda"),
             persistent_workers=False,
         )
         losses, epoch_steps, started = [], 0, time.perf_counter()
@@ -327,7 +353,10 @@ def train_window_segmenter(
             lr = config.lr * (1.0 - step / total_steps) ** config.poly_power
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = (
+                images.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+            )
             with torch.autocast(device_type="cuda", enabled=use_amp):
                 loss = criterion(segment_logits(model, images, size=labels.shape[1:]), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -339,8 +368,13 @@ def train_window_segmenter(
             epoch_steps += 1
             progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         counter = evaluate_iou(model, val_samples, short_side=config.eval_short_side, device=device)
-        record = {"epoch": epoch, "steps": epoch_steps, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                  "seconds": round(time.perf_counter() - started, 3), **counter.as_dict()}
+        record = {
+            "epoch": epoch,
+            "steps": epoch_steps,
+            "train_loss": float(np.mean(losses)) if losses else math.nan,
+            "seconds": round(time.perf_counter() - started, 3),
+            **counter.as_dict(),
+        }
         history.append(record)
         logger.info("epoch %d: loss %.4f, val window IoU %.4f, mIoU %.4f", epoch + 1,
                     record["train_loss"], record["window_iou"], record["mean_iou"])

@@ -99,7 +99,7 @@ class StudyResult:
 
 
 def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Path) -> Path:
-    from methods.options import parse_option_pairs
+    from harness.options import parse_option_pairs
     from methods.train.registry import run_training, training_config
 
     values = {
@@ -121,7 +121,9 @@ def _train_vpr(config: StudyConfig, kind: str | None, layouts_dir: Path, out: Pa
     return run_training("iovpr", training_config("iovpr", values))
 
 
-def query_mask_iou(segmenter_path: Path, split, masks_dir: Path, *, device: str, cache_dir: Path) -> dict:
+def query_mask_iou(
+    segmenter_path: Path, split, masks_dir: Path, *, device: str, cache_dir: Path
+) -> dict:
     """Window IoU of the segmenter on a split's queries against the true masks."""
     from methods.iovpr.layouts import read_mask
     from methods.iovpr.segment import MaskCache, cache_key, segment_images
@@ -129,7 +131,9 @@ def query_mask_iou(segmenter_path: Path, split, masks_dir: Path, *, device: str,
     from methods.iovpr.segtrain import IoUCounter
 
     segmenter = load_segmenter(segmenter_path, device)
-    segment_images(segmenter, split.query_root, split.query_names, cache_dir=cache_dir, device=device)
+    segment_images(
+        segmenter, split.query_root, split.query_names, cache_dir=cache_dir, device=device
+    )
     cache = MaskCache(cache_dir, cache_key(segmenter))
     counter = IoUCounter()
     for name in split.query_names:
@@ -216,16 +220,26 @@ def run_study(config: StudyConfig) -> StudyResult:
 
     seg_dir = out / "segmenter"
     seg_config = make_config(
-        arch=config.seg_arch, epochs=config.seg_epochs, batch_size=config.seg_batch_size,
-        crop_size=config.seg_crop_size, scale_min=config.seg_scale_min, scale_max=config.seg_scale_max,
-        optimizer="adamw", lr=config.seg_lr, eval_short_side=config.seg_short_side,
-        workers=config.workers, seed=config.seed,
+        arch=config.seg_arch,
+        epochs=config.seg_epochs,
+        batch_size=config.seg_batch_size,
+        crop_size=config.seg_crop_size,
+        scale_min=config.seg_scale_min,
+        scale_max=config.seg_scale_max,
+        optimizer="adamw",
+        lr=config.seg_lr,
+        eval_short_side=config.seg_short_side,
+        workers=config.workers,
+        seed=config.seed,
     )
     seconds["layouts"] = time.perf_counter() - started
     started = time.perf_counter()
     seg = train_window_segmenter(ade, seg_dir, seg_config, device=config.device,
                                  resume=(seg_dir / "last.pth").exists())
-    segmentation = {"ade_val": seg.history[-1] if seg.history else {}, "best_ade_val_window_iou": seg.best_iou}
+    segmentation = {
+        "ade_val": seg.history[-1] if seg.history else {},
+        "best_ade_val_window_iou": seg.best_iou,
+    }
     mask_cache = out / "masks"
     if masks_dir.is_dir():
         for name in config.eval_splits:
@@ -249,12 +263,29 @@ def run_study(config: StudyConfig) -> StudyResult:
         ("untrained init", "sfrs", init, {}, None),
         ("untrained init + gray queries, true masks", "iovpr-gray", init, segmenter, "oracle"),
         ("sfrs (baseline)", "sfrs", weights["baseline"], {}, None),
-        ("sfrs + gray queries", "iovpr-gray", weights["baseline"], {"segmenter": str(seg.best_path)}, None),
-        ("sfrs + gray queries, true masks", "iovpr-gray", weights["baseline"],
-         {"segmenter": str(seg.best_path)}, "oracle"),
+        (
+            "sfrs + gray queries",
+            "iovpr-gray",
+            weights["baseline"],
+            {"segmenter": str(seg.best_path)},
+            None,
+        ),
+        (
+            "sfrs + gray queries, true masks",
+            "iovpr-gray",
+            weights["baseline"],
+            {"segmenter": str(seg.best_path)},
+            "oracle",
+        ),
         ("iovpr-real", "iovpr-real", weights["real"], {}, None),
         ("iovpr-gray", "iovpr-gray", weights["gray"], {"segmenter": str(seg.best_path)}, None),
-        ("iovpr-gray, true masks", "iovpr-gray", weights["gray"], {"segmenter": str(seg.best_path)}, "oracle"),
+        (
+            "iovpr-gray, true masks",
+            "iovpr-gray",
+            weights["gray"],
+            {"segmenter": str(seg.best_path)},
+            "oracle",
+        ),
     ]
     table = []
     features = _Features(out / "features", config.device)
@@ -294,7 +325,9 @@ def study_markdown(table: list, segmentation: dict, config: StudyConfig) -> str:
         if name in segmentation:
             lines.append(f"; {name} queries vs true masks: {segmentation[name]['window_iou']:.3f}")
     lines = ["".join(lines), ""]
-    header = "| method | " + " | ".join(f"{name} R@1 / R@5 / R@10" for name in config.eval_splits) + " |"
+    header = (
+        "| method | " + " | ".join(f"{name} R@1 / R@5 / R@10" for name in config.eval_splits) + " |"
+    )
     lines += [header, "|---|" + "---|" * len(config.eval_splits)]
     for row in table:
         cells = []
@@ -310,4 +343,13 @@ def make_study_config(**values) -> StudyConfig:
     return config_from_mapping(StudyConfig, values, what="iovpr study")
 
 
-__all__ = ["DEMO_EVAL_SPLITS", "DEMO_STUDY", "StudyConfig", "StudyResult", "make_study_config", "query_mask_iou", "run_study", "study_markdown"]
+__all__ = [
+    "DEMO_EVAL_SPLITS",
+    "DEMO_STUDY",
+    "StudyConfig",
+    "StudyResult",
+    "make_study_config",
+    "query_mask_iou",
+    "run_study",
+    "study_markdown",
+]

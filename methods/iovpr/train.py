@@ -34,11 +34,17 @@ def _f(default, help: str):
 class IOVPRTrainConfig(TrainConfig):
     """:class:`~methods.train.config.TrainConfig` plus the layout augmentation."""
 
-    layouts: Literal["real", "gray"] = _f("real", "Layout kind: real (the room stays) or gray (non-window pixels gray).")
+    layouts: Literal["real", "gray"] = _f(
+        "real", "Layout kind: real (the room stays) or gray (non-window pixels gray)."
+    )
     layouts_dir: str = _f("", "Layout folder from `harness layouts build`.")
-    threshold: int = _f(10, "Layout set: rooms with at least this many percent window pixels (10, 20 or 30).")
+    threshold: int = _f(
+        10, "Layout set: rooms with at least this many percent window pixels (10, 20 or 30)."
+    )
     layout_prob: float = _f(0.5, "Probability that a training query becomes a layout.")
-    gray: str = _f("128", "Gray of gray layouts: a level (128), R,G,B, or 'mean' (the normalisation mean).")
+    gray: str = _f(
+        "128", "Gray of gray layouts: a level (128), R,G,B, or 'mean' (the normalisation mean)."
+    )
     layout_flip: bool = _f(True, "Mirror the drawn room (and its mask) half of the time.")
 
     def __post_init__(self):
@@ -61,15 +67,21 @@ class IOVPRTrainConfig(TrainConfig):
 def layout_augment(config: IOVPRTrainConfig):
     """The ``query_augment`` of a run: the layout transform of ``config``."""
     if config.threshold not in THRESHOLDS:
-        logger.warning("threshold %d is not one of the method's sets %s", config.threshold, THRESHOLDS)
+        logger.warning(
+            "threshold %d is not one of the method's sets %s", config.threshold, THRESHOLDS
+        )
     return make_layout_transform(
         config.layouts_dir, kind=config.layouts, threshold=config.threshold,
         probability=config.layout_prob, seed=config.seed, gray=config.gray, flip=config.layout_flip,
     )
 
 
-@register_training("iovpr", IOVPRTrainConfig, defaults={"mode": "sfrs"},
-                   description="IOVPR: SFRS with real or gray ADE20k layouts on the training queries")
+@register_training(
+    "iovpr",
+    IOVPRTrainConfig,
+    defaults={"mode": "sfrs"},
+    description="IOVPR: SFRS with real or gray ADE20k layouts on the training queries",
+)
 def train_iovpr(config: IOVPRTrainConfig) -> Path:
     """Train (or resume) an IOVPR model; returns the best checkpoint."""
     from methods.train.trainer import train

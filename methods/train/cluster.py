@@ -76,7 +76,12 @@ def cluster_init(config) -> Path:
     """Run :class:`methods.train.config.ClusterConfig`; returns the h5 path."""
     from harness.splits import get_split
     from methods.base import ImageLoader
-    from methods.data import ImageListDataset, default_workers, image_batches
+    from methods.data import (
+        ImageListDataset,
+        default_workers,
+        image_batches,
+        sample_split_images,
+    )
     from methods.extract import resolve_device
     from methods.netvlad import ModelConfig, build_model, load_backbone_weights
     from methods.transforms import ResizeUint8, normalize_batch
@@ -91,26 +96,17 @@ def cluster_init(config) -> Path:
         load_backbone_weights(backbone, config.backbone_weights)
     backbone = backbone.to(device).eval()
     num_images = math.ceil(config.num_descriptors / config.per_image)
-    total = split.num_queries + split.num_database
     rng = np.random.default_rng(config.seed)
-    chosen = np.sort(rng.choice(total, size=min(num_images, total), replace=False))
+    sampled = sample_split_images(split, num_images, rng)
     loader = ImageLoader(ResizeUint8(config.image_height, config.image_width))
     workers = default_workers() if config.workers is None else config.workers
     samples = []
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=len(chosen), unit="img", desc="cluster", disable=not config.progress, leave=False
-    )
-    for part, offset, count in (
-        ("query", 0, split.num_queries),
-        ("database", split.num_queries, split.num_database),
-    ):
-        rows = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
-        if rows.size == 0:
-            continue
-        names = split.query_names if part == "query" else split.database_names
-        root = split.query_root if part == "query" else split.database_root
+    bar = tqdm(total=sum(s.rows.size for s in sampled), unit="img", desc="cluster",
+               disable=not config.progress, leave=False)
+    for sample in sampled:
+        rows, names, root = sample.rows, sample.names, sample.root
         dataset = ImageListDataset(root, names, loader)
         with torch.inference_mode():
             for batch in image_batches(
@@ -131,7 +127,7 @@ def cluster_init(config) -> Path:
             "only %d local descriptors available (asked for %d): %d images of %d locations",
             descriptors.shape[0],
             config.num_descriptors,
-            len(chosen),
+            sum(s.rows.size for s in sampled),
             samples[0].shape[0],
         )
     logger.info(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from methods.options import config_from_mapping
 from harness.registry import Registry
+from methods.options import config_from_mapping
 
 
 @dataclass(frozen=True)

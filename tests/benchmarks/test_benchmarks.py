@@ -13,13 +13,33 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_scale_compares_backends_side_by_side_and_cleans_up(tmp_path):
     pytest.importorskip("torch")
-    command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "6000", "--dim", "64",
-               "--queries", "60", "--shard-rows", "2500", "--block-rows", "500",
-               "--cpu-backend", "numpy,bf16", "--no-peak", "--dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "scale.py"),
+        "--rows",
+        "6000",
+        "--dim",
+        "64",
+        "--queries",
+        "60",
+        "--shard-rows",
+        "2500",
+        "--block-rows",
+        "500",
+        "--cpu-backend",
+        "numpy,bf16",
+        "--no-peak",
+        "--dir",
+        str(tmp_path),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    table = lines[lines.index(next(line for line in lines if line.startswith("backend ") and "wall s" in line)):]
+    table = lines[
+        lines.index(
+            next(line for line in lines if line.startswith("backend ") and "wall s" in line)
+        ) :
+    ]
     assert table[1].startswith("numpy") and "identical (indices and scores)" in table[1]
     # The shortlist really ran (the top-K is full after the first block) and gave the numpy
     # ranking: bit for bit where the BLAS allows it (OpenBLAS), else the same indices.

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from harness.breakdowns import (
-    NO_MASK, UNKNOWN, compute_breakdowns, read_conditions_csv, window_bins,
+    NO_MASK,
+    UNKNOWN,
+    compute_breakdowns,
+    read_conditions_csv,
+    window_bins,
 )
 from harness.cli import main
 from harness.config import EvalConfig

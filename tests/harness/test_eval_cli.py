@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness.cli import cli
+from harness.cli import cli, main
 from harness.config import EvalConfig
 from harness.errors import HarnessError
-from harness.evaluate import evaluate, evaluate_topk, search_features
+from harness.evaluate import evaluate, search_features
 from harness.features import write_features
 from harness.ground_truth import positives_within_radius
 from harness.io import sha256_file
+from harness.record import build_record
 from harness.results import read_predictions, read_result
 from harness.search import merge_topk
 from harness.splits import Split, register_split
@@ -27,7 +30,9 @@ def make_split(name="tiny-eval", spatial_nms=False, no_positive="miss") -> Split
     database_utm = np.stack([np.arange(NUM_DATABASE) * 10.0, np.zeros(NUM_DATABASE)], axis=1)
     if spatial_nms:  # two views per place
         database_utm[1::2] = database_utm[0::2]
-    query_utm = np.stack([rng.uniform(0, NUM_DATABASE * 10, NUM_QUERIES), rng.uniform(-5, 5, NUM_QUERIES)], 1)
+    query_utm = np.stack(
+        [rng.uniform(0, NUM_DATABASE * 10, NUM_QUERIES), rng.uniform(-5, 5, NUM_QUERIES)], 1
+    )
     query_utm[-1] = [-500.0, 0.0]  # far from everything: no positive
     return Split(
         name=name,
@@ -47,7 +52,9 @@ def make_descriptors(split: Split, seed=1):
     rng = np.random.default_rng(seed)
     database = rng.standard_normal((split.num_database, DIM)).astype(np.float32)
     nearest = np.abs(split.query_utm[:, :1] - split.database_utm[:, 0][None]).argmin(1)
-    queries = database[nearest] + 1.2 * rng.standard_normal((split.num_queries, DIM)).astype(np.float32)
+    queries = database[nearest] + 1.2 * rng.standard_normal((split.num_queries, DIM)).astype(
+        np.float32
+    )
     for array in (database, queries):
         array /= np.linalg.norm(array, axis=1, keepdims=True)
     return queries, database
@@ -63,8 +70,12 @@ def write_sharded(tmp_path, split, queries, database, dtype="float32", shards=3,
                    attrs={"weights": "toy.pth"})
     order = rng.permutation(split.num_database) if shuffle else np.arange(split.num_database)
     for number, rows in enumerate(np.array_split(order, shards)):
-        write_features(folder / f"db-{number}.h5", split=split.name, method="toy",
-                       database=([split.database_names[i] for i in rows], database[rows].astype(dtype)))
+        write_features(
+            folder / f"db-{number}.h5",
+            split=split.name,
+            method="toy",
+            database=([split.database_names[i] for i in rows], database[rows].astype(dtype)),
+        )
     return folder
 
 
@@ -109,7 +120,10 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     for name, value in expected.items():
         assert record.scores[name] == pytest.approx(value, abs=1e-6)
     assert 0 < record.scores["recall@1"] < 1 and "map@10" in record.scores
-    assert record.counts.queries_without_positive == 1 and record.counts.evaluated_queries == NUM_QUERIES
+    assert (
+        record.counts.queries_without_positive == 1
+        and record.counts.evaluated_queries == NUM_QUERIES
+    )
     assert record.method == "toy" and record.method_attrs == {"weights": "toy.pth"}
     assert len(record.features) == 4 and record.split_sha256 == split.sha256
     assert {f.path: f.sha256 for f in record.features} == {
@@ -119,6 +133,20 @@ def test_eval_cli_end_to_end(tmp_path, data_root):
     assert predictions.indices.shape == (NUM_QUERIES, 10)
     raw = json.loads(out.read_text())
     assert raw["schema_version"] == 3 and raw["main_score"] == "recall@1"
+
+
+def test_the_cli_logs_while_it_runs_and_leaves_no_handler_behind(tmp_path, data_root, capsys):
+    # Only the CLI configures logging, and only for the command's duration: a handler left on
+    # the root logger would write to this test's stderr after pytest has closed it.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    split = make_split()
+    folder = write_sharded(tmp_path, split, *make_descriptors(split))
+    assert main(["eval", "--features", str(folder), "--split", split.name, "--data-root",
+                 str(data_root), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING harness.record: 1 of" in err and "queries have no positive within" in err
+    assert root.handlers == handlers and root.level == level
 
 
 def test_eval_cli_recall_ns_and_predictions_path(tmp_path, data_root):
@@ -183,7 +211,9 @@ def test_eval_cli_usage_errors(data_root):
     runner = CliRunner()
     neither = runner.invoke(cli, ["eval", "--split", "tiny-eval", "--data-root", str(data_root)])
     assert neither.exit_code == 2 and "one of --features, --method or --ranking" in neither.output
-    stray = runner.invoke(cli, ["eval", "--features", "x.h5", "--weights", "w.pth", "--split", "tiny-eval"])
+    stray = runner.invoke(
+        cli, ["eval", "--features", "x.h5", "--weights", "w.pth", "--split", "tiny-eval"]
+    )
     assert stray.exit_code == 2 and "need --method" in stray.output
 
 
@@ -194,7 +224,9 @@ def test_evaluate_policies_against_reference(tmp_path, policy):
     folder = write_sharded(tmp_path, split, queries, database)
     result = evaluate([folder], split, EvalConfig(block_rows=16, ngpu=0))
     expected = reference_recalls(split, queries, database, (1, 5, 10), policy)
-    assert {k: v for k, v in result.scores.items() if k.startswith("recall")} == pytest.approx(expected)
+    assert {k: v for k, v in result.scores.items() if k.startswith("recall")} == pytest.approx(
+        expected
+    )
     assert result.counts.evaluated_queries == NUM_QUERIES - (policy == "exclude")
 
 
@@ -207,9 +239,8 @@ def test_sharded_evaluation_gives_the_identical_record(tmp_path):
     parts = [search_features([folder / "query.h5", folder / f"db-{i}.h5"], split, config,
                              partial_database=True) for i in range(3)]
     merged = merge_topk([p.topk for p in parts])
-    sharded = evaluate_topk(split, merged, config, method="toy", features=single.features,
-                            descriptor_dim=DIM, search_backend=parts[0].search_backend,
-                            method_attrs=single.method_attrs)
+    output = dataclasses.replace(parts[0], topk=merged, digests=single.features)
+    sharded = build_record(split, output, config, method="toy")
     assert sharded.scores == single.scores and sharded.counts == single.counts
     assert sharded.protocol == single.protocol and single.protocol.nms_pool == 120
     np.testing.assert_array_equal(sharded.prediction_data.indices, single.prediction_data.indices)
@@ -230,15 +261,17 @@ def test_sharded_search_of_a_query_file_that_holds_a_database_shard(tmp_path):
                           database=(list(split.database_names[half:]), database[half:]))
     config = EvalConfig(ngpu=0, block_rows=8)
     single = evaluate([both, rest], split, config)
-    first, digests_first, _ = search_and_hash([both], split, config, partial_database=True,
-                                              database_ranges={both: None})
-    second, digests_second, _ = search_and_hash([both, rest], split, config,
-                                                partial_database=True, database_ranges={rest: None})
+    first = search_and_hash([both], split, config, partial_database=True,
+                            database_ranges={both: None})
+    second = search_and_hash([both, rest], split, config, partial_database=True,
+                             database_ranges={rest: None})
     assert (first.database_rows, second.database_rows) == (half, NUM_DATABASE - half)
-    assert np.isin(second.topk.indices[second.topk.indices >= 0], np.arange(half, NUM_DATABASE)).all()
+    assert np.isin(
+        second.topk.indices[second.topk.indices >= 0], np.arange(half, NUM_DATABASE)
+    ).all()
     merged = merge_topk([first.topk, second.topk])
     np.testing.assert_array_equal(merged.indices, single.prediction_data.indices[:, :merged.k])
-    by_path = {d.path: d.sha256 for d in (*digests_first, *digests_second)}
+    by_path = {d.path: d.sha256 for d in (*first.digests, *second.digests)}
     assert by_path == {str(both): sha256_file(both), str(rest): sha256_file(rest)}
 
 
@@ -258,9 +291,10 @@ def test_row_ranges_of_one_file_merge_into_the_single_search(tmp_path):
     cuts = [0, 9, 31, NUM_DATABASE]
     parts, digests = [], []
     for index, (start, stop) in enumerate(zip(cuts, cuts[1:])):
-        output, found, _ = search_and_hash([one], split, config, partial_database=True,
-                                           database_ranges={one: (start, stop)},
-                                           hashed=[one] if start == 0 else [])
+        output = search_and_hash([one], split, config, partial_database=True,
+                                 database_ranges={one: (start, stop)},
+                                 hashed=[one] if start == 0 else [])
+        found = output.digests
         assert output.database_rows == stop - start
         assert np.isin(output.topk.indices[output.topk.indices >= 0],
                        np.arange(start, stop)).all()  # names map stored rows 1:1 here
@@ -358,7 +392,9 @@ def test_checksums_of_files_read_through_hdf5_are_read_from_disk(tmp_path, monke
     paths = [folder / "query.h5", chunked]
     result, digests = _streamed_digests(paths, split, EvalConfig(ngpu=0, block_rows=8), monkeypatch)
     assert {f.path: f.sha256 for f in result.features} == {str(p): sha256_file(p) for p in paths}
-    assert digests.streamed_bytes == 0 and digests.read_bytes == sum(p.stat().st_size for p in paths)
+    assert digests.streamed_bytes == 0 and digests.read_bytes == sum(
+        p.stat().st_size for p in paths
+    )
 
 
 def test_streamed_digest_falls_back_when_blocks_come_out_of_order(tmp_path):
@@ -390,4 +426,6 @@ def test_bf16_shortlist_backend_gives_the_same_record(tmp_path):
     exact = evaluate([folder], split, EvalConfig(ngpu=0, block_rows=16))
     shortlisted = evaluate([folder], split, EvalConfig(ngpu=0, block_rows=16, cpu_backend="bf16"))
     assert shortlisted.search_backend.startswith("bf16") and shortlisted.scores == exact.scores
-    np.testing.assert_array_equal(shortlisted.prediction_data.indices, exact.prediction_data.indices)
+    np.testing.assert_array_equal(
+        shortlisted.prediction_data.indices, exact.prediction_data.indices
+    )

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badinputs import ReaderProcess
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from badinputs import ReaderProcess
 from harness.errors import HarnessError
 
 FAST_EXAMPLES = int(os.environ.get("HARNESS_FUZZ_EXAMPLES", "100"))

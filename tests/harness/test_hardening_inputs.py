@@ -30,7 +30,6 @@ from typing import Callable
 import h5py
 import numpy as np
 import pytest
-
 from badinputs import (
     DIM,
     directories,
@@ -41,6 +40,7 @@ from badinputs import (
     unit_rows,
     write_valid_features,
 )
+
 from harness.features import write_features
 
 SPLIT = "synth-outdoor-ams"  # 12 queries, 96 database images
@@ -1102,17 +1102,16 @@ def _(ctx):
     return Expect(["evall"], "No such command 'evall'. Did you mean 'eval'?", usage=True)
 
 
-@case("cli", "more eval tasks than the search's blocks of the database")
+@case("cli", "more eval tasks than the database's search blocks")
 def _(ctx):
-    from harness.search import default_block_rows
-
+    # beyond the number of files, tasks take row ranges cut at the search's blocks (8-D
+    # float32 rows: 128 MiB / 32 B = 4194304 rows a block), and the tiny database is one block
     query, database = ctx.features()
     return Expect(["slurm", "eval", "--features", str(query), "--features", str(database),
                    "--split", SPLIT, "--data-root", str(ctx.data_root), "--shards", "5",
                    "--cluster", "local", "--log-dir", str(ctx.root / "logs")],
-                  f"{database}: 5 shards asked for, but cut at the search's blocks of "
-                  f"{default_block_rows(DIM)} rows the database gives at most 1; ask for fewer, "
-                  "or pass smaller --block-rows")
+                  f"{database}: 5 shards asked for, but cut at blocks of 4194304 rows the "
+                  "database gives at most 1; ask for fewer shards or give a smaller --block-rows")
 
 
 @case("cli", "a misspelt method option")

@@ -52,8 +52,12 @@ def test_hand_computed_recall_and_map(case):
 
 
 def test_counts_and_first_rank():
-    result = compute_metrics(np.array([[4, 5, 6], [1, 2, 3], [9, 8, 3]]),
-                             make_positives([[5], [], [3]]), recall_ns=(1, 3), no_positive="exclude")
+    result = compute_metrics(
+        np.array([[4, 5, 6], [1, 2, 3], [9, 8, 3]]),
+        make_positives([[5], [], [3]]),
+        recall_ns=(1, 3),
+        no_positive="exclude",
+    )
     np.testing.assert_array_equal(result.first_positive_rank, [1, -1, 2])
     assert result.queries_without_positive == 1 and result.evaluated_queries == 2
     np.testing.assert_array_equal(result.has_positive, [True, False, True])
@@ -61,7 +65,9 @@ def test_counts_and_first_rank():
 
 def test_exclude_with_no_positive_at_all_is_an_error():
     with pytest.raises(HarnessError, match="no query to evaluate"):
-        compute_metrics(np.array([[1, 2]]), make_positives([[]]), recall_ns=(1,), no_positive="exclude")
+        compute_metrics(
+            np.array([[1, 2]]), make_positives([[]]), recall_ns=(1,), no_positive="exclude"
+        )
 
 
 def test_too_shallow_predictions_are_an_error():

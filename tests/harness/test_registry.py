@@ -68,7 +68,9 @@ def test_registration_modules_are_imported_on_first_lookup(tmp_path, monkeypatch
 
 
 def test_only_an_absent_optional_module_is_skipped():
-    absent = Registry("thing", ("house_no_such_module",), optional_modules=("house_no_such_module",))
+    absent = Registry(
+        "thing", ("house_no_such_module",), optional_modules=("house_no_such_module",)
+    )
     assert absent.names() == []
     required = Registry("thing", ("house_no_such_module",))
     with pytest.raises(ModuleNotFoundError, match="house_no_such_module"):

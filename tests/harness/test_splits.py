@@ -390,8 +390,11 @@ def test_cli_import_and_errors(tmp_path):
         "splits", "import", "--name", "y", "--mat", raw / "broken.mat", "--data-root", store
     )
     assert result.exit_code == 2
-    assert result.output.startswith(f"error: {raw / 'broken.mat'}: ")
-    assert "not a MATLAB v5 or v7.3 .mat file" in result.output
+    # stderr also holds the command's log ("reading ..."); the error is its one last line
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.stderr.splitlines()[-1] == error
+    assert error.startswith(f"error: {raw / 'broken.mat'}: ")
+    assert "not a MATLAB v5 or v7.3 .mat file" in error
 
 
 def test_cli_list_empty(tmp_path):

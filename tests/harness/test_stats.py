@@ -9,8 +9,16 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.stats import (
-    BootstrapSettings, bootstrap_distribution, bootstrap_interval, format_interval,
-    mcnemar_exact, paired_scores, per_query_scores, point_estimate, score_intervals, verdict,
+    BootstrapSettings,
+    bootstrap_distribution,
+    bootstrap_interval,
+    format_interval,
+    mcnemar_exact,
+    paired_scores,
+    per_query_scores,
+    point_estimate,
+    score_intervals,
+    verdict,
 )
 
 

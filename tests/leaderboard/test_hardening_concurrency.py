@@ -1,7 +1,7 @@
 """Concurrent writers into the same folders: nothing lost, nothing interleaved.
 
-``tests/leaderboard/test_leaderboard.py`` already races 8 submitters of different files (and one exact
-duplicate); ``tests/slurm/test_slurm.py`` runs extraction shards as a job array. What is added
+``tests/leaderboard/test_leaderboard.py`` already races 8 submitters of different files (and one
+exact duplicate); ``tests/slurm/test_slurm.py`` runs extraction shards as a job array. What is added
 here, all with real processes released at the same instant:
 
 * the same feature files submitted at once under two method names: one record, not two;
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from badinputs import start_together, temp_files, two_records_and_their_build, write_valid_features
 
 SPLIT = "synth-outdoor-ams"

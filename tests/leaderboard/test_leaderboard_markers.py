@@ -61,7 +61,7 @@ def test_ranking_submission_is_scored_like_features_and_marked(tmp_path):
     assert reranked.metadata.descriptor_dim is None
     build_leaderboard(results, tmp_path / "out", data_root=data_root, plots=False, grids=False)
     readme = (tmp_path / "out" / "README.md").read_text()
-    assert "reranker (re-ranking)" in readme and "| retrieval" in readme
+    assert "reranker \\(re-ranking\\)" in readme and "| retrieval" in readme  # escaped text
     report = check_results(results, data_root=data_root, feature_dirs=[tmp_path], git=False)
     assert not report.problems and report.recomputed == 2
 

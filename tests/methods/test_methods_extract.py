@@ -17,8 +17,13 @@ from harness.errors import HarnessError  # noqa: E402
 from harness.features import read_descriptors, read_info, read_names  # noqa: E402
 from harness.splits import Split  # noqa: E402
 from methods.checkpoints import save_checkpoint  # noqa: E402
-from methods.extract import ExtractOptions, export_hloc, extract, extract_images  # noqa: E402
-from methods.extract import shard_rows  # noqa: E402
+from methods.extract import (  # noqa: E402
+    ExtractOptions,
+    export_hloc,
+    extract,
+    extract_images,
+    shard_rows,  # noqa: E402
+)
 from methods.netvlad import ModelConfig, build_model  # noqa: E402
 from methods.provider import provide_features  # noqa: E402
 from methods.registry import get_method  # noqa: E402
@@ -384,7 +389,9 @@ def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path,
     assert len({s.database_names for s in splits}) == 1
     caplog.set_level(logging.INFO, logger="methods.extract")
     provided = [provide_features(split=split, **kwargs) for split in splits]
-    extracted = [r.getMessage().split(":")[0] for r in caplog.records if "images in" in r.getMessage()]
+    extracted = [
+        r.getMessage().split(":")[0] for r in caplog.records if "images in" in r.getMessage()
+    ]
     databases = {tuple(p[1:]) for p in provided}
     assert len(databases) == 1
     assert sum("database-" in name for name in extracted) == 1

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
+from harness.registry import Registry  # noqa: E402
 from methods.checkpoints import (  # noqa: E402
     load_state_dict_strict,
     read_checkpoint,
@@ -28,7 +29,6 @@ from methods.netvlad import (  # noqa: E402
     model_from_checkpoint,
 )
 from methods.pca import fit_pca, load_pca, pca_conv_parameters, save_pca  # noqa: E402
-from harness.registry import Registry  # noqa: E402
 from methods.registry import get_method, list_methods  # noqa: E402
 from methods.transforms import MEAN, STD, ResizeUint8, ShortSideUint8, normalize_batch  # noqa: E402
 

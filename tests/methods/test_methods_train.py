@@ -264,9 +264,10 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, tiny_city):
 
 
 def test_query_augment_applies_to_queries_only(tmp_path, tiny_city):
+    from PIL import Image
+
     from methods.train.trainer import TupleDataset
     from methods.transforms import TrainTransform
-    from PIL import Image
 
     split = tiny_city.split("ams30k-train")
 

@@ -25,13 +25,20 @@ from harness.errors import HarnessError
 from harness.features import write_features
 from harness.splits import Split, save_split
 from slurm.executor import (
-    Resources, executor_parameters, list_profiles, load_profile, make_executor, parse_time_min,
+    Resources,
+    executor_parameters,
+    list_profiles,
+    load_profile,
+    make_executor,
+    parse_time_min,
 )
 from slurm.launch import Launch
 from slurm.scheduler import parse_sacct
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_DIR = Path(os.environ.get("IOVPR_SLURM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "iovpr-slurm"))
+CLUSTER_DIR = Path(
+    os.environ.get("IOVPR_SLURM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "iovpr-slurm")
+)
 LAUNCH_TIMEOUT_S = 240
 
 
@@ -97,23 +104,41 @@ def _resources(cluster: str, **changes) -> Resources:
 class Toy:
     """A seeded split with descriptors: query.h5 plus four database shard files."""
 
-    def __init__(self, root: Path, seed: int = 0, queries: int = 40, database: int = 400, dim: int = 16):
+    def __init__(
+        self, root: Path, seed: int = 0, queries: int = 40, database: int = 400, dim: int = 16
+    ):
         rng = np.random.default_rng(seed)
         self.root = root
         self.database_names = tuple(f"db/{i:05d}.jpg" for i in range(database))
         self.query_names = tuple(f"q/{i:04d}.jpg" for i in range(queries))
         database_utm = rng.uniform(0, 300, (database, 2))
-        query_utm = database_utm[rng.integers(0, database, queries)] + rng.normal(0, 8, (queries, 2))
-        self.split = Split(name="toy", query_names=self.query_names, database_names=self.database_names,
-                           query_utm=query_utm, database_utm=database_utm)
+        query_utm = database_utm[rng.integers(0, database, queries)] + rng.normal(
+            0, 8, (queries, 2)
+        )
+        self.split = Split(
+            name="toy",
+            query_names=self.query_names,
+            database_names=self.database_names,
+            query_utm=query_utm,
+            database_utm=database_utm,
+        )
         self.split_file = save_split(self.split, root / "toy.split.npz")
         descriptors = rng.normal(size=(database, dim)).astype(np.float32)
         descriptors[database - 1] = descriptors[3]  # an exact tie between two shards
         self.database = descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
-        queries_desc = self.database[rng.integers(0, database, queries)] + rng.normal(0, 0.3, (queries, dim))
-        self.queries = (queries_desc / np.linalg.norm(queries_desc, axis=1, keepdims=True)).astype(np.float32)
+        queries_desc = self.database[rng.integers(0, database, queries)] + rng.normal(
+            0, 0.3, (queries, dim)
+        )
+        self.queries = (queries_desc / np.linalg.norm(queries_desc, axis=1, keepdims=True)).astype(
+            np.float32
+        )
         self.features = root / "features"
-        write_features(self.features / "query.h5", split="toy", method="toy", query=(self.query_names, self.queries))
+        write_features(
+            self.features / "query.h5",
+            split="toy",
+            method="toy",
+            query=(self.query_names, self.queries),
+        )
         # Shard files hold their rows in a shuffled order: names place them in the split.
         self.shards = np.array_split(rng.permutation(database), 4)
         for index in range(4):
@@ -169,7 +194,9 @@ def _poll(launch: Launch, condition, timeout_s: float = LAUNCH_TIMEOUT_S, every_
         if condition(status):
             return status
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s:\n{status.format(all_tasks=True)}")
+            raise AssertionError(
+                f"condition not met within {timeout_s}s:\n{status.format(all_tasks=True)}"
+            )
         time.sleep(every_s)
 
 
@@ -220,7 +247,12 @@ def test_profile_layers_and_overrides(tmp_path):
     train = loaded.resources("train")
     assert (train.partition, train.gpus, train.mem_gb, train.time_min) == ("gpu", 4, 64.0, 120)
     evaluate = loaded.resources("eval", {"time_min": "30", "cpus": None})
-    assert (evaluate.partition, evaluate.cpus, evaluate.time_min, evaluate.gpus) == ("cpu", 8, 30, 0)
+    assert (evaluate.partition, evaluate.cpus, evaluate.time_min, evaluate.gpus) == (
+        "cpu",
+        8,
+        30,
+        0,
+    )
     assert loaded.resources("extract").partition == "cpu"
 
 
@@ -280,12 +312,24 @@ def test_sbatch_script_carries_the_resources(tmp_path, slurm_cluster):
         assert line in text, line
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("12|COMPLETED\n13_0|RUNNING\n13_1|CANCELLED by 0\n", {"12": "COMPLETED", "13_0": "RUNNING", "13_1": "CANCELLED"}),
-    ("14_[2-4%1]|PENDING\n14_0|COMPLETED\n", {"14_2": "PENDING", "14_3": "PENDING", "14_4": "PENDING", "14_0": "COMPLETED"}),
-    ("15_[1,3-4]|PENDING\n15_3|RUNNING\n", {"15_1": "PENDING", "15_3": "RUNNING", "15_4": "PENDING"}),
-    ("\n16|TIMEOUT\nnot a line\n", {"16": "TIMEOUT"}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "12|COMPLETED\n13_0|RUNNING\n13_1|CANCELLED by 0\n",
+            {"12": "COMPLETED", "13_0": "RUNNING", "13_1": "CANCELLED"},
+        ),
+        (
+            "14_[2-4%1]|PENDING\n14_0|COMPLETED\n",
+            {"14_2": "PENDING", "14_3": "PENDING", "14_4": "PENDING", "14_0": "COMPLETED"},
+        ),
+        (
+            "15_[1,3-4]|PENDING\n15_3|RUNNING\n",
+            {"15_1": "PENDING", "15_3": "RUNNING", "15_4": "PENDING"},
+        ),
+        ("\n16|TIMEOUT\nnot a line\n", {"16": "TIMEOUT"}),
+    ],
+)
 def test_parse_sacct(text, expected):
     assert parse_sacct(text) == expected
 
@@ -407,8 +451,21 @@ def test_sharded_eval_cli_equals_harness_eval(cluster, toy, tmp_path):
     from harness.results import read_result
 
     runner = CliRunner()
-    single = runner.invoke(cli, ["eval", "--features", str(toy.features), "--split", str(toy.split_file),
-                                 "--ngpu", "0", "--json", str(tmp_path / "single.json"), "--no-progress"])
+    single = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--features",
+            str(toy.features),
+            "--split",
+            str(toy.split_file),
+            "--ngpu",
+            "0",
+            "--json",
+            str(tmp_path / "single.json"),
+            "--no-progress",
+        ],
+    )
     assert single.exit_code == 0, single.output
     args = ["slurm", "eval", "--features", str(toy.features), "--split", str(toy.split_file),
             "--shards", "3", "--ngpu", "0", "--json", str(tmp_path / "sharded.json"),
@@ -462,7 +519,9 @@ def test_raising_task_is_reported_and_rerun_skips_finished_shards(cluster, toy, 
     assert all(t.completed for t in status.tasks if t.index != 2)
     shown = CliRunner().invoke(cli, ["slurm", "status", str(launch_dir)])
     assert shown.exit_code == 0 and "FAILED" in shown.output and str(log) in shown.output
-    as_json = json.loads(CliRunner().invoke(cli, ["slurm", "status", str(launch_dir), "--json"]).output)
+    as_json = json.loads(
+        CliRunner().invoke(cli, ["slurm", "status", str(launch_dir), "--json"]).output
+    )
     assert as_json["counts"] == {"COMPLETED": 3, "FAILED": 1}
 
     # Fixed file, same command: only shard 2 is searched again.
@@ -581,8 +640,16 @@ def test_sharded_extraction_over_a_job_array(cluster, tiny_city, tiny_weights, t
     hidden = tmp_path / "hidden.jpg"
     shutil.move(images / missing, hidden)
 
-    options = dict(shards=3, cluster=cluster, log_dir=tmp_path / "logs", resources=_resources(cluster),
-                   weights=str(tiny_weights), device="cpu", batch_size=8, workers=0)
+    options = dict(
+        shards=3,
+        cluster=cluster,
+        log_dir=tmp_path / "logs",
+        resources=_resources(cluster),
+        weights=str(tiny_weights),
+        device="cpu",
+        batch_size=8,
+        workers=0,
+    )
     out = tmp_path / "features"
     with pytest.raises(HarnessError) as info:
         launch_extract("netvlad", split, out, **options)
@@ -603,7 +670,11 @@ def test_sharded_extraction_over_a_job_array(cluster, tiny_city, tiny_weights, t
     assert [len(t["attempts"]) for t in launch.tasks] == [1, 1, 2]
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in written.items())
     files = output_files(launch)
-    assert [read_info(f).attrs["shard"] for f in files if f.name.startswith("database")] == ["0/3", "1/3", "2/3"]
+    assert [read_info(f).attrs["shard"] for f in files if f.name.startswith("database")] == [
+        "0/3",
+        "1/3",
+        "2/3",
+    ]
     result = evaluate(files, split, EvalConfig(ngpu=0))
     assert result.counts.database == split.num_database
     assert result.descriptor_dim == 4 * 128
@@ -691,7 +762,11 @@ def test_training_requeued_on_preemption_and_resubmitted_after_cancel(tiny_city,
     subprocess.run(["scancel", job_id], check=True)
     status = _poll(launch, lambda s: s.done)
     task = status.tasks[0]
-    assert task.state == "CANCELLED" and task.stderr and task.error == "the scheduler reports CANCELLED"
+    assert (
+        task.state == "CANCELLED"
+        and task.stderr
+        and task.error == "the scheduler reports CANCELLED"
+    )
     assert "--tasks 0" in status.format()
     cancelled_at = epochs_done()
     assert cancelled_at < epochs

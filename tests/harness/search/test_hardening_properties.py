@@ -95,8 +95,13 @@ def test_search_equals_brute_force_with_ties(backend, problem):
 @pytest.mark.parametrize("backend", ["faiss-gpu", "torch-cuda"])
 def test_gpu_search_equals_brute_force_with_ties(backend):
     """The GPU backends under the same property (skipped where no GPU is visible)."""
-    from harness.search import faiss_gpu_count, get_backend, search_blocks, iter_array_blocks
-    from harness.search import torch_gpu_count
+    from harness.search import (
+        faiss_gpu_count,
+        get_backend,
+        iter_array_blocks,
+        search_blocks,
+        torch_gpu_count,
+    )
 
     count = faiss_gpu_count() if backend == "faiss-gpu" else torch_gpu_count()
     if count < 1:

@@ -84,7 +84,9 @@ def test_settled_rows_are_skipped_without_changing_the_result():
     result = search(queries, database, 5, block_rows=50, ngpu=0)
     assert_same_up_to_rounding(result, brute_force(queries, database, 5))
     queries, database = tied(rng, 40, 4), tied(rng, 2000, 4)
-    assert_same(search(queries, database, 5, block_rows=50, ngpu=0), brute_force(queries, database, 5))
+    assert_same(
+        search(queries, database, 5, block_rows=50, ngpu=0), brute_force(queries, database, 5)
+    )
 
 
 def test_row_order_and_query_batches_do_not_change_the_result():
@@ -132,7 +134,9 @@ def test_merge_topk_of_shards_equals_single_search():
     queries, database = tied(rng, 17, 6), tied(rng, 410, 6)
     permutation = rng.permutation(len(database))
     shards = np.array_split(permutation, 5)
-    parts = [search(queries, database[rows], 20, rows=rows, block_rows=33, ngpu=0) for rows in shards]
+    parts = [
+        search(queries, database[rows], 20, rows=rows, block_rows=33, ngpu=0) for rows in shards
+    ]
     merged = merge_topk(parts[::-1])
     assert_same(merged, brute_force(queries, database, 20))
     assert_same(merge_topk(parts, k=5), brute_force(queries, database, 5))
@@ -155,7 +159,9 @@ def test_merge_topk_hand_case_ties_lower_index_first():
 
 def test_running_topk_keeps_all_tied_entries_in_index_order():
     state = RunningTopK(1, 3)
-    state.add_scores(slice(0, 1), np.array([[1.0, 1.0, 1.0, 1.0, 1.0]], np.float32), np.array([9, 4, 7, 1, 5]))
+    state.add_scores(
+        slice(0, 1), np.array([[1.0, 1.0, 1.0, 1.0, 1.0]], np.float32), np.array([9, 4, 7, 1, 5])
+    )
     state.add_scores(slice(0, 1), np.array([[1.0, 0.5]], np.float32), np.array([0, 2]))
     np.testing.assert_array_equal(state.result().indices, [[0, 1, 4]])
 
@@ -183,7 +189,9 @@ def test_streaming_from_shards_on_disk(tmp_path, dtype, reader_threads, monkeypa
     expected = brute_force(queries, stored, 10)
     # fp16 is widened exactly, and the same GEMM path scores it: identical ranking.
     assert_same_up_to_rounding(streamed, expected)
-    assert stats.database_rows == 700 and stats.blocks == sum(-(-len(s.rows) // 64) for s in sources)
+    assert stats.database_rows == 700 and stats.blocks == sum(
+        -(-len(s.rows) // 64) for s in sources
+    )
     in_memory = search(queries, stored, 10, ngpu=0, block_rows=64)
     assert_same_up_to_rounding(streamed, in_memory, atol=1e-6)
 
@@ -195,7 +203,9 @@ def test_chunked_dataset_falls_back_to_h5py_reads(tmp_path):
     database = normalised(rng, 50, 8)
     path = tmp_path / "chunked.h5"
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("database/descriptors", data=database, chunks=(8, 8), compression="gzip")
+        handle.create_dataset(
+            "database/descriptors", data=database, chunks=(8, 8), compression="gzip"
+        )
     blocks = list((rows.copy(), block.copy()) for rows, block in
                   iter_feature_blocks([BlockSource(path, np.arange(50))], 16))
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), database)
@@ -263,7 +273,12 @@ def test_backend_registry_and_cpu_choice():
 
 def test_block_dimension_mismatch_is_an_error():
     with pytest.raises(ValueError, match="dim"):
-        search_blocks(np.ones((2, 3), np.float32), iter_array_blocks(np.ones((4, 5), np.float32), 2), 2, ngpu=0)
+        search_blocks(
+            np.ones((2, 3), np.float32),
+            iter_array_blocks(np.ones((4, 5), np.float32), 2),
+            2,
+            ngpu=0,
+        )
 
 
 @pytest.mark.gpu
@@ -295,7 +310,9 @@ def test_gpu_backends_equal_cpu(backend_name):
 def special_float16(rng, rows, dim):
     """float16 values with subnormals, signed zeros, the largest finite values, Inf and NaN."""
     values = (rng.standard_normal((rows, dim)) / 64).astype(np.float16)
-    values.reshape(-1)[:8] = np.array([6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504, np.inf, np.nan], np.float16)
+    values.reshape(-1)[:8] = np.array(
+        [6e-8, -6e-8, 3e-5, -0.0, 0.0, 65504, np.inf, np.nan], np.float16
+    )
     return values
 
 
@@ -325,10 +342,14 @@ def test_float16_converter_auto_takes_torch_only_at_scale(monkeypatch):
     small = search_module.float16_converter("auto", stored_bytes=1 << 20)
     assert small is search_module.widen_numpy and "torch" not in sys.modules
     monkeypatch.setitem(sys.modules, "torch", None)  # "installed", but importing it fails
-    large = search_module.float16_converter("auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES)
+    large = search_module.float16_converter(
+        "auto", stored_bytes=search_module.TORCH_WIDEN_MIN_BYTES
+    )
     assert large is search_module.widen_numpy  # no torch after all: numpy, and no error
     monkeypatch.setenv(search_module.FP16_CONVERTER_ENV, "numpy")
-    assert search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module.widen_numpy
+    assert (
+        search_module.float16_converter("auto", stored_bytes=1 << 40) is search_module.widen_numpy
+    )
 
 
 def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
@@ -344,7 +365,9 @@ def test_blocks_as_stored_and_the_stored_bytes_hook(tmp_path):
                   iter_feature_blocks([BlockSource(path, np.arange(300))], 128, as_stored=True,
                                       on_stored_block=hook))
     assert [b[2] for b in blocks] == [np.float16] * 3 and all(b[3] for b in blocks)
-    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), database.astype(np.float16))
+    np.testing.assert_array_equal(
+        np.concatenate([b[1] for b in blocks]), database.astype(np.float16)
+    )
     raw = path.read_bytes()
     offsets = [offset for offset, _ in seen]
     assert offsets == [offsets[0] + i * 128 * 16 * 2 for i in range(3)]  # in file order
@@ -361,7 +384,9 @@ def test_overlapped_selection_gives_the_same_result(make):
     for batch in (None, 40):
         backend = get_backend("numpy", overlap=True, query_batch_rows=batch, selection_threads=2)
         assert "overlapped" in backend.describe()
-        assert_same(search_blocks(queries, iter_array_blocks(database, 100), 12, backend=backend), plain)
+        assert_same(
+            search_blocks(queries, iter_array_blocks(database, 100), 12, backend=backend), plain
+        )
     if make is tied:
         assert_same(plain, brute_force(queries, database, 12))
 
@@ -466,8 +491,12 @@ def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
         sources.append(BlockSource(path, rows))
     backend = resolve_backend(ngpu=ngpu)
     assert backend.name in ("faiss-gpu", "torch-cuda")
-    gpu = search_blocks(queries, iter_feature_blocks(sources, 1024, as_stored=backend.accepts_float16),
-                        50, backend=backend)
+    gpu = search_blocks(
+        queries,
+        iter_feature_blocks(sources, 1024, as_stored=backend.accepts_float16),
+        50,
+        backend=backend,
+    )
     cpu = search_blocks(queries, iter_feature_blocks(sources, 1024), 50, ngpu=0)
     assert_same(gpu, cpu)
     assert_same(cpu, brute_force(queries, database, 50))
@@ -480,11 +509,15 @@ def test_gpu_streamed_float16_shards_equal_cpu(tmp_path, ngpu):
 def near_duplicates(rng, rows, dim, groups=20):
     """Rows clustered around a few centres: many scores inside the bfloat16 error window."""
     centres = normalised(rng, groups, dim)
-    values = centres[rng.integers(0, groups, rows)] + 0.05 * rng.standard_normal((rows, dim)).astype(np.float32)
+    values = centres[rng.integers(0, groups, rows)] + 0.05 * rng.standard_normal(
+        (rows, dim)
+    ).astype(np.float32)
     return values / np.linalg.norm(values, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("make", [normalised, near_duplicates, tied], ids=["random", "clustered", "ties"])
+@pytest.mark.parametrize(
+    "make", [normalised, near_duplicates, tied], ids=["random", "clustered", "ties"]
+)
 def test_bf16_shortlist_equals_exact_search(make):
     pytest.importorskip("torch")
     rng = np.random.default_rng(18)
@@ -509,7 +542,10 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     from harness.search import Bf16ShortlistBackend
 
     rng = np.random.default_rng(19)
-    queries, database = near_duplicates(rng, 30, 32, groups=2), near_duplicates(rng, 2000, 32, groups=2)
+    queries, database = (
+        near_duplicates(rng, 30, 32, groups=2),
+        near_duplicates(rng, 2000, 32, groups=2),
+    )
     backend = get_backend("bf16")
     backend.dense_fraction = 0.0  # every shortlist counts as loose: the float32 GEMM fallback
     result = search_blocks(queries, iter_array_blocks(database, 200), 15, backend=backend)
@@ -535,7 +571,10 @@ def test_rescored_pairs_are_the_gemm_scores():
     from harness.search import rescore_pairs
 
     rng = np.random.default_rng(23)
-    queries, block = normalised(rng, 70, 4096), normalised(rng, 300, 4096).astype(np.float16).astype(np.float32)
+    queries, block = (
+        normalised(rng, 70, 4096),
+        normalised(rng, 300, 4096).astype(np.float16).astype(np.float32),
+    )
     query_rows = np.sort(rng.integers(0, 70, 517))  # not a multiple of the tile or chunk
     columns = rng.integers(0, 300, 517)
     gemm = (queries @ block.T)[query_rows, columns]
@@ -606,7 +645,10 @@ def test_bf16_margins_hold_for_torch_bfloat16_scores(kind):
     if kind == "random":
         queries, database = normalised(rng, 64, dim), normalised(rng, 512, dim)
     elif kind == "clustered":
-        queries, database = near_duplicates(rng, 64, dim, groups=2), near_duplicates(rng, 512, dim, groups=2)
+        queries, database = (
+            near_duplicates(rng, 64, dim, groups=2),
+            near_duplicates(rng, 512, dim, groups=2),
+        )
     else:
         queries = adversarial_pairs(rng, 64, dim)
         database = np.abs(adversarial_pairs(rng, 512, dim)) * np.sign(queries[0])
@@ -619,7 +661,9 @@ def test_bf16_margins_hold_for_torch_bfloat16_scores(kind):
     if kind != "adversarial":
         assert 0.004 < unit.mean() < 0.0066
     exact = (queries @ database.T).astype(np.float64)
-    approximate = torch.mm(torch.from_numpy(queries).bfloat16(), torch.from_numpy(database).bfloat16().T)
+    approximate = torch.mm(
+        torch.from_numpy(queries).bfloat16(), torch.from_numpy(database).bfloat16().T
+    )
     approximate = approximate.double().numpy()
     slack = np.outer(margins, np.linalg.norm(database.astype(np.float64), axis=1))
     floor = torch.from_numpy(bf16_floor(exact - slack)).view(torch.bfloat16).double().numpy()

@@ -90,6 +90,25 @@ def test_npy_and_hloc_round_trips_give_the_hdf5_recalls(street, tmp_path):
                                   database.astype(np.float16).astype(np.float32))
 
 
+def test_npy_rows_follow_an_images_paths_file(street, tmp_path):
+    """VPR-methods-evaluation keeps the order of <folder>_images_paths.txt when it exists."""
+    split, queries, database = street
+    order = np.random.default_rng(4).permutation(split.num_queries)
+    listing = tmp_path / "test" / "queries_images_paths.txt"
+    listing.write_text("".join(split.query_names[i] + "\n" for i in order))
+    relisted = split_from_folder("street", tmp_path / "test", recall_ns=(1, 2, 5))
+    assert relisted.query_names == split.query_names  # the split stays in sorted order
+    np.save(tmp_path / "q.npy", queries[order])  # rows in the file's order
+    np.save(tmp_path / "db.npy", database)
+    converted = import_vme_descriptors(tmp_path / "q.npy", tmp_path / "db.npy", split,
+                                       tmp_path / "vme.h5", method="toy")
+    np.testing.assert_array_equal(harness.read_features(converted, split).query, queries)
+    listing.write_text(split.query_names[0] + "\n")
+    with pytest.raises(HarnessError, match="lists other images than the split"):
+        import_vme_descriptors(tmp_path / "q.npy", tmp_path / "db.npy", split,
+                               tmp_path / "vme2.h5", method="toy")
+
+
 def test_npy_errors(street, tmp_path):
     split, queries, database = street
     np.save(tmp_path / "q.npy", queries[:-1])

@@ -11,9 +11,21 @@ from PIL import Image
 from harness.errors import HarnessError
 from methods.iovpr import ade20k
 from methods.iovpr.layouts import (
-    GRAY_RGB, MEAN_RGB, LayoutTransform, build_layouts, composite_gray, composite_real,
-    load_layouts, make_layout, make_layout_transform, parse_gray, read_mask, resize_mask,
-    window_fraction, window_fraction_histogram, write_mask,
+    GRAY_RGB,
+    MEAN_RGB,
+    LayoutTransform,
+    build_layouts,
+    composite_gray,
+    composite_real,
+    load_layouts,
+    make_layout,
+    make_layout_transform,
+    parse_gray,
+    read_mask,
+    resize_mask,
+    window_fraction,
+    window_fraction_histogram,
+    write_mask,
 )
 
 # (subset, index, scene, window fraction of the image as a rectangle of rows)
@@ -137,7 +149,9 @@ def test_build_layouts_sets_match_brute_force(ade, tmp_path):
     index = load_layouts(out)
     for sample in index.samples:
         source = next(s for s in indoor if s.name == sample.name)
-        assert np.array_equal(read_mask(sample.mask_path), ade20k.read_window_mask(source.annotation_path))
+        assert np.array_equal(
+            read_mask(sample.mask_path), ade20k.read_window_mask(source.annotation_path)
+        )
         assert sample.image_path.read_bytes() == source.image_path.read_bytes()
         assert sample.window_fraction == pytest.approx(fractions[sample.name])
     stats = json.loads((out / "stats.json").read_text())
@@ -297,7 +311,9 @@ def test_layout_transform_is_pixel_exact_against_the_drawn_mask(layout_dir, kind
 
 
 def test_layout_transform_probability(layout_dir):
-    outdoor = Image.fromarray(np.random.default_rng(9).integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    outdoor = Image.fromarray(
+        np.random.default_rng(9).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    )
     never = make_layout_transform(layout_dir, kind="gray", threshold=10, probability=0.0)
     assert all(never(outdoor) is outdoor for _ in range(20))
     half = make_layout_transform(layout_dir, kind="gray", threshold=10, probability=0.5, seed=3)

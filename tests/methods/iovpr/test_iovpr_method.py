@@ -1,4 +1,5 @@
-"""IOVPR methods end to end: ``iovpr-gray`` (segment -> gray layout -> descriptor), ``iovpr-real``."""
+"""IOVPR methods end to end: ``iovpr-gray`` (segment -> gray layout -> descriptor) and
+``iovpr-real``."""
 
 from __future__ import annotations
 
@@ -38,12 +39,17 @@ def _room(rng, height, width):
 def _write_ade(root, rng, count=(10, 3), size=(48, 64)):
     release = root / "ADEChallengeData2016"
     lines = []
-    for subset, n, prefix in (("training", count[0], "ADE_train_"), ("validation", count[1], "ADE_val_")):
+    for subset, n, prefix in (
+        ("training", count[0], "ADE_train_"),
+        ("validation", count[1], "ADE_val_"),
+    ):
         for index in range(1, n + 1):
             image, mask = _room(rng, *size)
             stem = f"{prefix}{index:08d}"
             for folder, array in (("images", image), ("annotations", mask.astype(np.uint8) * 9)):
-                path = release / folder / subset / f"{stem}.{'jpg' if folder == 'images' else 'png'}"
+                path = (
+                    release / folder / subset / f"{stem}.{'jpg' if folder == 'images' else 'png'}"
+                )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(path, format="PNG")  # lossless, whatever the suffix
             lines.append(f"{stem} living_room\n")
@@ -66,7 +72,9 @@ def files(tmp_path_factory):
         Image.fromarray(_room(rng, 36, 52)[0]).save(queries / name)
     for name in database_names:
         (database / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(database / name, quality=95)
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
+            database / name, quality=95
+        )
     split = Split(
         name="tiny-indoor", query_names=tuple(query_names), database_names=tuple(database_names),
         query_utm=np.zeros((3, 2)), database_utm=np.zeros((4, 2)),
@@ -76,9 +84,21 @@ def files(tmp_path_factory):
     weights = save_checkpoint(root / "iovpr.pth", state_dict=model.state_dict(),
                               model_config=MODEL_CONFIG.to_dict(),
                               train_config={"layouts": "gray", "gray": "128"})
-    config = make_config(arch="lraspp-mobilenet-v3", epochs=3, batch_size=4, crop_size=48, scale_min=48,
-                         scale_max=56, optimizer="adamw", lr=3e-3, eval_short_side=40, workers=0)
-    trained = train_window_segmenter(_write_ade(root / "ade", rng), root / "seg", config, device="cpu")
+    config = make_config(
+        arch="lraspp-mobilenet-v3",
+        epochs=3,
+        batch_size=4,
+        crop_size=48,
+        scale_min=48,
+        scale_max=56,
+        optimizer="adamw",
+        lr=3e-3,
+        eval_short_side=40,
+        workers=0,
+    )
+    trained = train_window_segmenter(
+        _write_ade(root / "ade", rng), root / "seg", config, device="cpu"
+    )
     return {"root": root, "split": split, "weights": weights, "segmenter": trained.best_path}
 
 
@@ -95,7 +115,9 @@ def test_methods_are_registered():
 
 def test_iovpr_gray_end_to_end(files, tmp_path):
     split, cache_dir = files["split"], tmp_path / "masks"
-    method = get_method("iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"])
+    method = get_method(
+        "iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"]
+    )
     out = extract(method, split=split, out=tmp_path / "gray.h5",
                   options=ExtractOptions(device="cpu", batch_size=2, workers=0, progress=False),
                   cache_dir=cache_dir)
@@ -103,7 +125,9 @@ def test_iovpr_gray_end_to_end(files, tmp_path):
 
     model = build_model(MODEL_CONFIG, seed=0).eval()
     segmenter = seg.load_segmenter(files["segmenter"])
-    raw_queries = [np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names]
+    raw_queries = [
+        np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names
+    ]
     masks = predict_masks(segmenter, raw_queries)
     cache = MaskCache(cache_dir, cache_key(segmenter))
     fractions = []
@@ -111,11 +135,22 @@ def test_iovpr_gray_end_to_end(files, tmp_path):
         assert np.array_equal(read_mask(cache.path(name)), mask)
         fractions.append(mask.mean())
     assert all(0.05 < f < 0.95 for f in fractions), fractions  # the layouts really are partial
-    gray_queries = [composite_gray(image, mask, GRAY_RGB) for image, mask in zip(raw_queries, masks)]
-    np.testing.assert_allclose(read_descriptors(out, "query"), _descriptors(model, gray_queries), atol=1e-5)
-    raw_database = [np.asarray(Image.open(split.database_root + "/" + n).convert("RGB")) for n in split.database_names]
-    np.testing.assert_allclose(read_descriptors(out, "database"), _descriptors(model, raw_database), atol=1e-5)
-    assert not np.allclose(read_descriptors(out, "query"), _descriptors(model, raw_queries), atol=1e-3)
+    gray_queries = [
+        composite_gray(image, mask, GRAY_RGB) for image, mask in zip(raw_queries, masks)
+    ]
+    np.testing.assert_allclose(
+        read_descriptors(out, "query"), _descriptors(model, gray_queries), atol=1e-5
+    )
+    raw_database = [
+        np.asarray(Image.open(split.database_root + "/" + n).convert("RGB"))
+        for n in split.database_names
+    ]
+    np.testing.assert_allclose(
+        read_descriptors(out, "database"), _descriptors(model, raw_database), atol=1e-5
+    )
+    assert not np.allclose(
+        read_descriptors(out, "query"), _descriptors(model, raw_queries), atol=1e-3
+    )
 
 
 def test_iovpr_gray_uses_the_gray_option(files, tmp_path):
@@ -126,23 +161,35 @@ def test_iovpr_gray_uses_the_gray_option(files, tmp_path):
                   options=ExtractOptions(device="cpu", batch_size=3, workers=0, progress=False),
                   cache_dir=tmp_path / "masks")
     segmenter = seg.load_segmenter(files["segmenter"])
-    raw = [np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names]
-    layouts = [composite_gray(i, m, parse_gray("mean")) for i, m in zip(raw, predict_masks(segmenter, raw))]
+    raw = [
+        np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names
+    ]
+    layouts = [
+        composite_gray(i, m, parse_gray("mean")) for i, m in zip(raw, predict_masks(segmenter, raw))
+    ]
     expected = _descriptors(build_model(MODEL_CONFIG, seed=0).eval(), layouts)
     np.testing.assert_allclose(read_descriptors(out, "query"), expected, atol=1e-5)
 
 
 def test_iovpr_real_is_the_raw_pipeline(files, tmp_path):
     split = files["split"]
-    real = extract(get_method("iovpr-real", {}, weights=files["weights"]), split=split,
-                   out=tmp_path / "real.h5", options=ExtractOptions(device="cpu", workers=0, progress=False))
+    real = extract(
+        get_method("iovpr-real", {}, weights=files["weights"]),
+        split=split,
+        out=tmp_path / "real.h5",
+        options=ExtractOptions(device="cpu", workers=0, progress=False),
+    )
     model = build_model(MODEL_CONFIG, seed=0).eval()
-    raw = [np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names]
+    raw = [
+        np.asarray(Image.open(split.query_root + "/" + n).convert("RGB")) for n in split.query_names
+    ]
     np.testing.assert_allclose(read_descriptors(real, "query"), _descriptors(model, raw), atol=1e-5)
 
 
 def test_iovpr_gray_fingerprint_includes_the_segmenter(files, tmp_path):
-    first = get_method("iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"])
+    first = get_method(
+        "iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"]
+    )
     copy = tmp_path / "segmenter-copy.pth"
     payload = torch.load(files["segmenter"], weights_only=True)
     payload["epoch"] = 1
@@ -172,7 +219,15 @@ def test_iovpr_gray_rejects_a_cached_mask_of_the_wrong_size(files, tmp_path):
     cache = MaskCache(cache_dir, cache_key(segmenter))
     for name in split.query_names:
         write_mask(cache.path(name), np.zeros((5, 5), bool))
-    method = get_method("iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"])
+    method = get_method(
+        "iovpr-gray", {"segmenter": str(files["segmenter"])}, weights=files["weights"]
+    )
     with pytest.raises(HarnessError, match="cached mask is 5x5 but the image is 52x36"):
-        extract(method, split=split, out=tmp_path / "f.h5", parts=("query",),
-                options=ExtractOptions(device="cpu", workers=0, progress=False), cache_dir=cache_dir)
+        extract(
+            method,
+            split=split,
+            out=tmp_path / "f.h5",
+            parts=("query",),
+            options=ExtractOptions(device="cpu", workers=0, progress=False),
+            cache_dir=cache_dir,
+        )

@@ -15,7 +15,10 @@ from methods.iovpr import segmentation as seg  # noqa: E402
 from methods.iovpr.layouts import read_mask  # noqa: E402
 from methods.iovpr.segment import MaskCache, cache_key, predict_masks, segment_images  # noqa: E402
 from methods.iovpr.segtrain import (  # noqa: E402
-    IoUCounter, make_config, train_window_segmenter, window_iou,
+    IoUCounter,
+    make_config,
+    train_window_segmenter,
+    window_iou,
 )
 
 torch.set_num_threads(1)
@@ -27,14 +30,19 @@ def write_window_ade(root, n_train=8, n_val=3, size=(48, 64), seed=0):
     release = root / "ADEChallengeData2016"
     lines = []
     height, width = size
-    for subset, count, prefix in (("training", n_train, "ADE_train_"), ("validation", n_val, "ADE_val_")):
+    for subset, count, prefix in (
+        ("training", n_train, "ADE_train_"),
+        ("validation", n_val, "ADE_val_"),
+    ):
         for index in range(1, count + 1):
             stem = f"{prefix}{index:08d}"
             image = np.clip(rng.normal((190, 170, 140), 12, (height, width, 3)), 0, 255)
             labels = np.ones((height, width), np.uint8)
             y0, x0 = rng.integers(2, height // 2), rng.integers(2, width // 2)
             y1, x1 = y0 + rng.integers(8, height // 2), x0 + rng.integers(10, width // 2)
-            image[y0:y1, x0:x1] = np.clip(rng.normal((90, 150, 235), 20, (y1 - y0, x1 - x0, 3)), 0, 255)
+            image[y0:y1, x0:x1] = np.clip(
+                rng.normal((90, 150, 235), 20, (y1 - y0, x1 - x0, 3)), 0, 255
+            )
             labels[y0:y1, x0:x1] = 9
             for folder, array, ext in (("images", image.astype(np.uint8), "png"),
                                        ("annotations", labels, "png")):
@@ -115,7 +123,10 @@ def test_csail_encoder_and_150_class_decoder_files_load(tmp_path, upernet18):
     report = seg.load_pretrained(model, _save(tmp_path / "encoder_epoch_20.pth", encoder))
     assert report.parts == ("encoder",) and report.ignored == ("fc.weight",)
     report = seg.load_pretrained(model, _save(tmp_path / "decoder_epoch_20.pth", decoder))
-    assert report.parts == ("decoder",) and report.adapted == ("decoder.conv_last.1.bias", "decoder.conv_last.1.weight")
+    assert report.parts == ("decoder",) and report.adapted == (
+        "decoder.conv_last.1.bias",
+        "decoder.conv_last.1.weight",
+    )
     loaded = model.state_dict()
     for key, value in state.items():
         if key.startswith("decoder.conv_last.1.") or key.endswith("num_batches_tracked"):
@@ -128,7 +139,10 @@ def test_csail_encoder_and_150_class_decoder_files_load(tmp_path, upernet18):
 
 
 def test_whole_model_file_with_module_prefix_loads(tmp_path, upernet18):
-    wrapped = {"state_dict": {f"module.{k}": v for k, v in upernet18.state_dict().items()}, "epoch": 3}
+    wrapped = {
+        "state_dict": {f"module.{k}": v for k, v in upernet18.state_dict().items()},
+        "epoch": 3,
+    }
     model = seg.build_segmenter("upernet18")
     report = seg.load_pretrained(model, _save(tmp_path / "full.pth", wrapped))
     assert report.parts == ("encoder", "decoder") and not report.reinitialised
@@ -186,7 +200,9 @@ def test_torchvision_imagenet_backbone_file_loads_into_lraspp(tmp_path):
 def test_torchvision_segmentation_file_with_other_classes_reinitialises_the_head(tmp_path):
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
-    voc = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).state_dict()
+    voc = lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=21
+    ).state_dict()
     model = seg.build_segmenter("lraspp-mobilenet-v3")
     before = model.state_dict()["classifier.low_classifier.weight"].clone()
     report = seg.load_pretrained(model, _save(tmp_path / "lraspp_voc.pth", voc))
@@ -194,7 +210,9 @@ def test_torchvision_segmentation_file_with_other_classes_reinitialises_the_head
         "classifier.low_classifier.weight", "classifier.low_classifier.bias",
         "classifier.high_classifier.weight", "classifier.high_classifier.bias"}
     assert torch.equal(model.state_dict()["classifier.low_classifier.weight"], before)
-    assert torch.equal(model.state_dict()["classifier.cbr.0.weight"], voc["classifier.cbr.0.weight"])
+    assert torch.equal(
+        model.state_dict()["classifier.cbr.0.weight"], voc["classifier.cbr.0.weight"]
+    )
 
 
 def test_every_arch_gives_two_class_logits_at_the_requested_size():
@@ -212,8 +230,19 @@ def test_every_arch_gives_two_class_logits_at_the_requested_size():
 # --------------------------------------------------------------------------- training
 
 
-TRAIN_OPTIONS = dict(arch="lraspp-mobilenet-v3", epochs=3, batch_size=4, crop_size=48, scale_min=48,
-                     scale_max=56, optimizer="adamw", lr=3e-3, eval_short_side=48, workers=0, seed=0)
+TRAIN_OPTIONS = dict(
+    arch="lraspp-mobilenet-v3",
+    epochs=3,
+    batch_size=4,
+    crop_size=48,
+    scale_min=48,
+    scale_max=56,
+    optimizer="adamw",
+    lr=3e-3,
+    eval_short_side=48,
+    workers=0,
+    seed=0,
+)
 
 
 def test_training_lowers_the_loss_and_resumes(tmp_path):
@@ -294,7 +323,9 @@ def test_load_segmenter_errors(tmp_path, checkpoint):
     del payload["state_dict"]["classifier.cbr.0.weight"]
     payload["state_dict"]["extra.weight"] = torch.zeros(1)
     _save(tmp_path / "broken.pth", payload)
-    with pytest.raises(HarnessError, match="missing keys: classifier.cbr.0.weight; unexpected keys: extra.weight"):
+    with pytest.raises(
+        HarnessError, match="missing keys: classifier.cbr.0.weight; unexpected keys: extra.weight"
+    ):
         seg.load_segmenter(tmp_path / "broken.pth")
 
 

@@ -11,7 +11,12 @@ from harness.evaluate import evaluate
 from harness.results import read_predictions
 from harness.stats import mcnemar_exact
 from methods.iovpr.study_report import (
-    BASELINE, BEGIN, END, paired_against_baseline, replace_readme_section, seed_section,
+    BASELINE,
+    BEGIN,
+    END,
+    paired_against_baseline,
+    replace_readme_section,
+    seed_section,
 )
 
 SETS = ("indoor-ams-1", "indoor-ams-2")
