@@ -15,8 +15,8 @@ The released configurations (README; VPR-methods-evaluation's ``MODELS_INFO``) a
 channels, rows, ResNet depth and cut) is read from the file's shapes.
 
 Files: the released ``resnet50_MixVPR_{dim}_channels({c})_rows({r}).ckpt`` is, despite its
-extension, a flat state dict (the README and VPR-methods-evaluation load it with
-``model.load_state_dict(torch.load(path))``). A Lightning checkpoint of one's own training
+extension, a flat state dict (the README and VPR-methods-evaluation deserialize the whole file
+and pass it to ``model.load_state_dict``). A Lightning checkpoint of one's own training
 (``state_dict`` entry) is read too, if it holds nothing but tensors and plain containers.
 """
 

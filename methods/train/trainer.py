@@ -27,9 +27,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,12 +35,10 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.io import write_json_atomic
-from methods.base import ImageLoader, PartContext, open_rgb
+from methods.base import ImageLoader, PartContext
 from methods.checkpoints import load_state_dict_strict, read_checkpoint, save_checkpoint
 from methods.netvlad import ModelConfig, NetVLADModel, build_model
-from methods.sfrs import region_similarities, region_vlads
-from methods.train import losses
-from methods.train.config import RESUMABLE_CHANGES, TrainConfig
+from methods.train.config import TrainConfig
 from methods.train.distributed import (
     agree,
     all_reduce_mean,
@@ -52,83 +48,25 @@ from methods.train.distributed import (
     init_distributed,
 )
 from methods.train.mining import Miner, build_training_set
+from methods.train.objective import TrainingForward, batch_loss
 from methods.train.registry import register_training
+from methods.train.run_state import RunState, read_run_state, save_run_state
+from methods.train.tuples import QueryAugment, TupleDataset, collate_tuples
 from methods.transforms import ResizeUint8, TrainTransform, normalize_batch
 
 logger = logging.getLogger(__name__)
 
 RECALL_NS = (1, 5, 10)
-QueryAugment = Callable  # (PIL.Image, numpy Generator) -> PIL.Image, picklable
-
-
-# ---------------------------------------------------------------------------------- data
-class TupleDataset:
-    """Training tuples -> ``uint8 (S, 3, H, W)``; column 0 is a query, the rest database images.
-
-    ``query_augment(image, rng)`` (for example a layout composite) is applied to the query
-    before the colour jitter. Randomness is seeded per tuple, so results do not depend on the
-    number of workers.
-    """
-
-    def __init__(
-        self,
-        split,
-        tuples: np.ndarray,
-        transform: TrainTransform,
-        seed: tuple,
-        query_augment: QueryAugment | None = None,
-    ):
-        self.query_root = Path(split.query_root)
-        self.database_root = Path(split.database_root)
-        self.query_names = split.query_names
-        self.database_names = split.database_names
-        self.tuples = np.asarray(tuples, dtype=np.int64)
-        self.transform = transform
-        self.seed = tuple(int(s) for s in seed)
-        self.query_augment = query_augment
-
-    def __len__(self) -> int:
-        return int(self.tuples.shape[0])
-
-    def __getitem__(self, index: int):
-        from methods.data import describe_image_error
-
-        images = []
-        row = self.tuples[index]
-        rng = np.random.default_rng(self.seed + (int(index),))
-        for column, image_row in enumerate(row.tolist()):
-            if column == 0:
-                path = self.query_root / self.query_names[image_row]
-            else:
-                path = self.database_root / self.database_names[image_row]
-            try:
-                image = open_rgb(path)
-            except Exception as exc:
-                return index, None, (str(path), describe_image_error(exc))
-            if column == 0 and self.query_augment is not None:
-                image = self.query_augment(image, rng)
-            images.append(self.transform(image, rng))
-        return index, torch.stack(images), None
-
-
-# ---------------------------------------------------------------------------------- model
-class TrainingForward(nn.Module):
-    """What DDP wraps: images -> global NetVLAD ``(N, L)`` or SFRS regions ``(N, 9, L)``."""
-
-    def __init__(self, model: NetVLADModel, regions: bool):
-        super().__init__()
-        self.model = model
-        self.regions = regions
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.model.local_features(images)
-        if self.regions:
-            return region_vlads(self.model.net_vlad, features)
-        from methods.netvlad import normalize_vlad
-
-        return normalize_vlad(self.model.net_vlad(features))
-
-
+# Re-exported: the training's data and step live in their own modules.
+__all__ = [
+    "QueryAugment",
+    "RECALL_NS",
+    "Trainer",
+    "TrainingForward",
+    "TupleDataset",
+    "read_history",
+    "train",
+]
 class _EvalView:
     """The minimal method interface :func:`methods.extract.encode_rows` needs, for a bare model."""
 
@@ -142,17 +80,6 @@ class _EvalView:
 
     def encode(self, model, images, context):
         return model(normalize_batch(images))
-
-
-@dataclass
-class _State:
-    generation: int = 0
-    next_epoch: int | None = None  # None: the generation starts fresh
-    best_score: float = -1.0
-    history: list = field(default_factory=list)
-    optimizer: dict | None = None
-    scheduler: dict | None = None
-    teacher: dict | None = None
 
 
 # -------------------------------------------------------------------------------- trainer
@@ -346,63 +273,25 @@ class Trainer:
         )
 
     def _save_state(
-        self, model, teacher, optimizer, scheduler, state: _State, generation: int, epoch: int
+        self, model, teacher, optimizer, scheduler, state: RunState, generation: int, epoch: int
     ) -> None:
-        trainer_state = {
-            "config": self.config.to_dict(),
-            "generation": generation,
-            "epoch": epoch,
-            "best_score": state.best_score,
-            "history": state.history,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "negative_cache": torch.from_numpy(self.miner.negative_cache.copy()),
-        }
-        extra = {"trainer": trainer_state, "generation": generation, "epoch": epoch}
-        if teacher is not None:
-            extra["cache_state_dict"] = {
-                k: v.detach().cpu() for k, v in teacher.state_dict().items()
-            }
-        save_checkpoint(
+        save_run_state(
             self.last_path,
-            state_dict=model.state_dict(),
-            model_config=self._model_config().to_dict(),
-            **extra,
+            self.config,
+            self._model_config(),
+            model=model,
+            teacher=teacher,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            negative_cache=self.miner.negative_cache,
+            state=state,
+            generation=generation,
+            epoch=epoch,
         )
 
-    def _check_resumable(self, saved: dict) -> None:
-        current = self.config.to_dict()
-        different = sorted(
-            k
-            for k in set(saved) | set(current)
-            if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
-        )
-        if different:
-            detail = ", ".join(
-                f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in different[:6]
-            )
-            raise HarnessError(
-                f"cannot resume: the run was started with another configuration ({detail}); "
-                "use another out_dir or the original settings",
-                self.last_path,
-            )
-
-    def _resume(self, model: NetVLADModel) -> _State:
-        checkpoint = read_checkpoint(self.last_path)
-        trainer = checkpoint.payload.get("trainer")
-        if not isinstance(trainer, dict):
-            raise HarnessError("last.pt holds no trainer state", self.last_path)
-        self._check_resumable(trainer["config"])
-        load_state_dict_strict(model, checkpoint.state_dict, self.last_path)
-        self.miner.negative_cache = trainer["negative_cache"].numpy().astype(np.int64).copy()
-        generation, epoch = int(trainer["generation"]), int(trainer["epoch"])
-        state = _State(best_score=float(trainer["best_score"]), history=list(trainer["history"]))
-        if epoch + 1 < self.config.epochs_of(generation).stop:
-            state.generation, state.next_epoch = generation, epoch + 1
-            state.optimizer, state.scheduler = trainer["optimizer"], trainer["scheduler"]
-            state.teacher = checkpoint.payload.get("cache_state_dict")
-        else:
-            state.generation, state.next_epoch = generation + 1, None
+    def _resume(self, model: NetVLADModel) -> RunState:
+        state = read_run_state(self.last_path, self.config, model)
+        self.miner.negative_cache = state.negative_cache
         logger.info(
             "resuming %s at generation %d, epoch %s",
             self.out_dir,
@@ -412,64 +301,8 @@ class Trainer:
         return state
 
     # -- training -------------------------------------------------------------------------
-    def _temperature(self) -> float:
-        if self.config.mode == "sfrs":
-            return float(self.config.temperatures[0])
-        return losses.EUCLIDEAN_TEMPERATURE
-
     def _loss(self, outputs: torch.Tensor, generation: int, teacher_outputs: torch.Tensor | None):
-        c = self.config
-        m = c.neg_num
-        if c.mode == "netvlad":
-            hard = losses.tuple_loss(
-                c.loss,
-                outputs[:, 0],
-                outputs[:, 1],
-                outputs[:, 2 : 2 + m],
-                margin=c.margin,
-                temperature=self._temperature(),
-            )
-            return hard, torch.zeros((), device=outputs.device)
-        anchors = outputs[:, 0]  # (B, 9, L)
-        if generation == 0:
-            hard = losses.tuple_loss(
-                c.loss,
-                anchors[:, 0],
-                outputs[:, 1, 0],
-                outputs[:, 2 : 2 + m, 0],
-                margin=c.margin,
-                temperature=self._temperature(),
-            )
-        else:
-            # The hardest sub-region of each negative stands in for it (SFRS).
-            scores = region_similarities(anchors, outputs[:, 2 : 2 + m])[:, :, 0, :]  # (B, M, 9)
-            pick = scores.detach().argmax(dim=2)
-            negatives = torch.gather(
-                outputs[:, 2 : 2 + m],
-                2,
-                pick[:, :, None, None].expand(-1, -1, 1, outputs.shape[-1]),
-            ).squeeze(2)
-            hard = losses.tuple_loss(
-                c.loss,
-                anchors[:, 0],
-                outputs[:, 1, 0],
-                negatives,
-                margin=c.margin,
-                temperature=self._temperature(),
-            )
-        if teacher_outputs is None:
-            return hard, torch.zeros((), device=outputs.device)
-        student = region_similarities(anchors, outputs[:, 2 + m :])[:, :, 0, :].flatten(1)
-        target = region_similarities(teacher_outputs[:, 0], teacher_outputs[:, 1:])[
-            :, :, 0, :
-        ].flatten(1)
-        soft = losses.soft_label_loss(
-            student,
-            target,
-            student_temperature=float(c.temperatures[0]),
-            teacher_temperature=float(c.temperatures[generation]),
-        )
-        return hard, soft
+        return batch_loss(self.config, outputs, generation, teacher_outputs)
 
     def _train_round(
         self, forward, teacher_forward, optimizer, tuples: np.ndarray, generation: int, seed: tuple
@@ -494,7 +327,7 @@ class Trainer:
             batch_size=c.tuples_per_batch,
             shuffle=False,
             num_workers=self.workers,
-            collate_fn=_collate_tuples,
+            collate_fn=collate_tuples,
             pin_memory=self.device.type == "cuda",
         )
         use_soft = c.mode == "sfrs" and generation > 0 and c.soft_weight > 0
@@ -610,7 +443,7 @@ class Trainer:
         if agree(self.env, self.last_path.exists(), self.device):
             state = self._resume(model)
         else:
-            state = _State()
+            state = RunState()
             if self.val_split is not None:
                 recalls = self.validate(model)
                 state.history.append({"generation": -1, "epoch": -1, **recalls})
@@ -660,7 +493,7 @@ class Trainer:
         teacher_forward,
         optimizer,
         scheduler,
-        state: _State,
+        state: RunState,
         generation: int,
         epoch: int,
     ) -> None:
@@ -729,16 +562,6 @@ class Trainer:
                 self._save_model(self.best_path, model, meta)
             write_json_atomic(self.out_dir / "history.json", state.history)
 
-
-def _collate_tuples(items):
-    from methods.data import ImageBatch
-
-    for _, _, error in items:
-        if error is not None:
-            return error
-    return ImageBatch(
-        rows=torch.tensor([i for i, _, _ in items]), images=torch.stack([x for _, x, _ in items])
-    )
 
 
 def _format(recalls: dict | None) -> str:

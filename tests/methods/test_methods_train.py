@@ -239,7 +239,8 @@ def _config(tmp_path, tiny_city, **changes):
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path, tiny_city):
-    from methods.train.trainer import Trainer, TrainingForward, TupleDataset, _collate_tuples
+    from methods.train.trainer import Trainer, TrainingForward, TupleDataset
+    from methods.train.tuples import collate_tuples
     from methods.transforms import normalize_batch
 
     trainer = Trainer(_config(tmp_path, tiny_city, mode="sfrs", max_queries_per_epoch=4))
@@ -248,7 +249,7 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, tiny_city):
     tuples = trainer._round_tuples(model, np.arange(4), 0, np.random.default_rng(0))
     assert tuples.shape == (4, 2 + 2 + 2)
     dataset = TupleDataset(trainer.train_split, tuples, trainer.transform, (0,))
-    batch = _collate_tuples([dataset[i] for i in range(4)])
+    batch = collate_tuples([dataset[i] for i in range(4)])
     images = normalize_batch(batch.images.flatten(0, 1))
     forward = TrainingForward(model, regions=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
