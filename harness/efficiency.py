@@ -14,8 +14,8 @@ Nothing is ever a placeholder: an unknown value is ``None`` with a ``*_unknown``
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 

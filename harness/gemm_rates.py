@@ -62,7 +62,7 @@ class KernelRates:
         return data
 
     @classmethod
-    def from_dict(cls, data) -> "KernelRates":
+    def from_dict(cls, data) -> KernelRates:
         """Validated; ``ValueError`` for anything that is not a rates file of this format."""
         if not isinstance(data, dict) or data.get("format_version") != RATES_FORMAT_VERSION:
             raise ValueError("not a kernel-rates file of this format")
@@ -107,7 +107,7 @@ def _version(module: str) -> str:
 def _blas_text() -> str:
     try:
         return blas_summary()
-    except Exception:  # a fact that cannot be read is only a weaker key
+    except (ImportError, OSError, RuntimeError, ValueError):  # only a weaker key
         return "unknown"
 
 

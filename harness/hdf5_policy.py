@@ -11,9 +11,10 @@ resolving one) and refuses, before any value is read:
 * filters (compression...) that this HDF5 library does not have, and filters other than the
   standard ones (deflate, shuffle, Fletcher-32, LZF, N-bit, scale-offset, szip);
 * chunks larger than :data:`MAX_CHUNK_BYTES` (a chunk is decompressed whole), elements larger
-  than :data:`MAX_ELEMENT_BYTES`, and filtered datasets that claim more than
+  than :data:`MAX_ELEMENT_BYTES`, filtered datasets that claim more than
   :data:`MAX_COMPRESSION_RATIO` times their stored size (a decompression bomb: real
-  descriptors and names compress by less than 10x);
+  descriptors and names compress by less than 10x), and (``require_stored``, for readers
+  that read whole datasets) unfiltered ones that store fewer bytes than they declare;
 * more than :data:`MAX_LINKS` links (a file is a few groups and datasets).
 """
 
@@ -40,8 +41,12 @@ def _standard_filters() -> dict[int, str]:
             z.FILTER_SCALEOFFSET: "scaleoffset", z.FILTER_SZIP: "szip"}
 
 
-def dataset_problem(dataset) -> str | None:
-    """Why the raw data of ``dataset`` may not be read (None when it may)."""
+def dataset_problem(dataset, *, require_stored: bool = False) -> str | None:
+    """Why the raw data of ``dataset`` may not be read (None when it may).
+
+    ``require_stored``: also refuse an unfiltered dataset that stores fewer bytes than it
+    declares (feature files check that themselves, with messages of their own).
+    """
     import h5py
 
     plist = dataset.id.get_create_plist()
@@ -73,11 +78,15 @@ def dataset_problem(dataset) -> str | None:
             chunk_bytes *= int(extent)
         if chunk_bytes > MAX_CHUNK_BYTES:
             return f"has chunks of {chunk_bytes} bytes (at most {MAX_CHUNK_BYTES})"
-    if filters and logical:
+    if logical:
         stored = dataset.id.get_storage_size()
-        if logical > MAX_COMPRESSION_RATIO * max(stored, 1):
+        if filters and logical > MAX_COMPRESSION_RATIO * max(stored, 1):
             return (f"claims {logical} bytes from {stored} stored (more than "
                     f"{MAX_COMPRESSION_RATIO}x compression: a decompression bomb)")
+        if require_stored and not filters and stored < logical:
+            # Unwritten storage reads as fill values: memory the file never paid for.
+            return (f"declares {logical} bytes but stores {stored} (never written, or "
+                    "truncated)")
     return None
 
 

@@ -114,7 +114,8 @@ def build_record(
         dtype=output.descriptor_dtype, search_s=search_s, search_backend=output.search_backend,
         search_hardware=machine_description(gpus="gpu" in output.search_backend
                                             or "cuda" in output.search_backend),
-        extraction=output.extraction or {"ms_per_image": None, "unknown": "not given"},
+        extraction=output.extraction or {
+            "ms_per_image": None, "unknown": "no feature file with an extraction timing given"},
         peak_rss_bytes=peak, peak_scope=peak_scope,
     )
     if metrics.queries_without_positive:

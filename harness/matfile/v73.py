@@ -15,9 +15,13 @@ from harness.hdf5 import (
     read_plain_attribute,
     reference_addresses,
 )
+from harness.hdf5_policy import dataset_problem
 from harness.matfile.layout import Field, choose_variable
 
 logger = logging.getLogger(__name__)
+
+#: The longest image name read from a cell (UTF-16 code units).
+MAX_NAME_UNITS = 1 << 16
 
 
 def read_v73_fields(path: Path) -> list[Field]:
@@ -80,6 +84,10 @@ def _matlab_empty(dataset) -> bool:
 def _v73_field(path: Path, handle, name: str, dataset) -> Field:
     if not isinstance(dataset, h5py.Dataset):
         return Field(name, "other", "a nested struct or group")
+    # Sizes and data elsewhere are checked before a value is read.
+    problem = dataset_problem(dataset, require_stored=True)
+    if problem:
+        raise HarnessError(f"field {name!r} {problem}", path)
     cls = attribute_text(_attr(dataset, "MATLAB_class", b""))
     if dataset.id.get_type().get_class() not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT,
                                                   h5py.h5t.REFERENCE):
@@ -195,6 +203,11 @@ class CharCellReader:
             )
         if h5py.h5a.exists(element, b"MATLAB_empty"):
             return ""
+        units = int(np.prod(element.shape, dtype=np.int64)) if element.shape else 1
+        if units > MAX_NAME_UNITS:  # an image name, not a book: refused before allocating
+            name = h5py.h5i.get_name(element).decode("utf-8", "replace")
+            raise HarnessError(f"cell element {name} holds {units} characters (at most "
+                               f"{MAX_NAME_UNITS})")
         codes = np.empty(element.shape, dtype="<u2")
         element.read(h5py.h5s.ALL, h5py.h5s.ALL, codes)
         return decode_utf16(codes)

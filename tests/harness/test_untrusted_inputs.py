@@ -234,6 +234,41 @@ def _(ctx):
                   "bytes, larger than the 1048576 allowed")
 
 
+def _mat_v73(path: Path) -> Path:
+    from harness.matfile import write_dbstruct
+
+    return write_dbstruct(path, which_set="test", db_images=[f"db/{i}.jpg" for i in range(5)],
+                          utm_db=np.arange(10.0).reshape(5, 2), q_images=["q/0.jpg"],
+                          utm_q=np.ones((1, 2)), version="v7.3")
+
+
+def _import_mat(ctx, path: Path) -> list:
+    return ["splits", "import", "--name", "imported", "--mat", path,
+            "--data-root", ctx.root / "data"]
+
+
+@case("bomb", "a .mat v7.3 field declaring 8 GB it never stores")
+def _(ctx):
+    path = _mat_v73(ctx.root / "a.mat")
+    with h5py.File(path, "r+") as handle:
+        del handle["dbStruct/utmDb"]
+        dataset = handle.create_dataset("dbStruct/utmDb", shape=(2, 10**9), dtype="float64")
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    return Expect(_import_mat(ctx, path), path,
+                  "field 'utmDb' declares 16000000000 bytes but stores 0")
+
+
+@case("bomb", "a .mat v7.3 field compressed 10^6 to one")
+def _(ctx):
+    path = _mat_v73(ctx.root / "a.mat")
+    with h5py.File(path, "r+") as handle:
+        del handle["dbStruct/utmDb"]
+        dataset = handle.create_dataset("dbStruct/utmDb", shape=(2, 10**8), dtype="float64",
+                                        chunks=(2, 1 << 16), compression="gzip")
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    return Expect(_import_mat(ctx, path), path, "field 'utmDb' claims 1600000000 bytes from 0")
+
+
 # ====================================================== class 3: files that point elsewhere
 
 
@@ -554,3 +589,36 @@ def test_peak_memory_of_the_corpus_is_reported():
           f"peak RSS max {worst[1] / 2**20:.0f} MiB ({worst[0]}), "
           f"median {sorted(PEAKS.values())[len(PEAKS) // 2] / 2**20:.0f} MiB")
     assert worst[1] < PEAK_BOUND_BYTES
+
+
+def test_pca_and_checkpoint_bombs_are_refused_before_loading(tmp_path):
+    """PCA matrices and checkpoints (given to ``extract`` as options) are sized first."""
+    import struct
+
+    from harness.errors import HarnessError
+    from methods.checkpoints import torch_load
+    from methods.pca import MAX_PCA_VALUES, load_pca
+
+    pca = tmp_path / "pca_params.h5"
+    with h5py.File(pca, "w") as handle:  # U of 2^30 values, compressed and never written
+        handle.create_dataset("U", shape=(1 << 15, 1 << 15), dtype="float32",
+                              chunks=(256, 256), compression="gzip")
+        handle.create_dataset("lams", data=np.ones(1 << 15, np.float32))
+        handle.create_dataset("mu", data=np.zeros(1 << 15, np.float32))
+    with pytest.raises(HarnessError, match="/U claims 4294967296 bytes from 0 stored"):
+        load_pca(pca)
+    with h5py.File(pca, "r+") as handle:  # 2^29 values, plain: refused by its declared size
+        del handle["U"]
+        handle.create_dataset("U", shape=(1 << 15, 1 << 14), dtype="float16")
+    with pytest.raises(HarnessError, match=f"at most {MAX_PCA_VALUES} values"):
+        load_pca(pca)
+
+    checkpoint = tmp_path / "model.pt"
+    with zipfile.ZipFile(checkpoint, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model/data.pkl", b"\0" * 4096)
+    blob = bytearray(checkpoint.read_bytes())
+    central = blob.index(b"PK\x01\x02")
+    struct.pack_into("<I", blob, central + 24, 0x7FFFFFFF)  # "uncompressed size": 2 GB
+    checkpoint.write_bytes(bytes(blob))
+    with pytest.raises(HarnessError, match="claims 2147483647 bytes from"):
+        torch_load(checkpoint)
