@@ -23,7 +23,6 @@ anything. ``sacct`` lags the jobs by seconds, so callers poll (:meth:`Launch.wai
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import importlib
 import json
@@ -44,29 +43,39 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from harness.errors import HarnessError
 from harness.io import write_json_atomic
 from slurm.executor import CLUSTERS, Resources, make_executor
-from slurm.scheduler import (
-    ACTIVE_STATES,
-    PROBLEM_STATES,
-    VANISHED_AFTER_S,
-    pid_running,
-    slurm_queue_states,
-    slurm_states,
-    split_array_id,
+from slurm.scheduler import pid_running, split_array_id
+from slurm.task_state import (
+    FINALIZE,
+    LaunchStatus,
+    TaskStatus,
+    combine_task_state,
+    read_status,
+    slurm_scheduler_view,
+    status_path,
+    utc_now,
+    write_status,
 )
+
+# Re-exported: a task's state (status files, scheduler view) lives in slurm.task_state.
+__all__ = [
+    "FINALIZE",
+    "LAUNCH_FORMAT_VERSION",
+    "RECORD_NAME",
+    "CheckpointableTask",
+    "Launch",
+    "LaunchStatus",
+    "TaskSpec",
+    "TaskStatus",
+    "import_object",
+    "launch_id",
+    "run_task",
+    "utc_now",
+]
 
 logger = logging.getLogger(__name__)
 
 LAUNCH_FORMAT_VERSION = 1
 RECORD_NAME = "launch.json"
-FINALIZE = "finalize"
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _age_s(timestamp: str) -> float:
-    then = _dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
 
 
 def launch_id(kind: str, label: str, params: Mapping[str, Any]) -> str:
@@ -98,16 +107,6 @@ def _job_environment() -> tuple[str, int]:
         return "", 0
 
 
-def _status_path(launch_dir: Path, index: int | str) -> Path:
-    if index == FINALIZE:
-        return launch_dir / "finalize.json"
-    return launch_dir / "tasks" / f"{int(index):05d}.json"
-
-
-def _write_status(path: Path, state: str, **fields) -> None:
-    write_json_atomic(path, {"state": state, "time": utc_now(), **fields})
-
-
 def _configure_task_logging() -> None:
     # A task in a job process is an entry point of its own: its log is the job's stderr file.
     # In-process runs (the debug cluster) keep the caller's logging as it is.
@@ -129,18 +128,18 @@ def run_task(launch_dir: str, index: int | str) -> Any:
     _configure_task_logging()
     launch = Launch.open(launch_dir)
     job_id, rank = _job_environment()
-    path = _status_path(launch.dir, index)
+    path = status_path(launch.dir, index)
     writes = rank == 0
     common = {"job_id": job_id, "host": socket.gethostname(), "pid": os.getpid()}
     if writes:
-        _write_status(path, "RUNNING", started=utc_now(), **common)
+        write_status(path, "RUNNING", started=utc_now(), **common)
     spec = launch.record["finalizer"] if index == FINALIZE else launch.record["runner"]
     try:
         runner = import_object(spec)
         output = runner(launch, index) if index == FINALIZE else runner(launch, int(index))
     except KeyboardInterrupt:
         if writes:
-            _write_status(path, "CANCELLED", error="interrupted", **common)
+            write_status(path, "CANCELLED", error="interrupted", **common)
         raise
     except SystemExit:
         # submitit exits this way after requeueing a checkpointable task (timeout or
@@ -150,11 +149,11 @@ def run_task(launch_dir: str, index: int | str) -> Any:
         if writes:
             error = (exc.one_line() if isinstance(exc, HarnessError)
                      else f"{type(exc).__name__}: {exc}")
-            _write_status(path, "FAILED", error=" ".join(error.split()),
-                          traceback=traceback.format_exc(), **common)
+            write_status(path, "FAILED", error=" ".join(error.split()),
+                         traceback=traceback.format_exc(), **common)
         raise
     if writes:
-        _write_status(path, "COMPLETED", output=output, **common)
+        write_status(path, "COMPLETED", output=output, **common)
     return output
 
 
@@ -177,118 +176,6 @@ class CheckpointableTask(Checkpointable):
         logger.warning("task %d of %s: timeout or preemption; requeued, it resumes from its last "
                        "checkpoint", self.index, self.launch_dir)
         return DelayedSubmission(CheckpointableTask(self.launch_dir, self.index))
-
-
-# --------------------------------------------------------------------------------------------
-# Status
-
-
-@dataclass(frozen=True)
-class TaskStatus:
-    """One task's state as far as anything can tell now."""
-
-    index: int | str
-    label: str
-    state: str
-    job_id: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    error: str | None = None
-    output: Any = None
-    attempts: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def problem(self) -> bool:
-        return self.state in PROBLEM_STATES
-
-    @property
-    def completed(self) -> bool:
-        return self.state == "COMPLETED"
-
-
-@dataclass(frozen=True)
-class LaunchStatus:
-    """The state of every task of a launch (and of its finalizer, if it has one)."""
-
-    launch_dir: Path
-    kind: str
-    cluster: str
-    tasks: tuple[TaskStatus, ...]
-    finalizer: TaskStatus | None = None
-
-    @property
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for task in self.tasks:
-            counts[task.state] = counts.get(task.state, 0) + 1
-        return dict(sorted(counts.items()))
-
-    @property
-    def active(self) -> tuple[TaskStatus, ...]:
-        return tuple(t for t in self.tasks if t.active)
-
-    @property
-    def problems(self) -> tuple[TaskStatus, ...]:
-        return tuple(t for t in self.tasks if t.problem)
-
-    @property
-    def all_completed(self) -> bool:
-        return all(t.completed for t in self.tasks)
-
-    @property
-    def done(self) -> bool:
-        """No task (nor the finalizer) is still queued or running."""
-        return not self.active and not (self.finalizer is not None and self.finalizer.active)
-
-    def task(self, index: int) -> TaskStatus:
-        for task in self.tasks:
-            if task.index == index:
-                return task
-        raise KeyError(index)
-
-    def format(self, *, all_tasks: bool = False) -> str:
-        """A human summary: counts, then one line per task with a problem (or every task)."""
-        summary = ", ".join(f"{n} {state.lower()}" for state, n in self.counts.items())
-        lines = [f"{self.kind} launch {self.launch_dir.name} ({self.cluster}): "
-                 f"{len(self.tasks)} tasks: {summary}"]
-        shown = self.tasks if all_tasks else self.problems
-        for task in shown:
-            lines.append(f"  task {task.index:>4} {task.label:<24} {task.state:<13} "
-                         f"job {task.job_id or '-'}")
-            if task.error:
-                lines.append(f"       error: {task.error}")
-            if task.problem or all_tasks:
-                lines.append(f"       log:   {task.stderr or '-'}")
-        if self.finalizer is not None:
-            f = self.finalizer
-            lines.append(f"  finalize {f.label:<24} {f.state:<13} job {f.job_id or '-'}")
-            if f.error:
-                lines.append(f"       error: {f.error}")
-            if f.problem:
-                lines.append(f"       log:   {f.stderr or '-'}")
-        if self.problems:
-            indices = ",".join(str(t.index) for t in self.problems)
-            lines.append(
-                f"resubmit them: harness slurm resubmit {self.launch_dir} --tasks {indices}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        def one(task: TaskStatus) -> dict:
-            return {k: getattr(task, k) for k in ("index", "label", "state", "job_id", "stdout",
-                                                  "stderr", "error", "output", "attempts")}
-
-        return {
-            "launch_dir": str(self.launch_dir),
-            "kind": self.kind,
-            "cluster": self.cluster,
-            "counts": self.counts,
-            "tasks": [one(t) for t in self.tasks],
-            "finalizer": one(self.finalizer) if self.finalizer else None,
-        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,7 +359,7 @@ class Launch:
             return []
         for index in indices:  # an old attempt's status must not speak for the new one
             with contextlib.suppress(FileNotFoundError):
-                _status_path(self.dir, index).unlink()
+                status_path(self.dir, index).unlink()
         if self.cluster == "local":
             self._queued.extend(i for i in indices if i not in self._queued)
             return self._start_queued()
@@ -526,7 +413,7 @@ class Launch:
         if not self.record.get("finalizer"):
             return None
         with contextlib.suppress(FileNotFoundError):
-            _status_path(self.dir, FINALIZE).unlink()
+            status_path(self.dir, FINALIZE).unlink()
         extra = None
         if self.cluster == "slurm" and after_job_ids:
             parents = sorted({split_array_id(j)[0] for j in after_job_ids})
@@ -555,8 +442,8 @@ class Launch:
         for task in chosen:
             if task.state == "QUEUED":
                 self._queued.remove(task.index)
-                _write_status(_status_path(self.dir, task.index), "CANCELLED",
-                              error="cancelled before it started")
+                write_status(status_path(self.dir, task.index), "CANCELLED",
+                             error="cancelled before it started")
             elif self.cluster == "slurm":
                 slurm_ids.append(task.job_id)
             else:
@@ -571,16 +458,16 @@ class Launch:
                 # to record an outcome of its own first).
                 own = self._read_status(task.index)
                 if own is None or own.get("state") not in ("COMPLETED", "FAILED", "CANCELLED"):
-                    _write_status(_status_path(self.dir, task.index), "CANCELLED",
-                                  error="cancelled", job_id=task.job_id)
+                    write_status(status_path(self.dir, task.index), "CANCELLED",
+                                 error="cancelled", job_id=task.job_id)
         if slurm_ids:
             subprocess.run(["scancel", *slurm_ids], check=False)
             # A pending array task cancelled before it started leaves no accounting record:
             # record the cancellation of tasks that had not started ourselves.
             for task in chosen:
                 if task.job_id in slurm_ids and self._read_status(task.index) is None:
-                    _write_status(_status_path(self.dir, task.index), "CANCELLED",
-                                  error="cancelled before it started", job_id=task.job_id)
+                    write_status(status_path(self.dir, task.index), "CANCELLED",
+                                 error="cancelled before it started", job_id=task.job_id)
         return [t.index for t in chosen]
 
     def cancel_finalizer(self) -> bool:
@@ -617,27 +504,8 @@ class Launch:
         """Every task's state now (one ``sacct`` call on SLURM)."""
         latest = [self._latest(t["attempts"]) for t in self.tasks]
         final_attempt = self._latest(self.record.get("finalize_attempts", []))
-        scheduler: dict[str, str] = {}
         slurm_attempts = [a for a in latest + [final_attempt] if a and a.get("cluster") == "slurm"]
-        if slurm_attempts:
-            scheduler = slurm_states(a["job_id"] for a in slurm_attempts)
-            # squeue for what sacct cannot settle: jobs it does not list yet, and jobs it
-            # calls ended that may still be stopping (scancel's SIGTERM is only a warning to
-            # a submitit job; its processes run on until SIGKILL, KillWait seconds later).
-            unsettled = [a for a in slurm_attempts
-                         if scheduler.get(a["job_id"], "UNLISTED") in PROBLEM_STATES | {"UNLISTED"}]
-            if unsettled:
-                queued = slurm_queue_states(a["job_id"] for a in unsettled)
-                for attempt in unsettled:
-                    job_id = attempt["job_id"]
-                    if job_id in queued:
-                        listed = job_id in scheduler
-                        scheduler[job_id] = "COMPLETING" if listed else queued[job_id]
-                    elif (job_id not in scheduler
-                          and _age_s(attempt["submitted"]) > VANISHED_AFTER_S):
-                        # A pending array task cancelled before it started leaves no
-                        # accounting record: once sacct's lag is long past, it is gone.
-                        scheduler[job_id] = "VANISHED"
+        scheduler = slurm_scheduler_view(slurm_attempts)
         tasks = tuple(
             self._task_status(i, t["label"], latest[i], len(t["attempts"]), scheduler)
             for i, t in enumerate(self.tasks)
@@ -646,60 +514,20 @@ class Launch:
         if self.record.get("finalizer") and final_attempt is not None:
             finalizer = self._task_status(FINALIZE, "finalize", final_attempt,
                                           len(self.record["finalize_attempts"]), scheduler)
-        elif self.record.get("finalizer") and _status_path(self.dir, FINALIZE).is_file():
+        elif self.record.get("finalizer") and status_path(self.dir, FINALIZE).is_file():
             finalizer = self._task_status(FINALIZE, "finalize (here)", None, 0, scheduler)
         return LaunchStatus(self.dir, self.kind, self.cluster, tasks, finalizer)
 
     def _read_status(self, index) -> dict | None:
-        path = _status_path(self.dir, index)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):  # half-visible on a slow shared filesystem: ask again
-            return None
-        return data if isinstance(data, dict) else None
+        return read_status(self.dir, index)
 
     def _task_status(self, index, label, attempt, attempts, scheduler) -> TaskStatus:
         # The scheduler first, the task's own file second: a task that finishes in between
         # is then seen as finished, never as "ended without an outcome".
         scheduled = self._scheduler_state(attempt, scheduler) if attempt else None
         own = self._read_status(index)
-        if own is not None and attempt and own.get("job_id") and own["job_id"] != attempt["job_id"]:
-            own = None  # written by an earlier attempt (one still stopping, say): not this one's
-        job_id = attempt["job_id"] if attempt else (own or {}).get("job_id")
-        base = dict(index=index, label=label, job_id=job_id, attempts=attempts,
-                    stdout=attempt["stdout"] if attempt else None,
-                    stderr=attempt["stderr"] if attempt else None)
-        if own is not None and own.get("state") in ("COMPLETED", "FAILED", "CANCELLED"):
-            return TaskStatus(state=own["state"], error=own.get("error"), output=own.get("output"),
-                              **base)
-        if scheduled is None:
-            state = "QUEUED" if index in self._queued else "NOT_SUBMITTED"
-            if own is not None and own.get("state") == "RUNNING":
-                # Run in a process of its own making (the finalizer run here, a debug task):
-                # no scheduler watches it, so a RUNNING file whose process died (killed with
-                # its launcher) would otherwise be waited for forever.
-                if not _writer_alive(own):
-                    return TaskStatus(state="LOST", error=(
-                        f"its process (pid {own.get('pid')} on {own.get('host')}) ended without "
-                        "recording an outcome"), **base)
-                state = "RUNNING"
-            return TaskStatus(state=state, **base)
-        state = scheduled
-        if own is not None and own.get("state") == "RUNNING" and state in ("SUBMITTED", "PENDING"):
-            state = "RUNNING"
-        error = None
-        if state == "COMPLETED":  # the job ended, yet the task never wrote its outcome
-            state, error = "LOST", "the job ended without recording an outcome (see its log)"
-        elif state == "INTERRUPTED":
-            error = "the task's process ended without recording an outcome (see its log)"
-        elif state == "VANISHED":
-            state, error = "LOST", ("the scheduler no longer knows the job (cancelled while "
-                                    "pending?) and it recorded no outcome")
-        elif state in PROBLEM_STATES:
-            error = f"the scheduler reports {state}"
-        return TaskStatus(state=state, error=error, **base)
+        return combine_task_state(index, label, attempt, attempts, scheduled, own,
+                                  queued=index in self._queued)
 
     def _scheduler_state(self, attempt: Mapping[str, Any], scheduler: Mapping[str, str]) -> str:
         job_id = attempt["job_id"]
@@ -751,28 +579,6 @@ class Launch:
         finally:
             if bar is not None:
                 bar.close()
-
-
-def _writer_alive(status: Mapping[str, Any]) -> bool:
-    """Whether the process that wrote a RUNNING status file still runs (True if unknowable:
-    another host, or no pid recorded)."""
-    import psutil
-
-    pid, host = status.get("pid"), status.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return True
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = status.get("started")
-        if isinstance(started, str):  # a recycled pid started after the status was written
-            then = _dt.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(
-                tzinfo=_dt.timezone.utc).timestamp()
-            return process.create_time() <= then + 2.0
-        return True
-    except (psutil.Error, ValueError):
-        return False
 
 
 def _run_debug_job(job) -> None:
