@@ -35,7 +35,7 @@ from slurm.executor import (
 from slurm.launch import Launch
 from slurm.scheduler import parse_sacct
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(
     os.environ.get("IOVPR_SLURM_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "iovpr-slurm")
 )
