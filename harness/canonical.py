@@ -15,11 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from harness.errors import HarnessError
-
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as _toml
+from harness.toml_tables import read_typed_tables
 
 CANONICAL_FORMAT_VERSION = 1
 _KEYS = {"queries": int, "database": int, "radius_m": (int, float), "spatial_nms": bool,
@@ -65,29 +61,12 @@ class CanonicalSplit:
 
 def parse_canonical(text: str, source: str = "<string>") -> dict[str, CanonicalSplit]:
     """Parse a ``canonical.toml`` document; unknown keys and wrong types name the file."""
-    try:
-        document = _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
-        raise HarnessError(f"invalid TOML ({exc})", source) from None
-    if set(document) - {"format_version", "canonical"}:
-        raise HarnessError("valid top-level keys are format_version and canonical", source)
-    if document.get("format_version") != CANONICAL_FORMAT_VERSION:
-        raise HarnessError(f"format_version must be {CANONICAL_FORMAT_VERSION}", source)
     pins = {}
-    for name, entry in document.get("canonical", {}).items():
-        where = f"[canonical.{name}]"
-        if not isinstance(entry, dict):
-            raise HarnessError(f"{where} must be a table", source)
-        unknown = sorted(set(entry) - set(_KEYS))
-        if unknown:
-            raise HarnessError(f"{where}: unknown keys {unknown}; valid: {sorted(_KEYS)}", source)
-        for key in _REQUIRED:
-            if key not in entry:
-                raise HarnessError(f"{where}: {key} is required", source)
-        for key, value in entry.items():
-            wrong_bool = isinstance(value, bool) and key != "spatial_nms"
-            if not isinstance(value, _KEYS[key]) or wrong_bool:
-                raise HarnessError(f"{where}: {key} has the wrong type ({value!r})", source)
+    tables = read_typed_tables(
+        text, source, section="canonical", format_version=CANONICAL_FORMAT_VERSION,
+        types=_KEYS, required=_REQUIRED,
+    )
+    for name, entry in tables.items():
         pins[name] = CanonicalSplit(
             name=name, queries=entry["queries"], database=entry.get("database"),
             radius_m=float(entry["radius_m"]), spatial_nms=entry.get("spatial_nms", False),

@@ -25,11 +25,7 @@ from harness.splits import (
     prepare_builtin_splits,
     register_split,
 )
-
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as _toml
+from harness.toml_tables import read_typed_tables
 
 logger = logging.getLogger(__name__)
 
@@ -88,29 +84,12 @@ class FolderDefinition:
 
 def parse_folder_definitions(text: str, source: str = "<string>") -> dict[str, FolderDefinition]:
     """Parse a ``folders.toml`` document; unknown keys and wrong types name the file."""
-    try:
-        document = _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
-        raise HarnessError(f"invalid TOML ({exc})", source) from None
-    if set(document) - {"format_version", "splits"}:
-        raise HarnessError("valid top-level keys are format_version and splits", source)
-    if document.get("format_version") != FOLDERS_FORMAT_VERSION:
-        raise HarnessError(f"format_version must be {FOLDERS_FORMAT_VERSION}", source)
     definitions = {}
-    for name, entry in document.get("splits", {}).items():
-        where = f"[splits.{name}]"
-        if not isinstance(entry, dict):
-            raise HarnessError(f"{where} must be a table", source)
-        unknown = sorted(set(entry) - set(_TYPES))
-        if unknown:
-            raise HarnessError(f"{where}: unknown keys {unknown}; valid: {sorted(_TYPES)}", source)
-        for key in ("description", "radius_m"):
-            if key not in entry:
-                raise HarnessError(f"{where}: {key} is required", source)
-        for key, value in entry.items():
-            wrong_bool = isinstance(value, bool) and key != "spatial_nms"
-            if not isinstance(value, _TYPES[key]) or wrong_bool:
-                raise HarnessError(f"{where}: {key} has the wrong type ({value!r})", source)
+    tables = read_typed_tables(
+        text, source, section="splits", format_version=FOLDERS_FORMAT_VERSION,
+        types=_TYPES, required=("description", "radius_m"), int_lists=("recall_ns",),
+    )
+    for name, entry in tables.items():
         values = dict(entry)
         for key in ("cities", "recall_ns"):
             if key in values:

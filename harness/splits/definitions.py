@@ -3,7 +3,6 @@ and :func:`build_split`, which puts two image lists into a :class:`Split`."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -12,15 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as _toml
-
 from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.splits.split import DEFAULT_RECALL_NS, NAME_PATTERN, NO_POSITIVE_POLICIES, Split
-from harness.versions import is_version
+from harness.toml_tables import read_typed_tables
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +74,6 @@ class SplitDefinition:
         return tuple(dict.fromkeys((self.queries_file, self.database_file)))
 
 
-_DEFINITION_KEYS = tuple(f.name for f in dataclasses.fields(SplitDefinition) if f.name != "name")
 _DEFINITION_TYPES = {
     "description": str,
     "radius_m": (int, float),
@@ -102,46 +95,12 @@ def parse_split_definitions(text: str, source: str = "<string>") -> dict[str, Sp
     Unknown keys, at the top level or in a split, raise :class:`HarnessError` listing the
     valid ones.
     """
-    try:
-        document = _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
-        raise HarnessError(f"invalid TOML ({exc})", source) from None
-    unknown = sorted(set(document) - {"format_version", "splits"})
-    if unknown:
-        raise HarnessError(
-            f"unknown top-level keys {unknown}; valid keys are ['format_version', 'splits']", source
-        )
-    if not is_version(document.get("format_version"), DEFINITIONS_FORMAT_VERSION):
-        raise HarnessError(
-            f"format_version must be {DEFINITIONS_FORMAT_VERSION}, "
-            f"got {document.get('format_version')!r}",
-            source,
-        )
     definitions = {}
-    for name, entry in document.get("splits", {}).items():
-        if not isinstance(entry, dict):
-            raise HarnessError(f"[splits.{name}] must be a table", source)
-        unknown = sorted(set(entry) - set(_DEFINITION_KEYS))
-        if unknown:
-            raise HarnessError(
-                f"[splits.{name}]: unknown keys {unknown}; "
-                f"valid keys are {sorted(_DEFINITION_KEYS)}",
-                source,
-            )
-        for key in ("description", "radius_m"):
-            if key not in entry:
-                raise HarnessError(f"[splits.{name}]: {key} is required", source)
-        for key, value in entry.items():
-            expected = _DEFINITION_TYPES[key]
-            wrong = not isinstance(value, expected) or (
-                isinstance(value, bool) and expected != bool
-            )
-            if wrong or (key == "recall_ns" and not all(type(n) is int for n in value)):
-                raise HarnessError(
-                    f"[splits.{name}]: {key} has the wrong type "
-                    f"({type(value).__name__}: {value!r})",
-                    source,
-                )
+    tables = read_typed_tables(
+        text, source, section="splits", format_version=DEFINITIONS_FORMAT_VERSION,
+        types=_DEFINITION_TYPES, required=("description", "radius_m"), int_lists=("recall_ns",),
+    )
+    for name, entry in tables.items():
         try:
             definition = SplitDefinition(name=name, **entry)
         except HarnessError as exc:
