@@ -22,7 +22,6 @@ to a single :func:`evaluate` run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from harness.config import EvalConfig
+from harness.digests import FileIdentity, StreamedDigests, remember_digest, remembered_digest
 from harness.efficiency import extraction_summary
 from harness.errors import HarnessError, ValidationError
 from harness.features import OpenFiles, expand_feature_paths, read_descriptors
@@ -277,132 +277,11 @@ def search_features(
     )
 
 
-def file_digests(paths: Sequence[Path]) -> tuple[tuple[FileDigest, ...], float]:
-    """sha256 of every file, and the seconds it took."""
-    started = time.perf_counter()
-    digests = tuple(FileDigest.of(path) for path in paths)
-    return digests, time.perf_counter() - started
-
-
-class _StreamedDigests:
-    """sha256 of every feature file, computed in one background thread beside the search.
-
-    A database file that the search streams through a file mapping is hashed from the very
-    bytes it reads (``on_stored_block``), in file order: the blocks arrive in file order, and
-    the bytes between them (header, names, another part) and after the last are read from the
-    file. The database is thus read once, not twice (a 52 GB database does not fit in the page
-    cache). Other files (the query file, HDF5-chunked datasets) are hashed from the file. The
-    hash itself still costs CPU (~1-2 GB/s per core with SHA extensions): ``busy_s`` records it.
-    A bounded queue makes the reader wait when hashing falls behind, so memory stays bounded.
-    """
-
-    chunk_bytes = 8 << 20
-    queued_blocks = 4
-
-    def __init__(self, paths: Sequence[Path], streamed: Sequence[Path]):
-        self._paths = list(paths)
-        self._streamed = {Path(p) for p in streamed}
-        self._queue: queue.Queue = queue.Queue(maxsize=self.queued_blocks)
-        self._states: dict[Path, list] = {}  # path -> [sha256 object, next byte to hash, in order]
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._digests: dict[Path, FileDigest] = {}
-        self.busy_s = 0.0
-        self.streamed_bytes = 0  # hashed from the blocks the search read
-        self.read_bytes = 0  # read from the files only to hash them
-        self._thread = threading.Thread(target=self._run, name="harness-sha256", daemon=True)
-        self._thread.start()
-
-    # -- producer side (the search's reading thread) ---------------------------------------
-
-    def on_stored_block(self, source: BlockSource, file_offset: int, stored: np.ndarray) -> None:
-        if Path(source.path) in self._streamed and not self._stop.is_set():
-            self._queue.put((Path(source.path), int(file_offset), stored))
-
-    def result(self) -> tuple[tuple[FileDigest, ...], float]:
-        """Wait for every digest; (digests in ``paths`` order, seconds spent hashing)."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise HarnessError(f"cannot checksum a feature file ({self._error})") from None
-        return tuple(self._digests[path] for path in self._paths), self.busy_s
-
-    def cancel(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.put(None, timeout=0.05)
-                break
-            except Exception:  # queue full: the thread is draining it
-                continue
-        self._thread.join()
-
-    # -- hashing thread ----------------------------------------------------------------------
-
-    def _hash_range(self, handle, digest, begin: int, end: int) -> None:
-        handle.seek(begin)
-        remaining = end - begin
-        while remaining > 0 and not self._stop.is_set():
-            chunk = handle.read(min(self.chunk_bytes, remaining))
-            if not chunk:
-                raise OSError(f"{handle.name}: file ended while hashing (truncated?)")
-            digest.update(chunk)
-            remaining -= len(chunk)
-            self.read_bytes += len(chunk)
-
-    def _block(self, path: Path, offset: int, stored: np.ndarray) -> None:
-        state = self._states.setdefault(path, [hashlib.sha256(), 0, True])
-        digest, position, in_order = state
-        if not in_order:
-            return
-        if offset < position:  # not in file order: hash the whole file from disk instead
-            state[2] = False
-            return
-        if offset > position:
-            with open(path, "rb") as handle:
-                self._hash_range(handle, digest, position, offset)
-        digest.update(memoryview(stored.reshape(-1).view(np.uint8)))
-        state[1] = offset + stored.nbytes
-        self.streamed_bytes += stored.nbytes
-
-    def _finish(self, path: Path) -> None:
-        size = path.stat().st_size
-        state = self._states.get(path)
-        if state is None or not state[2]:
-            state = [hashlib.sha256(), 0, True]
-        digest, position, _ = state
-        with open(path, "rb") as handle:
-            self._hash_range(handle, digest, position, size)
-        if not self._stop.is_set():
-            self._digests[path] = FileDigest(str(path), digest.hexdigest(), size)
-
-    def _run(self) -> None:
-        try:
-            for path in self._paths:  # files not streamed: hashed first, while blocks queue up
-                if path not in self._streamed and not self._stop.is_set():
-                    started = time.perf_counter()
-                    self._finish(path)
-                    self.busy_s += time.perf_counter() - started
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                if self._stop.is_set():
-                    continue
-                started = time.perf_counter()
-                self._block(*item)
-                self.busy_s += time.perf_counter() - started
-            started = time.perf_counter()
-            for path in self._paths:
-                if path in self._streamed and not self._stop.is_set():
-                    self._finish(path)
-            self.busy_s += time.perf_counter() - started
-        except BaseException as exc:  # re-raised in result()
-            self._error = exc
-            self._stop.set()
-            while True:  # keep the producer from blocking on a full queue
-                if self._queue.get() is None:
-                    break
+def _identity_or_none(path: Path) -> FileIdentity | None:
+    try:
+        return FileIdentity.of(path)
+    except OSError:
+        return None
 
 
 def out_of_memory(exc: MemoryError, config: EvalConfig, paths) -> HarnessError:
@@ -440,6 +319,8 @@ def search_and_hash(
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
     paths = expand_feature_paths(features)
+    remembered: dict[Path, FileDigest] = {}
+    identities: dict[Path, FileIdentity] = {}
     with OpenFiles() as files:
         hashing = None
         if config.checksums:
@@ -448,10 +329,18 @@ def search_and_hash(
             if hashed is not None:
                 wanted = {Path(p).resolve() for p in hashed}
                 paths = [path for path in paths if path.resolve() in wanted]
-            streamed = [path for path in paths
+            for path in paths:
+                sha256, identity = remembered_digest(path)
+                if identity is not None:
+                    identities[path] = identity
+                if sha256 is not None and config.reuse_digests:
+                    remembered[path] = FileDigest(str(path), sha256, identity.size)
+            to_hash = [path for path in paths if path not in remembered]
+            streamed = [path for path in to_hash
                         if (searched is None or path.resolve() in searched)
                         and streams_from_mapping(path, "database", _handle_or_none(files, path))]
-            hashing = _StreamedDigests(paths, streamed)
+            hashing_started_ns = time.time_ns()
+            hashing = StreamedDigests(to_hash, streamed) if to_hash else None
         try:
             output = search_features(features, split, config, partial_database=partial_database,
                                      database_ranges=database_ranges,
@@ -463,11 +352,23 @@ def search_and_hash(
             if isinstance(exc, MemoryError):
                 raise out_of_memory(exc, config, paths) from None
             raise
-    digests, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
-    if hashing is not None:
-        logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
-                    "own reads, %.2f GB read only to hash", len(paths), checksum_s,
-                    hashing.streamed_bytes / 1e9, hashing.read_bytes / 1e9)
+    if not config.checksums:
+        return dataclasses.replace(output, digests=(), checksum_s=0.0)
+    fresh, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
+    for path in remembered:
+        if _identity_or_none(path) != identities[path]:
+            raise HarnessError("changed during the evaluation: its remembered sha256 need not "
+                               "describe the bytes searched; evaluate it again", path)
+    for digest in fresh:
+        identity = identities.get(Path(digest.path))
+        if identity is not None:
+            remember_digest(identity, digest.sha256, hashing_started_ns)
+    by_path = {Path(digest.path): digest for digest in fresh} | remembered
+    digests = tuple(by_path[path] for path in paths)
+    logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
+                "own reads, %.2f GB read only to hash; %d remembered from an earlier hashing",
+                len(fresh), checksum_s, hashing.streamed_bytes / 1e9 if hashing else 0.0,
+                hashing.read_bytes / 1e9 if hashing else 0.0, len(remembered))
     return dataclasses.replace(output, digests=digests, checksum_s=checksum_s)
 
 
@@ -539,7 +440,6 @@ class _CallableModule(type(os)):
         return evaluate_files_or_ranking(*args, **kwargs)
 
 
-import queue
 import sys as _sys  # noqa: E402
 
 from harness.validate import NORM_TOLERANCE, check_features, inspect_block

@@ -110,3 +110,20 @@ def kernel_rates_cache(tmp_path_factory):
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_remembered_digests():
+    """Feature files are hashed in every evaluation of the tests (each test sees the hashing it
+    asks for); tests of :mod:`harness.digests` turn remembering on in their own folder."""
+    import os
+
+    from harness.digests import DIGEST_CACHE_ENV
+
+    previous = os.environ.get(DIGEST_CACHE_ENV)
+    os.environ[DIGEST_CACHE_ENV] = "off"
+    yield
+    if previous is None:
+        os.environ.pop(DIGEST_CACHE_ENV, None)
+    else:
+        os.environ[DIGEST_CACHE_ENV] = previous

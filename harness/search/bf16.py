@@ -151,7 +151,8 @@ class Bf16ShortlistBackend(SearchBackend):
             import torch  # noqa: F401
         except ImportError:
             raise HarnessError("cpu_backend 'bf16' needs torch (pip install torch)") from None
-        self._exact = NumpyBackend(query_batch_rows, selection_threads, overlap=False)
+        self._exact = NumpyBackend(query_batch_rows, selection_threads, overlap=False,
+                                   workers=1)
         self.fallback = False
         self.checked = False
         #: Re-scored pairs carry the float32 GEMM's bits (decided by the check).

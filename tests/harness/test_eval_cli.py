@@ -344,16 +344,17 @@ def test_partial_database_still_needs_every_query_and_known_names(tmp_path):
 
 def _streamed_digests(paths, split, config, monkeypatch):
     """Run evaluate() and keep the digest helper it used (to see where the bytes came from)."""
+    import harness.digests as digests_module
     import harness.evaluate as evaluate_module
 
     made = []
 
-    class Spy(evaluate_module._StreamedDigests):
+    class Spy(digests_module.StreamedDigests):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(evaluate_module, "_StreamedDigests", Spy)
+    monkeypatch.setattr(evaluate_module, "StreamedDigests", Spy)
     return evaluate(paths, split, config), made[0]
 
 
@@ -398,19 +399,19 @@ def test_checksums_of_files_read_through_hdf5_are_read_from_disk(tmp_path, monke
 
 
 def test_streamed_digest_falls_back_when_blocks_come_out_of_order(tmp_path):
-    from harness.evaluate import _StreamedDigests
+    from harness.digests import StreamedDigests
     from harness.search import BlockSource
 
     path = tmp_path / "blob.bin"
     payload = np.random.default_rng(0).integers(0, 255, 4096, dtype=np.uint8)
     path.write_bytes(b"head" + payload.tobytes() + b"tail")
     source = BlockSource(path, np.arange(1))
-    digests = _StreamedDigests([path], [path])
+    digests = StreamedDigests([path], [path])
     digests.on_stored_block(source, 4 + 2048, payload[2048:])  # second half first: out of order
     digests.on_stored_block(source, 4, payload[:2048])
     (digest,), _ = digests.result()
     assert digest.sha256 == sha256_file(path) and digest.bytes == path.stat().st_size
-    in_order = _StreamedDigests([path], [path])
+    in_order = StreamedDigests([path], [path])
     in_order.on_stored_block(source, 4, payload[:1000])
     in_order.on_stored_block(source, 1004, payload[1000:])
     (digest,), _ = in_order.result()

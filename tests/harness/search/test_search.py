@@ -744,3 +744,62 @@ def test_auto_on_a_million_rows_takes_the_shortlist_where_it_pays_and_ranks_iden
                                   importlib.util.find_spec("torch") is not None)
     assert stats.backend.startswith("bf16") is pays
     assert_same(found, expected)
+
+
+@pytest.mark.parametrize("make", [normalised, tied], ids=["random", "ties"])
+def test_column_workers_give_the_same_bits(make):
+    rng = np.random.default_rng(15)
+    queries, database = make(rng, 130, 24), make(rng, 2000, 24)
+    plain = search_blocks(queries, iter_array_blocks(database, 700), 25,
+                          backend=get_backend("numpy", workers=1, overlap=False))
+    for workers, sub_rows, batch in ((2, 64, None), (3, 50, 40), (4, 1000, 7)):
+        backend = get_backend("numpy", workers=workers, sub_block_rows=sub_rows,
+                              query_batch_rows=batch)
+        assert f"{workers} column workers" in backend.describe()
+        found = search_blocks(queries, iter_array_blocks(database, 700), 25, backend=backend)
+        np.testing.assert_array_equal(found.indices, plain.indices)
+        np.testing.assert_array_equal(found.scores.view(np.uint32), plain.scores.view(np.uint32))
+    assert_same(plain, brute_force(queries, database, 25))
+
+
+def test_column_workers_limit_blas_to_one_thread_and_restore_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from harness.search.numpy_backend import blas_threads
+
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        backend = get_backend("numpy", workers=2)
+
+        def blocks():
+            for start in range(0, 400, 100):
+                seen.append(blas_threads())
+                yield np.arange(start, start + 100), np.ones((100, 8), np.float32)
+
+        search_blocks(np.ones((5, 8), np.float32), blocks(), 3, backend=backend)
+        assert seen[1:] == [1, 1, 1]  # during the search: one BLAS thread per worker
+        assert blas_threads() == 2  # restored afterwards
+        assert any(info["user_api"] == "blas" for info in threadpool_info())
+
+
+def test_column_workers_propagate_errors_and_refuse_two_searches():
+    backend = get_backend("numpy", workers=2, sub_block_rows=2)
+    with pytest.raises(ValueError, match="different ways"):
+        get_backend("numpy", workers=2, overlap=True)
+
+    def bad_blocks():
+        yield np.arange(4), np.ones((4, 3), np.float32)
+        yield np.arange(4, 8), np.ones((4, 5), np.float32)  # wrong dimension
+
+    with pytest.raises(ValueError, match="does not match"):
+        search_blocks(np.ones((3, 3), np.float32), bad_blocks(), 2, backend=backend)
+    backend = get_backend("numpy", workers=2)
+    backend.prepare(np.ones((2, 3), np.float32), 1)
+    try:
+        backend.add_block(RunningTopK(2, 1), np.ones((2, 3), np.float32),
+                          np.ones((4, 3), np.float32), np.arange(4))
+        with pytest.raises(ValueError, match="one search at a time"):
+            backend.add_block(RunningTopK(2, 1), np.ones((2, 3), np.float32),
+                              np.ones((4, 3), np.float32), np.arange(4, 8))
+    finally:
+        backend.finish()
