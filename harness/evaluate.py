@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,6 +37,7 @@ from harness.digests import FileIdentity, StreamedDigests, remember_digest, reme
 from harness.efficiency import extraction_summary
 from harness.errors import HarnessError, ValidationError
 from harness.features import OpenFiles, expand_feature_paths, read_descriptors
+from harness.ground_truth import positives_within_radius
 from harness.hardware import reset_peak_rss
 from harness.record import SearchOutput, build_record
 from harness.results import EvalResult, FileDigest
@@ -396,8 +398,14 @@ def evaluate(
     """
     started = time.perf_counter()
     scope = "evaluation" if reset_peak_rss() else "process"
-    output = search_and_hash(features, split, config)
-    return build_record(split, output, config, method=method, started=started, peak_scope=scope)
+    # The positives depend on the split alone: they (and scipy's import) are ready when the
+    # search ends, computed while the GEMMs leave the interpreter free.
+    with ThreadPoolExecutor(1, thread_name_prefix="harness-positives") as pool:
+        positives = pool.submit(positives_within_radius, split.database_utm, split.query_utm,
+                                config.protocol(split).radius_m)
+        output = search_and_hash(features, split, config)
+        return build_record(split, output, config, method=method, started=started,
+                            peak_scope=scope, positives=positives.result())
 
 
 def evaluate_files_or_ranking(features=None, split=None, config=None, *, ranking=None,

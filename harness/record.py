@@ -75,6 +75,7 @@ def build_record(
     started: float | None = None,
     peak_scope: str = "process",
     peak_bytes: int = 0,
+    positives=None,
 ) -> EvalResult:
     """Score ``output``'s top-K on ``split`` (the metrics) and build the record.
 
@@ -82,7 +83,8 @@ def build_record(
     (for ``timings.total_s``); ``peak_scope`` says what the peak memory covers
     (``evaluation`` when :func:`harness.evaluate.evaluate` could reset the process's
     high-water mark first, ``process`` otherwise, ``largest task`` for a sharded evaluation,
-    whose tasks' peaks come in ``peak_bytes``).
+    whose tasks' peaks come in ``peak_bytes``). ``positives``: the split's positives at the
+    protocol's radius when already computed (e.g. beside the search).
     """
     started = time.perf_counter() if started is None else started
     topk, descriptor_dim, search_s = output.topk, output.descriptor_dim, output.search_s
@@ -94,7 +96,9 @@ def build_record(
     if topk.k < protocol.k:
         raise HarnessError(f"top-K holds {topk.k} ranks; this protocol needs {protocol.k}")
     metrics_started = time.perf_counter()
-    positives = positives_within_radius(split.database_utm, split.query_utm, protocol.radius_m)
+    if positives is None or positives.radius_m != protocol.radius_m:
+        positives = positives_within_radius(split.database_utm, split.query_utm,
+                                            protocol.radius_m)
     places = database_places(split.database_utm) if protocol.spatial_nms else None
     metrics = compute_metrics(
         topk.indices[:, : protocol.k],
