@@ -201,7 +201,9 @@ def seed_worker(spec: dict) -> dict:
 
 def run_worker(kind: str, spec: dict) -> dict:
     command = [sys.executable, str(HERE), "--worker", kind, "--spec", json.dumps(spec)]
-    out = subprocess.run(command, capture_output=True, text=True)
+    # Every run hashes its files (no digest remembered from the run before): runs compare.
+    environment = {**os.environ, "HARNESS_DIGEST_CACHE": "off"}
+    out = subprocess.run(command, capture_output=True, text=True, env=environment)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(f"error: the {kind} run failed (exit {out.returncode})")
