@@ -36,7 +36,10 @@ usable GPU the search falls back to the CPU, with a warning when GPUs were asked
 * ``numpy``: float32 GEMM through numpy's BLAS plus an exact threshold/partition selection.
   This is the CPU default: faiss-cpu wheels bundle an OpenBLAS that may not know the CPU
   (threadpoolctl reports ``architecture='Prescott'``) and then run a generic kernel about 5x
-  below numpy's. :func:`cpu_backend_choice` makes that decision and says why.
+  below numpy's. :func:`cpu_backend_choice` makes that decision and says why. On 2 to 7
+  BLAS threads it runs that many column workers (single-threaded GEMMs on 512-row sub-blocks,
+  each selecting into its own running top-K, merged at the end: the same bits); on more, one
+  multi-threaded GEMM per score batch with the selection overlapped.
 * ``faiss-cpu``: ``faiss.knn`` per block (a deeper list, then exact tie repair).
 * ``bf16`` (needs torch): a bfloat16 GEMM shortlists with a proven error bound and float32
   re-scores the shortlist: the exact float32 top-K, with OpenBLAS bit for bit the ``numpy``
@@ -100,7 +103,7 @@ from harness.search.driver import (
     search_blocks,
 )
 from harness.search.faiss_backend import FAISS_GPU_MAX_K, FaissCpuBackend, FaissGpuBackend
-from harness.search.numpy_backend import OVERLAP_MIN_CORES, NumpyBackend
+from harness.search.numpy_backend import OVERLAP_MIN_CORES, WORKER_SUB_BLOCK_ROWS, NumpyBackend
 from harness.search.streaming import (
     PIECE_BYTES,
     BlockSource,
@@ -125,7 +128,8 @@ __all__ = [
     "FAISS_GPU_MAX_K", "FP16_CONVERTERS", "FP16_CONVERTER_ENV", "FaissCpuBackend",
     "FaissGpuBackend", "INDEX_PAD", "ListBackend", "MultiGpuBackend", "NumpyBackend",
     "OVERLAP_MIN_CORES", "PIECE_BYTES", "RunningTopK", "SearchBackend", "SearchStats",
-    "TORCH_WIDEN_MIN_BYTES", "TopK", "TorchCudaBackend", "bf16_floor", "bf16_margins",
+    "TORCH_WIDEN_MIN_BYTES", "TopK", "TorchCudaBackend", "WORKER_SUB_BLOCK_ROWS", "bf16_floor",
+    "bf16_margins",
     "bf16_shortlist_pays", "cpu_backend_choice", "default_block_rows", "default_reader_threads",
     "faiss_gpu_count", "float16_converter", "get_backend", "iter_array_blocks",
     "iter_feature_blocks", "list_backends", "merge_topk", "prefetch", "register_backend",

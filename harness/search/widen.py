@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 logger = logging.getLogger(__name__)
 
 #: Stored float16 bytes from which ``fp16_converter="auto"`` imports torch for widening.
-TORCH_WIDEN_MIN_BYTES = 8 << 30
+TORCH_WIDEN_MIN_BYTES = 4 << 30
 FP16_CONVERTERS = ("auto", "numpy", "torch")
 #: Overrides ``fp16_converter="auto"`` (``numpy`` or ``torch``), e.g. for benchmarks.
 FP16_CONVERTER_ENV = "HARNESS_FP16_CONVERTER"
@@ -60,12 +60,15 @@ def float16_converter(
     """A function ``convert(stored, out)`` that widens float16 ``stored`` into float32 ``out``.
 
     Both conversions are exact (every float16 is a float32). numpy's cast is a scalar loop
-    (~0.4 G values/s per core on the development machine, about 13% of the GEMM time of the
-    same block), torch's is vectorised (~10x faster). ``auto`` takes torch when it is already
-    imported, or when it is installed and ``stored_bytes`` of float16 are to be widened, at
-    least :data:`TORCH_WIDEN_MIN_BYTES` (importing torch costs ~3 CPU-seconds and ~0.7 GB of
-    resident memory; it saves ~50 ms of CPU per 64 MB of float16, so it pays off only at
-    scale); ``$HARNESS_FP16_CONVERTER`` overrides ``auto``.
+    (1.2 GB/s of float16 per core on a 2-core AMD EPYC, in cache or not: about 10% of a
+    1,000-query search's CPU time), torch's is vectorised (10.7 GB/s in cache, 6.7 GB/s into
+    memory). ``auto`` takes torch when it is already imported, or when it is installed and
+    ``stored_bytes`` of float16 are to be widened, at least :data:`TORCH_WIDEN_MIN_BYTES`:
+    importing torch costs 1.6 CPU-seconds and ~630 MB of resident memory, and saves 0.7 CPU-s
+    per GB of float16, so it pays from ~2.4 GB (4 GiB leaves a margin). Measured end to end
+    (``harness eval --cpu-backend numpy --no-checksums``, 1M x 4096 float16 in the page cache,
+    2-core AMD EPYC): 48.9 s with torch against 50.6 s with numpy, 1.25 GB against 0.78 GB
+    peak RSS. ``$HARNESS_FP16_CONVERTER`` overrides ``auto``.
     torch is never required: without it numpy converts.
     """
     if choice == "auto":
