@@ -154,6 +154,7 @@ def main() -> None:
     needed = int(args.rows * args.dim * 4 * 1.05 + (64 << 20))
     base = args.tmp or Path(tempfile.gettempdir())
     folder = args.data or Path(tempfile.mkdtemp(prefix="harness-e2e-", dir=base))
+    folder.mkdir(parents=True, exist_ok=True)
     paths_file = folder / "paths.json"
     print(f"cpu: {cpu_model()}, {usable_cores()} cores; BLAS: {blas_summary()}")
     try:

@@ -16,8 +16,9 @@ against a database block, 4096-D):
 The figures are cached as JSON under ``$HARNESS_CACHE_DIR`` (default
 ``~/.cache/iovpr-harness``) in a file named by a key of the CPU model, its flags, the cores
 this process may use and the versions of numpy, its BLAS, faiss and torch: another machine,
-or an upgrade, measures again. A cache that cannot be read or written is ignored (measured
-again, with a warning); nothing here ever fails the evaluation.
+or an upgrade, measures again. Figures measured while the machine is busy (load average above
+its cores plus one) serve that run only and are not cached. A cache that cannot be read or
+written is ignored (measured again, with a warning); nothing here ever fails the evaluation.
 """
 
 from __future__ import annotations
@@ -125,13 +126,34 @@ def kernel_rates(refresh: bool = False, **probe) -> KernelRates:
                 return rates
         except (OSError, ValueError) as exc:
             logger.warning("%s: unreadable kernel-rates cache (%s): measuring again", path, exc)
+    busy, load = machine_busy()
     rates = measure_rates(key, **probe)
+    if busy:
+        # Other work skews the kernels' ratios (a loaded 2-core machine measured a 5.3x
+        # bfloat16/float32 ratio against 2.2x idle): use the figures for this run only.
+        logger.info("load average %.1f on %d cores: kernel rates measured for this run, not "
+                    "cached", load, cpu_cores())
+        return rates
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, rates.to_dict())
     except OSError as exc:
         logger.warning("cannot cache the kernel rates in %s (%s)", path, exc)
     return rates
+
+
+#: A machine whose 1-minute load average exceeds its usable cores by more than this is
+#: busy: its measured rates are not cached.
+BUSY_EXTRA_LOAD = 1.0
+
+
+def machine_busy() -> tuple[bool, float]:
+    """(whether other work loads this machine now, the 1-minute load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return False, 0.0
+    return load > cpu_cores() + BUSY_EXTRA_LOAD, load
 
 
 def measure_rates(key: str = "", repeats: int = 5, queries: int = PROBE_QUERIES,

@@ -55,3 +55,23 @@ def test_scale_rejects_an_unknown_backend(tmp_path):
                "--cpu-backend", "numpy,bf61", "--dir", str(tmp_path)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown bf61" in out.stderr
+
+
+def test_end_to_end_prints_the_runs_side_by_side_and_cleans_up(tmp_path):
+    pytest.importorskip("faiss")
+    command = [sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--rows", "3000",
+               "--dim", "64", "--queries", "40", "--shards", "2", "--rounds", "1",
+               "--tmp", str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run (best of 1)"))
+    rows = {line[:36].strip(): line for line in lines[header + 1:header + 6]}
+    assert set(rows) == {"harness eval, digests cold", "harness eval, digests remembered",
+                         "harness eval --no-checksums", "numpy in memory (hand-written)",
+                         "faiss IndexFlatIP in memory"}
+    assert "sha256 0.00 s" in rows["harness eval, digests remembered"]
+    recalls = {line.split("recall@1 ")[1] for name, line in rows.items() if "harness" in name}
+    assert len(recalls) == 1  # the same record three ways
+    assert "agree on 100.0% of the queries" in lines[-1]
+    assert not list(tmp_path.iterdir())  # the generated data is removed

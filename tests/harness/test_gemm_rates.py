@@ -17,7 +17,27 @@ SMALL = {"queries": 8, "rows": 128, "dim": 64, "repeats": 1}
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv(gemm_rates.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(gemm_rates, "machine_busy", lambda: (False, 0.0))  # CI may be loaded
     return tmp_path / "cache"
+
+
+def test_rates_measured_on_a_busy_machine_are_not_cached(cache, monkeypatch, caplog):
+    monkeypatch.setattr(gemm_rates, "machine_busy", lambda: (True, 17.5))
+    with caplog.at_level(logging.INFO, logger="harness.gemm_rates"):
+        busy = kernel_rates(**SMALL)
+    assert busy.float32 > 0 and not busy.cached
+    assert not cache.exists() or not list(cache.iterdir())
+    assert "load average 17.5" in caplog.text and "not cached" in caplog.text
+    monkeypatch.setattr(gemm_rates, "machine_busy", lambda: (False, 0.5))
+    assert not kernel_rates(**SMALL).cached and kernel_rates(**SMALL).cached
+
+
+def test_machine_busy_reads_the_load_average(monkeypatch):
+    monkeypatch.setattr(gemm_rates, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(gemm_rates.os, "getloadavg", lambda: (3.5, 1.0, 1.0))
+    assert gemm_rates.machine_busy() == (True, 3.5)
+    monkeypatch.setattr(gemm_rates.os, "getloadavg", lambda: (2.5, 9.0, 9.0))
+    assert gemm_rates.machine_busy() == (False, 2.5)
 
 
 def test_measured_once_then_read_from_the_cache(cache):
@@ -65,6 +85,7 @@ def test_an_unwritable_cache_folder_still_gives_rates(tmp_path, monkeypatch, cap
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv(gemm_rates.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setattr(gemm_rates, "machine_busy", lambda: (False, 0.0))
     with caplog.at_level(logging.WARNING, logger="harness.gemm_rates"):
         rates = kernel_rates(**SMALL)
     assert rates.float32 > 0 and "cannot cache the kernel rates" in caplog.text

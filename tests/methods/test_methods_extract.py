@@ -376,7 +376,8 @@ def test_provider_extracts_once_and_reuses(tiny_city, weights, tmp_path):
     assert third[0].parent != first[0].parent
 
 
-def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path, caplog):
+def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path, caplog,
+                                                  monkeypatch):
     """Indoor-Ams 1, Indoor-Ams 2 and Outdoor-Ams share one database: extracted once, then
     reused (same files, untouched); each split's queries are extracted; another precision or
     dtype key is another database."""
@@ -398,12 +399,28 @@ def test_splits_sharing_a_database_extract_it_once(tiny_city, weights, tmp_path,
     assert sorted(name for name in extracted if name.endswith("query.h5")) == sorted(
         str(p[0]) for p in provided)
     # the shared database file is a valid database of every split (eval accepts it)
+    import harness.digests as digests_module
+    import harness.evaluate as evaluate_module
     from harness.config import EvalConfig
     from harness.evaluate import evaluate
 
-    config = EvalConfig(ngpu=0, progress=False, checksums=False)
-    for split, paths in zip(splits, provided):
-        assert evaluate(paths, split, config).counts.database == split.num_database
+    # ... and hashed once: its sha256 is remembered (the racy window shrunk to the test's pace)
+    monkeypatch.setenv(digests_module.DIGEST_CACHE_ENV, str(tmp_path / "digests"))
+    monkeypatch.setattr(digests_module, "RACY_SECONDS", 0.0)
+    hashed = []
+
+    class Spy(digests_module.StreamedDigests):
+        def __init__(self, paths, streamed):
+            super().__init__(paths, streamed)
+            hashed.extend(paths)
+
+    monkeypatch.setattr(evaluate_module, "StreamedDigests", Spy)
+    config = EvalConfig(ngpu=0, progress=False)
+    records = [evaluate(paths, split, config) for split, paths in zip(splits, provided)]
+    for split, record in zip(splits, records):
+        assert record.counts.database == split.num_database
+    assert sorted(hashed) == sorted({p for paths in provided for p in paths})  # each file once
+    assert len({r.features[1].sha256 for r in records}) == 1  # the same database digest
     stamps = [p.stat().st_mtime_ns for p in provided[0]]
     caplog.clear()
     again = provide_features(split=splits[1], **kwargs)
