@@ -10,6 +10,10 @@ pytest.importorskip("torchvision")
 
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
+from precision_checks import (  # noqa: E402
+    check_bf16_autocast_keeps_float32_output,
+    check_cuda_fp32_matches_the_cpu,
+)
 from released_layouts import cosplace_shapes, cosplace_state, meta_state  # noqa: E402
 
 from harness.cli import cli  # noqa: E402
@@ -151,36 +155,16 @@ def test_training_checkpoint_loads_like_the_released_file(released, tmp_path):
 
 
 def test_bf16_autocast_keeps_gem_and_the_linear_layer_in_float32(released):
-    from methods.precision import precision_context
-
     path, _ = released
     method, model = _model(path)
-    images = _images(4, 2)
-    with torch.no_grad():
-        reference = method.encode(model, images, None)
-        with precision_context(torch.device("cpu"), "bf16"):
-            reduced = method.encode(model, images, None)
-    assert reduced.dtype == torch.float32
-    np.testing.assert_allclose(reduced.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    assert (reduced * reference).sum(dim=1).min().item() > 0.98  # bf16 backbone, close
+    check_bf16_autocast_keeps_float32_output(method, model, _images(4, 2))
 
 
 @pytest.mark.gpu
 def test_cuda_fp32_matches_the_cpu(released):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    from methods.precision import precision_context
-
     path, _ = released
     method, model = _model(path)
-    images = _images(5, 4)
-    device = torch.device("cuda")
-    with torch.no_grad():
-        cpu = method.encode(model, images, None)
-        model = model.to(device)
-        with precision_context(device, "fp32"):
-            cuda = method.encode(model, images.to(device), None).cpu()
-    assert torch.allclose(cuda, cpu, atol=1e-4)
+    check_cuda_fp32_matches_the_cpu(method, model, _images(5, 4))
 
 
 # ------------------------------------------------------------------------------ strictness

@@ -12,6 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from PIL import Image  # noqa: E402
+from precision_checks import (  # noqa: E402
+    check_bf16_autocast_keeps_float32_output,
+    check_cuda_fp32_matches_the_cpu,
+)
 from released_layouts import meta_state, mixvpr_shapes, mixvpr_state  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
@@ -174,36 +178,16 @@ def test_lightning_checkpoint_loads_like_the_state_dict(small, tmp_path, monkeyp
 
 
 def test_bf16_autocast_keeps_the_aggregator_in_float32(small):
-    from methods.precision import precision_context
-
     path, _ = small
     method, model = _built(path)
-    images = _images(3, 2)
-    with torch.no_grad():
-        reference = method.encode(model, images, None)
-        with precision_context(torch.device("cpu"), "bf16"):
-            reduced = method.encode(model, images, None)
-    assert reduced.dtype == torch.float32
-    np.testing.assert_allclose(reduced.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    assert (reduced * reference).sum(dim=1).min().item() > 0.98  # bf16 backbone, close
+    check_bf16_autocast_keeps_float32_output(method, model, _images(3, 2))
 
 
 @pytest.mark.gpu
 def test_cuda_fp32_matches_the_cpu(small):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    from methods.precision import precision_context
-
     path, _ = small
     method, model = _built(path)
-    images = _images(4, 4)
-    device = torch.device("cuda")
-    with torch.no_grad():
-        cpu = method.encode(model, images, None)
-        model = model.to(device)
-        with precision_context(device, "fp32"):
-            cuda = method.encode(model, images.to(device), None).cpu()
-    assert torch.allclose(cuda, cpu, atol=1e-4)
+    check_cuda_fp32_matches_the_cpu(method, model, _images(4, 4))
 
 
 class _Payload:
