@@ -14,7 +14,7 @@ from harness.search.topk import RunningTopK, merge_topk
 #: Cores from which the numpy backend overlaps selection with the next GEMM by default.
 OVERLAP_MIN_CORES = 8
 #: Database rows per task of the column workers: a 1,000-query float32 score buffer of
-#: 2 MB, selected while it is still in the core's L2 cache.
+#: 2 MB, selected while it is still in the CPU's caches (L2 and L3).
 WORKER_SUB_BLOCK_ROWS = 512
 
 
