@@ -83,6 +83,7 @@ class NumpyBackend(SearchBackend):
         self._state = None
         self._worker_states: list[RunningTopK] = []
         self._worker_buffers: list[np.ndarray] = []
+        self._floor = np.empty(0, dtype=np.float32)
         self._blas_limit = None
 
     def describe(self) -> str:
@@ -156,6 +157,10 @@ class NumpyBackend(SearchBackend):
             self._worker_states = [RunningTopK(queries.shape[0], state.k)
                                    for _ in range(self.workers)]
             self._worker_buffers = [np.empty(0, dtype=np.float32) for _ in range(self.workers)]
+            # Per query, the best K-th score any worker holds: no entry below it can reach
+            # the merged top-K, so every worker drops those (exact; K-th scores only rise, so
+            # a racy, stale value is merely a lower floor).
+            self._floor = np.full(queries.shape[0], -np.inf, dtype=np.float32)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="harness-gemm")
         elif state is not self._state:
             raise ValueError("a numpy backend with workers serves one search at a time")
@@ -187,7 +192,9 @@ class NumpyBackend(SearchBackend):
                 scores = self._worker_buffers[worker][: (stop - start) * width].reshape(
                     stop - start, width)
                 np.matmul(queries[start:stop], block[first:last].T, out=scores)
-                own.add_scores(slice(start, stop), scores, rows[first:last])
+                floor = self._floor[start:stop]
+                own.add_scores(slice(start, stop), scores, rows[first:last], floor=floor.copy())
+                np.maximum(floor, own.scores[start:stop, own.k - 1], out=floor)
 
     def _merge_workers(self) -> None:
         state, self._state = self._state, None

@@ -158,10 +158,17 @@ class RunningTopK:
     def result(self) -> TopK:
         return TopK(self.scores.copy(), self.indices.copy())
 
-    def add_scores(self, query_rows: slice, scores: np.ndarray, database_rows: np.ndarray) -> None:
-        """Fold ``scores`` (q, b) of queries ``query_rows`` vs ``database_rows`` (b,) in."""
+    def add_scores(self, query_rows: slice, scores: np.ndarray, database_rows: np.ndarray,
+                   floor: np.ndarray | None = None) -> None:
+        """Fold ``scores`` (q, b) of queries ``query_rows`` vs ``database_rows`` (b,) in.
+
+        ``floor`` (q,): scores below it are known to miss the final top-K (another part of the
+        database already holds K better entries: a partial top-K searched beside this one);
+        they are dropped, and this state may then hold fewer than K entries for a row.
+        """
         q, b = scores.shape
         assert database_rows.shape == (b,), (database_rows.shape, b)
+        assert floor is None or floor.shape == (q,), (None if floor is None else floor.shape, q)
         k = self.k
         state_scores = self.scores[query_rows]
         assert state_scores.shape[0] == q
@@ -170,6 +177,9 @@ class RunningTopK:
         if b <= k:
             cand_rows = np.repeat(np.arange(q), b)
             cand_cols = np.tile(np.arange(b), q)
+            if floor is not None:
+                keep = scores[cand_rows, cand_cols] >= floor[cand_rows]
+                cand_rows, cand_cols = cand_rows[keep], cand_cols[keep]
         else:
             # Rows not yet full take the block's K-th score as a threshold: only the block's
             # top K (plus ties at K) can enter. Full rows take their own K-th score first and
@@ -177,6 +187,8 @@ class RunningTopK:
             open_rows = np.flatnonzero(~full)
             if open_rows.size:
                 threshold[open_rows] = _kth_largest(scores[open_rows], k)
+            if floor is not None:
+                np.maximum(threshold, floor, out=threshold)
             # Once the running top-K has settled, most rows gain nothing from a block: a row
             # maximum (one cheap reduction) rules them out before the full comparison.
             active = np.flatnonzero(scores.max(axis=1) >= threshold)

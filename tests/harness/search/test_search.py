@@ -803,3 +803,18 @@ def test_column_workers_propagate_errors_and_refuse_two_searches():
                               np.ones((4, 3), np.float32), np.arange(4, 8))
     finally:
         backend.finish()
+
+
+@pytest.mark.parametrize("block_rows", [2, 5])  # b <= k and b > k
+def test_a_floor_drops_only_scores_below_it(block_rows):
+    state = RunningTopK(2, 2)
+    scores = np.array([[0.9, 0.5, 0.7, 0.5, 0.1], [0.2, 0.3, 0.4, 0.6, 0.8]], np.float32)
+    rows = np.arange(5)
+    floor = np.array([0.5, 0.7], np.float32)  # scores equal to the floor may still tie in
+    for first in range(0, 5, block_rows):
+        state.add_scores(slice(0, 2), np.ascontiguousarray(scores[:, first:first + block_rows]),
+                         rows[first:first + block_rows], floor=floor)
+    np.testing.assert_array_equal(state.indices, [[0, 2], [4, -1]])
+    np.testing.assert_array_equal(state.scores, np.array([[0.9, 0.7], [0.8, -np.inf]],
+                                                         np.float32))
+    assert state.full.tolist() == [True, False]  # the second query holds one entry above 0.7
