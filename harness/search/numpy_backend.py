@@ -52,7 +52,9 @@ class NumpyBackend(SearchBackend):
       worker at a time, where a multi-threaded BLAS call waits for its slowest thread (2-core
       AMD EPYC, ``benchmarks/end_to_end.py`` at 300k x 4096 float32 with every file hashed:
       16.03 s end to end against 17.29 s with one 2-thread GEMM per block). 512 rows measured
-      best within noise (13.53 s of search against 14.10 s for 256, 13.62 s for 1024).
+      best within noise (13.53 s of search against 14.10 s for 256, 13.62 s for 1024). The
+      workers share a per-query floor (the best K-th score any of them holds) so each drops
+      what cannot reach the merged top-K: 13.17 s of search against 13.37-13.46 s without.
     * ``overlap`` (default on :data:`OVERLAP_MIN_CORES` cores or more): one multi-threaded GEMM
       per score batch; its selection runs in a background thread while the next GEMM runs.
     * neither: GEMM, then selection split over ``selection_threads`` by query rows.
