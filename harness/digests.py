@@ -123,6 +123,48 @@ def remember_digest(identity: FileIdentity, sha256: str, hashing_started_ns: int
     return True
 
 
+class RememberedDigests:
+    """Which of ``paths`` must be hashed, and the remembered digests of the others.
+
+    Built before the search (the files' identities are taken then); :meth:`combine` after
+    it checks that no remembered file changed meanwhile and remembers the fresh digests.
+    """
+
+    def __init__(self, paths: Sequence[Path], reuse: bool = True):
+        self.paths = list(paths)
+        self.identities: dict[Path, FileIdentity] = {}
+        self.remembered: dict[Path, FileDigest] = {}
+        for path in self.paths:
+            sha256, identity = remembered_digest(path)
+            if identity is not None:
+                self.identities[path] = identity
+            if sha256 is not None and reuse:
+                self.remembered[path] = FileDigest(str(path), sha256, identity.size)
+        self.started_ns = time.time_ns()
+
+    @property
+    def to_hash(self) -> list[Path]:
+        return [path for path in self.paths if path not in self.remembered]
+
+    def combine(self, fresh: Sequence[FileDigest]) -> tuple[FileDigest, ...]:
+        """Every file's digest in ``paths`` order, from ``fresh`` (the files hashed now, then
+        remembered) and the remembered ones (an error if such a file changed since)."""
+        for path in self.remembered:
+            try:
+                now = FileIdentity.of(path)
+            except OSError:
+                now = None
+            if now != self.identities[path]:
+                raise HarnessError("changed during the evaluation: its remembered sha256 need "
+                                   "not describe the bytes searched; evaluate it again", path)
+        for digest in fresh:
+            identity = self.identities.get(Path(digest.path))
+            if identity is not None:
+                remember_digest(identity, digest.sha256, self.started_ns)
+        by_path = {Path(digest.path): digest for digest in fresh} | self.remembered
+        return tuple(by_path[path] for path in self.paths)
+
+
 class StreamedDigests:
     """sha256 of every feature file, computed in one background thread beside the search.
 

@@ -33,14 +33,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from harness.config import EvalConfig
-from harness.digests import FileIdentity, StreamedDigests, remember_digest, remembered_digest
+from harness.digests import RememberedDigests, StreamedDigests
 from harness.efficiency import extraction_summary
 from harness.errors import HarnessError, ValidationError
 from harness.features import OpenFiles, expand_feature_paths, read_descriptors
 from harness.ground_truth import positives_within_radius
 from harness.hardware import reset_peak_rss
 from harness.record import SearchOutput, build_record
-from harness.results import EvalResult, FileDigest
+from harness.results import EvalResult
 from harness.search import (
     BlockSource,
     SearchStats,
@@ -279,13 +279,6 @@ def search_features(
     )
 
 
-def _identity_or_none(path: Path) -> FileIdentity | None:
-    try:
-        return FileIdentity.of(path)
-    except OSError:
-        return None
-
-
 def out_of_memory(exc: MemoryError, config: EvalConfig, paths) -> HarnessError:
     """The one-line error of an evaluation that ran out of memory: what to lower."""
     detail = " ".join(str(exc).split())[:200] or "MemoryError"
@@ -321,8 +314,6 @@ def search_and_hash(
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
     paths = expand_feature_paths(features)
-    remembered: dict[Path, FileDigest] = {}
-    identities: dict[Path, FileIdentity] = {}
     with OpenFiles() as files:
         hashing = None
         if config.checksums:
@@ -331,17 +322,11 @@ def search_and_hash(
             if hashed is not None:
                 wanted = {Path(p).resolve() for p in hashed}
                 paths = [path for path in paths if path.resolve() in wanted]
-            for path in paths:
-                sha256, identity = remembered_digest(path)
-                if identity is not None:
-                    identities[path] = identity
-                if sha256 is not None and config.reuse_digests:
-                    remembered[path] = FileDigest(str(path), sha256, identity.size)
-            to_hash = [path for path in paths if path not in remembered]
+            known = RememberedDigests(paths, reuse=config.reuse_digests)
+            to_hash = known.to_hash
             streamed = [path for path in to_hash
                         if (searched is None or path.resolve() in searched)
                         and streams_from_mapping(path, "database", _handle_or_none(files, path))]
-            hashing_started_ns = time.time_ns()
             hashing = StreamedDigests(to_hash, streamed) if to_hash else None
         try:
             output = search_features(features, split, config, partial_database=partial_database,
@@ -357,20 +342,11 @@ def search_and_hash(
     if not config.checksums:
         return dataclasses.replace(output, digests=(), checksum_s=0.0)
     fresh, checksum_s = hashing.result() if hashing is not None else ((), 0.0)
-    for path in remembered:
-        if _identity_or_none(path) != identities[path]:
-            raise HarnessError("changed during the evaluation: its remembered sha256 need not "
-                               "describe the bytes searched; evaluate it again", path)
-    for digest in fresh:
-        identity = identities.get(Path(digest.path))
-        if identity is not None:
-            remember_digest(identity, digest.sha256, hashing_started_ns)
-    by_path = {Path(digest.path): digest for digest in fresh} | remembered
-    digests = tuple(by_path[path] for path in paths)
+    digests = known.combine(fresh)
     logger.info("sha256 of %d files: %.2f s of hashing; %.2f GB hashed from the search's "
                 "own reads, %.2f GB read only to hash; %d remembered from an earlier hashing",
                 len(fresh), checksum_s, hashing.streamed_bytes / 1e9 if hashing else 0.0,
-                hashing.read_bytes / 1e9 if hashing else 0.0, len(remembered))
+                hashing.read_bytes / 1e9 if hashing else 0.0, len(known.remembered))
     return dataclasses.replace(output, digests=digests, checksum_s=checksum_s)
 
 
