@@ -13,12 +13,14 @@ the machine's load average::
     python benchmarks/scale.py --compare-seed         # 500k x 4096 float32: seed vs harness
     python benchmarks/scale.py --rows 200000 --ngpu -1   # on GPUs (faiss-gpu or torch-cuda)
     python benchmarks/scale.py --cpu-backend numpy,bf16  # both on the same data, side by side
+    python benchmarks/scale.py --direct-io on,off        # read past the page cache, or mapped
 
 With several ``--cpu-backend`` values each runs in turn on the same shards (dropped from the
 page cache before each run unless ``--warm``), and a table prints their times, the ratios
 to the first, and whether their top-100 rankings are identical (indices, and scores bit for
 bit); the bfloat16 shortlist backend also reports how many blocks it shortlisted and how
-many pairs it re-scored.
+many pairs it re-scored. ``--direct-io on,off`` runs each backend twice: blocks read past the
+page cache (``O_DIRECT``), and through file mappings.
 
 ``--compare-seed`` writes one set of 500k x 4096 float32 features (8.2 GB) and evaluates it
 twice, each in a fresh process so that peak RSS belongs to that run alone: the seed's path
@@ -203,6 +205,8 @@ def run_worker(kind: str, spec: dict) -> dict:
     command = [sys.executable, str(HERE), "--worker", kind, "--spec", json.dumps(spec)]
     # Every run hashes its files (no digest remembered from the run before): runs compare.
     environment = {**os.environ, "HARNESS_DIGEST_CACHE": "off"}
+    if spec.get("direct_io"):
+        environment["HARNESS_DIRECT_IO"] = spec["direct_io"]
     out = subprocess.run(command, capture_output=True, text=True, env=environment)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
@@ -254,7 +258,8 @@ def run_scale(args, folder: Path) -> None:
     block_rows = args.block_rows or default_block_rows(args.dim)
     peaks = [gemm_peak(args, block_rows)]
     runs = []
-    for number, backend in enumerate(args.cpu_backends):
+    plans = [(backend, direct_io) for backend in args.cpu_backends for direct_io in args.direct_io]
+    for number, (backend, direct_io) in enumerate(plans):
         if number and not args.warm:
             for shard in paths["shards"]:
                 evict(Path(shard))  # the previous run left some of them cached
@@ -270,8 +275,11 @@ def run_scale(args, folder: Path) -> None:
                 "block_rows": args.block_rows,
                 "cpu_backend": backend,
                 "rankings": str(rankings),
+                "direct_io": direct_io,
             },
         )
+        if len(args.direct_io) > 1:
+            run["backend"] += f", direct_io={direct_io}"
         run["load"] = f"{load_before} / {_load()}"
         peaks.append(gemm_peak(args, block_rows))
         run["peak_before"], run["peak_after"] = peaks[-2], peaks[-1]
@@ -434,6 +442,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-backend", default="auto",
                         help="evaluator CPU backend: auto, numpy, faiss or bf16 (exact bfloat16 "
                              "shortlist, needs torch); several, comma-separated, run side by side")
+    parser.add_argument("--direct-io", default="auto",
+                        help="how blocks are read: auto (past the page cache where not cached), "
+                             "on or off (always mapped); several, comma-separated, run side by "
+                             "side with each backend")
     parser.add_argument(
         "--compare-seed", action="store_true", help="the seed's path vs this harness"
     )
@@ -462,6 +474,9 @@ def main(argv=None) -> int:
         parser.error(
             f"--cpu-backend: unknown {', '.join(unknown)} (choose from auto, numpy, faiss, bf16)"
         )
+    args.direct_io = [mode.strip() for mode in args.direct_io.split(",")]
+    if set(args.direct_io) - {"auto", "on", "off"}:
+        parser.error("--direct-io: choose from auto, on, off")
     base = args.dir or Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="harness-scale-", dir=base))

@@ -18,6 +18,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from harness.direct_io import AlignedBuffers, UncachedFile, resident_share
 from harness.errors import HarnessError
 
 logger = logging.getLogger(__name__)
@@ -168,12 +169,15 @@ class DatasetReader:
     """Reads row ranges of a 2-D HDF5 dataset without going through HDF5 where it can.
 
     Contiguous, unfiltered little-endian datasets are mapped read-only (:meth:`map_rows`: no
-    copy; the kernel's page cache is the buffer) or read with ``os.preadv`` (the GIL released
+    copy; the kernel's page cache is the buffer), read past the page cache
+    (:meth:`read_rows_uncached`, ``O_DIRECT``) or read with ``os.preadv`` (the GIL released
     during the read). Anything else goes through ``h5py``'s ``read_direct``.
     """
 
-    def __init__(self, path: Path, part: str, handle: h5py.File | None = None):
-        """``handle``: the file already open (it stays open after :meth:`close`)."""
+    def __init__(self, path: Path, part: str, handle: h5py.File | None = None,
+                 buffers: AlignedBuffers | None = None):
+        """``handle``: the file already open (it stays open after :meth:`close`);
+        ``buffers``: where :meth:`read_rows_uncached` takes its buffers (shared by readers)."""
         self.path = Path(path)
         self._owns_file = handle is None
         try:
@@ -200,6 +204,8 @@ class DatasetReader:
         self._direct = False
         self._offset = None
         self._mappable = False
+        self._buffers = buffers if buffers is not None else AlignedBuffers()
+        self._uncached: UncachedFile | None = None
         self.row_bytes = int(self.shape[1]) * self.dtype.itemsize
         if plain and hasattr(os, "preadv"):
             self._direct = True
@@ -213,6 +219,7 @@ class DatasetReader:
                     self.path,
                 )
             self._mappable = self.row_bytes > 0
+            self._uncached = UncachedFile(self.path)
 
     def _descriptor(self) -> int:
         """The file descriptor for direct reads and mappings (opened once, on first use)."""
@@ -257,6 +264,36 @@ class DatasetReader:
                               offset=begin - aligned)
         return array.reshape(stop - start, self.shape[1])
 
+    def _byte_range(self, start: int, stop: int) -> tuple[int, int]:
+        begin = self._offset + start * self.row_bytes
+        return begin, begin + (stop - start) * self.row_bytes
+
+    def resident_fraction(self, start: int, stop: int) -> float | None:
+        """The share of rows ``start:stop``'s pages in the page cache, or None where that
+        cannot be asked (:func:`harness.direct_io.resident_share`)."""
+        if not self._mappable or stop <= start:
+            return None
+        return resident_share(self._descriptor(), *self._byte_range(start, stop))
+
+    def read_rows_uncached(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` read past the page cache (``O_DIRECT``) into a reused aligned
+        buffer (:class:`harness.direct_io.AlignedBuffers`; writable: torch widens from it), or
+        None where the file or its filesystem refuses (then map or read the rows)."""
+        if not self._mappable or stop <= start or self._uncached is None:
+            return None
+        begin, end = self._byte_range(start, stop)
+        with self._fd_lock:
+            if self._uncached.closed:
+                return None
+            loaded = self._uncached.read(begin, end, self._buffers)
+        if loaded is None:
+            return None
+        buffer, offset = loaded
+        flat = np.frombuffer(buffer, dtype=self.dtype, count=(stop - start) * self.shape[1],
+                             offset=offset)
+        self._buffers.lend(buffer, flat)  # every view of it refers to ``flat`` (numpy's base)
+        return flat.reshape(stop - start, self.shape[1])
+
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         assert out.shape == (stop - start, self.shape[1]) and out.dtype == self.dtype
         if not self._direct:
@@ -278,6 +315,9 @@ class DatasetReader:
         if self._fd is not None:
             os.close(self._fd)  # existing mappings stay valid
             self._fd = None
+        if self._uncached is not None:
+            with self._fd_lock:
+                self._uncached.close()
         if self._owns_file:
             self._file.close()
 

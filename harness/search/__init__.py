@@ -18,7 +18,7 @@ Public API::
     BlockSource(path, rows, part="database")                # a feature file + its split rows
     iter_feature_blocks(sources, block_rows, *, prefetch_blocks=True, on_block=None,
                         reader_threads=None, as_stored=False, on_stored_block=None,
-                        fp16_converter="auto")              # HDF5 files, read one block ahead
+                        fp16_converter="auto", direct_io="auto")  # HDF5 files, one block ahead
     streams_from_mapping(path, part="database") -> bool    # on_stored_block sees its bytes
     float16_converter(choice="auto", stored_bytes=0)        # exact float16 -> float32 widening
     widen_to_float32(stored, converter=None) -> np.ndarray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -14,14 +15,23 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.hardware import usable_cores
-from harness.hdf5 import DatasetReader
+from harness.hdf5 import AlignedBuffers, DatasetReader
 from harness.search.driver import Block
 from harness.search.widen import float16_converter
 
 #: Bytes read, widened and checked at a time inside a block (stays in the CPU caches).
 PIECE_BYTES = 4 << 20
+#: How blocks of plain datasets are read: ``auto`` maps a block whose pages are mostly in the
+#: page cache and reads any other past the cache (``O_DIRECT``); ``on`` always reads past it,
+#: ``off`` always maps (the environment variable overrides ``auto``, e.g. for benchmarks).
+DIRECT_IO_CHOICES = ("auto", "on", "off")
+DIRECT_IO_ENV = "HARNESS_DIRECT_IO"
+#: ``auto`` maps a block when at least this share of its pages is cached.
+RESIDENT_ENOUGH = 0.5
 
 _END = object()
+
+logger = logging.getLogger(__name__)
 
 
 def prefetch(iterable: Iterable, depth: int = 1) -> Iterator:
@@ -112,6 +122,18 @@ def touch_pages(array: np.ndarray) -> None:
     int(flat[::4096].sum())
 
 
+def direct_io_choice(choice: str = "auto") -> str:
+    """``choice`` checked, with ``auto`` overridden by ``$HARNESS_DIRECT_IO``."""
+    if choice == "auto":
+        choice = os.environ.get(DIRECT_IO_ENV, "auto") or "auto"
+    if choice not in DIRECT_IO_CHOICES:
+        raise HarnessError(
+            f"unknown direct_io {choice!r} (${DIRECT_IO_ENV}); "
+            f"valid: {', '.join(DIRECT_IO_CHOICES)}"
+        )
+    return choice
+
+
 def default_reader_threads() -> int:
     """Threads that read (widen, check) each block: one per 4 cores, at most 8."""
     return max(1, min(8, usable_cores() // 4))
@@ -127,6 +149,7 @@ def iter_feature_blocks(
     as_stored: bool = False,
     on_stored_block: Callable[[BlockSource, int, np.ndarray], None] | None = None,
     fp16_converter: str = "auto",
+    direct_io: str = "auto",
 ) -> Iterator[Block]:
     """Stream ``(database_rows, descriptors)`` blocks from feature files.
 
@@ -152,6 +175,12 @@ def iter_feature_blocks(
             (``file_offset`` is where they start in the file). It may keep ``stored`` (e.g. to
             hash it in another thread): the mapping stays valid while referenced.
         fp16_converter: ``auto``, ``numpy`` or ``torch`` (see :func:`float16_converter`).
+        direct_io: ``auto``, ``on`` or ``off`` (:data:`DIRECT_IO_CHOICES`): read blocks that are
+            not in the page cache with ``O_DIRECT``. A database read once and larger than the
+            cache gains nothing from the cache, and filling it costs CPU the search needs
+            (2-core AMD EPYC, bf16 backend, ``benchmarks/scale.py --direct-io on,off``): 6.4M x
+            4096 float16 read cold, hashed, 208.4 s direct against 223.7 s mapped; 1M without
+            hashing 39.7 s against 45.1 s (38.5-41.1 s with the file in the page cache).
     """
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")
@@ -160,6 +189,7 @@ def iter_feature_blocks(
         reader_threads=default_reader_threads() if reader_threads is None
         else max(1, int(reader_threads)),
         as_stored=as_stored, on_stored_block=on_stored_block, fp16_converter=fp16_converter,
+        direct_io=direct_io_choice(direct_io),
     )
     if prefetch_blocks:
         yield from prefetch(reader.blocks(), depth=1)
@@ -171,7 +201,8 @@ class _FeatureBlockReader:
     """The state of one :func:`iter_feature_blocks` stream: reused buffers, reader threads."""
 
     def __init__(self, sources: list[BlockSource], block_rows: int, *, ring: int, on_block,
-                 reader_threads: int, as_stored: bool, on_stored_block, fp16_converter: str):
+                 reader_threads: int, as_stored: bool, on_stored_block, fp16_converter: str,
+                 direct_io: str = "auto"):
         self.sources = sources
         self.block_rows = block_rows
         self.ring = ring
@@ -185,6 +216,9 @@ class _FeatureBlockReader:
         self.turn = 0
         self.widen = None
         self.local = threading.local()  # per reading thread: a float16 staging buffer
+        self.direct_io = direct_io
+        self.aligned = AlignedBuffers()  # O_DIRECT buffers, shared by the files' readers
+        self.direct_blocks = 0
 
     def blocks(self) -> Iterator[Block]:
         """Every source's blocks in order (runs in the prefetch thread)."""
@@ -192,7 +226,8 @@ class _FeatureBlockReader:
                 if self.reader_threads > 1 else None)
         try:
             for source in self.sources:
-                reader = DatasetReader(source.path, source.part, source.handle)
+                reader = DatasetReader(source.path, source.part, source.handle,
+                                       buffers=self.aligned)
                 try:
                     yield from self._source_blocks(source, reader, pool)
                 finally:
@@ -200,6 +235,9 @@ class _FeatureBlockReader:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
+            if self.direct_blocks:
+                logger.debug("%d of %d blocks read past the page cache (O_DIRECT)",
+                             self.direct_blocks, self.turn)
 
     def _source_blocks(self, source: BlockSource, reader: DatasetReader,
                        pool: ThreadPoolExecutor | None) -> Iterator[Block]:
@@ -224,7 +262,12 @@ class _FeatureBlockReader:
         for start in range(begin, end, block_rows):
             stop = min(end, start + block_rows)
             n = stop - start
-            mapped = reader.map_rows(start, stop, writable=writable_maps)
+            mapped = reader.read_rows_uncached(start, stop) if self._direct(reader, start, stop) \
+                else None
+            if mapped is not None:
+                self.direct_blocks += 1
+            else:
+                mapped = reader.map_rows(start, stop, writable=writable_maps)
             if mapped is not None and mapped.dtype == out_dtype:
                 out = mapped  # no copy: the consumer reads the page cache
             else:
@@ -245,6 +288,15 @@ class _FeatureBlockReader:
             self.turn += 1
             yield source.rows[start - begin:stop - begin], out
             del out
+
+    def _direct(self, reader: DatasetReader, start: int, stop: int) -> bool:
+        """Whether rows ``start:stop`` are read past the page cache."""
+        if self.direct_io == "off" or not reader.mappable:
+            return False
+        if self.direct_io == "on":
+            return True
+        resident = reader.resident_fraction(start, stop)
+        return resident is not None and resident < RESIDENT_ENOUGH
 
     def _buffer(self, dtype: np.dtype, dim: int) -> np.ndarray:
         """The next buffer of the ring (a block is read into one while another is searched)."""
