@@ -50,6 +50,35 @@ def test_scale_compares_backends_side_by_side_and_cleans_up(tmp_path):
     assert not list(tmp_path.iterdir())  # the generated data is removed
 
 
+def test_scale_reads_past_the_page_cache_and_mapped_side_by_side(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "3000", "--dim",
+               "64", "--queries", "40", "--shard-rows", "1000", "--block-rows", "400",
+               "--cpu-backend", "numpy", "--direct-io", "on,off", "--no-peak", "--dir",
+               str(tmp_path)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("numpy")]
+    assert [("direct_io=on" in row, "direct_io=off" in row) for row in rows] == [
+        (True, False), (False, True)]
+    assert all("identical (indices and scores)" in row for row in rows)
+    bad = subprocess.run(command[:-4] + ["--direct-io", "sometimes", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--direct-io" in bad.stderr
+
+
+def test_shortlist_benchmark_prints_rescoring_rates_and_windows():
+    pytest.importorskip("torch")
+    command = [sys.executable, str(ROOT / "benchmarks" / "shortlist.py"), "--dim", "64",
+               "--queries", "40", "--block-rows", "600", "--pairs", "1000", "--rows", "100000",
+               "--sample-rows", "2000"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bits identical" in out.stdout
+    assert "GEMM bfloat16 (torch)" in out.stdout
+    margins = [line for line in out.stdout.splitlines() if "first pass: margin" in line]
+    assert [line.split()[0] for line in margins] == ["bf16", "int8"]
+
+
 def test_scale_rejects_an_unknown_backend(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--rows", "100",
                "--cpu-backend", "numpy,bf61", "--dir", str(tmp_path)]

@@ -564,6 +564,29 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
 
 
+def test_parallel_rescoring_gives_the_same_bits_and_restores_blas_threads():
+    pytest.importorskip("torch")
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(23)
+    queries, database = normalised(rng, 300, 64), normalised(rng, 4096, 64)
+    blas_threads = [pool["num_threads"] for pool in threadpool_info()
+                    if pool["user_api"] == "blas"]
+    results = {}
+    for workers in (1, 2):
+        backend = get_backend("bf16")
+        backend.dense_backoff_blocks, backend.dense_fraction = 0, 1.0  # always pair by pair
+        backend.rescore_workers = workers
+        results[workers] = search_blocks(queries, iter_array_blocks(database, 512), 10,
+                                         backend=backend)
+        assert (backend.parallel_rescores > 0) == (workers == 2), backend.parallel_rescores
+        assert backend.candidates > 512 * backend.parallel_rescores
+    assert_same(results[2], results[1])
+    assert_same_up_to_rounding(results[2], brute_force(queries, database, 10))
+    assert [pool["num_threads"] for pool in threadpool_info()
+            if pool["user_api"] == "blas"] == blas_threads
+
+
 def test_rescored_pairs_are_the_gemm_scores():
     """Tile re-scoring is the GEMM's value up to rounding always, and bit for bit exactly when
     the bf16 backend's own check says so (OpenBLAS); dot products are einsum's values."""
