@@ -180,6 +180,15 @@ def blas_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in BLAS_ENV_VARS if k in os.environ}
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the system could give without swapping, page cache included (``MemAvailable``),
+    or None where it cannot be asked."""
+    try:
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
+        return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process so far (bytes).
 

@@ -14,16 +14,18 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.hardware import usable_cores
+from harness.hardware import available_memory_bytes, usable_cores
 from harness.hdf5 import AlignedBuffers, DatasetReader
 from harness.search.driver import Block
 from harness.search.widen import float16_converter
 
 #: Bytes read, widened and checked at a time inside a block (stays in the CPU caches).
 PIECE_BYTES = 4 << 20
-#: How blocks of plain datasets are read: ``auto`` maps a block whose pages are mostly in the
-#: page cache and reads any other past the cache (``O_DIRECT``); ``on`` always reads past it,
-#: ``off`` always maps (the environment variable overrides ``auto``, e.g. for benchmarks).
+#: How blocks of plain datasets are read: ``auto`` reads a block past the page cache
+#: (``O_DIRECT``) when the page cache could not keep the whole stream (its bytes exceed the
+#: memory available) and the block's pages are mostly not cached; otherwise it maps the block.
+#: ``on`` always reads past the cache, ``off`` always maps (the environment variable overrides
+#: ``auto``, e.g. for benchmarks).
 DIRECT_IO_CHOICES = ("auto", "on", "off")
 DIRECT_IO_ENV = "HARNESS_DIRECT_IO"
 #: ``auto`` maps a block when at least this share of its pages is cached.
@@ -176,8 +178,10 @@ def iter_feature_blocks(
             hash it in another thread): the mapping stays valid while referenced.
         fp16_converter: ``auto``, ``numpy`` or ``torch`` (see :func:`float16_converter`).
         direct_io: ``auto``, ``on`` or ``off`` (:data:`DIRECT_IO_CHOICES`): read blocks that are
-            not in the page cache with ``O_DIRECT``. A database read once and larger than the
-            cache gains nothing from the cache, and filling it costs CPU the search needs
+            not in the page cache with ``O_DIRECT`` (``auto``: only when the stream is larger
+            than the memory available, so that the cache could not keep it for the next
+            evaluation). Such a database gains nothing from the cache, and filling it costs CPU
+            the search needs
             (2-core AMD EPYC, bf16 backend, ``benchmarks/scale.py --direct-io on,off``): 6.4M x
             4096 float16 read cold, hashed, 208.4 s direct against 223.7 s mapped; 1M without
             hashing 39.7 s against 45.1 s (38.5-41.1 s with the file in the page cache).
@@ -219,6 +223,7 @@ class _FeatureBlockReader:
         self.direct_io = direct_io
         self.aligned = AlignedBuffers()  # O_DIRECT buffers, shared by the files' readers
         self.direct_blocks = 0
+        self.too_large_to_cache: bool | None = None  # decided on the first block
 
     def blocks(self) -> Iterator[Block]:
         """Every source's blocks in order (runs in the prefetch thread)."""
@@ -295,6 +300,12 @@ class _FeatureBlockReader:
             return False
         if self.direct_io == "on":
             return True
+        if self.too_large_to_cache is None:
+            available = available_memory_bytes()
+            self.too_large_to_cache = (available is not None
+                                       and self.total_rows * reader.row_bytes > available)
+        if not self.too_large_to_cache:
+            return False
         resident = reader.resident_fraction(start, stop)
         return resident is not None and resident < RESIDENT_ENOUGH
 
