@@ -49,6 +49,7 @@ from harness.search import (
     iter_feature_blocks,
     resolve_backend,
     search_blocks,
+    settle_kernel_rates,
     streams_from_mapping,
 )
 from harness.sources.rankings import evaluate_ranking
@@ -314,6 +315,8 @@ def search_and_hash(
     ``evaluate`` and each task of a sharded SLURM evaluation run exactly this.
     """
     paths = expand_feature_paths(features)
+    if config.checksums:
+        settle_kernel_rates(config.cpu_backend)  # before the hashing thread competes with it
     with OpenFiles() as files:
         hashing = None
         if config.checksums:
@@ -374,6 +377,7 @@ def evaluate(
     """
     started = time.perf_counter()
     scope = "evaluation" if reset_peak_rss() else "process"
+    settle_kernel_rates(config.cpu_backend)  # before any thread of ours competes with it
     # The positives depend on the split alone: they (and scipy's import) are ready when the
     # search ends, computed while the GEMMs leave the interpreter free.
     with ThreadPoolExecutor(1, thread_name_prefix="harness-positives") as pool:

@@ -25,6 +25,7 @@ Public API::
     iter_array_blocks(database, block_rows, rows=None)
     prefetch(iterable, depth=1)                             # background producer thread
     resolve_backend(ngpu=-1, cpu_backend="auto", *, database_rows=None, num_queries=None)
+    settle_kernel_rates(cpu_backend="auto")                 # measure before our threads start
     register_backend(name), get_backend(name, **options), list_backends()
     cpu_backend_choice(inspect_faiss=True, database_rows=None, num_queries=None)
         -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)
@@ -94,6 +95,7 @@ from harness.search.choice import (
     bf16_shortlist_pays,
     cpu_backend_choice,
     resolve_backend,
+    settle_kernel_rates,
 )
 from harness.search.driver import (
     Block,
@@ -134,5 +136,5 @@ __all__ = [
     "faiss_gpu_count", "float16_converter", "get_backend", "iter_array_blocks",
     "iter_feature_blocks", "list_backends", "merge_topk", "prefetch", "register_backend",
     "rescore_pairs", "resolve_backend", "score_batch_rows", "search", "search_blocks",
-    "streams_from_mapping", "torch_gpu_count", "widen_to_float32",
+    "settle_kernel_rates", "streams_from_mapping", "torch_gpu_count", "widen_to_float32",
 ]

@@ -88,8 +88,8 @@ _RESCORE_TILE = 16
 _RESCORE_CHUNK = 256
 #: Threads that re-score a block's pairs, each with a single-threaded BLAS (at most): a 16 x 16
 #: tile product is too small to split over BLAS threads. 10,000 pairs against an 8,192-row
-#: block took 47.9 ms on two single-threaded workers, 80.8 ms through a 2-thread BLAS (2-core
-#: AMD EPYC); every pair's bits are the same either way.
+#: block took 57.1 ms on two single-threaded workers, 100.4 ms through a 2-thread BLAS (2-core
+#: AMD EPYC, ``benchmarks/shortlist.py``); every pair's bits are the same either way.
 RESCORE_WORKERS_MAX = 8
 
 

@@ -13,9 +13,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from harness.direct_io import AlignedBuffers
 from harness.errors import HarnessError
 from harness.hardware import available_memory_bytes, usable_cores
-from harness.hdf5 import AlignedBuffers, DatasetReader
+from harness.hdf5 import DatasetReader
 from harness.search.driver import Block
 from harness.search.widen import float16_converter
 
@@ -181,10 +182,10 @@ def iter_feature_blocks(
             not in the page cache with ``O_DIRECT`` (``auto``: only when the stream is larger
             than the memory available, so that the cache could not keep it for the next
             evaluation). Such a database gains nothing from the cache, and filling it costs CPU
-            the search needs
-            (2-core AMD EPYC, bf16 backend, ``benchmarks/scale.py --direct-io on,off``): 6.4M x
-            4096 float16 read cold, hashed, 208.4 s direct against 223.7 s mapped; 1M without
-            hashing 39.7 s against 45.1 s (38.5-41.1 s with the file in the page cache).
+            the search needs (2-core AMD EPYC, bf16 backend, ``benchmarks/scale.py --direct-io
+            on,off``): 6.4M x 4096 float16 read cold and hashed took 208.4 s direct against
+            223.7 s mapped; 1M without hashing 39.7 s against 45.1 s (38.5-41.1 s with the
+            file in the page cache).
     """
     if block_rows < 1:
         raise ValueError("block_rows must be >= 1")

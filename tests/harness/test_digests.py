@@ -173,3 +173,28 @@ def test_the_cli_rehashes_on_request(cache, features, tmp_path, monkeypatch):
     records = [json.loads((tmp_path / f"r{run}.json").read_text()) for run in range(3)]
     assert records[0]["features"] == records[1]["features"] == records[2]["features"]
     assert records[0]["scores"] == records[1]["scores"] == records[2]["scores"]
+
+
+def test_kernel_rates_are_settled_before_the_evaluations_own_threads_start(features,
+                                                                           monkeypatch):
+    # Measured beside the hashing and ground-truth threads, the rates came out at half.
+    import threading
+
+    import harness.search.choice as choice
+    from harness.gemm_rates import KernelRates
+
+    monkeypatch.setenv("HARNESS_DIGEST_CACHE", "off")
+    split, paths = features
+    alive_at_calls = []
+
+    def spy(*args, **kwargs):
+        alive_at_calls.append(sorted(thread.name for thread in threading.enumerate()
+                                     if thread.name.startswith("harness-")))
+        return KernelRates(200.0, None, None, "test", "now")
+
+    monkeypatch.setattr(choice, "kernel_rates", spy)
+    evaluate(paths, split, EvalConfig(ngpu=0, block_rows=8))
+    assert alive_at_calls and alive_at_calls[0] == []  # the first call: none of ours yet
+    alive_at_calls.clear()
+    evaluate(paths, split, EvalConfig(ngpu=0, block_rows=8, cpu_backend="numpy"))
+    assert alive_at_calls == []  # a backend named: no rates needed
