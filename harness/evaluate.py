@@ -316,7 +316,8 @@ def search_and_hash(
     """
     paths = expand_feature_paths(features)
     if config.checksums:
-        settle_kernel_rates(config.cpu_backend)  # before the hashing thread competes with it
+        # Before the hashing thread competes with the measurement:
+        settle_kernel_rates(config.cpu_backend, split.num_database, split.num_queries)
     with OpenFiles() as files:
         hashing = None
         if config.checksums:
@@ -377,7 +378,8 @@ def evaluate(
     """
     started = time.perf_counter()
     scope = "evaluation" if reset_peak_rss() else "process"
-    settle_kernel_rates(config.cpu_backend)  # before any thread of ours competes with it
+    # Before any thread of ours competes with the measurement:
+    settle_kernel_rates(config.cpu_backend, split.num_database, split.num_queries)
     # The positives depend on the split alone: they (and scipy's import) are ready when the
     # search ends, computed while the GEMMs leave the interpreter free.
     with ThreadPoolExecutor(1, thread_name_prefix="harness-positives") as pool:

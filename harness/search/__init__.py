@@ -25,7 +25,8 @@ Public API::
     iter_array_blocks(database, block_rows, rows=None)
     prefetch(iterable, depth=1)                             # background producer thread
     resolve_backend(ngpu=-1, cpu_backend="auto", *, database_rows=None, num_queries=None)
-    settle_kernel_rates(cpu_backend="auto")                 # measure before our threads start
+    settle_kernel_rates(cpu_backend="auto", database_rows=None, num_queries=None)
+                                    # measure the rates (if needed) before our threads start
     register_backend(name), get_backend(name, **options), list_backends()
     cpu_backend_choice(inspect_faiss=True, database_rows=None, num_queries=None)
         -> CpuBackendChoice(backend, reason, numpy_blas, faiss_blas)

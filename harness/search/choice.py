@@ -46,35 +46,44 @@ BF16_AUTO_MIN_QUERIES = 100
 BF16_AUTO_MIN_SPEEDUP = 1.6
 
 
+def large_enough_for_bf16(database_rows: int | None, num_queries: int | None) -> bool:
+    """Whether a search of this size is one where ``auto`` may take the bf16 shortlist (and so
+    needs this machine's kernel rates)."""
+    return (database_rows is not None and num_queries is not None
+            and database_rows >= BF16_AUTO_MIN_ROWS and num_queries >= BF16_AUTO_MIN_QUERIES)
+
+
 def bf16_shortlist_pays(database_rows: int | None, num_queries: int | None, rates,
                         torch_available: bool) -> tuple[bool, str]:
     """Whether ``auto`` takes the ``bf16`` backend, and why, from this machine's measured
     :class:`harness.gemm_rates.KernelRates` (cached per machine: the same answer every run)."""
     if not torch_available:
         return False, "torch is not installed (the bf16 shortlist needs it)"
+    if database_rows is None or num_queries is None:
+        return False, "the database size is not known in advance"
+    if not large_enough_for_bf16(database_rows, num_queries):
+        return False, (
+            f"{database_rows:,} database rows x {num_queries:,} queries: below "
+            f"{BF16_AUTO_MIN_ROWS:,} x {BF16_AUTO_MIN_QUERIES} the shortlist does not pay"
+        )
     if rates is None or rates.bf16 is None:
         return False, "torch has no bfloat16 GEMM on this CPU"
     measured = (f"bfloat16 GEMM {rates.bf16:.0f} GFLOP/s vs float32 {rates.float32:.0f} "
                 f"(measured on this machine)")
     if rates.bf16 < BF16_AUTO_MIN_SPEEDUP * rates.float32:
         return False, f"{measured}: below {BF16_AUTO_MIN_SPEEDUP}x, the shortlist does not pay"
-    if database_rows is None or num_queries is None:
-        return False, "the database size is not known in advance"
-    if database_rows < BF16_AUTO_MIN_ROWS or num_queries < BF16_AUTO_MIN_QUERIES:
-        return False, (
-            f"{database_rows:,} database rows x {num_queries:,} queries: below "
-            f"{BF16_AUTO_MIN_ROWS:,} x {BF16_AUTO_MIN_QUERIES} the shortlist does not pay"
-        )
     return True, (f"{database_rows:,} database rows x {num_queries:,} queries, {measured}: "
                   "exact bfloat16 shortlist, float32 re-scoring")
 
 
-def settle_kernel_rates(cpu_backend: str = "auto") -> None:
-    """Load or measure this machine's kernel rates now, for ``auto``: an evaluation calls it
-    before it starts its hashing and ground-truth threads. Measured beside them (the first
-    6.4M-row evaluation on a 2-core AMD EPYC), the rates came out at about half (bfloat16 195
-    and float32 112 GFLOP/s, against 408-440 and 190 idle) and were cached so."""
-    if cpu_backend == "auto":
+def settle_kernel_rates(cpu_backend: str = "auto", database_rows: int | None = None,
+                        num_queries: int | None = None) -> None:
+    """Load or measure this machine's kernel rates now where ``auto`` will need them (a search
+    large enough for the bf16 shortlist): an evaluation calls it before it starts its hashing
+    and ground-truth threads. Measured beside them (the first 6.4M-row evaluation on a 2-core
+    AMD EPYC), the rates came out at about half (bfloat16 195 and float32 112 GFLOP/s, against
+    408-440 and 190 idle) and were cached so."""
+    if cpu_backend == "auto" and large_enough_for_bf16(database_rows, num_queries):
         kernel_rates()
 
 
@@ -95,8 +104,8 @@ def cpu_backend_choice(inspect_faiss: bool = True, database_rows: int | None = N
     choice = _blas_backend_choice(inspect_faiss)
     if choice.backend != "numpy":
         return choice
-    if rates is None:
-        rates = kernel_rates()
+    if rates is None and large_enough_for_bf16(database_rows, num_queries):
+        rates = kernel_rates()  # measured (once per machine) only where they can matter
     pays, reason = bf16_shortlist_pays(database_rows, num_queries, rates,
                                        importlib.util.find_spec("torch") is not None)
     if not pays:

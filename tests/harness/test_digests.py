@@ -193,8 +193,14 @@ def test_kernel_rates_are_settled_before_the_evaluations_own_threads_start(featu
         return KernelRates(200.0, None, None, "test", "now")
 
     monkeypatch.setattr(choice, "kernel_rates", spy)
+    # As if this tiny split were large enough for the shortlist (where auto needs the rates).
+    monkeypatch.setattr(choice, "BF16_AUTO_MIN_ROWS", 1)
+    monkeypatch.setattr(choice, "BF16_AUTO_MIN_QUERIES", 1)
     evaluate(paths, split, EvalConfig(ngpu=0, block_rows=8))
     assert alive_at_calls and alive_at_calls[0] == []  # the first call: none of ours yet
     alive_at_calls.clear()
     evaluate(paths, split, EvalConfig(ngpu=0, block_rows=8, cpu_backend="numpy"))
     assert alive_at_calls == []  # a backend named: no rates needed
+    monkeypatch.setattr(choice, "BF16_AUTO_MIN_ROWS", 1_000_000)
+    evaluate(paths, split, EvalConfig(ngpu=0, block_rows=8))
+    assert alive_at_calls == []  # a small search: auto never needs them
