@@ -563,6 +563,18 @@ def test_bf16_shortlist_loose_blocks_and_the_error_bound():
     assert broken.fallback and broken.shortlisted_blocks == 0 and "fell back" in broken.describe()
     assert_same_up_to_rounding(result, search(queries, database, 15, ngpu=0), atol=1e-6)
 
+    class BrokenForTheLastQuery(Bf16ShortlistBackend):
+        def _approximate(self, block):
+            scores = super()._approximate(block).clone()
+            scores[-1] += 0.5
+            return scores
+
+    # The check takes 3 of the 30 queries, spread over them: the first, a middle and the last.
+    sampled = BrokenForTheLastQuery()
+    sampled.check_queries = 3
+    search_blocks(queries, iter_array_blocks(database, 200), 15, backend=sampled)
+    assert sampled.fallback
+
 
 def test_parallel_rescoring_gives_the_same_bits_and_restores_blas_threads():
     pytest.importorskip("torch")
