@@ -177,7 +177,7 @@ def test_the_cli_rehashes_on_request(cache, features, tmp_path, monkeypatch):
 
 def test_kernel_rates_are_settled_before_the_evaluations_own_threads_start(features,
                                                                            monkeypatch):
-    # Measured beside the hashing and ground-truth threads, the rates came out at half.
+    # Measured beside the evaluation's own threads, the rates and their ratio are skewed.
     import threading
 
     import harness.search.choice as choice

@@ -37,15 +37,13 @@ def o_direct_works(folder: Path) -> bool:
     probe.write_bytes(b"\0" * 8192)
     try:
         descriptor = os.open(probe, os.O_RDONLY | os.O_DIRECT)
-    except OSError:
-        return False
-    try:
-        buffer = mmap.mmap(-1, 4096)
-        return os.preadv(descriptor, [buffer], 0) == 4096
+        try:
+            return os.preadv(descriptor, [mmap.mmap(-1, 4096)], 0) == 4096
+        finally:
+            os.close(descriptor)
     except OSError:
         return False
     finally:
-        os.close(descriptor)
         probe.unlink()
 
 
@@ -113,16 +111,19 @@ def test_a_filesystem_refusing_o_direct_falls_back(tmp_path, monkeypatch):
     path = write_database(tmp_path / "db.h5", normalised(np.random.default_rng(2), 40, 8),
                           np.arange(40), "float32")
     real_open = os.open
+    refused = []
 
     def refusing(file, flags, *args, **kwargs):
         if flags & getattr(os, "O_DIRECT", 0):
+            refused.append(file)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(file, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", refusing)
     reader = DatasetReader(path, "database")
     assert reader.read_rows_uncached(0, 10) is None
-    assert reader.read_rows_uncached(10, 20) is None  # remembered: not asked again
+    assert reader.read_rows_uncached(10, 20) is None
+    assert len(refused) == (1 if hasattr(os, "O_DIRECT") else 0)  # remembered: not asked again
     blocks = [block.copy() for _, block in
               iter_feature_blocks([BlockSource(path, np.arange(40))], 16, direct_io="on")]
     np.testing.assert_array_equal(np.concatenate(blocks), reader.dataset[:])
