@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.gemm_rates import cache_dir
 from harness.io import read_text_bounded, write_json_atomic
-from harness.results import FileDigest
+from harness.results import SHA256_HEX, FileDigest
 from harness.search.streaming import BlockSource
 
 logger = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 DIGEST_CACHE_ENV = "HARNESS_DIGEST_CACHE"
 #: A file modified less than this long before its hashing started is not remembered.
 RACY_SECONDS = 2.0
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,8 @@ def remembered_digest(path: str | os.PathLike) -> tuple[str | None, FileIdentity
     except (OSError, ValueError, HarnessError):
         return None, identity
     if (not isinstance(entry, dict) or entry.get("identity") != asdict(identity)
-            or not isinstance(entry.get("sha256"), str) or not _HEX64.fullmatch(entry["sha256"])):
+            or not isinstance(entry.get("sha256"), str)
+            or not SHA256_HEX.fullmatch(entry["sha256"])):
         return None, identity
     return entry["sha256"], identity
 
@@ -104,7 +103,7 @@ def remember_digest(identity: FileIdentity, sha256: str, hashing_started_ns: int
     unchanged now and was not modified just before ``hashing_started_ns`` (``time.time_ns``).
     Returns whether it was remembered; never raises for a cache that cannot be written."""
     folder = digest_cache_dir()
-    if folder is None or not _HEX64.fullmatch(sha256):
+    if folder is None or not SHA256_HEX.fullmatch(sha256):
         return False
     try:
         if FileIdentity.of(identity.path) != identity:

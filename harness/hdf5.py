@@ -283,9 +283,7 @@ class DatasetReader:
             return None
         begin, end = self._byte_range(start, stop)
         with self._fd_lock:
-            if self._uncached.closed:
-                return None
-            loaded = self._uncached.read(begin, end, self._buffers)
+            loaded = self._uncached.read(begin, end, self._buffers)  # None once closed
         if loaded is None:
             return None
         buffer, offset = loaded

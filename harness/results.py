@@ -86,6 +86,8 @@ _PREDICTIONS_FORMATS = (1, 2)
 #: A result record is a few KB; anything far larger is refused unread.
 RESULT_MAX_BYTES = 16 << 20
 _SCORE_NAME = re.compile(r"^(recall|map)@([1-9][0-9]*)$")
+#: A sha256 as records carry it: 64 lowercase hex digits.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ class FileDigest:
     bytes: int
 
     def __post_init__(self):
-        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+        if not SHA256_HEX.fullmatch(self.sha256):
             raise HarnessError(f"{self.path}: sha256 must be 64 lowercase hex digits")
 
     @classmethod
